@@ -1,0 +1,560 @@
+//! Plugin configuration: parsed once from JSON, validated, and compiled into matchers and providers.
+//!
+//! The JSON shape is Istio's RequestAuthentication `jwtRules` and AuthorizationPolicy `rules`, so
+//! users can paste theirs. Unlike Istio, which skips a rule it cannot understand, we refuse the
+//! whole configuration and say which field is wrong: a silently dropped rule changes who gets in.
+
+use crate::extract::TokenLocation;
+use crate::jwks::{self, KeySet};
+use crate::policy::{
+    ClaimPath, Condition, ConditionKey, Operation, Policies, Policy, Rule, Source, StringMatch,
+};
+use serde::Deserialize;
+use std::fmt;
+
+/// Clock skew allowed when checking `exp` and `nbf`, as in Istio and Envoy.
+pub const CLOCK_SKEW_SECONDS: u64 = 60;
+/// JWKS fetch timeout when `timeout` is not given (Istio's default).
+pub const DEFAULT_FETCH_TIMEOUT_MS: u64 = 5_000;
+
+/// A configuration error: the JSON path of the offending field and why it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid jwt-authz configuration: {}", self.reason)
+        } else {
+            write!(f, "invalid jwt-authz configuration: {}: {}", self.field, self.reason)
+        }
+    }
+}
+
+/// The compiled configuration: everything a request needs, computed once in `on_configure`.
+#[derive(Debug)]
+pub struct Config {
+    pub providers: Vec<Provider>,
+    /// Every distinct place a token may be, across all providers, in the order they are tried.
+    pub token_locations: Vec<TokenLocation>,
+    pub policies: Policies,
+    /// Headers the filter writes (claim and payload outputs); a client's own copies are removed.
+    pub output_headers: Vec<String>,
+}
+
+/// One trusted issuer (a `jwtRules` entry).
+#[derive(Debug)]
+pub struct Provider {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub keys: KeySource,
+    /// Indices into `Config::token_locations` where this issuer's tokens are accepted.
+    pub locations: Vec<usize>,
+    pub forward_original_token: bool,
+    pub output_payload_to_header: Option<String>,
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+}
+
+#[derive(Debug)]
+pub enum KeySource {
+    /// Keys given in the configuration (`jwks`).
+    Inline(KeySet),
+    /// Keys fetched with a dispatched HTTP call.
+    Remote(RemoteJwks),
+}
+
+/// Where and how to fetch a JWKS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub uri: String,
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToHeader {
+    pub header: String,
+    pub claim: ClaimPath,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The JSON shape.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    jwt_rules: Vec<RawJwtRule>,
+    #[serde(default)]
+    policies: Vec<RawPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawJwtRule {
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    jwks_uri: Option<String>,
+    jwks_cluster: Option<String>,
+    jwks: Option<String>,
+    #[serde(default)]
+    from_headers: Vec<RawFromHeader>,
+    #[serde(default)]
+    from_params: Vec<String>,
+    #[serde(default)]
+    from_cookies: Vec<String>,
+    #[serde(default)]
+    forward_original_token: bool,
+    output_payload_to_header: Option<String>,
+    #[serde(default)]
+    output_claim_to_headers: Vec<RawClaimToHeader>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFromHeader {
+    name: String,
+    #[serde(default)]
+    prefix: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimToHeader {
+    header: String,
+    claim: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(default)]
+    from: Vec<RawFrom>,
+    #[serde(default)]
+    to: Vec<RawTo>,
+    #[serde(default)]
+    when: Vec<RawCondition>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFrom {
+    source: RawSource,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawSource {
+    #[serde(default)]
+    request_principals: Vec<String>,
+    #[serde(default)]
+    not_request_principals: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTo {
+    operation: RawOperation,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawOperation {
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default)]
+    not_paths: Vec<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    not_methods: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawCondition {
+    key: String,
+    #[serde(default)]
+    values: Vec<String>,
+    #[serde(default)]
+    not_values: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing and compilation.
+
+impl Config {
+    /// Parses, validates and compiles a plugin configuration. An empty configuration is an error:
+    /// a filter that checks nothing is almost certainly a deployment mistake.
+    pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        if json.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::new("", "the plugin configuration is empty"));
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(json);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+            let field = json_path(&err.path().to_string());
+            ConfigError::new(field, err.inner().to_string())
+        })?;
+        if raw.jwt_rules.is_empty() && raw.policies.is_empty() {
+            return Err(ConfigError::new("", "neither jwtRules nor policies are given"));
+        }
+        compile(raw)
+    }
+}
+
+/// serde_path_to_error writes `jwtRules[0].issuer` already; its root is `.`.
+fn json_path(path: &str) -> String {
+    if path == "." { String::new() } else { path.to_string() }
+}
+
+fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut token_locations: Vec<TokenLocation> = Vec::new();
+    let mut providers = Vec::with_capacity(raw.jwt_rules.len());
+    let mut output_headers: Vec<String> = Vec::new();
+    for (index, rule) in raw.jwt_rules.into_iter().enumerate() {
+        let field = format!("jwtRules[{index}]");
+        let provider = compile_provider(rule, &field, &mut token_locations)?;
+        if providers.iter().any(|p: &Provider| p.issuer == provider.issuer) {
+            return Err(ConfigError::new(
+                format!("{field}.issuer"),
+                format!("issuer {:?} is configured twice", provider.issuer),
+            ));
+        }
+        output_headers.extend(provider.output_payload_to_header.iter().cloned());
+        output_headers.extend(provider.output_claim_to_headers.iter().map(|c| c.header.clone()));
+        providers.push(provider);
+    }
+    output_headers.sort();
+    output_headers.dedup();
+
+    let mut deny = Vec::new();
+    let mut allow = Vec::new();
+    for (index, policy) in raw.policies.into_iter().enumerate() {
+        let field = format!("policies[{index}]");
+        let action = policy.action.as_deref().unwrap_or("ALLOW");
+        let compiled = compile_policy(policy.name, policy.rules, &field, index)?;
+        match action {
+            "ALLOW" => allow.push(compiled),
+            "DENY" => deny.push(compiled),
+            other => {
+                return Err(ConfigError::new(
+                    format!("{field}.action"),
+                    format!("unsupported action {other:?}: expected ALLOW or DENY"),
+                ))
+            }
+        }
+    }
+    Ok(Config { providers, token_locations, policies: Policies { deny, allow }, output_headers })
+}
+
+fn compile_provider(
+    rule: RawJwtRule,
+    field: &str,
+    token_locations: &mut Vec<TokenLocation>,
+) -> Result<Provider, ConfigError> {
+    if rule.issuer.trim().is_empty() {
+        return Err(ConfigError::new(format!("{field}.issuer"), "must not be empty"));
+    }
+    for (i, audience) in rule.audiences.iter().enumerate() {
+        if audience.is_empty() {
+            return Err(ConfigError::new(format!("{field}.audiences[{i}]"), "must not be empty"));
+        }
+    }
+    let timeout_ms = match &rule.timeout {
+        None => DEFAULT_FETCH_TIMEOUT_MS,
+        Some(text) => parse_duration_ms(text)
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}.timeout"),
+                    format!("{text:?} is not a positive duration such as \"5s\" or \"500ms\""),
+                )
+            })?,
+    };
+    let keys = match (&rule.jwks, &rule.jwks_uri) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{field}.jwks"),
+                "give either jwks (inline keys) or jwksUri, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                format!("{field}.jwksUri"),
+                "required (or give the keys inline in jwks)",
+            ))
+        }
+        (Some(inline), None) => {
+            if rule.jwks_cluster.is_some() {
+                return Err(ConfigError::new(
+                    format!("{field}.jwksCluster"),
+                    "only meaningful with jwksUri",
+                ));
+            }
+            let parsed = jwks::parse(inline.as_bytes()).map_err(|err| {
+                ConfigError::new(format!("{field}.jwks"), err.to_string())
+            })?;
+            KeySource::Inline(parsed.key_set)
+        }
+        (None, Some(uri)) => {
+            let target = parse_http_uri(uri).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}.jwksUri"),
+                    format!("{uri:?} is not an absolute http:// or https:// URI"),
+                )
+            })?;
+            let cluster = match &rule.jwks_cluster {
+                Some(name) if name.trim().is_empty() => {
+                    return Err(ConfigError::new(format!("{field}.jwksCluster"), "must not be empty"))
+                }
+                Some(name) => name.clone(),
+                // Istio names the outbound cluster of a service this way; a ServiceEntry for the
+                // identity provider's host creates it.
+                None => format!("outbound|{}||{}", target.port, target.host),
+            };
+            KeySource::Remote(RemoteJwks {
+                uri: uri.clone(),
+                cluster,
+                authority: target.authority,
+                path: target.path,
+                timeout_ms,
+            })
+        }
+    };
+
+    let mut locations = Vec::new();
+    let explicit = !(rule.from_headers.is_empty() && rule.from_params.is_empty() && rule.from_cookies.is_empty());
+    let wanted: Vec<(String, TokenLocation)> = if explicit {
+        let headers = rule.from_headers.into_iter().enumerate().map(|(i, h)| {
+            (format!("{field}.fromHeaders[{i}].name"), TokenLocation::header(&h.name, &h.prefix))
+        });
+        let params = rule.from_params.into_iter().enumerate().map(|(i, p)| {
+            (format!("{field}.fromParams[{i}]"), TokenLocation::Param(p))
+        });
+        let cookies = rule.from_cookies.into_iter().enumerate().map(|(i, c)| {
+            (format!("{field}.fromCookies[{i}]"), TokenLocation::Cookie(c))
+        });
+        headers.chain(params).chain(cookies).collect()
+    } else {
+        // Istio's defaults: the Authorization bearer token, then the access_token parameter.
+        vec![
+            (field.to_string(), TokenLocation::header("Authorization", "Bearer ")),
+            (field.to_string(), TokenLocation::Param("access_token".to_string())),
+        ]
+    };
+    for (location_field, location) in wanted {
+        if location.name().trim().is_empty() {
+            return Err(ConfigError::new(location_field, "must not be empty"));
+        }
+        let index = match token_locations.iter().position(|known| *known == location) {
+            Some(index) => index,
+            None => {
+                token_locations.push(location);
+                token_locations.len() - 1
+            }
+        };
+        if !locations.contains(&index) {
+            locations.push(index);
+        }
+    }
+
+    let output_payload_to_header = match rule.output_payload_to_header {
+        Some(header) => Some(validate_header_name(&header, &format!("{field}.outputPayloadToHeader"))?),
+        None => None,
+    };
+    let mut output_claim_to_headers = Vec::new();
+    for (i, output) in rule.output_claim_to_headers.into_iter().enumerate() {
+        let header = validate_header_name(&output.header, &format!("{field}.outputClaimToHeaders[{i}].header"))?;
+        if output.claim.is_empty() {
+            return Err(ConfigError::new(format!("{field}.outputClaimToHeaders[{i}].claim"), "must not be empty"));
+        }
+        // Istio's outputClaimToHeaders takes a claim name; dots reach into nested claims as in
+        // its `claim` field of ClaimToHeader.
+        output_claim_to_headers.push(ClaimToHeader { header, claim: ClaimPath::dotted(&output.claim) });
+    }
+
+    Ok(Provider {
+        issuer: rule.issuer,
+        audiences: rule.audiences,
+        keys,
+        locations,
+        forward_original_token: rule.forward_original_token,
+        output_payload_to_header,
+        output_claim_to_headers,
+    })
+}
+
+fn validate_header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+    let valid = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+    if !valid {
+        return Err(ConfigError::new(field, format!("{name:?} is not a valid HTTP header name")));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn compile_policy(
+    name: String,
+    raw_rules: Vec<RawRule>,
+    field: &str,
+    index: usize,
+) -> Result<Policy, ConfigError> {
+    let name = if name.is_empty() { format!("policies[{index}]") } else { name };
+    let mut rules = Vec::with_capacity(raw_rules.len());
+    for (r, rule) in raw_rules.into_iter().enumerate() {
+        let rule_field = format!("{field}.rules[{r}]");
+        let mut from = Vec::new();
+        for (s, raw) in rule.from.into_iter().enumerate() {
+            let f = format!("{rule_field}.from[{s}].source");
+            from.push(Source {
+                request_principals: string_matches(raw.source.request_principals, &format!("{f}.requestPrincipals"))?,
+                not_request_principals: string_matches(raw.source.not_request_principals, &format!("{f}.notRequestPrincipals"))?,
+            });
+        }
+        let mut to = Vec::new();
+        for (o, raw) in rule.to.into_iter().enumerate() {
+            let f = format!("{rule_field}.to[{o}].operation");
+            to.push(Operation {
+                paths: path_matches(raw.operation.paths, &format!("{f}.paths"))?,
+                not_paths: path_matches(raw.operation.not_paths, &format!("{f}.notPaths"))?,
+                methods: non_empty(raw.operation.methods, &format!("{f}.methods"))?,
+                not_methods: non_empty(raw.operation.not_methods, &format!("{f}.notMethods"))?,
+            });
+        }
+        let mut when = Vec::new();
+        for (c, raw) in rule.when.into_iter().enumerate() {
+            let f = format!("{rule_field}.when[{c}]");
+            let key = ConditionKey::parse(&raw.key)
+                .map_err(|reason| ConfigError::new(format!("{f}.key"), reason))?;
+            if raw.values.is_empty() && raw.not_values.is_empty() {
+                return Err(ConfigError::new(f, "at least one of values or notValues is required"));
+            }
+            when.push(Condition {
+                key,
+                values: string_matches(raw.values, &format!("{f}.values"))?,
+                not_values: string_matches(raw.not_values, &format!("{f}.notValues"))?,
+            });
+        }
+        rules.push(Rule { from, to, when });
+    }
+    Ok(Policy { name, rules })
+}
+
+fn non_empty(values: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
+    for (i, value) in values.iter().enumerate() {
+        if value.is_empty() {
+            return Err(ConfigError::new(format!("{field}[{i}]"), "must not be empty"));
+        }
+    }
+    Ok(values)
+}
+
+fn string_matches(values: Vec<String>, field: &str) -> Result<Vec<StringMatch>, ConfigError> {
+    non_empty(values, field).map(|values| values.iter().map(|v| StringMatch::parse(v)).collect())
+}
+
+fn path_matches(values: Vec<String>, field: &str) -> Result<Vec<StringMatch>, ConfigError> {
+    let values = non_empty(values, field)?;
+    for (i, value) in values.iter().enumerate() {
+        let inner = value.trim_start_matches('*').trim_end_matches('*');
+        if inner.contains('*') {
+            return Err(ConfigError::new(
+                format!("{field}[{i}]"),
+                format!("{value:?}: `*` is only allowed as a whole value, a prefix (`*.html`) or a suffix (`/api/*`)"),
+            ));
+        }
+        if value.contains('{') || value.contains('}') {
+            return Err(ConfigError::new(format!("{field}[{i}]"), format!("{value:?}: path templates are not supported")));
+        }
+    }
+    Ok(values.iter().map(|v| StringMatch::parse(v)).collect())
+}
+
+/// Parses Istio/protobuf duration strings: `5s`, `1.5s`, `500ms`, `2m`, `1h`.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1_000.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        return None;
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    let ms = value * unit_ms;
+    (ms.is_finite() && ms < 1e12).then_some(ms as u64)
+}
+
+struct HttpTarget {
+    host: String,
+    port: u16,
+    authority: String,
+    path: String,
+}
+
+fn parse_http_uri(uri: &str) -> Option<HttpTarget> {
+    let (rest, default_port) = if let Some(rest) = uri.strip_prefix("https://") {
+        (rest, 443)
+    } else if let Some(rest) = uri.strip_prefix("http://") {
+        (rest, 80)
+    } else {
+        return None;
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => (rest.get(..slash)?, rest.get(slash..)?),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') || path.contains('#') {
+        return None;
+    }
+    let (host, port_text) = if let Some(bracketed) = authority.strip_prefix('[') {
+        // IPv6 literal: `[::1]` or `[::1]:8080`; Istio keeps the brackets out of cluster names.
+        let (host, after) = bracketed.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let port = match port_text {
+        Some(text) => text.parse::<u16>().ok()?,
+        None => default_port,
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    Some(HttpTarget { host: host.to_string(), port, authority: authority.to_string(), path: path.to_string() })
+}
+

@@ -1,0 +1,114 @@
+//! Deny responses: the one place that maps every denial to its HTTP status, headers and body.
+//!
+//! We depart from Istio on purpose: it answers 403 to a request that simply lacks a token. Here a
+//! denied request without a valid identity gets 401 with an RFC 6750 challenge ("who are you?"),
+//! and only an authenticated caller who may not do this gets 403 ("you may not").
+
+use crate::authn::AuthnError;
+use crate::path::PathError;
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// The path could not be normalized unambiguously.
+    BadPath(PathError),
+    /// Policy denied a request that carried no token.
+    MissingToken { policy: Option<String> },
+    /// A token was presented and rejected.
+    InvalidToken(AuthnError),
+    /// Policy denied an authenticated caller.
+    Forbidden { policy: Option<String> },
+}
+
+/// A complete local reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyResponse {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Denial {
+    /// Stable reason code, for logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Denial::BadPath(err) => err.code(),
+            Denial::MissingToken { .. } => "jwt_missing",
+            Denial::InvalidToken(err) => err.code(),
+            Denial::Forbidden { .. } => "rbac_access_denied",
+        }
+    }
+
+    /// The policy that denied, when one did (`None` also when no ALLOW policy matched).
+    pub fn policy(&self) -> Option<&str> {
+        match self {
+            Denial::MissingToken { policy } | Denial::Forbidden { policy } => policy.as_deref(),
+            Denial::BadPath(_) | Denial::InvalidToken(_) => None,
+        }
+    }
+
+    /// The reply. `realm` is the protected resource's URL; it is quoted, so it is sanitized here.
+    pub fn response(&self, realm: &str) -> DenyResponse {
+        let realm = quoted_string_safe(realm);
+        let (status, challenge, body) = match self {
+            Denial::BadPath(err) => (400, None, err.message()),
+            Denial::MissingToken { .. } => (401, Some(format!("Bearer realm=\"{realm}\"")), "Jwt is missing"),
+            Denial::InvalidToken(err) => (
+                401,
+                Some(format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                    err.message()
+                )),
+                err.message(),
+            ),
+            Denial::Forbidden { .. } => (
+                403,
+                Some(format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"")),
+                "RBAC: access denied",
+            ),
+        };
+        let mut headers = vec![("content-type", "text/plain".to_string())];
+        if let Some(challenge) = challenge {
+            headers.push(("www-authenticate", challenge));
+        }
+        DenyResponse { status, headers, body: body.to_string() }
+    }
+}
+
+/// Drops what cannot appear inside an RFC 7230 quoted-string without escaping.
+fn quoted_string_safe(text: &str) -> String {
+    text.chars().filter(|c| !matches!(c, '"' | '\\') && !c.is_control()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::ClaimsError;
+
+    #[test]
+    fn status_and_challenge_per_denial() {
+        let realm = "http://shop/api";
+        let expired = Denial::InvalidToken(AuthnError::Claims(ClaimsError::Expired)).response(realm);
+        assert_eq!(expired.status, 401);
+        assert_eq!(expired.body, "Jwt is expired");
+        assert!(expired.headers.contains(&(
+            "www-authenticate",
+            "Bearer realm=\"http://shop/api\", error=\"invalid_token\", error_description=\"Jwt is expired\"".into()
+        )));
+        let missing = Denial::MissingToken { policy: None }.response(realm);
+        assert_eq!((missing.status, missing.body.as_str()), (401, "Jwt is missing"));
+        assert!(missing.headers.contains(&("www-authenticate", "Bearer realm=\"http://shop/api\"".into())));
+        let forbidden = Denial::Forbidden { policy: Some("p".into()) }.response(realm);
+        assert_eq!((forbidden.status, forbidden.body.as_str()), (403, "RBAC: access denied"));
+        assert!(forbidden.headers.contains(&("www-authenticate", "Bearer realm=\"http://shop/api\", error=\"insufficient_scope\"".into())));
+        let bad_path = Denial::BadPath(PathError::EncodedSlash).response(realm);
+        assert_eq!(bad_path.status, 400);
+        assert!(!bad_path.headers.iter().any(|(name, _)| *name == "www-authenticate"));
+    }
+
+    #[test]
+    fn realm_cannot_break_out_of_its_quotes() {
+        let response = Denial::MissingToken { policy: None }.response("http://h/a\"b\\c\r\n");
+        assert!(response.headers.contains(&("www-authenticate", "Bearer realm=\"http://h/abc\"".into())));
+    }
+}

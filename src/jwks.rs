@@ -1,0 +1,198 @@
+//! JWKS parsing: turns a JSON Web Key Set into the RSA verification keys it may use.
+//!
+//! A key set is attacker-reachable input (a compromised or misconfigured endpoint), so every key is
+//! judged on its own: a bad key is skipped with a reason for the log, never fatal for its siblings.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rsa::traits::PublicKeyParts;
+use rsa::{BigUint, RsaPublicKey};
+use serde_json::Value;
+use std::fmt;
+
+/// Larger key sets are refused before parsing: real ones are a few KB.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Smaller RSA keys are refused (NIST SP 800-131A; Keycloak's default is 2048).
+pub const MIN_RSA_BITS: usize = 2048;
+/// Larger keys are refused: verification cost grows with the modulus and `rsa` caps it too.
+pub const MAX_RSA_BITS: usize = 4096;
+
+/// One RS256 verification key.
+#[derive(Debug, Clone)]
+pub struct VerificationKey {
+    pub kid: Option<String>,
+    pub key: RsaPublicKey,
+}
+
+/// The usable keys of one JWKS document.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    pub keys: Vec<VerificationKey>,
+}
+
+impl KeySet {
+    /// Keys a token with this `kid` may be verified with: the key with that kid, or every key when
+    /// the token names none (RFC 7515 makes `kid` optional; Envoy tries every key likewise).
+    pub fn candidates<'a>(&'a self, kid: Option<&'a str>) -> impl Iterator<Item = &'a VerificationKey> + 'a {
+        self.keys.iter().filter(move |k| kid.is_none() || k.kid.as_deref() == kid)
+    }
+}
+
+/// A parsed key set and what was left out of it, for the log.
+#[derive(Debug, Clone)]
+pub struct ParsedJwks {
+    pub key_set: KeySet,
+    pub skipped: Vec<String>,
+}
+
+/// Why a whole JWKS document was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksError {
+    TooLarge(usize),
+    NotJson(String),
+    NoKeysArray,
+    NoUsableKey(Vec<String>),
+}
+
+impl JwksError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            JwksError::TooLarge(_) => "jwks_too_large",
+            JwksError::NotJson(_) => "jwks_not_json",
+            JwksError::NoKeysArray => "jwks_no_keys_array",
+            JwksError::NoUsableKey(_) => "jwks_no_usable_key",
+        }
+    }
+}
+
+impl fmt::Display for JwksError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwksError::TooLarge(size) => write!(f, "JWKS of {size} bytes exceeds the {MAX_JWKS_BYTES}-byte limit"),
+            JwksError::NotJson(err) => write!(f, "JWKS is not valid JSON: {err}"),
+            JwksError::NoKeysArray => f.write_str("JWKS has no \"keys\" array"),
+            JwksError::NoUsableKey(skipped) if skipped.is_empty() => f.write_str("JWKS has no keys"),
+            JwksError::NoUsableKey(skipped) => {
+                write!(f, "JWKS has no usable RS256 signing key ({})", skipped.join("; "))
+            }
+        }
+    }
+}
+
+/// Parses a JWKS document, keeping the RSA keys usable for RS256 signatures.
+pub fn parse(body: &[u8]) -> Result<ParsedJwks, JwksError> {
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(JwksError::TooLarge(body.len()));
+    }
+    let document: Value = serde_json::from_slice(body).map_err(|e| JwksError::NotJson(e.to_string()))?;
+    let Some(entries) = document.get("keys").and_then(Value::as_array) else {
+        return Err(JwksError::NoKeysArray);
+    };
+    let mut keys: Vec<VerificationKey> = Vec::new();
+    let mut skipped = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let kid = entry.get("kid").and_then(Value::as_str).map(str::to_string);
+        let label = match &kid {
+            Some(kid) => format!("key {index} (kid {kid:?})"),
+            None => format!("key {index}"),
+        };
+        match parse_key(entry) {
+            Ok(key) => {
+                if kid.is_some() && keys.iter().any(|k| k.kid == kid) {
+                    skipped.push(format!("{label}: duplicate kid, the first key with it is used"));
+                } else {
+                    keys.push(VerificationKey { kid, key });
+                }
+            }
+            Err(reason) => skipped.push(format!("{label}: {reason}")),
+        }
+    }
+    if keys.is_empty() {
+        return Err(JwksError::NoUsableKey(skipped));
+    }
+    Ok(ParsedJwks { key_set: KeySet { keys }, skipped })
+}
+
+fn parse_key(entry: &Value) -> Result<RsaPublicKey, String> {
+    if !entry.is_object() {
+        return Err("not a JSON object".into());
+    }
+    let field = |name: &str| entry.get(name);
+    if let Some(kid) = field("kid") {
+        if !kid.is_string() {
+            return Err("kid is not a string".into());
+        }
+    }
+    match field("kty").and_then(Value::as_str) {
+        Some("RSA") => {}
+        Some(other) => return Err(format!("kty {other:?} is not RSA")),
+        None => return Err("no kty".into()),
+    }
+    match field("use") {
+        None => {}
+        Some(Value::String(usage)) if usage == "sig" => {}
+        Some(other) => return Err(format!("use {other} is not \"sig\"")),
+    }
+    match field("alg") {
+        None => {}
+        Some(Value::String(alg)) if alg == "RS256" => {}
+        Some(other) => return Err(format!("alg {other} is not RS256")),
+    }
+    let number = |name: &str| -> Result<BigUint, String> {
+        let text = field(name).and_then(Value::as_str).ok_or_else(|| format!("no {name}"))?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim_end_matches('='))
+            .map_err(|_| format!("{name} is not base64url"))?;
+        Ok(BigUint::from_bytes_be(&bytes))
+    };
+    let n = number("n")?;
+    let e = number("e")?;
+    let bits = n.bits();
+    if bits < MIN_RSA_BITS {
+        return Err(format!("{bits}-bit modulus is below {MIN_RSA_BITS} bits"));
+    }
+    if bits > MAX_RSA_BITS {
+        return Err(format!("{bits}-bit modulus is above {MAX_RSA_BITS} bits"));
+    }
+    let key = RsaPublicKey::new(n, e).map_err(|err| format!("invalid RSA key: {err}"))?;
+    debug_assert!(key.size() * 8 >= MIN_RSA_BITS);
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkeys;
+
+    #[test]
+    fn keeps_rs256_signing_keys_and_explains_the_rest() {
+        let good = testkeys::jwk(&testkeys::key(0), "good");
+        let body = serde_json::json!({"keys": [
+            good,
+            {"kid": "enc", "kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "n": good["n"], "e": "AQAB"},
+            {"kid": "ec", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"},
+            {"kid": "small", "kty": "RSA", "n": URL_SAFE_NO_PAD.encode([0xffu8; 128]), "e": "AQAB"},
+            {"kid": "good", "kty": "RSA", "n": good["n"], "e": "AQAB"},
+            {"kid": "bad64", "kty": "RSA", "n": "!!!", "e": "AQAB"},
+            {"kid": 7, "kty": "RSA", "n": good["n"], "e": "AQAB"},
+            "not an object"
+        ]});
+        let parsed = parse(body.to_string().as_bytes()).expect("one good key");
+        assert_eq!(parsed.key_set.keys.len(), 1);
+        assert_eq!(parsed.key_set.keys[0].kid.as_deref(), Some("good"));
+        let skipped = parsed.skipped.join("\n");
+        for expected in ["\"enc\"", "\"EC\" is not RSA", "below 2048", "duplicate kid", "not base64url", "kid is not a string", "not a JSON object"] {
+            assert!(skipped.contains(expected), "{expected} missing from {skipped}");
+        }
+    }
+
+    #[test]
+    fn refuses_documents_without_usable_keys() {
+        assert!(matches!(parse(b"not json"), Err(JwksError::NotJson(_))));
+        assert_eq!(parse(b"{}").unwrap_err(), JwksError::NoKeysArray);
+        assert_eq!(parse(br#"{"keys": []}"#).unwrap_err(), JwksError::NoUsableKey(vec![]));
+        assert!(matches!(parse(br#"{"keys": [{"kty": "oct"}]}"#), Err(JwksError::NoUsableKey(s)) if s.len() == 1));
+        let huge = vec![b' '; MAX_JWKS_BYTES + 1];
+        assert_eq!(parse(&huge).unwrap_err(), JwksError::TooLarge(MAX_JWKS_BYTES + 1));
+    }
+}

@@ -1,0 +1,26 @@
+//! jwt-authz: JWT authentication and Istio-style authorization inside Envoy, as a Proxy-Wasm filter.
+//!
+//! Everything but `host` is the pure core: bytes, headers and `now` in, decisions and descriptions
+//! of I/O out. `host` is the only module that talks to the proxy.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod authn;
+pub mod claims;
+pub mod config;
+pub mod deny;
+pub mod engine;
+pub mod extract;
+pub mod jwks;
+pub mod jwks_cache;
+pub mod jwt;
+pub mod metrics;
+pub mod path;
+pub mod policy;
+pub mod verify;
+
+#[cfg(any(test, feature = "test-support"))]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+pub mod testkeys;
+
+#[cfg(target_arch = "wasm32")]
+mod host;

@@ -1,0 +1,430 @@
+"""A small Keycloak-shaped OpenID Connect identity provider for local development and tests."""
+
+import argparse
+import base64
+import binascii
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+DEFAULT_REALM = {
+    "realm": "shop",
+    "users": {
+        "alice": {
+            "password": "alice",
+            "firstName": "Alice",
+            "lastName": "Admin",
+            "email": "alice@shop.example",
+            "realmRoles": ["user", "admin"],
+        },
+        "bob": {
+            "password": "bob",
+            "firstName": "Bob",
+            "lastName": "Buyer",
+            "email": "bob@shop.example",
+            "realmRoles": ["user"],
+        },
+        "testuser": {
+            "password": "testuser",
+            "firstName": "Test",
+            "lastName": "User",
+            "email": "testuser@shop.example",
+            "realmRoles": ["backendaccess"],
+        },
+    },
+    "clients": {
+        "shop-web": {"publicClient": True, "directAccessGrants": True},
+        "shop-backend": {
+            "secret": "shop-backend-secret",
+            "directAccessGrants": True,
+            "serviceAccount": {
+                "realmRoles": ["service"],
+                "clientRoles": {"shop-backend": ["reader"]},
+            },
+        },
+    },
+}
+
+DEFAULT_REALM_ROLES = ["default-roles-{realm}", "offline_access"]
+ACCOUNT_ROLES = ["manage-account", "view-profile"]
+AUDIENCE = ["shop", "account"]
+SCOPE = "openid profile email"
+CERTS_MODE_DEFAULTS = {"status": 200, "delay": 0, "body": None}
+
+
+class OAuthError(Exception):
+    """A token endpoint error, answered as Keycloak does."""
+
+    def __init__(self, status, error, description):
+        super().__init__(description)
+        self.status, self.error, self.description = status, error, description
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_uint(number):
+    return b64url(number.to_bytes((number.bit_length() + 7) // 8, "big"))
+
+
+def key_id(public_key):
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return b64url(hashlib.sha256(der).digest())[:43]
+
+
+def jwk(private_key, use, alg):
+    numbers = private_key.public_key().public_numbers()
+    return {
+        "kid": key_id(private_key.public_key()),
+        "kty": "RSA",
+        "alg": alg,
+        "use": use,
+        "n": b64url_uint(numbers.n),
+        "e": b64url_uint(numbers.e),
+    }
+
+
+def sign_rs256(claims, private_key):
+    header = {"alg": "RS256", "typ": "JWT", "kid": key_id(private_key.public_key())}
+    signing_input = ".".join(
+        b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
+    )
+    signature = private_key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+    return signing_input + "." + b64url(signature)
+
+
+def new_rsa_key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def write_key(path, private_key):
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    write_atomically(path, pem)
+
+
+def load_or_create_key(path):
+    if path and os.path.exists(path):
+        with open(path, "rb") as handle:
+            return serialization.load_pem_private_key(handle.read(), password=None)
+    key = new_rsa_key()
+    if path:
+        write_key(path, key)
+    return key
+
+
+def write_atomically(path, data):
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)
+
+
+def user_id(realm_name, username):
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"devidp:{realm_name}:{username}"))
+
+
+class Realm:
+    """Users, clients and the Keycloak-shaped access tokens of one realm."""
+
+    def __init__(self, data, issuer, token_lifetime):
+        self.name = data["realm"]
+        self.users = data["users"]
+        self.clients = data["clients"]
+        self.issuer = issuer
+        self.token_lifetime = token_lifetime
+
+    def authenticate_client(self, client_id, secret):
+        client = self.clients.get(client_id or "")
+        if client is None:
+            raise OAuthError(401, "invalid_client", "Invalid client or Invalid client credentials")
+        if not client.get("publicClient") and secret != client.get("secret"):
+            raise OAuthError(401, "invalid_client", "Invalid client or Invalid client credentials")
+        return client
+
+    def password_grant(self, client_id, client, username, password):
+        if not client.get("directAccessGrants"):
+            raise OAuthError(400, "unauthorized_client", "Client not allowed for direct access grants")
+        user = self.users.get(username or "")
+        if user is None or password != user.get("password"):
+            raise OAuthError(401, "invalid_grant", "Invalid user credentials")
+        claims = self._base_claims(client_id, username, user.get("realmRoles", []), user.get("clientRoles", {}))
+        session = str(uuid.uuid4())
+        claims.update({"auth_time": claims["iat"], "session_state": session, "sid": session})
+        claims.update({
+            "email_verified": True,
+            "name": f"{user.get('firstName', '')} {user.get('lastName', '')}".strip(),
+            "preferred_username": username,
+            "given_name": user.get("firstName", ""),
+            "family_name": user.get("lastName", ""),
+            "email": user.get("email", ""),
+        })
+        return claims
+
+    def client_credentials_grant(self, client_id, client, client_address):
+        if client.get("publicClient"):
+            raise OAuthError(400, "unauthorized_client", "Public client not allowed to retrieve service account")
+        account = client.get("serviceAccount")
+        if account is None:
+            raise OAuthError(400, "unauthorized_client", "Client not enabled to retrieve service account")
+        username = f"service-account-{client_id}"
+        claims = self._base_claims(client_id, username, account.get("realmRoles", []), account.get("clientRoles", {}))
+        claims.update({
+            "email_verified": False,
+            "clientHost": client_address,
+            "preferred_username": username,
+            "clientAddress": client_address,
+            "clientId": client_id,
+        })
+        return claims
+
+    def _base_claims(self, client_id, username, realm_roles, client_roles):
+        now = int(time.time())
+        resource_access = {client: {"roles": list(roles)} for client, roles in client_roles.items()}
+        resource_access["account"] = {"roles": list(ACCOUNT_ROLES)}
+        default_roles = [role.format(realm=self.name) for role in DEFAULT_REALM_ROLES]
+        return {
+            "exp": now + self.token_lifetime,
+            "iat": now,
+            "jti": str(uuid.uuid4()),
+            "iss": self.issuer,
+            "aud": list(AUDIENCE),
+            "sub": user_id(self.name, username),
+            "typ": "Bearer",
+            "azp": client_id,
+            "acr": "1",
+            "allowed-origins": ["*"],
+            "realm_access": {"roles": default_roles + list(realm_roles)},
+            "resource_access": resource_access,
+            "scope": SCOPE,
+        }
+
+
+class IdpState:
+    """Keys, request counters and test switches shared by all request handlers."""
+
+    def __init__(self, realm, key_file, test_endpoints):
+        self.realm = realm
+        self.key_file = key_file
+        self.test_endpoints = test_endpoints
+        self.signing_key = load_or_create_key(key_file)
+        self.encryption_key = new_rsa_key()
+        self.hits = {"certs": 0, "discovery": 0, "token": 0}
+        self.certs_mode = dict(CERTS_MODE_DEFAULTS)
+        self.lock = threading.Lock()
+
+    def count(self, endpoint):
+        with self.lock:
+            self.hits[endpoint] += 1
+
+    def jwks(self):
+        with self.lock:
+            signing_key = self.signing_key
+        return {"keys": [jwk(signing_key, "sig", "RS256"), jwk(self.encryption_key, "enc", "RSA-OAEP")]}
+
+    def sign(self, claims):
+        with self.lock:
+            signing_key = self.signing_key
+        return sign_rs256(claims, signing_key)
+
+    def rotate(self):
+        key = new_rsa_key()
+        if self.key_file:
+            write_key(self.key_file, key)
+        with self.lock:
+            self.signing_key = key
+        return key_id(key.public_key())
+
+    def set_certs_mode(self, changes):
+        unknown = set(changes) - set(CERTS_MODE_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown certs-mode fields: {sorted(unknown)}")
+        with self.lock:
+            self.certs_mode = {**CERTS_MODE_DEFAULTS, **changes}
+            return dict(self.certs_mode)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Routes /realms/<realm>/... and the optional /_test/... endpoints."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "devidp"
+    state: IdpState = None
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def _dispatch(self, method):
+        body = self._read_body()
+        path = urlsplit(self.path).path
+        if path.startswith("/_test/") and self.state.test_endpoints:
+            return self._test_endpoint(method, path, body)
+        parts = path.split("/")
+        if len(parts) < 4 or parts[1] != "realms" or parts[2] != self.state.realm.name:
+            return self._send_json(404, {"error": "Realm does not exist"})
+        route = "/".join(parts[3:])
+        if method == "GET" and route == ".well-known/openid-configuration":
+            self.state.count("discovery")
+            return self._send_json(200, self._discovery())
+        if method == "GET" and route == "protocol/openid-connect/certs":
+            self.state.count("certs")
+            return self._certs()
+        if method == "POST" and route == "protocol/openid-connect/token":
+            self.state.count("token")
+            return self._token(body)
+        return self._send_json(404, {"error": "Unable to find matching target resource method"})
+
+    def _discovery(self):
+        issuer = self.state.realm.issuer
+        return {
+            "issuer": issuer,
+            "token_endpoint": f"{issuer}/protocol/openid-connect/token",
+            "jwks_uri": f"{issuer}/protocol/openid-connect/certs",
+            "grant_types_supported": ["password", "client_credentials"],
+            "response_types_supported": ["token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "scopes_supported": SCOPE.split(),
+            "claims_supported": ["aud", "sub", "iss", "auth_time", "name", "given_name",
+                                 "family_name", "preferred_username", "email", "acr"],
+        }
+
+    def _certs(self):
+        mode = self.state.certs_mode
+        if mode["delay"]:
+            time.sleep(mode["delay"])
+        if mode["body"] is not None:
+            return self._send(mode["status"], mode["body"].encode(), "application/json")
+        if mode["status"] != 200:
+            return self._send_json(mode["status"], {"error": "unknown_error"})
+        return self._send_json(200, self.state.jwks(), {"Cache-Control": "no-cache"})
+
+    def _token(self, body):
+        try:
+            form = {name: values[0] for name, values in parse_qs(body.decode()).items()}
+            client_id, secret = self._client_credentials(form)
+            realm = self.state.realm
+            grant_type = form.get("grant_type")
+            if not grant_type:
+                raise OAuthError(400, "invalid_request", "Missing form parameter: grant_type")
+            if grant_type not in ("password", "client_credentials"):
+                raise OAuthError(400, "unsupported_grant_type", "Unsupported grant_type")
+            client = realm.authenticate_client(client_id, secret)
+            if grant_type == "password":
+                claims = realm.password_grant(client_id, client, form.get("username"), form.get("password"))
+            else:
+                claims = realm.client_credentials_grant(client_id, client, self.client_address[0])
+        except OAuthError as error:
+            return self._send_json(error.status, {"error": error.error, "error_description": error.description})
+        except (UnicodeDecodeError, binascii.Error, ValueError):
+            return self._send_json(400, {"error": "invalid_request", "error_description": "Malformed request"})
+        response = {
+            "access_token": self.state.sign(claims),
+            "expires_in": claims["exp"] - claims["iat"],
+            "refresh_expires_in": 0,
+            "token_type": "Bearer",
+            "not-before-policy": 0,
+            "scope": claims["scope"],
+        }
+        if "session_state" in claims:
+            response["session_state"] = claims["session_state"]
+        return self._send_json(200, response, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _client_credentials(self, form):
+        authorization = self.headers.get("Authorization", "")
+        if authorization[:6].lower() == "basic ":
+            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+            client_id, _, secret = decoded.partition(":")
+            return unquote(client_id), unquote(secret)
+        return form.get("client_id"), form.get("client_secret")
+
+    def _test_endpoint(self, method, path, body):
+        if method == "GET" and path == "/_test/hits":
+            with self.state.lock:
+                return self._send_json(200, dict(self.state.hits))
+        if method == "POST" and path == "/_test/certs-mode":
+            try:
+                changes = json.loads(body or b"{}")
+                return self._send_json(200, self.state.set_certs_mode(changes))
+            except (ValueError, TypeError) as error:
+                return self._send_json(400, {"error": str(error)})
+        if method == "POST" and path == "/_test/rotate":
+            return self._send_json(200, {"kid": self.state.rotate()})
+        return self._send_json(404, {"error": "unknown test endpoint"})
+
+    def _read_body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send_json(self, status, document, headers=None):
+        self._send(status, json.dumps(document).encode(), "application/json", headers)
+
+    def _send(self, status, payload, content_type, headers=None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format, *args):
+        stamp = time.strftime("%H:%M:%S")
+        sys.stderr.write(f"devidp {stamp} {self.client_address[0]} {format % args}\n")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8180, help="0 picks a free port")
+    parser.add_argument("--key-file", help="RSA private key PEM; generated and written if missing")
+    parser.add_argument("--port-file", help="write the bound port here once listening")
+    parser.add_argument("--token-lifetime", type=int, default=300, help="access token lifetime, seconds")
+    parser.add_argument("--realm-file", help="JSON realm data replacing the built-in shop realm")
+    parser.add_argument("--test-endpoints", action="store_true", help="enable /_test/* endpoints")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    realm_data = DEFAULT_REALM
+    if args.realm_file:
+        with open(args.realm_file, encoding="utf-8") as handle:
+            realm_data = json.load(handle)
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    server.daemon_threads = True
+    port = server.server_address[1]
+    issuer = f"http://{args.host}:{port}/realms/{realm_data['realm']}"
+    Handler.state = IdpState(Realm(realm_data, issuer, args.token_lifetime), args.key_file, args.test_endpoints)
+    if args.port_file:
+        write_atomically(args.port_file, str(port).encode())
+    sys.stderr.write(f"devidp listening, issuer {issuer}\n")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
