@@ -74,7 +74,7 @@ impl RootContext for Root {
         log(
             LogLevel::Info,
             &format!(
-                "jwt-authz: configured {} issuer(s), {} DENY and {} ALLOW policies",
+                "configured {} issuer(s), {} DENY and {} ALLOW policies",
                 config.providers.len(),
                 config.policies.deny.len(),
                 config.policies.allow.len()
@@ -152,7 +152,7 @@ fn dispatch_due_fetches(state: &SharedState) {
             Err(status) => {
                 log(
                     LogLevel::Error,
-                    &format!("jwt-authz: cannot dispatch JWKS fetch to cluster {:?}: {status:?} (is the cluster defined?)", fetch.cluster),
+                    &format!("cannot dispatch JWKS fetch to cluster {:?}: {status:?} (is the cluster defined?)", fetch.cluster),
                 );
                 record_fetch_result(state, fetch.provider, FetchResult::NoResponse);
             }
@@ -186,9 +186,10 @@ fn record_fetch_result(state: &SharedState, provider: usize, result: FetchResult
         match report {
             FetchReport::Updated { keys, skipped } => {
                 state.metrics.increment(Counter::JwksFetchSuccess);
-                log(LogLevel::Info, &format!("jwt-authz: JWKS for {issuer}: {keys} key(s) in use"));
+                log(LogLevel::Info, &format!("JWKS for {issuer}: {keys} key(s) in use"));
                 for reason in skipped {
-                    log(LogLevel::Warn, &format!("jwt-authz: JWKS for {issuer}: skipped {reason}"));
+                    // Keycloak always publishes an encryption key too: skipping keys is routine, not a warning.
+                    log(LogLevel::Info, &format!("JWKS for {issuer}: skipped {reason}"));
                 }
             }
             FetchReport::Failed { reason, retry_in_ms, kept_previous_keys } => {
@@ -196,7 +197,7 @@ fn record_fetch_result(state: &SharedState, provider: usize, result: FetchResult
                 let keeping = if kept_previous_keys { "keeping the previous keys" } else { "no keys available" };
                 log(
                     LogLevel::Warn,
-                    &format!("jwt-authz: JWKS fetch for {issuer} failed: {reason}; {keeping}; retrying in {retry_in_ms} ms"),
+                    &format!("JWKS fetch for {issuer} failed: {reason}; {keeping}; retrying in {retry_in_ms} ms"),
                 );
             }
         }
@@ -237,7 +238,7 @@ fn perform(state: &SharedState, decision: &Decision, resume: bool) -> Action {
             }
             state.borrow().metrics.increment(Counter::Allowed);
             if let Some(principal) = principal {
-                log(LogLevel::Debug, &format!("jwt-authz: allowed {principal}"));
+                log(LogLevel::Debug, &format!("allowed {principal}"));
             }
             if resume {
                 let _ = hostcalls::resume_http_request();
@@ -249,7 +250,7 @@ fn perform(state: &SharedState, decision: &Decision, resume: bool) -> Action {
             log(
                 LogLevel::Info,
                 &format!(
-                    "jwt-authz: denied {} reason={} policy={} resource={realm}",
+                    "denied {} reason={} policy={} resource={realm}",
                     response.status,
                     denial.code(),
                     denial.policy().unwrap_or("-")

@@ -4,6 +4,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ TOOLS_DIR = REPO_ROOT / "tools"
 ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", REPO_ROOT / ".venv" / "bin" / "envoy"))
 WASM_PATH = Path(os.environ.get("JWT_AUTHZ_WASM", REPO_ROOT / "dist" / "plugin.wasm"))
 STARTUP_TIMEOUT = 15.0
+EXTENSION_LIST_LINE = re.compile(r"\]\s{3}[a-z_.]+: |statically linked extensions")
 
 sys.path.insert(0, str(TOOLS_DIR))
 from devidp import DEFAULT_REALM, user_id  # noqa: E402  (the IdP's realm data is the single source)
@@ -379,7 +381,9 @@ class Envoy:
         )
 
     def log_tail(self, lines=40):
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        """The last lines of the log, without the long list of built-in extensions."""
+        kept = [line for line in self.log_text().splitlines() if not EXTENSION_LIST_LINE.search(line)]
+        return "\n".join(kept[-lines:])
 
     def admin(self, path):
         return http_request(self.admin_port, "GET", path)
@@ -445,6 +449,7 @@ def start_envoy(plugin_config, *, backend, idp=None, concurrency=1, clusters=Non
         "--admin-address-path", str(workdir / "admin.address"),
         "-l", "info", "--component-log-level", "wasm:debug",
         "--log-path", str(workdir / "envoy.log"),
+        "--file-flush-interval-msec", "50",
     ]
     with open(workdir / "envoy.out", "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=workdir)

@@ -1,0 +1,116 @@
+"""`make run`: Envoy with jwt-authz, the local identity provider and the demo backend, on fixed ports."""
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / ".run"
+EXAMPLE = ROOT / "examples" / "envoy"
+IDP = "http://127.0.0.1:8180/realms/shop"
+ENVOY_URL = "http://127.0.0.1:8080"
+
+
+def wait_for(url, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    sys.exit(f"{what} did not become ready at {url}; see the logs in {RUN_DIR}")
+
+
+def token(username):
+    form = urllib.parse.urlencode({"grant_type": "password", "client_id": "shop-web",
+                                   "username": username, "password": username}).encode()
+    with urllib.request.urlopen(f"{IDP}/protocol/openid-connect/token", form, timeout=5) as response:
+        return json.load(response)["access_token"]
+
+
+def status(path, bearer=None):
+    request = urllib.request.Request(ENVOY_URL + path)
+    if bearer:
+        request.add_header("Authorization", f"Bearer {bearer}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def main():
+    RUN_DIR.mkdir(exist_ok=True)
+    plugin_config = json.dumps(json.loads((EXAMPLE / "plugin-config.json").read_text()))
+    envoy_config = (EXAMPLE / "envoy.yaml").read_text().replace("PLUGIN_CONFIG", plugin_config)
+    (RUN_DIR / "envoy.yaml").write_text(envoy_config)
+    python = sys.executable
+    processes = [
+        subprocess.Popen([python, "tools/devidp.py", "--port", "8180", "--key-file", str(RUN_DIR / "idp-key.pem")],
+                         cwd=ROOT, stderr=open(RUN_DIR / "idp.log", "w")),
+        subprocess.Popen([python, "tools/backend.py", "--port", "8081"], cwd=ROOT,
+                         stderr=open(RUN_DIR / "backend.log", "w")),
+        subprocess.Popen([str(ROOT / ".venv" / "bin" / "envoy"), "-c", str(RUN_DIR / "envoy.yaml"),
+                          "--concurrency", "2", "--disable-hot-restart", "-l", "info",
+                          "--log-path", str(RUN_DIR / "envoy.log")], cwd=ROOT),
+    ]
+
+    def stop(*_):
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=10)
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    wait_for(f"{IDP}/.well-known/openid-configuration", "identity provider")
+    wait_for("http://127.0.0.1:9901/ready", "Envoy")
+
+    alice, bob = token("alice"), token("bob")
+    checks = [("GET /healthz, no token", status("/healthz"), 200),
+              ("GET /api/admin/users, no token", status("/api/admin/users"), 401),
+              ("GET /api/admin/users, alice (admin)", status("/api/admin/users", alice), 200),
+              ("GET /api/admin/users, bob (no admin role)", status("/api/admin/users", bob), 403),
+              ("GET /api/public/items, bob", status("/api/public/items", bob), 200),
+              ("GET /api/public/items, tampered token", status("/api/public/items", alice[:-4] + "AAAA"), 401)]
+    print("\njwt-authz is running: Envoy on :8080 (admin :9901), identity provider on :8180, backend on :8081")
+    print(f"Logs: {RUN_DIR}/envoy.log, idp.log, backend.log\n")
+    for label, got, want in checks:
+        print(f"  {'ok ' if got == want else 'BAD'} {got}  {label}")
+    print(f"""
+Try it yourself:
+
+  TOKEN=$(curl -s -d grant_type=password -d client_id=shop-web -d username=alice -d password=alice \\
+      {IDP}/protocol/openid-connect/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -i {ENVOY_URL}/healthz                                                # 200: no token needed
+  curl -i {ENVOY_URL}/api/admin/users                                        # 401: who are you?
+  curl -i -H "Authorization: Bearer $TOKEN" {ENVOY_URL}/api/admin/users      # 200: alice has the admin role
+  curl -i -H "Authorization: Bearer $TOKEN" {ENVOY_URL}/debug/vars           # 403: DENY policy
+  BOB=$(curl -s -d grant_type=password -d client_id=shop-web -d username=bob -d password=bob \\
+      {IDP}/protocol/openid-connect/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -i -H "Authorization: Bearer $BOB" {ENVOY_URL}/api/admin/users        # 403: bob is not an admin
+  curl -i "{ENVOY_URL}/api/public/items?access_token=$BOB"                   # 200: token from the query
+  curl -s http://127.0.0.1:9901/stats | grep jwt_authz                         # the filter's counters
+
+Ctrl-C stops everything.""")
+    if any(got != want for _, got, want in checks):
+        print("\nSome checks did not give the expected status: see the logs above.", file=sys.stderr)
+    while True:
+        for process in processes:
+            if process.poll() is not None:
+                print(f"{process.args[0]} exited with {process.returncode}; stopping", file=sys.stderr)
+                stop()
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()
