@@ -558,3 +558,102 @@ fn parse_http_uri(uri: &str) -> Option<HttpTarget> {
     Some(HttpTarget { host: host.to_string(), port, authority: authority.to_string(), path: path.to_string() })
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn error(config: serde_json::Value) -> ConfigError {
+        Config::parse(config.to_string().as_bytes()).expect_err("config must be refused")
+    }
+
+    #[test]
+    fn the_issue_example_compiles_with_istio_defaults() {
+        let config = Config::parse(include_bytes!("../examples/envoy/plugin-config.json")).expect("valid");
+        let provider = &config.providers[0];
+        assert_eq!(provider.audiences, vec!["shop".to_string()]);
+        assert!(!provider.forward_original_token);
+        assert_eq!(provider.locations, vec![0, 1]);
+        assert_eq!(config.token_locations, vec![
+            TokenLocation::header("Authorization", "Bearer "),
+            TokenLocation::Param("access_token".into()),
+        ]);
+        assert_eq!(config.output_headers, vec!["x-jwt-payload".to_string(), "x-user".to_string()]);
+        assert_eq!((config.policies.deny.len(), config.policies.allow.len()), (1, 1));
+        let KeySource::Remote(remote) = &provider.keys else { panic!("remote keys") };
+        assert_eq!(remote.cluster, "keycloak");
+        assert_eq!(remote.authority, "127.0.0.1:8180");
+        assert_eq!(remote.path, "/realms/shop/protocol/openid-connect/certs");
+        assert_eq!(remote.timeout_ms, DEFAULT_FETCH_TIMEOUT_MS);
+    }
+
+    #[test]
+    fn default_cluster_is_istios_outbound_name() {
+        for (uri, cluster, authority) in [
+            ("https://idp.example/realms/a/certs", "outbound|443||idp.example", "idp.example"),
+            ("http://keycloak.auth.svc.cluster.local:8080/c", "outbound|8080||keycloak.auth.svc.cluster.local", "keycloak.auth.svc.cluster.local:8080"),
+            ("http://[::1]:9000/c", "outbound|9000||::1", "[::1]:9000"),
+        ] {
+            let config = Config::parse(json!({"jwtRules": [{"issuer": "i", "jwksUri": uri}]}).to_string().as_bytes()).expect(uri);
+            let KeySource::Remote(remote) = &config.providers[0].keys else { panic!("remote") };
+            assert_eq!((remote.cluster.as_str(), remote.authority.as_str()), (cluster, authority));
+        }
+    }
+
+    #[test]
+    fn explicit_locations_replace_the_defaults_and_are_shared() {
+        let config = Config::parse(json!({"jwtRules": [
+            {"issuer": "a", "jwksUri": "http://a/c", "fromCookies": ["session"], "fromHeaders": [{"name": "X-Token"}]},
+            {"issuer": "b", "jwksUri": "http://b/c", "fromHeaders": [{"name": "x-token", "prefix": ""}]}
+        ]}).to_string().as_bytes()).expect("valid");
+        assert_eq!(config.token_locations, vec![TokenLocation::header("x-token", ""), TokenLocation::Cookie("session".into())]);
+        assert_eq!(config.providers[0].locations, vec![0, 1]);
+        assert_eq!(config.providers[1].locations, vec![0]);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_reason() {
+        let cases = [
+            (json!({"jwtRules": [{"issuer": "", "jwksUri": "http://x/certs"}]}), "jwtRules[0].issuer", "must not be empty"),
+            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "bogus": 1}]}), "jwtRules[0].bogus", "unknown field `bogus`"),
+            (json!({"jwtRules": [{"issuer": "i"}]}), "jwtRules[0].jwksUri", "required"),
+            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "ftp://x/c"}]}), "jwtRules[0].jwksUri", "not an absolute http"),
+            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "jwks": "{}"}]}), "jwtRules[0].jwks", "not both"),
+            (json!({"jwtRules": [{"issuer": "i", "jwks": "{\"keys\": []}"}]}), "jwtRules[0].jwks", "no keys"),
+            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "timeout": "soon"}]}), "jwtRules[0].timeout", "positive duration"),
+            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "audiences": ["a", ""]}]}), "jwtRules[0].audiences[1]", "must not be empty"),
+            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "outputClaimToHeaders": [{"header": "bad header", "claim": "sub"}]}]}), "jwtRules[0].outputClaimToHeaders[0].header", "not a valid HTTP header name"),
+            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c"}, {"issuer": "i", "jwksUri": "http://y/c"}]}), "jwtRules[1].issuer", "configured twice"),
+            (json!({"jwtRules": [{"issuer": 5, "jwksUri": "http://x/c"}]}), "jwtRules[0].issuer", "invalid type"),
+            (json!({"policies": [{"name": "p", "action": "MAYBE"}]}), "policies[0].action", "expected ALLOW or DENY"),
+            (json!({"policies": [{"rules": [{"to": [{"operation": {"paths": ["/a/*/b"]}}]}]}]}), "policies[0].rules[0].to[0].operation.paths[0]", "only allowed"),
+            (json!({"policies": [{"rules": [{"to": [{"operation": {"hosts": ["a"]}}]}]}]}), "policies[0].rules[0].to[0].operation.hosts", "unknown field `hosts`"),
+            (json!({"policies": [{"rules": [{"when": [{"key": "source.ip", "values": ["1.2.3.4"]}]}]}]}), "policies[0].rules[0].when[0].key", "unsupported key"),
+            (json!({"policies": [{"rules": [{"when": [{"key": "request.auth.claims[a", "values": ["x"]}]}]}]}), "policies[0].rules[0].when[0].key", "expected request.auth.claims"),
+            (json!({"policies": [{"rules": [{"when": [{"key": "request.auth.claims[a]"}]}]}]}), "policies[0].rules[0].when[0]", "at least one of values"),
+            (json!({"policies": [{"rules": [{"from": [{"source": {"requestPrincipals": [""]}}]}]}]}), "policies[0].rules[0].from[0].source.requestPrincipals[0]", "must not be empty"),
+            (json!({}), "", "neither jwtRules nor policies"),
+        ];
+        for (config, field, reason) in cases {
+            let err = error(config.clone());
+            assert_eq!(err.field, field, "{config}: {err}");
+            assert!(err.reason.contains(reason), "{config}: {err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        assert_eq!(Config::parse(b"  ").unwrap_err().reason, "the plugin configuration is empty");
+        assert!(Config::parse(b"{not json").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("5s"), Some(5_000));
+        assert_eq!(parse_duration_ms("1.5s"), Some(1_500));
+        assert_eq!(parse_duration_ms("250ms"), Some(250));
+        assert_eq!(parse_duration_ms("2m"), Some(120_000));
+        assert_eq!(parse_duration_ms("1h"), Some(3_600_000));
+        for bad in ["", "s", "5", "-1s", "1e3s", "5 s", "nans"] {
+            assert_eq!(parse_duration_ms(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,1 +1,214 @@
-//! placeholder
+//! The pure core through its public API, as the host drives it: configure, fetch keys, decide.
+
+use jwt_authz::config::Config;
+use jwt_authz::deny::Denial;
+use jwt_authz::engine::{evaluate, Decision, HeaderChange, Outcome, Request};
+use jwt_authz::jwks_cache::{FetchResult, JwksCache};
+use jwt_authz::testkeys::{self, b64};
+use serde_json::{json, Value};
+
+const ISSUER: &str = "https://idp.example/realms/shop";
+const NOW: u64 = 1_800_000_000;
+
+fn config() -> Config {
+    Config::parse(
+        json!({
+            "jwtRules": [{
+                "issuer": ISSUER, "audiences": ["shop"],
+                "jwksUri": "https://idp.example/realms/shop/protocol/openid-connect/certs",
+                "outputPayloadToHeader": "x-jwt-payload",
+                "outputClaimToHeaders": [{"header": "x-user", "claim": "preferred_username"},
+                                         {"header": "x-roles", "claim": "realm_access.roles"}]
+            }],
+            "policies": [
+                {"name": "deny-debug", "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/debug*"]}}]}]},
+                {"name": "shop", "action": "ALLOW", "rules": [
+                    {"to": [{"operation": {"paths": ["/healthz"], "methods": ["GET"]}}]},
+                    {"from": [{"source": {"requestPrincipals": ["*"]}}],
+                     "to": [{"operation": {"paths": ["/api/admin/*"]}}],
+                     "when": [{"key": "request.auth.claims[realm_access][roles]", "values": ["admin"]}]}
+                ]}
+            ]
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .expect("valid config")
+}
+
+fn jwks_body(kids: &[(&str, usize)]) -> String {
+    let keys: Vec<Value> = kids.iter().map(|(kid, i)| testkeys::jwk(testkeys::key(*i), kid)).collect();
+    json!({ "keys": keys }).to_string()
+}
+
+/// A cache that has fetched the JWKS with key 0 under kid "k0".
+fn ready_cache(config: &Config) -> JwksCache {
+    let mut cache = JwksCache::new(config);
+    let fetches = cache.due_fetches(NOW * 1000);
+    assert_eq!(fetches.len(), 1);
+    assert_eq!(fetches[0].cluster, "outbound|443||idp.example");
+    let body = jwks_body(&[("k0", 0)]);
+    cache.on_fetch_result(0, FetchResult::Response { status: 200, body: body.as_bytes() }, NOW * 1000);
+    cache
+}
+
+fn token(claims: Value) -> String {
+    let mut payload = json!({
+        "iss": ISSUER, "sub": "alice-id", "aud": ["shop", "account"], "exp": NOW + 300, "iat": NOW,
+        "preferred_username": "alice", "realm_access": {"roles": ["user", "admin"]}
+    });
+    for (name, value) in claims.as_object().expect("object") {
+        if value.is_null() {
+            payload.as_object_mut().expect("object").remove(name);
+        } else {
+            payload[name] = value.clone();
+        }
+    }
+    testkeys::sign(&json!({"alg": "RS256", "typ": "JWT", "kid": "k0"}), &payload, 0)
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
+    let mut pairs = vec![
+        (":method".to_string(), method.to_string()),
+        (":path".to_string(), path.to_string()),
+        (":authority".to_string(), "shop.example".to_string()),
+        (":scheme".to_string(), "https".to_string()),
+    ];
+    pairs.extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+    Request::from_header_pairs(pairs)
+}
+
+fn decide(config: &Config, cache: &JwksCache, req: &Request) -> Decision {
+    match evaluate(config, req, cache, NOW) {
+        Outcome::Decided(decision) => decision,
+        Outcome::AwaitKeys(p) => panic!("unexpected wait for provider {p}"),
+    }
+}
+
+fn status(decision: &Decision) -> u32 {
+    match decision {
+        Decision::Allow { .. } => 200,
+        Decision::Deny { denial, realm } => denial.response(realm).status,
+    }
+}
+
+#[test]
+fn requests_wait_for_the_first_fetch_then_settle() {
+    let config = config();
+    let mut cache = JwksCache::new(&config);
+    let bearer = format!("Bearer {}", token(json!({})));
+    let req = request("GET", "/api/admin/users", &[("authorization", &bearer)]);
+    // Before any fetch was dispatched the keys are unavailable: fail fast.
+    assert_eq!(status(&decide(&config, &cache, &req)), 401);
+    let _ = cache.due_fetches(NOW * 1000);
+    assert_eq!(evaluate(&config, &req, &cache, NOW), Outcome::AwaitKeys(0));
+    // Requests that need no keys never wait.
+    assert_eq!(status(&decide(&config, &cache, &request("GET", "/healthz", &[]))), 200);
+    let body = jwks_body(&[("k0", 0)]);
+    cache.on_fetch_result(0, FetchResult::Response { status: 200, body: body.as_bytes() }, NOW * 1000);
+    assert_eq!(status(&decide(&config, &cache, &req)), 200);
+}
+
+#[test]
+fn a_failed_first_fetch_rejects_with_jwks_unavailable() {
+    let config = config();
+    let mut cache = JwksCache::new(&config);
+    let _ = cache.due_fetches(0);
+    cache.on_fetch_result(0, FetchResult::NoResponse, 0);
+    let bearer = format!("Bearer {}", token(json!({})));
+    let decision = decide(&config, &cache, &request("GET", "/api/admin/x", &[("authorization", &bearer)]));
+    let Decision::Deny { denial, .. } = &decision else { panic!("{decision:?}") };
+    assert_eq!(denial.code(), "jwks_fetch_failed");
+    assert_eq!(denial.response("r").body, "Jwks remote fetch is failed");
+}
+
+#[test]
+fn allowed_requests_lose_the_token_and_gain_claim_headers() {
+    let config = config();
+    let cache = ready_cache(&config);
+    let jwt = token(json!({}));
+    let bearer = format!("Bearer {jwt}");
+    let req = request("GET", "/api/admin/users", &[("authorization", &bearer), ("x-user", "mallory"), ("x-roles", "admin")]);
+    let Decision::Allow { changes, principal } = decide(&config, &cache, &req) else { panic!("allowed") };
+    assert_eq!(principal.as_deref(), Some("https://idp.example/realms/shop/alice-id"));
+    let payload_segment = jwt.split('.').nth(1).expect("payload").to_string();
+    assert_eq!(changes, vec![
+        HeaderChange::Remove("x-jwt-payload".into()),
+        HeaderChange::Remove("x-roles".into()),
+        HeaderChange::Remove("x-user".into()),
+        HeaderChange::Remove("authorization".into()),
+        HeaderChange::Set("x-jwt-payload".into(), payload_segment),
+        HeaderChange::Set("x-user".into(), "alice".into()),
+        HeaderChange::Set("x-roles".into(), "user,admin".into()),
+    ]);
+    // Anonymous but allowed: spoofed output headers are still removed.
+    let Decision::Allow { changes, principal: None } = decide(&config, &cache, &request("GET", "/healthz", &[("x-user", "mallory")])) else { panic!("allowed") };
+    assert!(changes.contains(&HeaderChange::Remove("x-user".into())));
+}
+
+#[test]
+fn the_401_403_split() {
+    let config = config();
+    let cache = ready_cache(&config);
+    let admin = format!("Bearer {}", token(json!({})));
+    let user = format!("Bearer {}", token(json!({"realm_access": {"roles": ["user"]}})));
+    let cases: Vec<(Request, u32, &str)> = vec![
+        (request("GET", "/api/admin/x", &[]), 401, "jwt_missing"),
+        (request("GET", "/debug/pprof", &[]), 401, "jwt_missing"),
+        (request("GET", "/api/admin/x", &[("authorization", &user)]), 403, "rbac_access_denied"),
+        (request("GET", "/debug/pprof", &[("authorization", &admin)]), 403, "rbac_access_denied"),
+        (request("GET", "/api/admin/../../debug/x", &[("authorization", &admin)]), 403, "rbac_access_denied"),
+        (request("GET", "/api%2Fadmin/x", &[("authorization", &admin)]), 400, "path_encoded_slash"),
+    ];
+    for (req, want_status, want_code) in cases {
+        let decision = decide(&config, &cache, &req);
+        let Decision::Deny { denial, realm } = &decision else { panic!("{} should be denied", req.path) };
+        assert_eq!((denial.response(realm).status, denial.code()), (want_status, want_code), "{}", req.path);
+    }
+    let Decision::Deny { denial: Denial::Forbidden { policy }, realm } = decide(&config, &cache, &request("GET", "/debug/x?a=1", &[("authorization", &admin)])) else { panic!("forbidden") };
+    assert_eq!(policy.as_deref(), Some("deny-debug"));
+    assert_eq!(realm, "https://shop.example/debug/x");
+}
+
+#[test]
+fn every_rejection_reason_is_a_401_even_where_no_identity_is_needed() {
+    let config = config();
+    let cache = ready_cache(&config);
+    let header = |h: Value| b64(h.to_string());
+    let valid = token(json!({}));
+    let mut tampered_parts: Vec<String> = valid.split('.').map(str::to_string).collect();
+    tampered_parts[1] = b64(json!({"iss": ISSUER, "sub": "root", "aud": "shop", "exp": NOW + 300}).to_string());
+    let other_key = testkeys::sign(&json!({"alg": "RS256", "kid": "k0"}), &json!({"iss": ISSUER, "aud": "shop", "exp": NOW + 300}), 1);
+    let unknown_kid = testkeys::sign(&json!({"alg": "RS256", "kid": "nope"}), &json!({"iss": ISSUER, "aud": "shop", "exp": NOW + 300}), 0);
+    let cases: Vec<(String, &str)> = vec![
+        ("not-a-jwt".into(), "jwt_bad_format"),
+        (format!("{}.{}.%%%", header(json!({"alg": "RS256"})), b64("{}")), "jwt_bad_base64"),
+        (format!("{}.{}.AA", header(json!({"alg": "none"})), b64(json!({"iss": ISSUER}).to_string())), "jwt_alg_not_allowed"),
+        (format!("{}.{}.AA", header(json!({"alg": "HS256"})), b64(json!({"iss": ISSUER}).to_string())), "jwt_alg_not_allowed"),
+        (token(json!({"iss": "https://evil.example"})), "jwt_unknown_issuer"),
+        (token(json!({"iss": null})), "jwt_unknown_issuer"),
+        (token(json!({"exp": NOW - 61})), "jwt_expired"),
+        (token(json!({"exp": null})), "jwt_missing_exp"),
+        (token(json!({"nbf": NOW + 120})), "jwt_not_yet_valid"),
+        (token(json!({"aud": "account"})), "jwt_audience_not_allowed"),
+        (tampered_parts.join("."), "jwt_signature_invalid"),
+        (other_key, "jwt_signature_invalid"),
+        (unknown_kid, "jwks_kid_not_found"),
+    ];
+    for (jwt, code) in cases {
+        for req in [
+            request("GET", "/healthz", &[("authorization", &format!("Bearer {jwt}"))]),
+            request("GET", &format!("/healthz?access_token={jwt}"), &[]),
+        ] {
+            let decision = decide(&config, &cache, &req);
+            let Decision::Deny { denial, realm } = &decision else { panic!("{code}: {decision:?}") };
+            let response = denial.response(realm);
+            assert_eq!((response.status, denial.code()), (401, code), "{}", req.path);
+            let challenge = &response.headers.iter().find(|(n, _)| *n == "www-authenticate").expect("challenge").1;
+            assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        }
+    }
+    // One good and one bad token: the bad one rejects the request.
+    let req = request("GET", &format!("/api/admin/x?access_token={}", token(json!({"exp": NOW - 3600}))), &[("authorization", &format!("Bearer {valid}"))]);
+    assert_eq!(status(&decide(&config, &cache, &req)), 401);
+}
