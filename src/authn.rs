@@ -92,7 +92,12 @@ pub fn authenticate(config: &Config, found: &[FoundToken], keys: &dyn KeyStore, 
         };
         match &mut result {
             None => {
-                result = Some(Authenticated { identity, provider, payload_segment, tokens: vec![(token.location, provider)] });
+                result = Some(Authenticated {
+                    identity,
+                    provider,
+                    payload_segment,
+                    tokens: vec![(token.location, provider)],
+                });
             }
             Some(first) => first.tokens.push((token.location, provider)),
         }

@@ -36,8 +36,13 @@ impl ClaimsError {
 
 /// Checks `exp` and `nbf` against `now_seconds` (with the clock skew), and that the token is meant
 /// for one of `audiences` (an empty list accepts any audience, as in Istio).
-pub fn validate(claims: &Claims<Map<String, Value>>, audiences: &[String], now_seconds: u64) -> Result<(), ClaimsError> {
-    let now = i64::try_from(now_seconds).ok().and_then(|secs| chrono::DateTime::from_timestamp(secs, 0)).unwrap_or_default();
+pub fn validate(
+    claims: &Claims<Map<String, Value>>,
+    audiences: &[String],
+    now_seconds: u64,
+) -> Result<(), ClaimsError> {
+    let now =
+        i64::try_from(now_seconds).ok().and_then(|secs| chrono::DateTime::from_timestamp(secs, 0)).unwrap_or_default();
     let skew = chrono::Duration::try_seconds(CLOCK_SKEW_SECONDS as i64).unwrap_or_default();
     let options = TimeOptions::new(skew, move || now);
     claims.validate_expiration(&options).map_err(|err| match err {

@@ -6,9 +6,7 @@
 
 use crate::extract::TokenLocation;
 use crate::jwks::{self, KeySet};
-use crate::policy::{
-    ClaimPath, Condition, ConditionKey, Operation, Policies, Policy, Rule, Source, StringMatch,
-};
+use crate::policy::{ClaimPath, Condition, ConditionKey, Operation, Policies, Policy, Rule, Source, StringMatch};
 use serde::Deserialize;
 use std::fmt;
 
@@ -228,7 +226,12 @@ impl Config {
 
 /// serde_path_to_error writes `jwtRules[0].issuer` already; its root is `.`.
 fn json_path(path: &str) -> String {
-    if path == "." { String::new() } else { path.to_string() }
+    // `?` is where the document itself is not JSON: there is no field to name.
+    if path == "." || path == "?" {
+        String::new()
+    } else {
+        path.to_string()
+    }
 }
 
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -286,14 +289,12 @@ fn compile_provider(
     }
     let timeout_ms = match &rule.timeout {
         None => DEFAULT_FETCH_TIMEOUT_MS,
-        Some(text) => parse_duration_ms(text)
-            .filter(|ms| *ms > 0)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    format!("{field}.timeout"),
-                    format!("{text:?} is not a positive duration such as \"5s\" or \"500ms\""),
-                )
-            })?,
+        Some(text) => parse_duration_ms(text).filter(|ms| *ms > 0).ok_or_else(|| {
+            ConfigError::new(
+                format!("{field}.timeout"),
+                format!("{text:?} is not a positive duration such as \"5s\" or \"500ms\""),
+            )
+        })?,
     };
     let keys = match (&rule.jwks, &rule.jwks_uri) {
         (Some(_), Some(_)) => {
@@ -303,21 +304,14 @@ fn compile_provider(
             ))
         }
         (None, None) => {
-            return Err(ConfigError::new(
-                format!("{field}.jwksUri"),
-                "required (or give the keys inline in jwks)",
-            ))
+            return Err(ConfigError::new(format!("{field}.jwksUri"), "required (or give the keys inline in jwks)"))
         }
         (Some(inline), None) => {
             if rule.jwks_cluster.is_some() {
-                return Err(ConfigError::new(
-                    format!("{field}.jwksCluster"),
-                    "only meaningful with jwksUri",
-                ));
+                return Err(ConfigError::new(format!("{field}.jwksCluster"), "only meaningful with jwksUri"));
             }
-            let parsed = jwks::parse(inline.as_bytes()).map_err(|err| {
-                ConfigError::new(format!("{field}.jwks"), err.to_string())
-            })?;
+            let parsed = jwks::parse(inline.as_bytes())
+                .map_err(|err| ConfigError::new(format!("{field}.jwks"), err.to_string()))?;
             KeySource::Inline(parsed.key_set)
         }
         (None, Some(uri)) => {
@@ -349,15 +343,21 @@ fn compile_provider(
     let mut locations = Vec::new();
     let explicit = !(rule.from_headers.is_empty() && rule.from_params.is_empty() && rule.from_cookies.is_empty());
     let wanted: Vec<(String, TokenLocation)> = if explicit {
-        let headers = rule.from_headers.into_iter().enumerate().map(|(i, h)| {
-            (format!("{field}.fromHeaders[{i}].name"), TokenLocation::header(&h.name, &h.prefix))
-        });
-        let params = rule.from_params.into_iter().enumerate().map(|(i, p)| {
-            (format!("{field}.fromParams[{i}]"), TokenLocation::Param(p))
-        });
-        let cookies = rule.from_cookies.into_iter().enumerate().map(|(i, c)| {
-            (format!("{field}.fromCookies[{i}]"), TokenLocation::Cookie(c))
-        });
+        let headers = rule
+            .from_headers
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| (format!("{field}.fromHeaders[{i}].name"), TokenLocation::header(&h.name, &h.prefix)));
+        let params = rule
+            .from_params
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (format!("{field}.fromParams[{i}]"), TokenLocation::Param(p)));
+        let cookies = rule
+            .from_cookies
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (format!("{field}.fromCookies[{i}]"), TokenLocation::Cookie(c)));
         headers.chain(params).chain(cookies).collect()
     } else {
         // Istio's defaults: the Authorization bearer token, then the access_token parameter.
@@ -409,20 +409,14 @@ fn compile_provider(
 }
 
 fn validate_header_name(name: &str, field: &str) -> Result<String, ConfigError> {
-    let valid = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
     if !valid {
         return Err(ConfigError::new(field, format!("{name:?} is not a valid HTTP header name")));
     }
     Ok(name.to_ascii_lowercase())
 }
 
-fn compile_policy(
-    name: String,
-    raw_rules: Vec<RawRule>,
-    field: &str,
-    index: usize,
-) -> Result<Policy, ConfigError> {
+fn compile_policy(name: String, raw_rules: Vec<RawRule>, field: &str, index: usize) -> Result<Policy, ConfigError> {
     let name = if name.is_empty() { format!("policies[{index}]") } else { name };
     let mut rules = Vec::with_capacity(raw_rules.len());
     for (r, rule) in raw_rules.into_iter().enumerate() {
@@ -432,7 +426,10 @@ fn compile_policy(
             let f = format!("{rule_field}.from[{s}].source");
             from.push(Source {
                 request_principals: string_matches(raw.source.request_principals, &format!("{f}.requestPrincipals"))?,
-                not_request_principals: string_matches(raw.source.not_request_principals, &format!("{f}.notRequestPrincipals"))?,
+                not_request_principals: string_matches(
+                    raw.source.not_request_principals,
+                    &format!("{f}.notRequestPrincipals"),
+                )?,
             });
         }
         let mut to = Vec::new();
@@ -448,8 +445,7 @@ fn compile_policy(
         let mut when = Vec::new();
         for (c, raw) in rule.when.into_iter().enumerate() {
             let f = format!("{rule_field}.when[{c}]");
-            let key = ConditionKey::parse(&raw.key)
-                .map_err(|reason| ConfigError::new(format!("{f}.key"), reason))?;
+            let key = ConditionKey::parse(&raw.key).map_err(|reason| ConfigError::new(format!("{f}.key"), reason))?;
             if raw.values.is_empty() && raw.not_values.is_empty() {
                 return Err(ConfigError::new(f, "at least one of values or notValues is required"));
             }
@@ -488,7 +484,10 @@ fn path_matches(values: Vec<String>, field: &str) -> Result<Vec<StringMatch>, Co
             ));
         }
         if value.contains('{') || value.contains('}') {
-            return Err(ConfigError::new(format!("{field}[{i}]"), format!("{value:?}: path templates are not supported")));
+            return Err(ConfigError::new(
+                format!("{field}[{i}]"),
+                format!("{value:?}: path templates are not supported"),
+            ));
         }
     }
     Ok(values.iter().map(|v| StringMatch::parse(v)).collect())
@@ -558,7 +557,6 @@ fn parse_http_uri(uri: &str) -> Option<HttpTarget> {
     Some(HttpTarget { host: host.to_string(), port, authority: authority.to_string(), path: path.to_string() })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,10 +573,10 @@ mod tests {
         assert_eq!(provider.audiences, vec!["shop".to_string()]);
         assert!(!provider.forward_original_token);
         assert_eq!(provider.locations, vec![0, 1]);
-        assert_eq!(config.token_locations, vec![
-            TokenLocation::header("Authorization", "Bearer "),
-            TokenLocation::Param("access_token".into()),
-        ]);
+        assert_eq!(
+            config.token_locations,
+            vec![TokenLocation::header("Authorization", "Bearer "), TokenLocation::Param("access_token".into()),]
+        );
         assert_eq!(config.output_headers, vec!["x-jwt-payload".to_string(), "x-user".to_string()]);
         assert_eq!((config.policies.deny.len(), config.policies.allow.len()), (1, 1));
         let KeySource::Remote(remote) = &provider.keys else { panic!("remote keys") };
@@ -592,10 +590,15 @@ mod tests {
     fn default_cluster_is_istios_outbound_name() {
         for (uri, cluster, authority) in [
             ("https://idp.example/realms/a/certs", "outbound|443||idp.example", "idp.example"),
-            ("http://keycloak.auth.svc.cluster.local:8080/c", "outbound|8080||keycloak.auth.svc.cluster.local", "keycloak.auth.svc.cluster.local:8080"),
+            (
+                "http://keycloak.auth.svc.cluster.local:8080/c",
+                "outbound|8080||keycloak.auth.svc.cluster.local",
+                "keycloak.auth.svc.cluster.local:8080",
+            ),
             ("http://[::1]:9000/c", "outbound|9000||::1", "[::1]:9000"),
         ] {
-            let config = Config::parse(json!({"jwtRules": [{"issuer": "i", "jwksUri": uri}]}).to_string().as_bytes()).expect(uri);
+            let config = Config::parse(json!({"jwtRules": [{"issuer": "i", "jwksUri": uri}]}).to_string().as_bytes())
+                .expect(uri);
             let KeySource::Remote(remote) = &config.providers[0].keys else { panic!("remote") };
             assert_eq!((remote.cluster.as_str(), remote.authority.as_str()), (cluster, authority));
         }
@@ -607,7 +610,10 @@ mod tests {
             {"issuer": "a", "jwksUri": "http://a/c", "fromCookies": ["session"], "fromHeaders": [{"name": "X-Token"}]},
             {"issuer": "b", "jwksUri": "http://b/c", "fromHeaders": [{"name": "x-token", "prefix": ""}]}
         ]}).to_string().as_bytes()).expect("valid");
-        assert_eq!(config.token_locations, vec![TokenLocation::header("x-token", ""), TokenLocation::Cookie("session".into())]);
+        assert_eq!(
+            config.token_locations,
+            vec![TokenLocation::header("x-token", ""), TokenLocation::Cookie("session".into())]
+        );
         assert_eq!(config.providers[0].locations, vec![0, 1]);
         assert_eq!(config.providers[1].locations, vec![0]);
     }
@@ -615,24 +621,80 @@ mod tests {
     #[test]
     fn errors_name_the_field_and_the_reason() {
         let cases = [
-            (json!({"jwtRules": [{"issuer": "", "jwksUri": "http://x/certs"}]}), "jwtRules[0].issuer", "must not be empty"),
-            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "bogus": 1}]}), "jwtRules[0].bogus", "unknown field `bogus`"),
+            (
+                json!({"jwtRules": [{"issuer": "", "jwksUri": "http://x/certs"}]}),
+                "jwtRules[0].issuer",
+                "must not be empty",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "bogus": 1}]}),
+                "jwtRules[0].bogus",
+                "unknown field `bogus`",
+            ),
             (json!({"jwtRules": [{"issuer": "i"}]}), "jwtRules[0].jwksUri", "required"),
-            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "ftp://x/c"}]}), "jwtRules[0].jwksUri", "not an absolute http"),
-            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "jwks": "{}"}]}), "jwtRules[0].jwks", "not both"),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "ftp://x/c"}]}),
+                "jwtRules[0].jwksUri",
+                "not an absolute http",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "jwks": "{}"}]}),
+                "jwtRules[0].jwks",
+                "not both",
+            ),
             (json!({"jwtRules": [{"issuer": "i", "jwks": "{\"keys\": []}"}]}), "jwtRules[0].jwks", "no keys"),
-            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "timeout": "soon"}]}), "jwtRules[0].timeout", "positive duration"),
-            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "audiences": ["a", ""]}]}), "jwtRules[0].audiences[1]", "must not be empty"),
-            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "outputClaimToHeaders": [{"header": "bad header", "claim": "sub"}]}]}), "jwtRules[0].outputClaimToHeaders[0].header", "not a valid HTTP header name"),
-            (json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c"}, {"issuer": "i", "jwksUri": "http://y/c"}]}), "jwtRules[1].issuer", "configured twice"),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "timeout": "soon"}]}),
+                "jwtRules[0].timeout",
+                "positive duration",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "audiences": ["a", ""]}]}),
+                "jwtRules[0].audiences[1]",
+                "must not be empty",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "outputClaimToHeaders": [{"header": "bad header", "claim": "sub"}]}]}),
+                "jwtRules[0].outputClaimToHeaders[0].header",
+                "not a valid HTTP header name",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c"}, {"issuer": "i", "jwksUri": "http://y/c"}]}),
+                "jwtRules[1].issuer",
+                "configured twice",
+            ),
             (json!({"jwtRules": [{"issuer": 5, "jwksUri": "http://x/c"}]}), "jwtRules[0].issuer", "invalid type"),
             (json!({"policies": [{"name": "p", "action": "MAYBE"}]}), "policies[0].action", "expected ALLOW or DENY"),
-            (json!({"policies": [{"rules": [{"to": [{"operation": {"paths": ["/a/*/b"]}}]}]}]}), "policies[0].rules[0].to[0].operation.paths[0]", "only allowed"),
-            (json!({"policies": [{"rules": [{"to": [{"operation": {"hosts": ["a"]}}]}]}]}), "policies[0].rules[0].to[0].operation.hosts", "unknown field `hosts`"),
-            (json!({"policies": [{"rules": [{"when": [{"key": "source.ip", "values": ["1.2.3.4"]}]}]}]}), "policies[0].rules[0].when[0].key", "unsupported key"),
-            (json!({"policies": [{"rules": [{"when": [{"key": "request.auth.claims[a", "values": ["x"]}]}]}]}), "policies[0].rules[0].when[0].key", "expected request.auth.claims"),
-            (json!({"policies": [{"rules": [{"when": [{"key": "request.auth.claims[a]"}]}]}]}), "policies[0].rules[0].when[0]", "at least one of values"),
-            (json!({"policies": [{"rules": [{"from": [{"source": {"requestPrincipals": [""]}}]}]}]}), "policies[0].rules[0].from[0].source.requestPrincipals[0]", "must not be empty"),
+            (
+                json!({"policies": [{"rules": [{"to": [{"operation": {"paths": ["/a/*/b"]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.paths[0]",
+                "only allowed",
+            ),
+            (
+                json!({"policies": [{"rules": [{"to": [{"operation": {"hosts": ["a"]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.hosts",
+                "unknown field `hosts`",
+            ),
+            (
+                json!({"policies": [{"rules": [{"when": [{"key": "source.ip", "values": ["1.2.3.4"]}]}]}]}),
+                "policies[0].rules[0].when[0].key",
+                "unsupported key",
+            ),
+            (
+                json!({"policies": [{"rules": [{"when": [{"key": "request.auth.claims[a", "values": ["x"]}]}]}]}),
+                "policies[0].rules[0].when[0].key",
+                "expected request.auth.claims",
+            ),
+            (
+                json!({"policies": [{"rules": [{"when": [{"key": "request.auth.claims[a]"}]}]}]}),
+                "policies[0].rules[0].when[0]",
+                "at least one of values",
+            ),
+            (
+                json!({"policies": [{"rules": [{"from": [{"source": {"requestPrincipals": [""]}}]}]}]}),
+                "policies[0].rules[0].from[0].source.requestPrincipals[0]",
+                "must not be empty",
+            ),
             (json!({}), "", "neither jwtRules nor policies"),
         ];
         for (config, field, reason) in cases {
@@ -642,7 +704,12 @@ mod tests {
             assert!(err.to_string().contains(field), "{err}");
         }
         assert_eq!(Config::parse(b"  ").unwrap_err().reason, "the plugin configuration is empty");
-        assert!(Config::parse(b"{not json").is_err());
+        let not_json = Config::parse(b"{not json").unwrap_err();
+        assert_eq!(not_json.field, "");
+        assert!(
+            not_json.to_string().starts_with("invalid jwt-authz configuration: key must be a string"),
+            "{not_json}"
+        );
     }
 
     #[test]

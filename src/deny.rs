@@ -61,11 +61,9 @@ impl Denial {
                 )),
                 err.message(),
             ),
-            Denial::Forbidden { .. } => (
-                403,
-                Some(format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"")),
-                "RBAC: access denied",
-            ),
+            Denial::Forbidden { .. } => {
+                (403, Some(format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"")), "RBAC: access denied")
+            }
         };
         let mut headers = vec![("content-type", "text/plain".to_string())];
         if let Some(challenge) = challenge {
@@ -100,7 +98,9 @@ mod tests {
         assert!(missing.headers.contains(&("www-authenticate", "Bearer realm=\"http://shop/api\"".into())));
         let forbidden = Denial::Forbidden { policy: Some("p".into()) }.response(realm);
         assert_eq!((forbidden.status, forbidden.body.as_str()), (403, "RBAC: access denied"));
-        assert!(forbidden.headers.contains(&("www-authenticate", "Bearer realm=\"http://shop/api\", error=\"insufficient_scope\"".into())));
+        assert!(forbidden
+            .headers
+            .contains(&("www-authenticate", "Bearer realm=\"http://shop/api\", error=\"insufficient_scope\"".into())));
         let bad_path = Denial::BadPath(PathError::EncodedSlash).response(realm);
         assert_eq!(bad_path.status, 400);
         assert!(!bad_path.headers.iter().any(|(name, _)| *name == "www-authenticate"));

@@ -3,7 +3,7 @@
 //! This is the pure core's entry point: it reads a `Request` snapshot, the key cache and `now`,
 //! and returns a `Decision` (or asks to wait for keys). The host layer performs what it says.
 
-use crate::authn::{self, AuthnOutcome, Authenticated, KeyStore};
+use crate::authn::{self, Authenticated, AuthnOutcome, KeyStore};
 use crate::config::Config;
 use crate::deny::Denial;
 use crate::extract::{self, HeaderSource, TokenLocation};

@@ -147,10 +147,7 @@ mod tests {
     }
 
     fn req(path: &str, headers: &[(&str, &str)]) -> Req {
-        Req {
-            path: path.to_string(),
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
-        }
+        Req { path: path.to_string(), headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect() }
     }
 
     fn defaults() -> Vec<TokenLocation> {
@@ -164,7 +161,11 @@ mod tests {
     #[test]
     fn bearer_header_any_case_and_spacing() {
         for value in ["Bearer abc", "bearer abc", "BEARER   abc ", "  Bearer abc"] {
-            assert_eq!(tokens(&defaults(), &req("/", &[("authorization", value)])), vec![(0, "abc".into())], "{value:?}");
+            assert_eq!(
+                tokens(&defaults(), &req("/", &[("authorization", value)])),
+                vec![(0, "abc".into())],
+                "{value:?}"
+            );
         }
     }
 

@@ -47,9 +47,7 @@ impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some(state) = &self.state else { return };
         let Some(provider) = state.borrow_mut().fetches.remove(&token_id) else { return };
-        let status = self
-            .get_http_call_response_header(":status")
-            .and_then(|status| status.parse::<u32>().ok());
+        let status = self.get_http_call_response_header(":status").and_then(|status| status.parse::<u32>().ok());
         // One byte over the limit is enough for the parser to refuse it as too large.
         let body = self.get_http_call_response_body(0, body_size.min(MAX_JWKS_BYTES + 1)).unwrap_or_default();
         let result = match (num_headers, status) {
@@ -152,7 +150,10 @@ fn dispatch_due_fetches(state: &SharedState) {
             Err(status) => {
                 log(
                     LogLevel::Error,
-                    &format!("cannot dispatch JWKS fetch to cluster {:?}: {status:?} (is the cluster defined?)", fetch.cluster),
+                    &format!(
+                        "cannot dispatch JWKS fetch to cluster {:?}: {status:?} (is the cluster defined?)",
+                        fetch.cluster
+                    ),
                 );
                 record_fetch_result(state, fetch.provider, FetchResult::NoResponse);
             }
@@ -273,7 +274,9 @@ impl Metrics {
     fn define() -> Metrics {
         let ids = Counter::ALL
             .iter()
-            .filter_map(|&counter| hostcalls::define_metric(MetricType::Counter, counter.name()).ok().map(|id| (counter, id)))
+            .filter_map(|&counter| {
+                hostcalls::define_metric(MetricType::Counter, counter.name()).ok().map(|id| (counter, id))
+            })
             .collect();
         Metrics { ids }
     }
@@ -290,10 +293,7 @@ fn log(level: LogLevel, message: &str) {
 }
 
 fn now() -> Duration {
-    hostcalls::get_current_time()
-        .unwrap_or(SystemTime::UNIX_EPOCH)
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+    hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH).duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 fn now_seconds() -> u64 {

@@ -140,9 +140,8 @@ fn parse_key(entry: &Value) -> Result<RsaPublicKey, String> {
     }
     let number = |name: &str| -> Result<BigUint, String> {
         let text = field(name).and_then(Value::as_str).ok_or_else(|| format!("no {name}"))?;
-        let bytes = URL_SAFE_NO_PAD
-            .decode(text.trim_end_matches('='))
-            .map_err(|_| format!("{name} is not base64url"))?;
+        let bytes =
+            URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| format!("{name} is not base64url"))?;
         Ok(BigUint::from_bytes_be(&bytes))
     };
     let n = number("n")?;
@@ -166,7 +165,7 @@ mod tests {
 
     #[test]
     fn keeps_rs256_signing_keys_and_explains_the_rest() {
-        let good = testkeys::jwk(&testkeys::key(0), "good");
+        let good = testkeys::jwk(testkeys::key(0), "good");
         let body = serde_json::json!({"keys": [
             good,
             {"kid": "enc", "kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "n": good["n"], "e": "AQAB"},
@@ -181,7 +180,15 @@ mod tests {
         assert_eq!(parsed.key_set.keys.len(), 1);
         assert_eq!(parsed.key_set.keys[0].kid.as_deref(), Some("good"));
         let skipped = parsed.skipped.join("\n");
-        for expected in ["\"enc\"", "\"EC\" is not RSA", "below 2048", "duplicate kid", "not base64url", "kid is not a string", "not a JSON object"] {
+        for expected in [
+            "\"enc\"",
+            "\"EC\" is not RSA",
+            "below 2048",
+            "duplicate kid",
+            "not base64url",
+            "kid is not a string",
+            "not a JSON object",
+        ] {
             assert!(skipped.contains(expected), "{expected} missing from {skipped}");
         }
     }

@@ -28,7 +28,10 @@ pub struct FetchRequest {
 /// What came back from a dispatched fetch.
 #[derive(Debug, Clone, Copy)]
 pub enum FetchResult<'a> {
-    Response { status: u32, body: &'a [u8] },
+    Response {
+        status: u32,
+        body: &'a [u8],
+    },
     /// Dispatch failed, timed out, or the connection broke.
     NoResponse,
 }
@@ -104,13 +107,20 @@ impl JwksCache {
     /// Records the result of the fetch for `provider`.
     pub fn on_fetch_result(&mut self, provider: usize, result: FetchResult<'_>, now_ms: u64) -> FetchReport {
         let Some(Entry::Remote(remote)) = self.entries.get_mut(provider) else {
-            return FetchReport::Failed { reason: "no remote JWKS for this provider".into(), retry_in_ms: 0, kept_previous_keys: false };
+            return FetchReport::Failed {
+                reason: "no remote JWKS for this provider".into(),
+                retry_in_ms: 0,
+                kept_previous_keys: false,
+            };
         };
         remote.in_flight = false;
         let parsed = match result {
             FetchResult::Response { status: 200, body } => jwks::parse(body).map_err(|err| err.to_string()),
             FetchResult::Response { status, .. } => Err(format!("{} answered HTTP {status}", remote.source.uri)),
-            FetchResult::NoResponse => Err(format!("no response from {} (cluster {:?}): timed out, refused or unknown cluster", remote.source.uri, remote.source.cluster)),
+            FetchResult::NoResponse => Err(format!(
+                "no response from {} (cluster {:?}): timed out, refused or unknown cluster",
+                remote.source.uri, remote.source.cluster
+            )),
         };
         match parsed {
             Ok(parsed) => {
@@ -149,11 +159,16 @@ mod tests {
     use serde_json::json;
 
     fn config() -> Config {
-        let inline = json!({"keys": [testkeys::jwk(&testkeys::key(0), "a")]}).to_string();
-        Config::parse(json!({"jwtRules": [
-            {"issuer": "remote", "jwksUri": "https://idp.example:8443/certs", "timeout": "2s"},
-            {"issuer": "inline", "jwks": inline}
-        ]}).to_string().as_bytes()).expect("valid")
+        let inline = json!({"keys": [testkeys::jwk(testkeys::key(0), "a")]}).to_string();
+        Config::parse(
+            json!({"jwtRules": [
+                {"issuer": "remote", "jwksUri": "https://idp.example:8443/certs", "timeout": "2s"},
+                {"issuer": "inline", "jwks": inline}
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .expect("valid")
     }
 
     fn state(cache: &JwksCache, provider: usize) -> &'static str {
@@ -170,17 +185,20 @@ mod tests {
         assert_eq!(state(&cache, 1), "ready");
         assert_eq!(state(&cache, 0), "unavailable");
         let due = cache.due_fetches(1_000);
-        assert_eq!(due, vec![FetchRequest {
-            provider: 0,
-            cluster: "outbound|8443||idp.example".into(),
-            authority: "idp.example:8443".into(),
-            path: "/certs".into(),
-            timeout_ms: 2_000,
-        }]);
+        assert_eq!(
+            due,
+            vec![FetchRequest {
+                provider: 0,
+                cluster: "outbound|8443||idp.example".into(),
+                authority: "idp.example:8443".into(),
+                path: "/certs".into(),
+                timeout_ms: 2_000,
+            }]
+        );
         assert_eq!(state(&cache, 0), "pending");
         assert!(cache.due_fetches(1_001).is_empty(), "one fetch at a time");
 
-        let body = json!({"keys": [testkeys::jwk(&testkeys::key(0), "a")]}).to_string();
+        let body = json!({"keys": [testkeys::jwk(testkeys::key(0), "a")]}).to_string();
         let report = cache.on_fetch_result(0, FetchResult::Response { status: 200, body: body.as_bytes() }, 2_000);
         assert_eq!(report, FetchReport::Updated { keys: 1, skipped: vec![] });
         assert_eq!(state(&cache, 0), "ready");
@@ -206,7 +224,9 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(cache.due_fetches(now).len(), 1);
             let report = cache.on_fetch_result(0, FetchResult::Response { status: 200, body: b"<html>" }, now);
-            let FetchReport::Failed { retry_in_ms, kept_previous_keys: false, .. } = report else { panic!("{report:?}") };
+            let FetchReport::Failed { retry_in_ms, kept_previous_keys: false, .. } = report else {
+                panic!("{report:?}")
+            };
             assert_eq!(state(&cache, 0), "unavailable");
             assert!(retry_in_ms >= last_retry && retry_in_ms <= RETRY_MAX_MS);
             last_retry = retry_in_ms;

@@ -43,9 +43,7 @@ impl JwtError {
     pub fn message(self) -> &'static str {
         match self {
             JwtError::TooLarge => "Jwt exceeds the maximum size",
-            JwtError::BadFormat => {
-                "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
-            }
+            JwtError::BadFormat => "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
             JwtError::BadBase64 => "Jwt is not correctly Base64url encoded",
             JwtError::BadJson => "Jwt header or payload is not valid JSON",
             JwtError::AlgorithmNotAllowed => "Jwt header [alg] is not allowed",
@@ -92,12 +90,14 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, JwtError> {
         return Err(JwtError::TooLarge);
     }
     let mut parts = token.split('.');
-    let (Some(_), Some(payload_segment), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(_), Some(payload_segment), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(JwtError::BadFormat);
     };
     let untrusted = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|err| match err {
         jwt_compact::ParseError::InvalidTokenStructure => JwtError::BadFormat,
         jwt_compact::ParseError::InvalidBase64Encoding => JwtError::BadBase64,
+        _ if header_lacks_string_alg(token) => JwtError::AlgorithmNotAllowed,
         _ => JwtError::BadJson,
     })?;
     if untrusted.algorithm() != ALLOWED_ALGORITHM {
@@ -106,9 +106,7 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, JwtError> {
     if untrusted.header().other_fields.crit.is_some() {
         return Err(JwtError::CriticalHeader);
     }
-    let claims = untrusted
-        .deserialize_claims_unchecked::<Map<String, Value>>()
-        .map_err(|_| JwtError::BadJson)?;
+    let claims = untrusted.deserialize_claims_unchecked::<Map<String, Value>>().map_err(|_| JwtError::BadJson)?;
     let signing_input = token.rsplit_once('.').map(|(input, _)| input).ok_or(JwtError::BadFormat)?;
     Ok(ParsedToken {
         kid: untrusted.header().key_id.clone(),
@@ -119,6 +117,20 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, JwtError> {
     })
 }
 
+/// jwt-compact refuses a header without a string `alg` as malformed; for the caller that is an
+/// algorithm problem, not a JSON one. Only consulted on the error path.
+fn header_lacks_string_alg(token: &str) -> bool {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap_or_default();
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return false;
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(fields)) => !fields.get("alg").is_some_and(Value::is_string),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,7 +139,11 @@ mod tests {
 
     #[test]
     fn parses_a_signed_token() {
-        let token = testkeys::sign(&json!({"alg": "RS256", "kid": "k1", "typ": "JWT"}), &json!({"iss": "i", "exp": 2000000000, "sub": "s"}), 0);
+        let token = testkeys::sign(
+            &json!({"alg": "RS256", "kid": "k1", "typ": "JWT"}),
+            &json!({"iss": "i", "exp": 2000000000, "sub": "s"}),
+            0,
+        );
         let parsed = parse(&token).expect("valid");
         assert_eq!(parsed.kid.as_deref(), Some("k1"));
         assert_eq!(parsed.issuer(), Some("i"));
@@ -157,7 +173,9 @@ mod tests {
             (format!("{}.{payload}.AA", b64(br#"{"alg":"HS256"}"#)), JwtError::AlgorithmNotAllowed),
             (format!("{}.{payload}.AA", b64(br#"{"alg":"rs256"}"#)), JwtError::AlgorithmNotAllowed),
             (format!("{}.{payload}.AA", b64(br#"{"alg":"PS256"}"#)), JwtError::AlgorithmNotAllowed),
-            (format!("{}.{payload}.AA", b64(br#"{"typ":"JWT"}"#)), JwtError::BadJson),
+            (format!("{}.{payload}.AA", b64(br#"{"typ":"JWT"}"#)), JwtError::AlgorithmNotAllowed),
+            (format!("{}.{payload}.AA", b64(br#"{"alg":256}"#)), JwtError::AlgorithmNotAllowed),
+            (format!("{}.{payload}.AA", b64(br#"{"alg":"RS256","kid":5}"#)), JwtError::BadJson),
             (format!("{}.{payload}.AA", b64(br#"{"alg":"RS256","crit":["exp"]}"#)), JwtError::CriticalHeader),
             ("a".repeat(MAX_TOKEN_BYTES + 1), JwtError::TooLarge),
         ];

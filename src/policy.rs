@@ -207,7 +207,9 @@ pub struct MatchInput<'a> {
 pub enum PolicyDecision {
     Allow,
     /// Denied: by the named DENY policy, or (`None`) because no ALLOW policy matched.
-    Deny { policy: Option<String> },
+    Deny {
+        policy: Option<String>,
+    },
 }
 
 impl Policies {
@@ -297,13 +299,9 @@ impl Condition {
                 .and_then(|id| path.lookup(&id.claims))
                 .map(|value| claim_values(value, SPACE_DELIMITED_CLAIMS.contains(&path.leaf())))
                 .unwrap_or_default(),
-            ConditionKey::Header(name) => context
-                .input
-                .headers
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-                .collect(),
+            ConditionKey::Header(name) => {
+                context.input.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
+            }
         }
     }
 }
@@ -315,10 +313,13 @@ pub fn claim_values(value: &Value, space_delimited: bool) -> Vec<String> {
         Value::String(s) if space_delimited => s.split(' ').filter(|p| !p.is_empty()).map(str::to_string).collect(),
         Value::String(s) => vec![s.clone()],
         Value::Number(_) | Value::Bool(_) => vec![value.to_string()],
-        Value::Array(items) => items.iter().flat_map(|item| match item {
-            Value::Array(_) | Value::Object(_) | Value::Null => Vec::new(),
-            other => claim_values(other, false),
-        }).collect(),
+        Value::Array(items) => items
+            .iter()
+            .flat_map(|item| match item {
+                Value::Array(_) | Value::Object(_) | Value::Null => Vec::new(),
+                other => claim_values(other, false),
+            })
+            .collect(),
         Value::Object(_) | Value::Null => Vec::new(),
     }
 }
@@ -374,13 +375,18 @@ mod tests {
         assert!(!allowed(&p, "POST", "/healthz", None));
         assert!(!allowed(&p, "GET", "/api/x", None));
         assert!(allowed(&p, "GET", "/api/x", Some(&alice)));
-        assert_eq!(decide(&p, "GET", "/debug/x", Some(&alice)), PolicyDecision::Deny { policy: Some("deny-debug".into()) });
+        assert_eq!(
+            decide(&p, "GET", "/debug/x", Some(&alice)),
+            PolicyDecision::Deny { policy: Some("deny-debug".into()) }
+        );
         assert_eq!(decide(&p, "GET", "/other", Some(&alice)), PolicyDecision::Deny { policy: None });
     }
 
     #[test]
     fn no_allow_policy_allows_what_is_not_denied_and_empty_allow_denies_all() {
-        let only_deny = policies(json!({"policies": [{"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}]}));
+        let only_deny = policies(
+            json!({"policies": [{"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}]}),
+        );
         assert!(allowed(&only_deny, "GET", "/x", None));
         assert!(!allowed(&only_deny, "DELETE", "/x", None));
         let allow_nothing = policies(json!({"policies": [{"name": "none", "action": "ALLOW"}]}));
@@ -394,7 +400,11 @@ mod tests {
     #[test]
     fn request_principals() {
         let iss = "https://idp/realms/shop";
-        let p = |principals: Value, not: Value| policies(json!({"policies": [{"rules": [{"from": [{"source": {"requestPrincipals": principals, "notRequestPrincipals": not}}]}]}]}));
+        let p = |principals: Value, not: Value| {
+            policies(
+                json!({"policies": [{"rules": [{"from": [{"source": {"requestPrincipals": principals, "notRequestPrincipals": not}}]}]}]}),
+            )
+        };
         let alice = identity(json!({"iss": iss, "sub": "alice-id"}));
         let other = identity(json!({"iss": "https://evil", "sub": "alice-id"}));
         assert!(allowed(&p(json!([format!("{iss}/alice-id")]), json!([])), "GET", "/", Some(&alice)));
@@ -420,7 +430,9 @@ mod tests {
             "aud": ["shop", "account"],
             "https://example.com/group": "staff"
         }));
-        let when = |key: &str, values: Value| policies(json!({"policies": [{"rules": [{"when": [{"key": key, "values": values}]}]}]}));
+        let when = |key: &str, values: Value| {
+            policies(json!({"policies": [{"rules": [{"when": [{"key": key, "values": values}]}]}]}))
+        };
         let cases = [
             ("request.auth.claims[realm_access][roles]", json!(["admin"]), true),
             ("request.auth.claims[realm_access][roles]", json!(["root"]), false),
@@ -447,14 +459,18 @@ mod tests {
         }
         // Claims of an unauthenticated request are absent: values never match, notValues do.
         assert!(!allowed(&when("request.auth.claims[realm_access][roles]", json!(["*"])), "GET", "/", None));
-        let not_admin = policies(json!({"policies": [{"rules": [{"when": [{"key": "request.auth.claims[realm_access][roles]", "notValues": ["admin"]}]}]}]}));
+        let not_admin = policies(
+            json!({"policies": [{"rules": [{"when": [{"key": "request.auth.claims[realm_access][roles]", "notValues": ["admin"]}]}]}]}),
+        );
         assert!(!allowed(&not_admin, "GET", "/", Some(&alice)));
         assert!(allowed(&not_admin, "GET", "/", None));
     }
 
     #[test]
     fn operations_with_negations() {
-        let p = policies(json!({"policies": [{"rules": [{"to": [{"operation": {"paths": ["/api/*"], "notPaths": ["/api/internal/*"], "notMethods": ["DELETE"]}}]}]}]}));
+        let p = policies(
+            json!({"policies": [{"rules": [{"to": [{"operation": {"paths": ["/api/*"], "notPaths": ["/api/internal/*"], "notMethods": ["DELETE"]}}]}]}]}),
+        );
         assert!(allowed(&p, "GET", "/api/x", None));
         assert!(!allowed(&p, "GET", "/api/internal/x", None));
         assert!(!allowed(&p, "DELETE", "/api/x", None));

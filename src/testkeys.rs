@@ -14,9 +14,8 @@ static KEYS: [OnceLock<RsaPrivateKey>; KEY_COUNT] = [OnceLock::new(), OnceLock::
 
 /// One of a few 2048-bit keys, generated once per test process.
 pub fn key(index: usize) -> &'static RsaPrivateKey {
-    KEYS[index % KEY_COUNT].get_or_init(|| {
-        RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key generation")
-    })
+    KEYS[index % KEY_COUNT]
+        .get_or_init(|| RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key generation"))
 }
 
 /// base64url without padding.

@@ -32,7 +32,12 @@ impl VerifyError {
 
 /// Verifies an RS256 (RSASSA-PKCS1-v1_5 with SHA-256) signature over `signing_input` with the key
 /// named by `kid`, or with any key when the token names none.
-pub fn verify_rs256(keys: &KeySet, kid: Option<&str>, signing_input: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
+pub fn verify_rs256(
+    keys: &KeySet,
+    kid: Option<&str>,
+    signing_input: &[u8],
+    signature: &[u8],
+) -> Result<(), VerifyError> {
     let mut found_key = false;
     for candidate in keys.candidates(kid) {
         found_key = true;
@@ -62,7 +67,7 @@ mod tests {
     use serde_json::json;
 
     fn key_set(kids: &[(&str, usize)]) -> KeySet {
-        let keys: Vec<_> = kids.iter().map(|(kid, index)| testkeys::jwk(&testkeys::key(*index), kid)).collect();
+        let keys: Vec<_> = kids.iter().map(|(kid, index)| testkeys::jwk(testkeys::key(*index), kid)).collect();
         jwks::parse(json!({ "keys": keys }).to_string().as_bytes()).expect("valid").key_set
     }
 
@@ -83,7 +88,10 @@ mod tests {
         assert_eq!(verify_rs256(&keys, Some("zz"), input.as_bytes(), &signature), Err(VerifyError::KeyNotFound));
         let tampered = format!("{input}x");
         assert_eq!(verify_rs256(&keys, Some("b"), tampered.as_bytes(), &signature), Err(VerifyError::SignatureInvalid));
-        assert_eq!(verify_rs256(&keys, Some("b"), input.as_bytes(), &signature[1..]), Err(VerifyError::SignatureInvalid));
+        assert_eq!(
+            verify_rs256(&keys, Some("b"), input.as_bytes(), &signature[1..]),
+            Err(VerifyError::SignatureInvalid)
+        );
         assert_eq!(verify_rs256(&keys, Some("b"), input.as_bytes(), &[]), Err(VerifyError::SignatureInvalid));
     }
 }

@@ -128,21 +128,29 @@ fn allowed_requests_lose_the_token_and_gain_claim_headers() {
     let cache = ready_cache(&config);
     let jwt = token(json!({}));
     let bearer = format!("Bearer {jwt}");
-    let req = request("GET", "/api/admin/users", &[("authorization", &bearer), ("x-user", "mallory"), ("x-roles", "admin")]);
+    let req =
+        request("GET", "/api/admin/users", &[("authorization", &bearer), ("x-user", "mallory"), ("x-roles", "admin")]);
     let Decision::Allow { changes, principal } = decide(&config, &cache, &req) else { panic!("allowed") };
     assert_eq!(principal.as_deref(), Some("https://idp.example/realms/shop/alice-id"));
     let payload_segment = jwt.split('.').nth(1).expect("payload").to_string();
-    assert_eq!(changes, vec![
-        HeaderChange::Remove("x-jwt-payload".into()),
-        HeaderChange::Remove("x-roles".into()),
-        HeaderChange::Remove("x-user".into()),
-        HeaderChange::Remove("authorization".into()),
-        HeaderChange::Set("x-jwt-payload".into(), payload_segment),
-        HeaderChange::Set("x-user".into(), "alice".into()),
-        HeaderChange::Set("x-roles".into(), "user,admin".into()),
-    ]);
+    assert_eq!(
+        changes,
+        vec![
+            HeaderChange::Remove("x-jwt-payload".into()),
+            HeaderChange::Remove("x-roles".into()),
+            HeaderChange::Remove("x-user".into()),
+            HeaderChange::Remove("authorization".into()),
+            HeaderChange::Set("x-jwt-payload".into(), payload_segment),
+            HeaderChange::Set("x-user".into(), "alice".into()),
+            HeaderChange::Set("x-roles".into(), "user,admin".into()),
+        ]
+    );
     // Anonymous but allowed: spoofed output headers are still removed.
-    let Decision::Allow { changes, principal: None } = decide(&config, &cache, &request("GET", "/healthz", &[("x-user", "mallory")])) else { panic!("allowed") };
+    let Decision::Allow { changes, principal: None } =
+        decide(&config, &cache, &request("GET", "/healthz", &[("x-user", "mallory")]))
+    else {
+        panic!("allowed")
+    };
     assert!(changes.contains(&HeaderChange::Remove("x-user".into())));
 }
 
@@ -165,7 +173,11 @@ fn the_401_403_split() {
         let Decision::Deny { denial, realm } = &decision else { panic!("{} should be denied", req.path) };
         assert_eq!((denial.response(realm).status, denial.code()), (want_status, want_code), "{}", req.path);
     }
-    let Decision::Deny { denial: Denial::Forbidden { policy }, realm } = decide(&config, &cache, &request("GET", "/debug/x?a=1", &[("authorization", &admin)])) else { panic!("forbidden") };
+    let Decision::Deny { denial: Denial::Forbidden { policy }, realm } =
+        decide(&config, &cache, &request("GET", "/debug/x?a=1", &[("authorization", &admin)]))
+    else {
+        panic!("forbidden")
+    };
     assert_eq!(policy.as_deref(), Some("deny-debug"));
     assert_eq!(realm, "https://shop.example/debug/x");
 }
@@ -178,13 +190,27 @@ fn every_rejection_reason_is_a_401_even_where_no_identity_is_needed() {
     let valid = token(json!({}));
     let mut tampered_parts: Vec<String> = valid.split('.').map(str::to_string).collect();
     tampered_parts[1] = b64(json!({"iss": ISSUER, "sub": "root", "aud": "shop", "exp": NOW + 300}).to_string());
-    let other_key = testkeys::sign(&json!({"alg": "RS256", "kid": "k0"}), &json!({"iss": ISSUER, "aud": "shop", "exp": NOW + 300}), 1);
-    let unknown_kid = testkeys::sign(&json!({"alg": "RS256", "kid": "nope"}), &json!({"iss": ISSUER, "aud": "shop", "exp": NOW + 300}), 0);
+    let other_key = testkeys::sign(
+        &json!({"alg": "RS256", "kid": "k0"}),
+        &json!({"iss": ISSUER, "aud": "shop", "exp": NOW + 300}),
+        1,
+    );
+    let unknown_kid = testkeys::sign(
+        &json!({"alg": "RS256", "kid": "nope"}),
+        &json!({"iss": ISSUER, "aud": "shop", "exp": NOW + 300}),
+        0,
+    );
     let cases: Vec<(String, &str)> = vec![
         ("not-a-jwt".into(), "jwt_bad_format"),
         (format!("{}.{}.%%%", header(json!({"alg": "RS256"})), b64("{}")), "jwt_bad_base64"),
-        (format!("{}.{}.AA", header(json!({"alg": "none"})), b64(json!({"iss": ISSUER}).to_string())), "jwt_alg_not_allowed"),
-        (format!("{}.{}.AA", header(json!({"alg": "HS256"})), b64(json!({"iss": ISSUER}).to_string())), "jwt_alg_not_allowed"),
+        (
+            format!("{}.{}.AA", header(json!({"alg": "none"})), b64(json!({"iss": ISSUER}).to_string())),
+            "jwt_alg_not_allowed",
+        ),
+        (
+            format!("{}.{}.AA", header(json!({"alg": "HS256"})), b64(json!({"iss": ISSUER}).to_string())),
+            "jwt_alg_not_allowed",
+        ),
         (token(json!({"iss": "https://evil.example"})), "jwt_unknown_issuer"),
         (token(json!({"iss": null})), "jwt_unknown_issuer"),
         (token(json!({"exp": NOW - 61})), "jwt_expired"),
@@ -209,6 +235,10 @@ fn every_rejection_reason_is_a_401_even_where_no_identity_is_needed() {
         }
     }
     // One good and one bad token: the bad one rejects the request.
-    let req = request("GET", &format!("/api/admin/x?access_token={}", token(json!({"exp": NOW - 3600}))), &[("authorization", &format!("Bearer {valid}"))]);
+    let req = request(
+        "GET",
+        &format!("/api/admin/x?access_token={}", token(json!({"exp": NOW - 3600}))),
+        &[("authorization", &format!("Bearer {valid}"))],
+    );
     assert_eq!(status(&decide(&config, &cache, &req)), 401);
 }
