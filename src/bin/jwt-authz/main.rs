@@ -80,8 +80,10 @@ fn check(file: &str) -> Result<(), Vec<String>> {
                     ("", field) => field.to_string(),
                     (prefix, field) => format!("{prefix}.{field}"),
                 };
-                let location = if field.is_empty() { String::new() } else { format!(" {field}:") };
-                errors.push(format!("{}:{location} {}", candidate.origin, err.reason));
+                // `FILE: field: reason` for a bare configuration, `FILE: WasmPlugin ns/name field: reason`.
+                let separator = if candidate.field_prefix.is_empty() { ": " } else { " " };
+                let location = if field.is_empty() { ":".to_string() } else { format!("{separator}{field}:") };
+                errors.push(format!("{}{location} {}", candidate.origin, err.reason));
             }
         }
     }
