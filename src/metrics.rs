@@ -144,6 +144,96 @@ mod tests {
         assert_eq!(name.matches(";.;").count(), 3, "{name}");
     }
 
+    /// Every denial reason code. The matches have no wildcard, so a new variant fails to compile
+    /// here until it is listed, and then fails the test until the README documents it.
+    fn every_reason_code() -> Vec<&'static str> {
+        use crate::authn::AuthnError;
+        use crate::claims::ClaimsError;
+        use crate::deny::Denial;
+        use crate::jwt::JwtError;
+        use crate::path::PathError;
+        use crate::verify::VerifyError;
+        let paths = [
+            PathError::NotAbsolute,
+            PathError::InvalidPercentEncoding,
+            PathError::EncodedSlash,
+            PathError::Backslash,
+            PathError::ControlCharacter,
+        ];
+        let tokens = [
+            JwtError::TooLarge,
+            JwtError::BadFormat,
+            JwtError::BadBase64,
+            JwtError::BadJson,
+            JwtError::AlgorithmNotAllowed,
+            JwtError::CriticalHeader,
+        ];
+        let signatures = [VerifyError::KeyNotFound, VerifyError::SignatureInvalid];
+        let claims = [
+            ClaimsError::MissingExpiration,
+            ClaimsError::Expired,
+            ClaimsError::NotYetValid,
+            ClaimsError::AudienceNotAllowed,
+        ];
+        let mut authn: Vec<AuthnError> = vec![AuthnError::UnknownIssuer, AuthnError::JwksUnavailable];
+        authn.extend(tokens.map(AuthnError::Token));
+        authn.extend(signatures.map(AuthnError::Signature));
+        authn.extend(claims.map(AuthnError::Claims));
+        let mut denials: Vec<Denial> = paths.into_iter().map(Denial::BadPath).collect();
+        denials.extend(authn.into_iter().map(Denial::InvalidToken));
+        denials.push(Denial::MissingToken { policy: None });
+        denials.push(Denial::Forbidden { policy: None });
+        for denial in &denials {
+            match denial {
+                Denial::BadPath(
+                    PathError::NotAbsolute
+                    | PathError::InvalidPercentEncoding
+                    | PathError::EncodedSlash
+                    | PathError::Backslash
+                    | PathError::ControlCharacter,
+                )
+                | Denial::MissingToken { .. }
+                | Denial::Forbidden { .. } => {}
+                Denial::InvalidToken(error) => match error {
+                    AuthnError::Token(
+                        JwtError::TooLarge
+                        | JwtError::BadFormat
+                        | JwtError::BadBase64
+                        | JwtError::BadJson
+                        | JwtError::AlgorithmNotAllowed
+                        | JwtError::CriticalHeader,
+                    )
+                    | AuthnError::UnknownIssuer
+                    | AuthnError::Signature(VerifyError::KeyNotFound | VerifyError::SignatureInvalid)
+                    | AuthnError::Claims(
+                        ClaimsError::MissingExpiration
+                        | ClaimsError::Expired
+                        | ClaimsError::NotYetValid
+                        | ClaimsError::AudienceNotAllowed,
+                    )
+                    | AuthnError::JwksUnavailable => {}
+                },
+            }
+        }
+        denials.iter().map(Denial::code).collect()
+    }
+
+    #[test]
+    fn every_metric_and_reason_code_is_documented_in_the_readme() {
+        let readme = include_str!("../README.md");
+        for counter in Counter::ALL {
+            let prometheus = counter.name().replace('.', "_");
+            assert!(readme.contains(&format!("`{prometheus}`")), "README does not document {prometheus}");
+        }
+        assert!(readme.contains("`jwt_authz_denied_total{status, reason, policy}`"));
+        let codes = every_reason_code();
+        let distinct: std::collections::HashSet<_> = codes.iter().collect();
+        assert_eq!(distinct.len(), codes.len(), "reason codes must be unique: {codes:?}");
+        for code in codes {
+            assert!(readme.contains(&format!("`{code}`")), "README does not document reason {code}");
+        }
+    }
+
     struct Fixed(Vec<Option<KeySet>>);
 
     impl KeyStore for Fixed {
