@@ -5,7 +5,7 @@
 //! in `on_configure`: what passes here starts in Envoy, and an error names the same field path.
 //! `jwt-authz convert FILE...` turns Istio RequestAuthentication and AuthorizationPolicy
 //! resources into the equivalent plugin configuration.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod convert;
 mod documents;
