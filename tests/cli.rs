@@ -90,7 +90,8 @@ fn wasm_plugin_errors_are_prefixed_with_spec_plugin_config() {
         "{stderr}"
     );
     // A YAML scalar of the wrong type is the same error Envoy would log.
-    let typed = format!("{WASM_PLUGIN_HEAD}  pluginConfig:\n    jwtRules:\n    - issuer: 42\n      jwksUri: http://x/c\n");
+    let typed =
+        format!("{WASM_PLUGIN_HEAD}  pluginConfig:\n    jwtRules:\n    - issuer: 42\n      jwksUri: http://x/c\n");
     let (code, _, stderr) = check(&scratch("plugin", "typed.yaml", &typed));
     assert_eq!(code, 1);
     assert!(stderr.contains("spec.pluginConfig.jwtRules[0].issuer: invalid type: integer `42`"), "{stderr}");
@@ -129,7 +130,8 @@ fn unreadable_and_malformed_files_exit_1_and_usage_errors_exit_2() {
     let (code, _, stderr) = check(&scratch("bad", "dup.yaml", &format!("{WASM_PLUGIN_HEAD}  phase: AUTHZ\n")));
     assert_eq!(code, 1);
     assert!(stderr.contains("invalid YAML") && stderr.contains("duplicate mapping key"), "{stderr}");
-    let (code, _, stderr) = check(&scratch("bad", "service.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"));
+    let (code, _, stderr) =
+        check(&scratch("bad", "service.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"));
     assert_eq!(code, 1);
     assert!(stderr.contains("no WasmPlugin found"), "{stderr}");
     for args in [&[][..], &["check"], &["check", "a", "b"], &["convert"], &["frobnicate", "x"]] {
