@@ -2,15 +2,25 @@
 #   make run    Envoy + the filter + a local identity provider + a demo backend (prints curl lines)
 #   make test   unit tests, native API tests, and real-Envoy integration tests
 #   make build  dist/plugin.wasm
+#   make image  OCI images of it in dist/oci (compat and Wasm artifact variants, reproducible)
+#   make push IMAGE=registry/ns/jwt-authz:TAG [VARIANT=compat|wasm] [TLS_VERIFY=false]
+#               push one with skopeo; prints the digest and the sha256 for the WasmPlugin
+#   make cli    dist/jwt-authz, the native `jwt-authz check|convert` command
 #   make lint   clippy (native and wasm32) and rustfmt check
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
 VENV        := .venv
 PYTHON      := $(VENV)/bin/python
+# The image and push tools need only the standard library: no virtualenv for a release machine.
+PYTHON3     := python3
 ENVOY       := $(VENV)/bin/envoy
 WASM_TARGET := wasm32-wasip1
 DIST        := dist/plugin.wasm
+CLI         := dist/jwt-authz
+OCI_LAYOUT  ?= dist/oci
+VARIANT     ?= compat
+TLS_VERIFY  ?= true
 
 # A rustup toolchain with the wasm32-wasip1 target builds the plain way. Without it (machines that
 # cannot download rustup targets), Debian's Rust builds the standard library itself (-Zbuild-std).
@@ -27,9 +37,9 @@ else
   WASM_DEPS  := .stamps/debian-rust
 endif
 
-.PHONY: setup build test unit-test envoy-test run lint clean
+.PHONY: setup build image push push-usage cli test unit-test envoy-test oci-test run lint clean
 
-setup: $(WASM_DEPS) .stamps/venv
+setup: $(WASM_DEPS) .stamps/venv .stamps/node .stamps/skopeo .stamps/docker-registry
 
 # Debian's Rust toolchain with its standard library sources, the wasm linker and WASI libc.
 .stamps/debian-rust:
@@ -47,19 +57,53 @@ setup: $(WASM_DEPS) .stamps/venv
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# Registry I/O (push, pull, inspect) is skopeo's job.
+.stamps/skopeo:
+	@command -v skopeo >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq skopeo; }
+	@mkdir -p .stamps && touch $@
+
+# A throwaway registry on loopback for the push/pull test (Debian's docker-registry, the CNCF
+# distribution registry). Only the tests need it.
+.stamps/docker-registry:
+	@command -v docker-registry >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq docker-registry; }
+	@mkdir -p .stamps && touch $@
+
+# Node's oidc-provider (a certified OpenID Provider) for the interop test, pinned by package-lock.json.
+.stamps/node: package.json package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@mkdir -p .stamps && touch $@
+
 build: $(WASM_DEPS)
 	$(WASM_BUILD)
 	@mkdir -p dist
 	cp $(WASM_OUT) $(DIST)
 	@echo "built $(DIST) ($$(stat -c %s $(DIST)) bytes)"
 
-unit-test:
-	cargo test --features test-support
+image: build
+	$(PYTHON3) tools/oci_image.py build --wasm $(DIST) --out $(OCI_LAYOUT)
 
-envoy-test: build .stamps/venv
+push: push-usage image .stamps/skopeo
+	$(PYTHON3) tools/oci_image.py push "$(IMAGE)" --layout $(OCI_LAYOUT) --variant $(VARIANT) --tls-verify $(TLS_VERIFY)
+
+push-usage:
+	@test -n "$(IMAGE)" || { echo "usage: make push IMAGE=registry/namespace/jwt-authz:TAG [VARIANT=compat|wasm] [TLS_VERIFY=false]"; exit 2; }
+
+cli:
+	cargo build --release --features cli --bin jwt-authz
+	@mkdir -p dist
+	cp target/release/jwt-authz $(CLI)
+
+unit-test:
+	cargo test --features test-support,cli
+
+envoy-test: build cli .stamps/venv .stamps/node
 	$(PYTHON) -m pytest tests/envoy -q -p no:cacheprovider
 
-test: unit-test envoy-test
+oci-test: build .stamps/venv .stamps/skopeo .stamps/docker-registry
+	$(PYTHON) -m pytest tests/oci -q -p no:cacheprovider
+
+test: unit-test envoy-test oci-test
 
 run: build .stamps/venv
 	$(PYTHON) tools/run_local.py
@@ -81,7 +125,7 @@ endif
 
 lint: $(LINT_DEPS)
 	cargo fmt --check
-	cargo clippy --features test-support --all-targets -- -D warnings
+	cargo clippy --features test-support,cli --all-targets -- -D warnings
 	$(WASM_CLIPPY)
 
 clean:

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::engine::{self, Decision, HeaderChange, Outcome, Request};
 use crate::jwks::MAX_JWKS_BYTES;
 use crate::jwks_cache::{FetchReport, FetchRequest, FetchResult, JwksCache};
-use crate::metrics::Counter;
+use crate::metrics::{self, Counter, KeyLookups};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
@@ -125,7 +125,13 @@ impl HttpContext for RequestContext {
         let request = Request::from_header_pairs(self.get_http_request_headers());
         let outcome = {
             let state = self.state.borrow();
-            engine::evaluate(&state.config, &request, &state.cache, now_seconds())
+            // Cache hits and misses are counted on a request's first evaluation only.
+            let keys = KeyLookups::new(&state.cache);
+            let outcome = engine::evaluate(&state.config, &request, &keys, now_seconds());
+            for (counter, amount) in keys.tally() {
+                state.metrics.add(counter, amount);
+            }
+            outcome
         };
         match outcome {
             Outcome::Decided(decision) => perform(&self.state, &decision, false),
@@ -257,7 +263,8 @@ fn perform(state: &SharedState, decision: &Decision, resume: bool) -> Action {
                     denial.policy().unwrap_or("-")
                 ),
             );
-            state.borrow().metrics.increment(Counter::for_denial_status(response.status));
+            let counter = metrics::denied(response.status, denial.code(), denial.policy());
+            state.borrow_mut().metrics.increment_named(counter);
             let headers: Vec<(&str, &str)> = response.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
             let _ = hostcalls::send_http_response(response.status, headers, Some(response.body.as_bytes()));
             Action::Pause
@@ -265,9 +272,10 @@ fn perform(state: &SharedState, decision: &Decision, resume: bool) -> Action {
     }
 }
 
-/// Envoy counter ids, defined once per VM.
+/// Envoy counter ids, defined once per VM; tagged counters on first use.
 struct Metrics {
     ids: Vec<(Counter, u32)>,
+    named: HashMap<String, u32>,
 }
 
 impl Metrics {
@@ -278,13 +286,29 @@ impl Metrics {
                 hostcalls::define_metric(MetricType::Counter, counter.name()).ok().map(|id| (counter, id))
             })
             .collect();
-        Metrics { ids }
+        Metrics { ids, named: HashMap::new() }
     }
 
     fn increment(&self, counter: Counter) {
+        self.add(counter, 1);
+    }
+
+    fn add(&self, counter: Counter, amount: u64) {
         if let Some((_, id)) = self.ids.iter().find(|(c, _)| *c == counter) {
-            let _ = hostcalls::increment_metric(*id, 1);
+            let _ = hostcalls::increment_metric(*id, i64::try_from(amount).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Names come from `metrics` (reason codes and configured policy names), so they are bounded.
+    fn increment_named(&mut self, name: String) {
+        let id = match self.named.get(&name) {
+            Some(id) => *id,
+            None => match hostcalls::define_metric(MetricType::Counter, &name) {
+                Ok(id) => *self.named.entry(name).or_insert(id),
+                Err(_) => return,
+            },
+        };
+        let _ = hostcalls::increment_metric(id, 1);
     }
 }
 

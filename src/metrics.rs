@@ -1,47 +1,260 @@
 //! Metrics: the counters the filter keeps, with the names operators see in Envoy's stats.
+//!
+//! Envoy files every stat a Wasm plugin defines under its `wasmcustom.` namespace, and its
+//! Prometheus endpoint strips that namespace: `jwt_authz.allowed_total` is scraped as
+//! `jwt_authz_allowed_total`. The Proxy-Wasm ABI has no stat tags, so dimensions (status,
+//! reason, policy) are written into the name in Istio's tag encoding, `tag=.=value;.;`, which
+//! Envoy turns into Prometheus labels given the matching `stats_tags` (in Istio: the proxy's
+//! `extraStatTags`). Only reason codes (a closed set) and policy names (from the configuration)
+//! ever go into a name, never request data, so the number of stats is bounded by the configuration.
 
-/// Every counter, so the host can define them all once at start.
+use crate::authn::{KeyState, KeyStore};
+use std::cell::Cell;
+
+/// Every stat name starts with this; Istio and plain Envoy can select them by it.
+pub const PREFIX: &str = "jwt_authz.";
+
+/// Tags written into the names of tagged counters, for operators' `stats_tags` configuration.
+pub const TAGS: [&str; 3] = ["status", "reason", "policy"];
+
+/// The `policy` tag of a denial no single policy decided: no ALLOW policy matched, or the
+/// request was refused before policies were consulted (bad path, rejected token).
+pub const NO_POLICY: &str = "-";
+
+/// Every untagged counter, so the host can define them all once at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
     Allowed,
-    Denied400,
-    Denied401,
-    Denied403,
+    /// A token's issuer had its keys cached when the request arrived.
+    JwksCacheHit,
+    /// A token's issuer had no keys cached: the request waited for a fetch or was refused.
+    JwksCacheMiss,
     JwksFetchSuccess,
     JwksFetchFailure,
     RequestsWaitedForKeys,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 6] = [
         Counter::Allowed,
-        Counter::Denied400,
-        Counter::Denied401,
-        Counter::Denied403,
+        Counter::JwksCacheHit,
+        Counter::JwksCacheMiss,
         Counter::JwksFetchSuccess,
         Counter::JwksFetchFailure,
         Counter::RequestsWaitedForKeys,
     ];
 
-    /// Stat name; Envoy shows it under `wasmcustom.` (and in Prometheus as `envoy_wasmcustom_…`).
+    /// Stat name; Envoy shows it under `wasmcustom.` (and in Prometheus without it).
     pub fn name(self) -> &'static str {
         match self {
-            Counter::Allowed => "jwt_authz.allowed",
-            Counter::Denied400 => "jwt_authz.denied_400",
-            Counter::Denied401 => "jwt_authz.denied_401",
-            Counter::Denied403 => "jwt_authz.denied_403",
-            Counter::JwksFetchSuccess => "jwt_authz.jwks_fetch_success",
-            Counter::JwksFetchFailure => "jwt_authz.jwks_fetch_failure",
-            Counter::RequestsWaitedForKeys => "jwt_authz.requests_waited_for_keys",
+            Counter::Allowed => "jwt_authz.allowed_total",
+            Counter::JwksCacheHit => "jwt_authz.jwks_cache_hits_total",
+            Counter::JwksCacheMiss => "jwt_authz.jwks_cache_misses_total",
+            Counter::JwksFetchSuccess => "jwt_authz.jwks_fetch_success_total",
+            Counter::JwksFetchFailure => "jwt_authz.jwks_fetch_failure_total",
+            Counter::RequestsWaitedForKeys => "jwt_authz.requests_waited_for_keys_total",
+        }
+    }
+}
+
+/// The counter of denials with this status, reason code and deciding policy:
+/// `jwt_authz.status=.=403;.;reason=.=rbac_access_denied;.;policy=.=shop;.;denied_total`, which
+/// Envoy exports as `jwt_authz_denied_total{status="403",reason="rbac_access_denied",policy="shop"}`.
+/// The tags sit between the prefix and the metric so that removing them leaves a clean name.
+pub fn denied(status: u32, reason: &str, policy: Option<&str>) -> String {
+    let policy = policy.map(tag_value).unwrap_or_else(|| NO_POLICY.to_string());
+    format!("{PREFIX}status=.={status};.;reason=.={};.;policy=.={policy};.;denied_total", tag_value(reason))
+}
+
+/// A tag value safe inside a stat name: anything but ASCII letters, digits, `-` and `_` becomes
+/// `_`. Dots would split the name into Envoy stat segments and could be matched by other tag
+/// extractors (Istio's own look for `cache.` and `component.`); `;` and `=` would end the tag.
+pub fn tag_value(text: &str) -> String {
+    let value: String =
+        text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    if value.is_empty() {
+        NO_POLICY.to_string()
+    } else {
+        value
+    }
+}
+
+/// A key store that remembers how a request's key lookups went: the JWKS cache hit/miss counters.
+pub struct KeyLookups<'a> {
+    store: &'a dyn KeyStore,
+    hits: Cell<u64>,
+    misses: Cell<u64>,
+}
+
+impl<'a> KeyLookups<'a> {
+    pub fn new(store: &'a dyn KeyStore) -> Self {
+        KeyLookups { store, hits: Cell::new(0), misses: Cell::new(0) }
+    }
+
+    /// `(counter, amount)` to add for the lookups made so far; zero amounts are left out.
+    pub fn tally(&self) -> Vec<(Counter, u64)> {
+        [(Counter::JwksCacheHit, self.hits.get()), (Counter::JwksCacheMiss, self.misses.get())]
+            .into_iter()
+            .filter(|(_, amount)| *amount > 0)
+            .collect()
+    }
+}
+
+impl KeyStore for KeyLookups<'_> {
+    fn key_state(&self, provider: usize) -> KeyState<'_> {
+        let state = self.store.key_state(provider);
+        let counter = if matches!(state, KeyState::Ready(_)) { &self.hits } else { &self.misses };
+        counter.set(counter.get().saturating_add(1));
+        state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwks::KeySet;
+
+    #[test]
+    fn names_share_the_prefix_and_follow_prometheus_conventions() {
+        for counter in Counter::ALL {
+            let name = counter.name();
+            assert!(name.starts_with(PREFIX) && name.ends_with("_total"), "{name}");
+            assert!(!name.contains("cache."), "{name} would be caught by Istio's `cache` tag extractor");
         }
     }
 
-    /// The counter a denial with this HTTP status increments.
-    pub fn for_denial_status(status: u32) -> Counter {
-        match status {
-            400 => Counter::Denied400,
-            403 => Counter::Denied403,
-            _ => Counter::Denied401,
+    #[test]
+    fn denied_names_carry_status_reason_and_policy_in_istio_tag_encoding() {
+        assert_eq!(
+            denied(403, "rbac_access_denied", Some("shop")),
+            "jwt_authz.status=.=403;.;reason=.=rbac_access_denied;.;policy=.=shop;.;denied_total"
+        );
+        assert_eq!(
+            denied(401, "jwt_expired", None),
+            "jwt_authz.status=.=401;.;reason=.=jwt_expired;.;policy=.=-;.;denied_total"
+        );
+    }
+
+    #[test]
+    fn policy_names_cannot_break_the_name_or_its_tags() {
+        assert_eq!(tag_value("ns.allow shop;x=.=y"), "ns_allow_shop_x___y");
+        assert_eq!(tag_value("deny-debug_2"), "deny-debug_2");
+        assert_eq!(tag_value(""), NO_POLICY);
+        let name = denied(403, "rbac_access_denied", Some("a;.;policy=.=evil"));
+        assert_eq!(name.matches(";.;").count(), 3, "{name}");
+    }
+
+    /// Every denial reason code. The matches have no wildcard, so a new variant fails to compile
+    /// here until it is listed, and then fails the test until the README documents it.
+    fn every_reason_code() -> Vec<&'static str> {
+        use crate::authn::AuthnError;
+        use crate::claims::ClaimsError;
+        use crate::deny::Denial;
+        use crate::jwt::JwtError;
+        use crate::path::PathError;
+        use crate::verify::VerifyError;
+        let paths = [
+            PathError::NotAbsolute,
+            PathError::InvalidPercentEncoding,
+            PathError::EncodedSlash,
+            PathError::Backslash,
+            PathError::ControlCharacter,
+        ];
+        let tokens = [
+            JwtError::TooLarge,
+            JwtError::BadFormat,
+            JwtError::BadBase64,
+            JwtError::BadJson,
+            JwtError::AlgorithmNotAllowed,
+            JwtError::CriticalHeader,
+        ];
+        let signatures = [VerifyError::KeyNotFound, VerifyError::SignatureInvalid];
+        let claims = [
+            ClaimsError::MissingExpiration,
+            ClaimsError::Expired,
+            ClaimsError::NotYetValid,
+            ClaimsError::AudienceNotAllowed,
+        ];
+        let mut authn: Vec<AuthnError> = vec![AuthnError::UnknownIssuer, AuthnError::JwksUnavailable];
+        authn.extend(tokens.map(AuthnError::Token));
+        authn.extend(signatures.map(AuthnError::Signature));
+        authn.extend(claims.map(AuthnError::Claims));
+        let mut denials: Vec<Denial> = paths.into_iter().map(Denial::BadPath).collect();
+        denials.extend(authn.into_iter().map(Denial::InvalidToken));
+        denials.push(Denial::MissingToken { policy: None });
+        denials.push(Denial::Forbidden { policy: None });
+        for denial in &denials {
+            match denial {
+                Denial::BadPath(
+                    PathError::NotAbsolute
+                    | PathError::InvalidPercentEncoding
+                    | PathError::EncodedSlash
+                    | PathError::Backslash
+                    | PathError::ControlCharacter,
+                )
+                | Denial::MissingToken { .. }
+                | Denial::Forbidden { .. } => {}
+                Denial::InvalidToken(error) => match error {
+                    AuthnError::Token(
+                        JwtError::TooLarge
+                        | JwtError::BadFormat
+                        | JwtError::BadBase64
+                        | JwtError::BadJson
+                        | JwtError::AlgorithmNotAllowed
+                        | JwtError::CriticalHeader,
+                    )
+                    | AuthnError::UnknownIssuer
+                    | AuthnError::Signature(VerifyError::KeyNotFound | VerifyError::SignatureInvalid)
+                    | AuthnError::Claims(
+                        ClaimsError::MissingExpiration
+                        | ClaimsError::Expired
+                        | ClaimsError::NotYetValid
+                        | ClaimsError::AudienceNotAllowed,
+                    )
+                    | AuthnError::JwksUnavailable => {}
+                },
+            }
         }
+        denials.iter().map(Denial::code).collect()
+    }
+
+    #[test]
+    fn every_metric_and_reason_code_is_documented_in_the_readme() {
+        let readme = include_str!("../README.md");
+        for counter in Counter::ALL {
+            let prometheus = counter.name().replace('.', "_");
+            assert!(readme.contains(&format!("`{prometheus}`")), "README does not document {prometheus}");
+        }
+        assert!(readme.contains("`jwt_authz_denied_total{status, reason, policy}`"));
+        let codes = every_reason_code();
+        let distinct: std::collections::HashSet<_> = codes.iter().collect();
+        assert_eq!(distinct.len(), codes.len(), "reason codes must be unique: {codes:?}");
+        for code in codes {
+            assert!(readme.contains(&format!("`{code}`")), "README does not document reason {code}");
+        }
+    }
+
+    struct Fixed(Vec<Option<KeySet>>);
+
+    impl KeyStore for Fixed {
+        fn key_state(&self, provider: usize) -> KeyState<'_> {
+            match self.0.get(provider) {
+                Some(Some(keys)) => KeyState::Ready(keys),
+                Some(None) => KeyState::Pending,
+                None => KeyState::Unavailable,
+            }
+        }
+    }
+
+    #[test]
+    fn key_lookups_count_hits_and_misses() {
+        let store = Fixed(vec![Some(KeySet::default()), None]);
+        let lookups = KeyLookups::new(&store);
+        assert!(lookups.tally().is_empty());
+        assert!(matches!(lookups.key_state(0), KeyState::Ready(_)));
+        assert!(matches!(lookups.key_state(0), KeyState::Ready(_)));
+        assert!(matches!(lookups.key_state(1), KeyState::Pending));
+        assert!(matches!(lookups.key_state(7), KeyState::Unavailable));
+        assert_eq!(lookups.tally(), vec![(Counter::JwksCacheHit, 2), (Counter::JwksCacheMiss, 2)]);
     }
 }

@@ -139,6 +139,48 @@ def user_id(realm_name, username):
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"devidp:{realm_name}:{username}"))
 
 
+def realm_from_keycloak_export(export):
+    """Realm data from a Keycloak realm export (the JSON of `kc.sh export` and `--import-realm`):
+    enabled users with their password and roles, enabled clients, and service-account roles."""
+    name = export["realm"]
+    # Keycloak's own composite and built-in roles; the tokens here add them by themselves.
+    builtin = {f"default-roles-{name}", "offline_access", "uma_authorization"}
+    users, service_accounts = {}, {}
+    for user in export.get("users", []):
+        if not user.get("enabled", True):
+            continue
+        roles = {
+            "realmRoles": [role for role in user.get("realmRoles", []) if role not in builtin],
+            "clientRoles": user.get("clientRoles", {}),
+        }
+        if user.get("serviceAccountClientId"):
+            service_accounts[user["serviceAccountClientId"]] = roles
+            continue
+        passwords = [c.get("value") for c in user.get("credentials", []) if c.get("type") == "password"]
+        users[user["username"]] = {
+            # No plain password in the export (a hashed one): the user cannot sign in here.
+            "password": passwords[0] if passwords else None,
+            "firstName": user.get("firstName", ""),
+            "lastName": user.get("lastName", ""),
+            "email": user.get("email", ""),
+            **roles,
+        }
+    clients = {}
+    for client in export.get("clients", []):
+        if not client.get("enabled", True):
+            continue
+        entry = {
+            "publicClient": client.get("publicClient", False),
+            "directAccessGrants": client.get("directAccessGrantsEnabled", False),
+        }
+        if "secret" in client:
+            entry["secret"] = client["secret"]
+        if client.get("serviceAccountsEnabled"):
+            entry["serviceAccount"] = service_accounts.get(client["clientId"], {"realmRoles": [], "clientRoles": {}})
+        clients[client["clientId"]] = entry
+    return {"realm": name, "users": users, "clients": clients}
+
+
 class Realm:
     """Users, clients and the Keycloak-shaped access tokens of one realm."""
 
@@ -399,7 +441,8 @@ def parse_args(argv=None):
     parser.add_argument("--key-file", help="RSA private key PEM; generated and written if missing")
     parser.add_argument("--port-file", help="write the bound port here once listening")
     parser.add_argument("--token-lifetime", type=int, default=300, help="access token lifetime, seconds")
-    parser.add_argument("--realm-file", help="JSON realm data replacing the built-in shop realm")
+    parser.add_argument("--realm-file",
+                        help="realm replacing the built-in shop realm: a Keycloak realm export, or this tool's JSON shape")
     parser.add_argument("--test-endpoints", action="store_true", help="enable /_test/* endpoints")
     return parser.parse_args(argv)
 
@@ -410,6 +453,8 @@ def main(argv=None):
     if args.realm_file:
         with open(args.realm_file, encoding="utf-8") as handle:
             realm_data = json.load(handle)
+        if isinstance(realm_data.get("users"), list):
+            realm_data = realm_from_keycloak_export(realm_data)
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     port = server.server_address[1]

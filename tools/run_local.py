@@ -99,7 +99,7 @@ Try it yourself:
       {IDP}/protocol/openid-connect/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -i -H "Authorization: Bearer $BOB" {ENVOY_URL}/api/admin/users        # 403: bob is not an admin
   curl -i "{ENVOY_URL}/api/public/items?access_token=$BOB"                   # 200: token from the query
-  curl -s http://127.0.0.1:9901/stats | grep jwt_authz                         # the filter's counters
+  curl -s http://127.0.0.1:9901/stats/prometheus | grep jwt_authz              # the filter's counters
 
 Ctrl-C stops everything.""")
     if any(got != want for _, got, want in checks):

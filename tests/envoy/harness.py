@@ -23,6 +23,8 @@ ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", REPO_ROOT / ".venv" / "bin" / "envo
 WASM_PATH = Path(os.environ.get("JWT_AUTHZ_WASM", REPO_ROOT / "dist" / "plugin.wasm"))
 STARTUP_TIMEOUT = 15.0
 EXTENSION_LIST_LINE = re.compile(r"\]\s{3}[a-z_.]+: |statically linked extensions")
+PROMETHEUS_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+PROMETHEUS_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 sys.path.insert(0, str(TOOLS_DIR))
 from devidp import DEFAULT_REALM, user_id  # noqa: E402  (the IdP's realm data is the single source)
@@ -318,7 +320,7 @@ def wasm_filter(plugin_config, wasm_path):
     }
 
 
-def bootstrap(http_filters, clusters, normalize_path):
+def bootstrap(http_filters, clusters, normalize_path, stats_config=None):
     """Envoy v3 bootstrap: admin and one listener on free loopback ports, everything routed to backend."""
     any_port = {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
     manager = {
@@ -336,7 +338,7 @@ def bootstrap(http_filters, clusters, normalize_path):
         },
         "http_filters": http_filters,
     }
-    return {
+    config = {
         "admin": {"address": any_port},
         "static_resources": {
             "listeners": [{
@@ -350,6 +352,9 @@ def bootstrap(http_filters, clusters, normalize_path):
             "clusters": [static_cluster(name, port) for name, port in clusters.items()],
         },
     }
+    if stats_config is not None:
+        config["stats_config"] = stats_config
+    return config
 
 
 class Envoy:
@@ -388,6 +393,17 @@ class Envoy:
     def admin(self, path):
         return http_request(self.admin_port, "GET", path)
 
+    def prometheus(self):
+        """Admin /stats/prometheus as {(name, ((label, value), ...)): float}, labels sorted."""
+        _, _, text = self.admin("/stats/prometheus")
+        samples = {}
+        for line in text.splitlines():
+            match = PROMETHEUS_SAMPLE.match(line)
+            if match:
+                labels = tuple(sorted(PROMETHEUS_LABEL.findall(match.group("labels") or "")))
+                samples[(match.group("name"), labels)] = float(match.group("value"))
+        return samples
+
     def stats(self):
         """Admin /stats as {name: int or str}."""
         _, _, text = self.admin("/stats")
@@ -421,10 +437,11 @@ class Envoy:
 
 @contextmanager
 def start_envoy(plugin_config, *, backend, idp=None, concurrency=1, clusters=None,
-                normalize_path=True, expect_failure=False, wasm=True, wasm_path=None):
+                normalize_path=True, expect_failure=False, wasm=True, wasm_path=None, stats_config=None):
     """Run Envoy with the jwt-authz filter (unless wasm=False) in front of backend.
 
-    Clusters: backend, idp (when idp is given) and any extra name -> port. With expect_failure
+    Clusters: backend, idp (when idp is given) and any extra name -> port. stats_config is the
+    bootstrap's (tag extraction, matchers). With expect_failure
     the Envoy is yielded even when it exits or never gets ready, so the test can inspect it.
     """
     workdir = Path(tempfile.mkdtemp(prefix="envoy-", dir=WORK_ROOT))
@@ -441,7 +458,7 @@ def start_envoy(plugin_config, *, backend, idp=None, concurrency=1, clusters=Non
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     })
     config_file = workdir / "envoy.json"
-    config_file.write_text(json.dumps(bootstrap(filters, all_clusters, normalize_path), indent=2))
+    config_file.write_text(json.dumps(bootstrap(filters, all_clusters, normalize_path, stats_config), indent=2))
     command = [
         str(ENVOY_BIN), "-c", str(config_file),
         "--concurrency", str(concurrency),

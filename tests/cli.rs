@@ -1,0 +1,232 @@
+//! The `jwt-authz` command on good and bad inputs: exit codes, field paths, and the repository's
+//! own WasmPlugin and Istio examples.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_jwt-authz")).args(args).current_dir(REPO).output().expect("jwt-authz runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A scratch file with this content, in a directory of this test's own.
+fn scratch(test: &str, name: &str, content: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("jwt-authz-cli-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("scratch file");
+    path
+}
+
+fn check(path: &Path) -> (i32, String, String) {
+    let output = run(&["check", path.to_str().expect("utf-8 path")]);
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+const WASM_PLUGIN_HEAD: &str = "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: authz, namespace: shop}
+spec:
+  url: oci://registry.example.com/shop/jwt-authz:1
+  phase: AUTHN
+  failStrategy: FAIL_CLOSE
+";
+
+#[test]
+fn the_repository_wasm_plugins_pass() {
+    for file in ["wasm-plugin.yaml", "examples/istio/external-keycloak.yaml", "examples/envoy/plugin-config.json"] {
+        let (code, stdout, stderr) = check(&Path::new(REPO).join(file));
+        assert_eq!(code, 0, "{file}: {stderr}");
+        assert!(stdout.contains(": ok"), "{file}: {stdout}");
+    }
+    let (_, stdout, _) = check(&Path::new(REPO).join("wasm-plugin.yaml"));
+    assert!(stdout.contains("1 issuer(s), 1 DENY and 1 ALLOW policies"), "{stdout}");
+    assert!(stdout.contains("cluster outbound|8080||keycloak.keycloak.svc.cluster.local"), "{stdout}");
+}
+
+#[test]
+fn json_plugin_config_errors_name_the_field_and_exit_1() {
+    let file = scratch(
+        "json",
+        "config.json",
+        r#"{"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "audiences": ["a", ""]}]}"#,
+    );
+    let (code, stdout, stderr) = check(&file);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stderr.contains("config.json: jwtRules[0].audiences[1]: must not be empty"), "{stderr}");
+    let empty = scratch("json", "empty.json", "{}");
+    let (code, _, stderr) = check(&empty);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("neither jwtRules nor policies"), "{stderr}");
+}
+
+#[test]
+fn wasm_plugin_errors_are_prefixed_with_spec_plugin_config() {
+    let yaml = format!(
+        "{WASM_PLUGIN_HEAD}  pluginConfig:
+    jwtRules:
+    - issuer: https://idp.example/realms/shop
+      jwksUri: https://idp.example/certs
+    policies:
+    - name: p
+      rules:
+      - to:
+        - operation:
+            paths: [/a/*/b]
+"
+    );
+    let (code, _, stderr) = check(&scratch("plugin", "plugin.yaml", &yaml));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(
+            "plugin.yaml: WasmPlugin shop/authz spec.pluginConfig.policies[0].rules[0].to[0].operation.paths[0]:"
+        ),
+        "{stderr}"
+    );
+    // A YAML scalar of the wrong type is the same error Envoy would log.
+    let typed =
+        format!("{WASM_PLUGIN_HEAD}  pluginConfig:\n    jwtRules:\n    - issuer: 42\n      jwksUri: http://x/c\n");
+    let (code, _, stderr) = check(&scratch("plugin", "typed.yaml", &typed));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("spec.pluginConfig.jwtRules[0].issuer: invalid type: integer `42`"), "{stderr}");
+}
+
+#[test]
+fn wasm_plugin_fields_istio_reads_are_checked() {
+    let yaml = "apiVersion: extensions.istio.io/v1beta9
+kind: WasmPlugin
+metadata: {name: authz}
+spec:
+  url: ftp://somewhere/plugin.wasm
+  sha256: sha256:abc
+  phase: AUTHENTICATE
+  failStrategy: FAIL_OPEN
+";
+    let (code, _, stderr) = check(&scratch("fields", "fields.yaml", yaml));
+    assert_eq!(code, 1);
+    for expected in [
+        "apiVersion: \"extensions.istio.io/v1beta9\", expected extensions.istio.io/v1alpha1",
+        "spec.url: \"ftp://somewhere/plugin.wasm\" is not an oci://",
+        "spec.sha256: \"sha256:abc\" is not 64 hex digits",
+        "spec.phase: \"AUTHENTICATE\", expected one of",
+        "spec.failStrategy: FAIL_OPEN lets every request through",
+        "spec.pluginConfig: missing",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn unreadable_and_malformed_files_exit_1_and_usage_errors_exit_2() {
+    let (code, _, stderr) = check(Path::new("/nonexistent/plugin.yaml"));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/nonexistent/plugin.yaml: cannot read"), "{stderr}");
+    let (code, _, stderr) = check(&scratch("bad", "dup.yaml", &format!("{WASM_PLUGIN_HEAD}  phase: AUTHZ\n")));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("invalid YAML") && stderr.contains("duplicate mapping key"), "{stderr}");
+    let (code, _, stderr) =
+        check(&scratch("bad", "service.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no WasmPlugin found"), "{stderr}");
+    for args in [&[][..], &["check"], &["check", "a", "b"], &["convert"], &["frobnicate", "x"]] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(text(&output.stderr).contains("usage:"), "{args:?}");
+    }
+    assert_eq!(run(&["--help"]).status.code(), Some(0));
+}
+
+#[test]
+fn convert_of_the_istio_example_is_the_wasm_plugin_config() {
+    let output = run(&["convert", "examples/istio/istio-native.yaml"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let converted: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    let plugin_yaml = std::fs::read_to_string(Path::new(REPO).join("wasm-plugin.yaml")).expect("wasm-plugin.yaml");
+    let plugin: Value = serde_saphyr::from_str(&plugin_yaml).expect("wasm-plugin.yaml parses");
+    assert_eq!(converted, plugin["spec"]["pluginConfig"]);
+    assert!(text(&output.stderr).contains("spec.selector not carried over"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn convert_output_is_checked_and_errors_point_into_the_sources() {
+    let authn = scratch(
+        "convert",
+        "authn.yaml",
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: idp, namespace: shop}
+spec:
+  jwtRules:
+  - issuer: https://idp.example/realms/shop
+    jwksUri: https://idp.example/certs
+",
+    );
+    let good_policy = scratch(
+        "convert",
+        "good.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: readers, namespace: shop}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ['https://idp.example/realms/shop/*']}}]
+    to: [{operation: {methods: [GET]}}]
+",
+    );
+    let output = run(&["convert", authn.to_str().unwrap_or_default(), good_policy.to_str().unwrap_or_default()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let converted: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(
+        converted,
+        json!({
+            "jwtRules": [{"issuer": "https://idp.example/realms/shop", "jwksUri": "https://idp.example/certs"}],
+            "policies": [{"name": "readers", "rules": [{
+                "from": [{"source": {"requestPrincipals": ["https://idp.example/realms/shop/*"]}}],
+                "to": [{"operation": {"methods": ["GET"]}}]
+            }]}]
+        })
+    );
+
+    // The plugin's own parser rejects the `when` key; the message names the source resource.
+    let bad_when = scratch(
+        "convert",
+        "bad-when.yaml",
+        "kind: AuthorizationPolicy
+metadata: {name: by-ip, namespace: shop}
+spec:
+  rules:
+  - when: [{key: source.ip, values: [10.0.0.1]}]
+",
+    );
+    let output = run(&["convert", bad_when.to_str().unwrap_or_default()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("bad-when.yaml: AuthorizationPolicy shop/by-ip spec.rules[0].when[0].key: unsupported key"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing printed for an input that does not convert");
+
+    let peer = scratch(
+        "convert",
+        "peer.yaml",
+        "kind: AuthorizationPolicy\nmetadata: {name: mtls}\nspec:\n  rules: [{from: [{source: {principals: [cluster.local/ns/a/sa/b]}}]}]\n",
+    );
+    let output = run(&["convert", peer.to_str().unwrap_or_default()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("spec.rules[0].from[0].source.principals: is about the peer"));
+
+    let duplicate_issuer = run(&["convert", authn.to_str().unwrap_or_default(), authn.to_str().unwrap_or_default()]);
+    assert_eq!(duplicate_issuer.status.code(), Some(1));
+    assert!(
+        text(&duplicate_issuer.stderr).contains("RequestAuthentication shop/idp spec.jwtRules[0].issuer: issuer"),
+        "{}",
+        text(&duplicate_issuer.stderr)
+    );
+}

@@ -1,0 +1,137 @@
+"""Interop with a real OpenID Provider: node-oidc-provider (OpenID-certified) issues client_credentials
+JWT access tokens; the filter in real Envoy fetches its JWKS and accepts them, and rejects tampered ones.
+
+jwksUri is given explicitly (read here from the provider's discovery document); the filter's own
+OIDC discovery is tested where it is built.
+"""
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+
+from harness import REPO_ROOT, b64url, b64url_decode, http_request, start_envoy, stop_process
+
+SERVER = Path(__file__).with_name("oidc_provider.mjs")
+CLIENT_ID, CLIENT_SECRET = "shop-service", "shop-service-secret"
+
+
+class OpenIdProvider:
+    def __init__(self, port):
+        self.port = port
+        status, _, text = http_request(port, "GET", "/.well-known/openid-configuration")
+        assert status == 200, text
+        self.discovery = json.loads(text)
+        self.issuer = self.discovery["issuer"]
+
+    def path_of(self, endpoint):
+        url = urlsplit(self.discovery[endpoint])
+        assert (url.hostname, url.port) == ("127.0.0.1", self.port), url
+        return url.path
+
+    def client_credentials_token(self):
+        credentials = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        status, _, text = http_request(
+            self.port, "POST", self.path_of("token_endpoint"),
+            {"Authorization": f"Basic {credentials}", "Content-Type": "application/x-www-form-urlencoded"},
+            urlencode({"grant_type": "client_credentials", "scope": "orders:read"}),
+        )
+        assert status == 200, text
+        answer = json.loads(text)
+        assert answer["token_type"] == "Bearer"
+        return answer["access_token"]
+
+
+@contextmanager
+def start_oidc_provider(workdir):
+    node = shutil.which("node")
+    assert node, "node is not installed: `make test` installs it"
+    assert (REPO_ROOT / "node_modules" / "oidc-provider").is_dir(), "run `make test` (npm ci installs oidc-provider)"
+    port_file = Path(workdir) / "oidc.port"
+    log = open(Path(workdir) / "oidc-provider.log", "wb")
+    process = subprocess.Popen([node, str(SERVER), str(port_file)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"oidc-provider did not start: {(Path(workdir) / 'oidc-provider.log').read_text()}")
+            time.sleep(0.05)
+        yield OpenIdProvider(int(port_file.read_text()))
+    finally:
+        stop_process(process)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory):
+    with start_oidc_provider(tmp_path_factory.mktemp("oidc")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def envoy(provider, backend):
+    config = {
+        "jwtRules": [{
+            "issuer": provider.issuer,
+            "audiences": ["shop"],
+            "jwksUri": provider.discovery["jwks_uri"],
+            "jwksCluster": "oidc",
+            "outputClaimToHeaders": [{"header": "x-client-id", "claim": "client_id"}],
+        }],
+        "policies": [{"name": "services", "rules": [{
+            "from": [{"source": {"requestPrincipals": [f"{provider.issuer}/{CLIENT_ID}"]}}],
+            "when": [{"key": "request.auth.claims[scope]", "values": ["orders:read"]}],
+        }]}],
+    }
+    with start_envoy(config, backend=backend, clusters={"oidc": provider.port}) as running:
+        yield running
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_the_provider_issues_rs256_jwt_access_tokens(provider):
+    header, payload, _ = provider.client_credentials_token().split(".")
+    header, payload = json.loads(b64url_decode(header)), json.loads(b64url_decode(payload))
+    assert (header["alg"], header["typ"]) == ("RS256", "at+jwt")
+    assert (payload["iss"], payload["aud"], payload["client_id"]) == (provider.issuer, "shop", CLIENT_ID)
+    status, _, jwks = http_request(provider.port, "GET", provider.path_of("jwks_uri"))
+    assert status == 200 and header["kid"] in [key["kid"] for key in json.loads(jwks)["keys"]]
+
+
+def test_a_token_from_the_provider_is_accepted(provider, envoy):
+    status, headers, body = envoy.get("/orders", bearer(provider.client_credentials_token()))
+    assert (status, headers.get("x-backend")) == (200, "demo"), body
+    echo = json.loads(body)
+    forwarded = {name.lower(): value for name, value in echo["headers"].items()}
+    assert forwarded.get("x-client-id") == CLIENT_ID
+    assert "authorization" not in forwarded, "the token must not reach the backend"
+
+
+def test_tampered_tokens_are_rejected(provider, envoy):
+    header, payload, signature = provider.client_credentials_token().split(".")
+    claims = json.loads(b64url_decode(payload))
+    raised = b64url(json.dumps({**claims, "scope": "orders:read orders:write"}))
+    other_client = b64url(json.dumps({**claims, "client_id": "intruder", "sub": "intruder"}))
+    flipped = signature[:-4] + ("AAAA" if not signature.endswith("AAAA") else "BBBB")
+    for token in (f"{header}.{raised}.{signature}", f"{header}.{other_client}.{signature}",
+                  f"{header}.{payload}.{flipped}", f"{header}.{payload}."):
+        status, headers, body = envoy.get("/orders", bearer(token))
+        assert status == 401, (token, body)
+        assert 'error="invalid_token"' in headers.get("www-authenticate", ""), headers
+    assert envoy.get("/orders")[0] == 401, "no token: who are you?"
+
+
+def test_the_provider_s_key_set_was_fetched_over_its_jwks_uri(provider, envoy):
+    # The token was accepted with keys from nowhere else: the config has no inline keys, and the
+    # only cluster the filter can reach for them is the provider's.
+    samples = envoy.prometheus()
+    assert samples.get(("jwt_authz_jwks_fetch_success_total", ()), 0) >= 1
+    assert samples.get(("jwt_authz_jwks_fetch_failure_total", ()), 0) == 0
