@@ -488,7 +488,7 @@ def test_failing_jwks_endpoint_rejects_tokens(idp, backend):
         assert idp.hits()["certs"] > before
 
 
-WAITED = "wasmcustom.jwt_authz.requests_waited_for_keys"
+WAITED = "wasmcustom.jwt_authz.requests_waited_for_keys_total"
 
 
 def test_requests_wait_for_a_slow_first_fetch_and_resume(idp, backend):
