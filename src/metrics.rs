@@ -10,10 +10,16 @@ pub enum Counter {
     JwksFetchSuccess,
     JwksFetchFailure,
     RequestsWaitedForKeys,
+    /// An AUDIT policy matched.
+    Audited,
+    /// Enforcing the dry-run policies would have denied an allowed request.
+    DryRunWouldDeny,
+    /// Enforcing the dry-run policies would have allowed a denied request.
+    DryRunWouldAllow,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 10] = [
         Counter::Allowed,
         Counter::Denied400,
         Counter::Denied401,
@@ -21,6 +27,9 @@ impl Counter {
         Counter::JwksFetchSuccess,
         Counter::JwksFetchFailure,
         Counter::RequestsWaitedForKeys,
+        Counter::Audited,
+        Counter::DryRunWouldDeny,
+        Counter::DryRunWouldAllow,
     ];
 
     /// Stat name; Envoy shows it under `wasmcustom.` (and in Prometheus as `envoy_wasmcustom_…`).
@@ -33,6 +42,9 @@ impl Counter {
             Counter::JwksFetchSuccess => "jwt_authz.jwks_fetch_success",
             Counter::JwksFetchFailure => "jwt_authz.jwks_fetch_failure",
             Counter::RequestsWaitedForKeys => "jwt_authz.requests_waited_for_keys",
+            Counter::Audited => "jwt_authz.audited",
+            Counter::DryRunWouldDeny => "jwt_authz.dry_run_denied",
+            Counter::DryRunWouldAllow => "jwt_authz.dry_run_allowed",
         }
     }
 

@@ -88,7 +88,7 @@ fn decide(config: &Config, cache: &JwksCache, req: &Request) -> Decision {
 fn status(decision: &Decision) -> u32 {
     match decision {
         Decision::Allow { .. } => 200,
-        Decision::Deny { denial, realm } => denial.response(realm).status,
+        Decision::Deny { denial, realm, .. } => denial.response(realm).status,
     }
 }
 
@@ -130,7 +130,7 @@ fn allowed_requests_lose_the_token_and_gain_claim_headers() {
     let bearer = format!("Bearer {jwt}");
     let req =
         request("GET", "/api/admin/users", &[("authorization", &bearer), ("x-user", "mallory"), ("x-roles", "admin")]);
-    let Decision::Allow { changes, principal } = decide(&config, &cache, &req) else { panic!("allowed") };
+    let Decision::Allow { changes, principal, .. } = decide(&config, &cache, &req) else { panic!("allowed") };
     assert_eq!(principal.as_deref(), Some("https://idp.example/realms/shop/alice-id"));
     let payload_segment = jwt.split('.').nth(1).expect("payload").to_string();
     assert_eq!(
@@ -146,7 +146,7 @@ fn allowed_requests_lose_the_token_and_gain_claim_headers() {
         ]
     );
     // Anonymous but allowed: spoofed output headers are still removed.
-    let Decision::Allow { changes, principal: None } =
+    let Decision::Allow { changes, principal: None, .. } =
         decide(&config, &cache, &request("GET", "/healthz", &[("x-user", "mallory")]))
     else {
         panic!("allowed")
@@ -170,10 +170,10 @@ fn the_401_403_split() {
     ];
     for (req, want_status, want_code) in cases {
         let decision = decide(&config, &cache, &req);
-        let Decision::Deny { denial, realm } = &decision else { panic!("{} should be denied", req.path) };
+        let Decision::Deny { denial, realm, .. } = &decision else { panic!("{} should be denied", req.path) };
         assert_eq!((denial.response(realm).status, denial.code()), (want_status, want_code), "{}", req.path);
     }
-    let Decision::Deny { denial: Denial::Forbidden { policy }, realm } =
+    let Decision::Deny { denial: Denial::Forbidden { policy }, realm, .. } =
         decide(&config, &cache, &request("GET", "/debug/x?a=1", &[("authorization", &admin)]))
     else {
         panic!("forbidden")
@@ -227,7 +227,7 @@ fn every_rejection_reason_is_a_401_even_where_no_identity_is_needed() {
             request("GET", &format!("/healthz?access_token={jwt}"), &[]),
         ] {
             let decision = decide(&config, &cache, &req);
-            let Decision::Deny { denial, realm } = &decision else { panic!("{code}: {decision:?}") };
+            let Decision::Deny { denial, realm, .. } = &decision else { panic!("{code}: {decision:?}") };
             let response = denial.response(realm);
             assert_eq!((response.status, denial.code()), (401, code), "{}", req.path);
             let challenge = &response.headers.iter().find(|(n, _)| *n == "www-authenticate").expect("challenge").1;
