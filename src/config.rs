@@ -1141,6 +1141,45 @@ mod tests {
     }
 
     #[test]
+    fn policy_level_settings_and_their_defaults() {
+        let defaults = Config::parse(json!({"policies": [{"action": "DENY"}]}).to_string().as_bytes()).expect("valid");
+        assert_eq!(defaults.num_trusted_proxies, 0);
+        assert_eq!(defaults.unsafe_paths, UnsafePathAction::Reject);
+        assert!(defaults.token_requirements.is_empty());
+        assert_eq!(defaults.policies.space_delimited_claims, vec!["scope", "permission"]);
+        let config = Config::parse(
+            json!({
+                "jwtRules": [{"issuer": "a", "jwksUri": "http://a/c"}, {"issuer": "b", "jwksUri": "http://b/c"}],
+                "numTrustedProxies": 2,
+                "unsafePaths": "DENY",
+                "spaceDelimitedClaims": ["roles", "scope"],
+                "tokenRequirements": [
+                    {"name": "probes", "match": {"paths": ["/healthz"]}, "skipValidation": true},
+                    {"match": {"paths": ["/b/{**}"]}, "issuers": ["b", "b"]}
+                ],
+                "policies": [
+                    {"name": "d", "action": "DENY", "dryRun": true},
+                    {"name": "a", "action": "AUDIT", "rules": [{}]},
+                    {"action": "ALLOW", "rules": [{}]}
+                ]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .expect("valid");
+        assert_eq!((config.num_trusted_proxies, config.unsafe_paths), (2, UnsafePathAction::Deny));
+        assert_eq!(config.policies.space_delimited_claims, vec!["scope", "permission", "roles"]);
+        let names: Vec<&str> = config.token_requirements.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["probes", "tokenRequirements[1]"]);
+        assert_eq!(config.token_requirements[0].action, RequirementAction::SkipValidation);
+        assert_eq!(config.token_requirements[1].action, RequirementAction::RequireIssuers(vec![1]));
+        let policies = &config.policies;
+        assert_eq!((policies.deny.len(), policies.audit.len(), policies.allow.len()), (1, 1, 1));
+        assert!(policies.deny[0].dry_run && !policies.allow[0].dry_run);
+        assert_eq!(policies.allow[0].name, "policies[2]");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration_ms("5s"), Some(5_000));
         assert_eq!(parse_duration_ms("1.5s"), Some(1_500));

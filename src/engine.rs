@@ -142,7 +142,8 @@ pub fn evaluate(config: &Config, request: &Request, keys: &dyn KeyStore, now_sec
     match (evaluation.decision, authenticated) {
         (PolicyDecision::Allow, authenticated) => Outcome::Decided(Decision::Allow {
             principal: authenticated.as_ref().map(|a| a.identity.principal()),
-            changes: upstream_changes(config, authenticated.as_ref(), required_providers.is_none()),
+            // Under a requirement some token locations went unread: clear those too.
+            changes: upstream_changes(config, authenticated.as_ref(), requirement.is_some()),
             notes,
         }),
         (PolicyDecision::Deny { policy }, None) => deny(request, &normalized, Denial::MissingToken { policy }, notes),
@@ -158,12 +159,13 @@ fn deny(request: &Request, normalized_path: &str, denial: Denial, notes: Vec<Pol
 
 /// Header changes for an allowed request: output headers are always cleared first (a client must
 /// not be able to send its own `x-user`: Envoy's jwt_authn leaves them in place when no token is
-/// present), token headers are removed unless forwarded, then claim outputs are written. Where
-/// validation was skipped, token headers are removed too: the upstream must never receive a token
+/// present), token headers are removed unless forwarded, then claim outputs are written. Where a
+/// token requirement left locations unread (validation skipped, or only some issuers' locations
+/// read), every token header is removed unless forwarded: the upstream must never receive a token
 /// nobody checked and take it for a verified one.
-fn upstream_changes(config: &Config, authenticated: Option<&Authenticated>, skipped: bool) -> Vec<HeaderChange> {
+fn upstream_changes(config: &Config, authenticated: Option<&Authenticated>, unread: bool) -> Vec<HeaderChange> {
     let mut changes: Vec<HeaderChange> = config.output_headers.iter().cloned().map(HeaderChange::Remove).collect();
-    if skipped {
+    if unread {
         for (index, location) in config.token_locations.iter().enumerate() {
             let forwarded = config.providers.iter().any(|p| p.forward_original_token && p.locations.contains(&index));
             if let (false, TokenLocation::Header { name, .. }) = (forwarded, location) {

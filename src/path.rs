@@ -348,6 +348,36 @@ mod tests {
         }
     }
 
+    /// The path tricks of the known AuthorizationPolicy bypasses, each reduced to the path the
+    /// matcher must see (or refused).
+    #[test]
+    fn known_bypass_tricks_normalize_or_are_refused() {
+        let normalized = [
+            // CVE-2019-9901: relative segments.
+            ("/info/../private", "/private"),
+            ("/something/../admin", "/admin"),
+            ("/info/%2e%2e/private", "/private"),
+            ("/info/.%2E/private", "/private"),
+            ("/./admin", "/admin"),
+            // CVE-2020-8595: query or fragment after an exact path.
+            ("/admin?", "/admin"),
+            ("/admin#", "/admin"),
+            ("/admin?x=1#y", "/admin"),
+            // CVE-2021-39156: fragment.
+            ("/user/profile#section1", "/user/profile"),
+            // CVE-2021-31920: repeated slashes.
+            ("//admin", "/admin"),
+            ("/api//admin///x", "/api/admin/x"),
+        ];
+        for (raw, want) in normalized {
+            assert_eq!(normalize(raw).as_deref(), Ok(want), "normalizing {raw:?}");
+        }
+        // CVE-2021-31920: escaped slashes and backslashes are ambiguous, so refused.
+        for raw in ["/%2Fadmin", "/admin%2f", "/api%2Fadmin", "/%5Cadmin", "/%5cadmin", "/\\admin", "/a%2F..%2Fadmin"] {
+            assert!(normalize(raw).is_err(), "{raw:?} must be refused");
+        }
+    }
+
     #[test]
     fn templates_match_like_envoys_uri_template() {
         let cases = [
