@@ -87,12 +87,14 @@ pub fn parse_address(text: &str) -> Option<IpAddr> {
 
 /// The client address `remote.ip` stands for.
 ///
-/// The hops are the `X-Forwarded-For` entries (every header, in order) followed by the connection's
-/// peer, unless Envoy already appended that peer itself (`use_remote_address: true`). Each of the
-/// `trusted_proxies` proxies in front of Envoy appends the address it saw, so the client is the
-/// entry `trusted_proxies` places from the right; everything left of it is whatever the client
-/// chose to send. With 0 the peer itself is the client and the header is ignored. Too few entries
-/// fall back to the peer (as Envoy does); an entry that is not an address means no remote address.
+/// Envoy is expected to run with `use_remote_address: true` (its recommended edge setting, and
+/// Istio's on gateways): it then appends one entry to `X-Forwarded-For` for the connection (the
+/// peer, or its own address when the peer is loopback) before this filter runs. That entry is not
+/// a hop of its own and is skipped. Each of the `trusted_proxies` proxies in front of Envoy
+/// appended the address it saw, so the client is the remaining entry `trusted_proxies` places from
+/// the right; everything left of it is whatever the client chose to send. With 0 the peer itself
+/// is the client and the header is ignored. Too few entries fall back to the peer (as Envoy does);
+/// an entry that is not an address means no remote address.
 pub fn remote_address<'a>(
     forwarded_for: impl Iterator<Item = &'a str>,
     peer: Option<IpAddr>,
@@ -103,13 +105,8 @@ pub fn remote_address<'a>(
     }
     let mut hops: Vec<&str> =
         forwarded_for.flat_map(|header| header.split(',')).map(str::trim).filter(|hop| !hop.is_empty()).collect();
-    let appended_by_envoy = match (hops.last(), peer) {
-        (Some(last), Some(peer)) => parse_address(last) == Some(peer),
-        _ => false,
-    };
-    if appended_by_envoy {
-        hops.pop();
-    }
+    // Envoy's own entry.
+    hops.pop();
     let wanted = usize::try_from(trusted_proxies).unwrap_or(usize::MAX);
     if hops.len() < wanted {
         return peer;
@@ -174,23 +171,26 @@ mod tests {
     #[test]
     fn remote_address_counts_trusted_proxies_from_the_right() {
         let peer = Some(ip("10.0.0.9"));
-        let cases: [(&[&str], u32, Option<&str>); 10] = [
+        // Every header ends with the entry Envoy appended itself (the peer, or for a loopback
+        // peer its own address, 192.0.2.2 here).
+        let cases: [(&[&str], u32, Option<&str>); 12] = [
             // No trusted proxy: the header is the client's own text and is ignored.
-            (&["6.6.6.6"], 0, Some("10.0.0.9")),
+            (&["6.6.6.6, 10.0.0.9"], 0, Some("10.0.0.9")),
             // One trusted proxy (a load balancer) appended the client it saw.
-            (&["6.6.6.6, 203.0.113.7"], 1, Some("203.0.113.7")),
-            // Envoy with use_remote_address appended the peer itself: not a hop of its own.
             (&["6.6.6.6, 203.0.113.7, 10.0.0.9"], 1, Some("203.0.113.7")),
-            // Two trusted proxies, headers split over two lines.
-            (&["6.6.6.6, 203.0.113.7", "192.168.0.1"], 2, Some("203.0.113.7")),
-            (&["203.0.113.7:4711"], 1, Some("203.0.113.7")),
+            (&["203.0.113.7, 192.0.2.2"], 1, Some("203.0.113.7")),
+            // Two trusted proxies, headers split over several lines.
+            (&["6.6.6.6, 203.0.113.7", "192.168.0.1", "10.0.0.9"], 2, Some("203.0.113.7")),
+            (&["203.0.113.7:4711, 10.0.0.9"], 1, Some("203.0.113.7")),
+            (&["[2001:db8::7]:443, 10.0.0.9"], 1, Some("2001:db8::7")),
+            (&["6.6.6.6,, 203.0.113.7,10.0.0.9"], 1, Some("203.0.113.7")),
             // Fewer entries than trusted proxies: fall back to the peer.
             (&[], 1, Some("10.0.0.9")),
-            (&["203.0.113.7"], 2, Some("10.0.0.9")),
+            (&["10.0.0.9"], 1, Some("10.0.0.9")),
+            (&["203.0.113.7, 10.0.0.9"], 2, Some("10.0.0.9")),
             // Garbage where the client address should be: no remote address at all.
-            (&["6.6.6.6, unknown"], 1, None),
-            (&["6.6.6.6,, 203.0.113.7"], 1, Some("203.0.113.7")),
-            (&["[2001:db8::7]:443"], 1, Some("2001:db8::7")),
+            (&["6.6.6.6, unknown, 10.0.0.9"], 1, None),
+            (&["unknown, 10.0.0.9"], 1, None),
         ];
         for (headers, trusted, want) in cases {
             assert_eq!(remote_address(headers.iter().copied(), peer, trusted), want.map(ip), "{headers:?} {trusted}");

@@ -395,10 +395,11 @@ fn addresses_and_ports_come_from_the_connection_and_trusted_hops() {
     let bearer = format!("Bearer {}", token(json!({})));
     let auth = ("authorization", bearer.as_str());
     let cases = [
-        // The load balancer (10.0.0.2) appended the office client: allowed.
+        // The load balancer (10.0.0.2) appended the office client, then Envoy appended the load
+        // balancer itself (use_remote_address): allowed.
         (
             with_connection(
-                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4")]),
+                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4, 10.0.0.2")]),
                 "10.0.0.2:5555",
                 8443,
             ),
@@ -407,20 +408,20 @@ fn addresses_and_ports_come_from_the_connection_and_trusted_hops() {
         // A client-written entry left of the trusted one changes nothing.
         (
             with_connection(
-                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4, 203.0.113.9")]),
+                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4, 203.0.113.9, 10.0.0.2")]),
                 "10.0.0.2:5555",
                 8443,
             ),
             403,
         ),
-        // Envoy's own append of the peer (use_remote_address) is not counted as a hop.
+        // Fewer entries than the trusted chain (here only Envoy's own): the peer is the client.
         (
             with_connection(
-                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4, 10.0.0.2")]),
+                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4")]),
                 "10.0.0.2:5555",
                 8443,
             ),
-            200,
+            403,
         ),
         // Not through the load balancer at all.
         (with_connection(request("GET", "/shop", &[auth]), "192.168.1.1:5555", 8443), 403),
