@@ -64,10 +64,25 @@ test: unit-test envoy-test
 run: build .stamps/venv
 	$(PYTHON) tools/run_local.py
 
-lint: $(WASM_DEPS)
+ifeq ($(HAVE_RUSTUP_WASM),yes)
+  WASM_CLIPPY := cargo clippy --target $(WASM_TARGET) -- -D warnings
+  LINT_DEPS   :=
+else
+  # Debian's clippy must come first on PATH so that Debian's cargo finds it, not rustup's.
+  WASM_CLIPPY := PATH=/usr/bin:$$PATH CARGO_TARGET_DIR=target/debian-wasm-lint RUSTC=/usr/bin/rustc \
+                 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-L /usr/lib/wasm32-wasi" \
+                 /usr/bin/cargo clippy --target $(WASM_TARGET) -Zbuild-std=std,panic_abort -- -D warnings
+  LINT_DEPS   := .stamps/debian-rust .stamps/debian-clippy
+endif
+
+.stamps/debian-clippy:
+	@test -x /usr/bin/clippy-driver || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq rust-web-clippy; }
+	@mkdir -p .stamps && touch $@
+
+lint: $(LINT_DEPS)
 	cargo fmt --check
 	cargo clippy --features test-support --all-targets -- -D warnings
-	$(subst cargo build,cargo clippy,$(WASM_BUILD)) -- -D warnings
+	$(WASM_CLIPPY)
 
 clean:
 	rm -rf target dist .stamps
