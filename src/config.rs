@@ -1180,6 +1180,17 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_policy_reference_example_compiles() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("## Authorization policy reference").nth(1).expect("section");
+        let example = section.split("```json").nth(1).and_then(|rest| rest.split("```").next()).expect("example");
+        let config = Config::parse(example.as_bytes()).expect("the README example is valid");
+        assert_eq!((config.policies.deny.len(), config.policies.allow.len(), config.policies.audit.len()), (2, 1, 1));
+        assert_eq!(config.token_requirements.len(), 2);
+        assert_eq!(config.num_trusted_proxies, 1);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration_ms("5s"), Some(5_000));
         assert_eq!(parse_duration_ms("1.5s"), Some(1_500));
