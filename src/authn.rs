@@ -83,9 +83,22 @@ pub enum AuthnOutcome {
 
 /// Verifies every token found. All must pass; the first one is the identity.
 pub fn authenticate(config: &Config, found: &[FoundToken], keys: &dyn KeyStore, now_seconds: u64) -> AuthnOutcome {
+    authenticate_among(config, found, keys, now_seconds, None)
+}
+
+/// `authenticate`, accepting only tokens of the `allowed` providers (indices into
+/// `Config::providers`) when given: another configured issuer's token is then an unknown issuer,
+/// as in Envoy's jwt_authn when a route requires one provider.
+pub fn authenticate_among(
+    config: &Config,
+    found: &[FoundToken],
+    keys: &dyn KeyStore,
+    now_seconds: u64,
+    allowed: Option<&[usize]>,
+) -> AuthnOutcome {
     let mut result: Option<Authenticated> = None;
     for token in found {
-        let (provider, identity, payload_segment) = match verify_token(config, token, keys, now_seconds) {
+        let (provider, identity, payload_segment) = match verify_token(config, token, keys, now_seconds, allowed) {
             Ok(verified) => verified,
             Err(Err(provider)) => return AuthnOutcome::AwaitKeys(provider),
             Err(Ok(error)) => return AuthnOutcome::Rejected(error),
@@ -111,13 +124,24 @@ pub fn authenticate(config: &Config, found: &[FoundToken], keys: &dyn KeyStore, 
 /// `Err(Ok(e))`: rejected; `Err(Err(p))`: must wait for provider `p`'s keys.
 type Verified = Result<(usize, Identity, String), Result<AuthnError, usize>>;
 
-fn verify_token(config: &Config, found: &FoundToken, keys: &dyn KeyStore, now_seconds: u64) -> Verified {
+fn verify_token(
+    config: &Config,
+    found: &FoundToken,
+    keys: &dyn KeyStore,
+    now_seconds: u64,
+    allowed: Option<&[usize]>,
+) -> Verified {
     let parsed = jwt::parse(&found.token).map_err(|e| Ok(AuthnError::Token(e)))?;
     let issuer = parsed.issuer().ok_or(Ok(AuthnError::UnknownIssuer))?;
     let provider_index = config
         .providers
         .iter()
-        .position(|p| p.issuer == issuer && p.locations.contains(&found.location))
+        .enumerate()
+        .position(|(index, p)| {
+            p.issuer == issuer
+                && p.locations.contains(&found.location)
+                && allowed.is_none_or(|allowed| allowed.contains(&index))
+        })
         .ok_or(Ok(AuthnError::UnknownIssuer))?;
     let provider = config.providers.get(provider_index).ok_or(Ok(AuthnError::UnknownIssuer))?;
     let key_set = match keys.key_state(provider_index) {

@@ -4,9 +4,15 @@
 //! users can paste theirs. Unlike Istio, which skips a rule it cannot understand, we refuse the
 //! whole configuration and say which field is wrong: a silently dropped rule changes who gets in.
 
+use crate::cidr::Cidr;
 use crate::extract::TokenLocation;
 use crate::jwks::{self, KeySet};
-use crate::policy::{ClaimPath, Condition, ConditionKey, Operation, Policies, Policy, Rule, Source, StringMatch};
+use crate::path::{PathTemplate, UnsafePathAction};
+use crate::policy::{
+    ClaimPath, Condition, ConditionKey, HostMatch, Operation, PathMatch, Policies, Policy, PrincipalMatch,
+    RequirementAction, Rule, Source, StringMatch, TokenRequirement, ValueKind, ValueMatch,
+    DEFAULT_SPACE_DELIMITED_CLAIMS,
+};
 use serde::Deserialize;
 use std::fmt;
 
@@ -47,6 +53,11 @@ pub struct Config {
     pub policies: Policies,
     /// Headers the filter writes (claim and payload outputs); a client's own copies are removed.
     pub output_headers: Vec<String>,
+    /// Per-path token requirements, first match wins.
+    pub token_requirements: Vec<TokenRequirement>,
+    /// Proxies in front of Envoy that append to `X-Forwarded-For` (`remote.ip`).
+    pub num_trusted_proxies: u32,
+    pub unsafe_paths: UnsafePathAction,
 }
 
 /// One trusted issuer (a `jwtRules` entry).
@@ -96,6 +107,13 @@ struct RawConfig {
     jwt_rules: Vec<RawJwtRule>,
     #[serde(default)]
     policies: Vec<RawPolicy>,
+    #[serde(default)]
+    token_requirements: Vec<RawTokenRequirement>,
+    #[serde(default)]
+    num_trusted_proxies: u32,
+    unsafe_paths: Option<String>,
+    #[serde(default)]
+    space_delimited_claims: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -145,6 +163,21 @@ struct RawPolicy {
     action: Option<String>,
     #[serde(default)]
     rules: Vec<RawRule>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawTokenRequirement {
+    #[serde(default)]
+    name: String,
+    #[serde(rename = "match")]
+    matcher: RawOperation,
+    #[serde(default)]
+    skip_validation: bool,
+    #[serde(default)]
+    issuers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +204,19 @@ struct RawSource {
     request_principals: Vec<String>,
     #[serde(default)]
     not_request_principals: Vec<String>,
+    #[serde(default)]
+    ip_blocks: Vec<String>,
+    #[serde(default)]
+    not_ip_blocks: Vec<String>,
+    #[serde(default)]
+    remote_ip_blocks: Vec<String>,
+    #[serde(default)]
+    not_remote_ip_blocks: Vec<String>,
+    // Istio fields for the mTLS peer: named so the error can say why they are refused.
+    principals: Option<serde_json::Value>,
+    not_principals: Option<serde_json::Value>,
+    namespaces: Option<serde_json::Value>,
+    not_namespaces: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +229,14 @@ struct RawTo {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawOperation {
     #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    not_hosts: Vec<String>,
+    #[serde(default)]
+    ports: Vec<RawPort>,
+    #[serde(default)]
+    not_ports: Vec<RawPort>,
+    #[serde(default)]
     paths: Vec<String>,
     #[serde(default)]
     not_paths: Vec<String>,
@@ -190,6 +244,14 @@ struct RawOperation {
     methods: Vec<String>,
     #[serde(default)]
     not_methods: Vec<String>,
+}
+
+/// Istio writes ports as strings (`"8080"`); a JSON number means the same and is accepted.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    Number(u64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -254,24 +316,24 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     output_headers.sort();
     output_headers.dedup();
 
-    let mut deny = Vec::new();
-    let mut allow = Vec::new();
-    for (index, policy) in raw.policies.into_iter().enumerate() {
-        let field = format!("policies[{index}]");
-        let action = policy.action.as_deref().unwrap_or("ALLOW");
-        let compiled = compile_policy(policy.name, policy.rules, &field, index)?;
-        match action {
-            "ALLOW" => allow.push(compiled),
-            "DENY" => deny.push(compiled),
-            other => {
-                return Err(ConfigError::new(
-                    format!("{field}.action"),
-                    format!("unsupported action {other:?}: expected ALLOW or DENY"),
-                ))
-            }
+    let policies = compile_policies(raw.policies, raw.space_delimited_claims)?;
+    let token_requirements = compile_token_requirements(raw.token_requirements, &providers)?;
+    let unsafe_paths = match raw.unsafe_paths.as_deref() {
+        None | Some("REJECT") => UnsafePathAction::Reject,
+        Some("DENY") => UnsafePathAction::Deny,
+        Some(other) => {
+            return Err(ConfigError::new("unsafePaths", format!("{other:?}: expected REJECT (400) or DENY (403)")))
         }
-    }
-    Ok(Config { providers, token_locations, policies: Policies { deny, allow }, output_headers })
+    };
+    Ok(Config {
+        providers,
+        token_locations,
+        policies,
+        output_headers,
+        token_requirements,
+        num_trusted_proxies: raw.num_trusted_proxies,
+        unsafe_paths,
+    })
 }
 
 fn compile_provider(
@@ -416,31 +478,65 @@ fn validate_header_name(name: &str, field: &str) -> Result<String, ConfigError> 
     Ok(name.to_ascii_lowercase())
 }
 
-fn compile_policy(name: String, raw_rules: Vec<RawRule>, field: &str, index: usize) -> Result<Policy, ConfigError> {
-    let name = if name.is_empty() { format!("policies[{index}]") } else { name };
+fn compile_policies(raw: Vec<RawPolicy>, extra_space_delimited: Vec<String>) -> Result<Policies, ConfigError> {
+    let mut policies = Policies::default();
+    for (index, policy) in raw.into_iter().enumerate() {
+        let field = format!("policies[{index}]");
+        let action = policy.action.as_deref().unwrap_or("ALLOW");
+        let name = if policy.name.is_empty() { field.clone() } else { policy.name };
+        let rules = compile_rules(policy.rules, &field)?;
+        let compiled = Policy { name, rules, dry_run: policy.dry_run };
+        match action {
+            "ALLOW" => policies.allow.push(compiled),
+            "DENY" => policies.deny.push(compiled),
+            "AUDIT" if policy.dry_run => {
+                return Err(ConfigError::new(
+                    format!("{field}.dryRun"),
+                    "an AUDIT policy changes no decision already; dryRun is for ALLOW and DENY",
+                ))
+            }
+            "AUDIT" => policies.audit.push(compiled),
+            "CUSTOM" => {
+                return Err(ConfigError::new(
+                    format!("{field}.action"),
+                    "CUSTOM (external authorization) is not supported: expected ALLOW, DENY or AUDIT",
+                ))
+            }
+            other => {
+                return Err(ConfigError::new(
+                    format!("{field}.action"),
+                    format!("unsupported action {other:?}: expected ALLOW, DENY or AUDIT"),
+                ))
+            }
+        }
+    }
+    let mut claims: Vec<String> = DEFAULT_SPACE_DELIMITED_CLAIMS.iter().map(|c| c.to_string()).collect();
+    for (i, claim) in non_empty(extra_space_delimited, "spaceDelimitedClaims")?.into_iter().enumerate() {
+        if claim.contains(['[', ']']) {
+            return Err(ConfigError::new(
+                format!("spaceDelimitedClaims[{i}]"),
+                format!("{claim:?}: give the claim's name (the innermost one for nested claims)"),
+            ));
+        }
+        if !claims.contains(&claim) {
+            claims.push(claim);
+        }
+    }
+    policies.space_delimited_claims = claims;
+    Ok(policies)
+}
+
+fn compile_rules(raw_rules: Vec<RawRule>, field: &str) -> Result<Vec<Rule>, ConfigError> {
     let mut rules = Vec::with_capacity(raw_rules.len());
     for (r, rule) in raw_rules.into_iter().enumerate() {
         let rule_field = format!("{field}.rules[{r}]");
         let mut from = Vec::new();
         for (s, raw) in rule.from.into_iter().enumerate() {
-            let f = format!("{rule_field}.from[{s}].source");
-            from.push(Source {
-                request_principals: string_matches(raw.source.request_principals, &format!("{f}.requestPrincipals"))?,
-                not_request_principals: string_matches(
-                    raw.source.not_request_principals,
-                    &format!("{f}.notRequestPrincipals"),
-                )?,
-            });
+            from.push(compile_source(raw.source, &format!("{rule_field}.from[{s}].source"))?);
         }
         let mut to = Vec::new();
         for (o, raw) in rule.to.into_iter().enumerate() {
-            let f = format!("{rule_field}.to[{o}].operation");
-            to.push(Operation {
-                paths: path_matches(raw.operation.paths, &format!("{f}.paths"))?,
-                not_paths: path_matches(raw.operation.not_paths, &format!("{f}.notPaths"))?,
-                methods: non_empty(raw.operation.methods, &format!("{f}.methods"))?,
-                not_methods: non_empty(raw.operation.not_methods, &format!("{f}.notMethods"))?,
-            });
+            to.push(compile_operation(raw.operation, &format!("{rule_field}.to[{o}].operation"))?);
         }
         let mut when = Vec::new();
         for (c, raw) in rule.when.into_iter().enumerate() {
@@ -449,15 +545,104 @@ fn compile_policy(name: String, raw_rules: Vec<RawRule>, field: &str, index: usi
             if raw.values.is_empty() && raw.not_values.is_empty() {
                 return Err(ConfigError::new(f, "at least one of values or notValues is required"));
             }
+            let kind = key.value_kind();
             when.push(Condition {
                 key,
-                values: string_matches(raw.values, &format!("{f}.values"))?,
-                not_values: string_matches(raw.not_values, &format!("{f}.notValues"))?,
+                values: value_matches(raw.values, kind, &format!("{f}.values"))?,
+                not_values: value_matches(raw.not_values, kind, &format!("{f}.notValues"))?,
             });
         }
         rules.push(Rule { from, to, when });
     }
-    Ok(Policy { name, rules })
+    Ok(rules)
+}
+
+fn compile_source(raw: RawSource, field: &str) -> Result<Source, ConfigError> {
+    for (name, value) in [
+        ("principals", &raw.principals),
+        ("notPrincipals", &raw.not_principals),
+        ("namespaces", &raw.namespaces),
+        ("notNamespaces", &raw.not_namespaces),
+    ] {
+        if value.is_some() {
+            return Err(ConfigError::new(
+                format!("{field}.{name}"),
+                "peer (mTLS) identities are not visible to this filter: use requestPrincipals for JWT identities",
+            ));
+        }
+    }
+    Ok(Source {
+        request_principals: principal_matches(raw.request_principals, &format!("{field}.requestPrincipals"))?,
+        not_request_principals: principal_matches(
+            raw.not_request_principals,
+            &format!("{field}.notRequestPrincipals"),
+        )?,
+        ip_blocks: cidrs(raw.ip_blocks, &format!("{field}.ipBlocks"))?,
+        not_ip_blocks: cidrs(raw.not_ip_blocks, &format!("{field}.notIpBlocks"))?,
+        remote_ip_blocks: cidrs(raw.remote_ip_blocks, &format!("{field}.remoteIpBlocks"))?,
+        not_remote_ip_blocks: cidrs(raw.not_remote_ip_blocks, &format!("{field}.notRemoteIpBlocks"))?,
+    })
+}
+
+fn compile_operation(raw: RawOperation, field: &str) -> Result<Operation, ConfigError> {
+    let hosts = |values: Vec<String>, f: &str| -> Result<Vec<HostMatch>, ConfigError> {
+        Ok(checked_strings(values, f)?.iter().map(|v| HostMatch::parse(v)).collect())
+    };
+    Ok(Operation {
+        hosts: hosts(raw.hosts, &format!("{field}.hosts"))?,
+        not_hosts: hosts(raw.not_hosts, &format!("{field}.notHosts"))?,
+        ports: ports(raw.ports, &format!("{field}.ports"))?,
+        not_ports: ports(raw.not_ports, &format!("{field}.notPorts"))?,
+        methods: string_matches(raw.methods, &format!("{field}.methods"))?,
+        not_methods: string_matches(raw.not_methods, &format!("{field}.notMethods"))?,
+        paths: path_matches(raw.paths, &format!("{field}.paths"))?,
+        not_paths: path_matches(raw.not_paths, &format!("{field}.notPaths"))?,
+    })
+}
+
+fn compile_token_requirements(
+    raw: Vec<RawTokenRequirement>,
+    providers: &[Provider],
+) -> Result<Vec<TokenRequirement>, ConfigError> {
+    let mut requirements = Vec::with_capacity(raw.len());
+    for (index, requirement) in raw.into_iter().enumerate() {
+        let field = format!("tokenRequirements[{index}]");
+        let matcher = compile_operation(requirement.matcher, &format!("{field}.match"))?;
+        let action = match (requirement.skip_validation, requirement.issuers.is_empty()) {
+            (true, true) => RequirementAction::SkipValidation,
+            (false, false) => {
+                let mut indices = Vec::new();
+                for (i, issuer) in requirement.issuers.iter().enumerate() {
+                    let issuer_field = format!("{field}.issuers[{i}]");
+                    if issuer.trim().is_empty() {
+                        return Err(ConfigError::new(issuer_field, "must not be empty"));
+                    }
+                    let position = providers.iter().position(|p| &p.issuer == issuer).ok_or_else(|| {
+                        ConfigError::new(&issuer_field, format!("{issuer:?} is not the issuer of any jwtRules entry"))
+                    })?;
+                    if !indices.contains(&position) {
+                        indices.push(position);
+                    }
+                }
+                RequirementAction::RequireIssuers(indices)
+            }
+            (true, false) => {
+                return Err(ConfigError::new(
+                    format!("{field}.issuers"),
+                    "a requirement either skips validation or requires issuers, not both",
+                ))
+            }
+            (false, true) => {
+                return Err(ConfigError::new(
+                    field,
+                    "give skipValidation: true (no token needed) or issuers (a token from one of them is required)",
+                ))
+            }
+        };
+        let name = if requirement.name.is_empty() { field } else { requirement.name };
+        requirements.push(TokenRequirement { name, matcher, action });
+    }
+    Ok(requirements)
 }
 
 fn non_empty(values: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
@@ -469,28 +654,100 @@ fn non_empty(values: Vec<String>, field: &str) -> Result<Vec<String>, ConfigErro
     Ok(values)
 }
 
-fn string_matches(values: Vec<String>, field: &str) -> Result<Vec<StringMatch>, ConfigError> {
-    non_empty(values, field).map(|values| values.iter().map(|v| StringMatch::parse(v)).collect())
-}
-
-fn path_matches(values: Vec<String>, field: &str) -> Result<Vec<StringMatch>, ConfigError> {
+/// Non-empty values where `*` is the whole value, or only at the start or only at the end: Istio
+/// would read `*a*` as a suffix `a*` with a literal star, which nobody means.
+fn checked_strings(values: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
     let values = non_empty(values, field)?;
     for (i, value) in values.iter().enumerate() {
-        let inner = value.trim_start_matches('*').trim_end_matches('*');
-        if inner.contains('*') {
+        if value == "*" {
+            continue;
+        }
+        let inner = value.get(1..value.len().saturating_sub(1)).unwrap_or_default();
+        if inner.contains('*') || (value.len() > 1 && value.starts_with('*') && value.ends_with('*')) {
             return Err(ConfigError::new(
                 format!("{field}[{i}]"),
                 format!("{value:?}: `*` is only allowed as a whole value, a prefix (`*.html`) or a suffix (`/api/*`)"),
             ));
         }
-        if value.contains('{') || value.contains('}') {
+    }
+    Ok(values)
+}
+
+fn string_matches(values: Vec<String>, field: &str) -> Result<Vec<StringMatch>, ConfigError> {
+    checked_strings(values, field).map(|values| values.iter().map(|v| StringMatch::parse(v)).collect())
+}
+
+fn principal_matches(values: Vec<String>, field: &str) -> Result<Vec<PrincipalMatch>, ConfigError> {
+    let values = checked_strings(values, field)?;
+    for (i, value) in values.iter().enumerate() {
+        if value.starts_with('/') {
             return Err(ConfigError::new(
                 format!("{field}[{i}]"),
-                format!("{value:?}: path templates are not supported"),
+                format!("{value:?}: the issuer (before the last /) is empty; write <iss>/<sub>, <iss>/* or */<sub>"),
             ));
         }
     }
-    Ok(values.iter().map(|v| StringMatch::parse(v)).collect())
+    Ok(values.iter().map(|v| PrincipalMatch::parse(v)).collect())
+}
+
+fn path_matches(values: Vec<String>, field: &str) -> Result<Vec<PathMatch>, ConfigError> {
+    let values = non_empty(values, field)?;
+    let mut matches = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        let value_field = format!("{field}[{i}]");
+        if PathTemplate::is_template(value) {
+            let template = PathTemplate::parse(value)
+                .map_err(|reason| ConfigError::new(&value_field, format!("{value:?}: {reason}")))?;
+            matches.push(PathMatch::Template(template));
+        } else {
+            let checked = checked_strings(vec![value.clone()], field)
+                .map_err(|err| ConfigError::new(&value_field, err.reason))?;
+            matches.extend(checked.iter().map(|v| PathMatch::String(StringMatch::parse(v))));
+        }
+    }
+    Ok(matches)
+}
+
+fn cidrs(values: Vec<String>, field: &str) -> Result<Vec<Cidr>, ConfigError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| Cidr::parse(value).map_err(|reason| ConfigError::new(format!("{field}[{i}]"), reason)))
+        .collect()
+}
+
+fn ports(values: Vec<RawPort>, field: &str) -> Result<Vec<u16>, ConfigError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let port = match value {
+                RawPort::Number(n) => u16::try_from(*n).ok(),
+                RawPort::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+                    text.parse().ok()
+                }
+                RawPort::Text(_) => None,
+            };
+            port.ok_or_else(|| {
+                let shown = match value {
+                    RawPort::Number(n) => n.to_string(),
+                    RawPort::Text(text) => format!("{text:?}"),
+                };
+                ConfigError::new(format!("{field}[{i}]"), format!("{shown} is not a port number (0-65535)"))
+            })
+        })
+        .collect()
+}
+
+fn value_matches(values: Vec<String>, kind: ValueKind, field: &str) -> Result<Vec<ValueMatch>, ConfigError> {
+    Ok(match kind {
+        ValueKind::String => string_matches(values, field)?.into_iter().map(ValueMatch::String).collect(),
+        ValueKind::Principal => principal_matches(values, field)?.into_iter().map(ValueMatch::Principal).collect(),
+        ValueKind::Address => cidrs(values, field)?.into_iter().map(ValueMatch::Address).collect(),
+        ValueKind::Port => {
+            ports(values.into_iter().map(RawPort::Text).collect(), field)?.into_iter().map(ValueMatch::Port).collect()
+        }
+    })
 }
 
 /// Parses Istio/protobuf duration strings: `5s`, `1.5s`, `500ms`, `2m`, `1h`.
@@ -664,21 +921,192 @@ mod tests {
                 "configured twice",
             ),
             (json!({"jwtRules": [{"issuer": 5, "jwksUri": "http://x/c"}]}), "jwtRules[0].issuer", "invalid type"),
-            (json!({"policies": [{"name": "p", "action": "MAYBE"}]}), "policies[0].action", "expected ALLOW or DENY"),
+            (
+                json!({"policies": [{"name": "p", "action": "MAYBE"}]}),
+                "policies[0].action",
+                "expected ALLOW, DENY or AUDIT",
+            ),
+            (json!({"policies": [{"action": "CUSTOM"}]}), "policies[0].action", "CUSTOM (external authorization)"),
+            (json!({"policies": [{"action": "AUDIT", "dryRun": true}]}), "policies[0].dryRun", "AUDIT"),
+            (json!({"policies": [{"dryRun": "yes"}]}), "policies[0].dryRun", "invalid type"),
+            (json!({"policies": [{"rules": [{"bogus": 1}]}]}), "policies[0].rules[0].bogus", "unknown field `bogus`"),
             (
                 json!({"policies": [{"rules": [{"to": [{"operation": {"paths": ["/a/*/b"]}}]}]}]}),
                 "policies[0].rules[0].to[0].operation.paths[0]",
                 "only allowed",
             ),
             (
-                json!({"policies": [{"rules": [{"to": [{"operation": {"hosts": ["a"]}}]}]}]}),
-                "policies[0].rules[0].to[0].operation.hosts",
-                "unknown field `hosts`",
+                json!({"policies": [{"rules": [{"to": [{"operation": {"paths": ["*a*"]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.paths[0]",
+                "only allowed",
             ),
             (
-                json!({"policies": [{"rules": [{"when": [{"key": "source.ip", "values": ["1.2.3.4"]}]}]}]}),
+                json!({"policies": [{"rules": [{"to": [{"operation": {"paths": ["/ok", "/a/{id}"]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.paths[1]",
+                "only {*} and {**} are supported",
+            ),
+            (
+                json!({"policies": [{"rules": [{"to": [{"operation": {"notPaths": ["/a/{**}/{*}"]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.notPaths[0]",
+                "{**} must be the last operator",
+            ),
+            (
+                json!({"policies": [{"rules": [{"to": [{"operation": {"paths": ["/a/{*"]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.paths[0]",
+                "not allowed in a path template",
+            ),
+            (
+                json!({"policies": [{"rules": [{"to": [{"operation": {"hosts": ["*.a.*"]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.hosts[0]",
+                "only allowed",
+            ),
+            (
+                json!({"policies": [{"rules": [{"to": [{"operation": {"notHosts": [""]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.notHosts[0]",
+                "must not be empty",
+            ),
+            (
+                json!({"policies": [{"rules": [{"to": [{"operation": {"ports": ["80", "http"]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.ports[1]",
+                "\"http\" is not a port number",
+            ),
+            (
+                json!({"policies": [{"rules": [{"to": [{"operation": {"notPorts": [70000]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.notPorts[0]",
+                "70000 is not a port number",
+            ),
+            (
+                json!({"policies": [{"rules": [{"to": [{"operation": {"methods": ["G*T"]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.methods[0]",
+                "only allowed",
+            ),
+            (
+                json!({"policies": [{"rules": [{"to": [{"operation": {"hostz": ["a"]}}]}]}]}),
+                "policies[0].rules[0].to[0].operation.hostz",
+                "unknown field `hostz`",
+            ),
+            (
+                json!({"policies": [{"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/8", "10.0.0.0/40"]}}]}]}]}),
+                "policies[0].rules[0].from[0].source.ipBlocks[1]",
+                "prefix length",
+            ),
+            (
+                json!({"policies": [{"rules": [{"from": [{"source": {"notRemoteIpBlocks": ["office"]}}]}]}]}),
+                "policies[0].rules[0].from[0].source.notRemoteIpBlocks[0]",
+                "not an IP address or CIDR block",
+            ),
+            (
+                json!({"policies": [{"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/a/sa/b"]}}]}]}]}),
+                "policies[0].rules[0].from[0].source.principals",
+                "mTLS",
+            ),
+            (
+                json!({"policies": [{"rules": [{"from": [{"source": {"namespaces": ["a"]}}]}]}]}),
+                "policies[0].rules[0].from[0].source.namespaces",
+                "mTLS",
+            ),
+            (
+                json!({"policies": [{"rules": [{"from": [{"source": {"requestPrincipals": ["/alice"]}}]}]}]}),
+                "policies[0].rules[0].from[0].source.requestPrincipals[0]",
+                "the issuer (before the last /) is empty",
+            ),
+            (
+                json!({"policies": [{"rules": [{"from": [{"source": {"notRequestPrincipals": ["a*b/c"]}}]}]}]}),
+                "policies[0].rules[0].from[0].source.notRequestPrincipals[0]",
+                "only allowed",
+            ),
+            (
+                json!({"policies": [{"rules": [{"when": [{"key": "source.principal", "values": ["x"]}]}]}]}),
+                "policies[0].rules[0].when[0].key",
+                "mTLS peer identity",
+            ),
+            (
+                json!({"policies": [{"rules": [{"when": [{"key": "request.auth.claim[a]", "values": ["x"]}]}]}]}),
                 "policies[0].rules[0].when[0].key",
                 "unsupported key",
+            ),
+            (
+                json!({"policies": [{"rules": [{"when": [{"key": "remote.ip", "values": ["1.2.3.4", "1.2.3"]}]}]}]}),
+                "policies[0].rules[0].when[0].values[1]",
+                "not an IP address",
+            ),
+            (
+                json!({"policies": [{"rules": [{"when": [{"key": "source.ip", "notValues": ["::/200"]}]}]}]}),
+                "policies[0].rules[0].when[0].notValues[0]",
+                "prefix length",
+            ),
+            (
+                json!({"policies": [{"rules": [{"when": [{"key": "destination.port", "values": ["https"]}]}]}]}),
+                "policies[0].rules[0].when[0].values[0]",
+                "not a port number",
+            ),
+            (
+                json!({"policies": [{"rules": [{"when": [{"key": "request.auth.principal", "values": ["/sub"]}]}]}]}),
+                "policies[0].rules[0].when[0].values[0]",
+                "issuer",
+            ),
+            (
+                json!({"policies": [{"rules": [{"when": [{"key": "request.headers[]", "values": ["x"]}]}]}]}),
+                "policies[0].rules[0].when[0].key",
+                "expected request.headers[name]",
+            ),
+            (json!({"policies": [], "numTrustedProxies": -1}), "numTrustedProxies", "invalid value"),
+            (
+                json!({"policies": [{"action": "DENY"}], "unsafePaths": "ALLOW"}),
+                "unsafePaths",
+                "expected REJECT (400) or DENY (403)",
+            ),
+            (
+                json!({"policies": [{"action": "DENY"}], "spaceDelimitedClaims": ["roles", ""]}),
+                "spaceDelimitedClaims[1]",
+                "must not be empty",
+            ),
+            (
+                json!({"policies": [{"action": "DENY"}], "spaceDelimitedClaims": ["a[b]"]}),
+                "spaceDelimitedClaims[0]",
+                "innermost",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c"}],
+                       "tokenRequirements": [{"match": {"paths": ["/a"]}, "issuers": ["i", "j"]}]}),
+                "tokenRequirements[0].issuers[1]",
+                "\"j\" is not the issuer of any jwtRules entry",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c"}],
+                       "tokenRequirements": [{"match": {"paths": ["/a"]}, "issuers": [""]}]}),
+                "tokenRequirements[0].issuers[0]",
+                "must not be empty",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c"}],
+                       "tokenRequirements": [{"match": {"paths": ["/a"]}}]}),
+                "tokenRequirements[0]",
+                "give skipValidation: true",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c"}],
+                       "tokenRequirements": [{"match": {"paths": ["/a"]}, "skipValidation": true, "issuers": ["i"]}]}),
+                "tokenRequirements[0].issuers",
+                "not both",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c"}],
+                       "tokenRequirements": [{"match": {"paths": ["/a/{x}"]}, "skipValidation": true}]}),
+                "tokenRequirements[0].match.paths[0]",
+                "only {*} and {**}",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c"}],
+                       "tokenRequirements": [{"skipValidation": true}]}),
+                "tokenRequirements[0]",
+                "missing field `match`",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c"}],
+                       "tokenRequirements": [{"match": {}, "skip": true}]}),
+                "tokenRequirements[0].skip",
+                "unknown field `skip`",
             ),
             (
                 json!({"policies": [{"rules": [{"when": [{"key": "request.auth.claims[a", "values": ["x"]}]}]}]}),
@@ -710,6 +1138,56 @@ mod tests {
             not_json.to_string().starts_with("invalid jwt-authz configuration: key must be a string"),
             "{not_json}"
         );
+    }
+
+    #[test]
+    fn policy_level_settings_and_their_defaults() {
+        let defaults = Config::parse(json!({"policies": [{"action": "DENY"}]}).to_string().as_bytes()).expect("valid");
+        assert_eq!(defaults.num_trusted_proxies, 0);
+        assert_eq!(defaults.unsafe_paths, UnsafePathAction::Reject);
+        assert!(defaults.token_requirements.is_empty());
+        assert_eq!(defaults.policies.space_delimited_claims, vec!["scope", "permission"]);
+        let config = Config::parse(
+            json!({
+                "jwtRules": [{"issuer": "a", "jwksUri": "http://a/c"}, {"issuer": "b", "jwksUri": "http://b/c"}],
+                "numTrustedProxies": 2,
+                "unsafePaths": "DENY",
+                "spaceDelimitedClaims": ["roles", "scope"],
+                "tokenRequirements": [
+                    {"name": "probes", "match": {"paths": ["/healthz"]}, "skipValidation": true},
+                    {"match": {"paths": ["/b/{**}"]}, "issuers": ["b", "b"]}
+                ],
+                "policies": [
+                    {"name": "d", "action": "DENY", "dryRun": true},
+                    {"name": "a", "action": "AUDIT", "rules": [{}]},
+                    {"action": "ALLOW", "rules": [{}]}
+                ]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .expect("valid");
+        assert_eq!((config.num_trusted_proxies, config.unsafe_paths), (2, UnsafePathAction::Deny));
+        assert_eq!(config.policies.space_delimited_claims, vec!["scope", "permission", "roles"]);
+        let names: Vec<&str> = config.token_requirements.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["probes", "tokenRequirements[1]"]);
+        assert_eq!(config.token_requirements[0].action, RequirementAction::SkipValidation);
+        assert_eq!(config.token_requirements[1].action, RequirementAction::RequireIssuers(vec![1]));
+        let policies = &config.policies;
+        assert_eq!((policies.deny.len(), policies.audit.len(), policies.allow.len()), (1, 1, 1));
+        assert!(policies.deny[0].dry_run && !policies.allow[0].dry_run);
+        assert_eq!(policies.allow[0].name, "policies[2]");
+    }
+
+    #[test]
+    fn the_readme_policy_reference_example_compiles() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("## Authorization policy reference").nth(1).expect("section");
+        let example = section.split("```json").nth(1).and_then(|rest| rest.split("```").next()).expect("example");
+        let config = Config::parse(example.as_bytes()).expect("the README example is valid");
+        assert_eq!((config.policies.deny.len(), config.policies.allow.len(), config.policies.audit.len()), (2, 1, 1));
+        assert_eq!(config.token_requirements.len(), 2);
+        assert_eq!(config.num_trusted_proxies, 1);
     }
 
     #[test]

@@ -10,8 +10,10 @@ use crate::path::PathError;
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
-    /// The path could not be normalized unambiguously.
+    /// The path could not be normalized unambiguously (`unsafePaths: REJECT`, the default).
     BadPath(PathError),
+    /// The same, answered as a denial (`unsafePaths: DENY`).
+    UnsafePath(PathError),
     /// Policy denied a request that carried no token.
     MissingToken { policy: Option<String> },
     /// A token was presented and rejected.
@@ -32,7 +34,7 @@ impl Denial {
     /// Stable reason code, for logs and metrics.
     pub fn code(&self) -> &'static str {
         match self {
-            Denial::BadPath(err) => err.code(),
+            Denial::BadPath(err) | Denial::UnsafePath(err) => err.code(),
             Denial::MissingToken { .. } => "jwt_missing",
             Denial::InvalidToken(err) => err.code(),
             Denial::Forbidden { .. } => "rbac_access_denied",
@@ -43,7 +45,7 @@ impl Denial {
     pub fn policy(&self) -> Option<&str> {
         match self {
             Denial::MissingToken { policy } | Denial::Forbidden { policy } => policy.as_deref(),
-            Denial::BadPath(_) | Denial::InvalidToken(_) => None,
+            Denial::BadPath(_) | Denial::UnsafePath(_) | Denial::InvalidToken(_) => None,
         }
     }
 
@@ -52,6 +54,8 @@ impl Denial {
         let realm = quoted_string_safe(realm);
         let (status, challenge, body) = match self {
             Denial::BadPath(err) => (400, None, err.message()),
+            // No challenge: no token could make this path acceptable.
+            Denial::UnsafePath(_) => (403, None, "RBAC: access denied"),
             Denial::MissingToken { .. } => (401, Some(format!("Bearer realm=\"{realm}\"")), "Jwt is missing"),
             Denial::InvalidToken(err) => (
                 401,
@@ -104,6 +108,10 @@ mod tests {
         let bad_path = Denial::BadPath(PathError::EncodedSlash).response(realm);
         assert_eq!(bad_path.status, 400);
         assert!(!bad_path.headers.iter().any(|(name, _)| *name == "www-authenticate"));
+        let unsafe_path = Denial::UnsafePath(PathError::EncodedSlash).response(realm);
+        assert_eq!((unsafe_path.status, unsafe_path.body.as_str()), (403, "RBAC: access denied"));
+        assert!(!unsafe_path.headers.iter().any(|(name, _)| *name == "www-authenticate"));
+        assert_eq!(Denial::UnsafePath(PathError::EncodedSlash).code(), "path_encoded_slash");
     }
 
     #[test]

@@ -4,11 +4,12 @@
 //! and returns a `Decision` (or asks to wait for keys). The host layer performs what it says.
 
 use crate::authn::{self, Authenticated, AuthnOutcome, KeyStore};
+use crate::cidr;
 use crate::config::Config;
 use crate::deny::Denial;
 use crate::extract::{self, HeaderSource, TokenLocation};
-use crate::path;
-use crate::policy::{claim_values, MatchInput, PolicyDecision};
+use crate::path::{self, UnsafePathAction};
+use crate::policy::{claim_values, MatchInput, PolicyDecision, PolicyNote, RequirementAction};
 
 /// The request attributes the filter reads, captured once from the host.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +21,10 @@ pub struct Request {
     pub scheme: String,
     /// Regular headers (no pseudo-headers), names lower-case.
     pub headers: Vec<(String, String)>,
+    /// The port the connection came in on (Envoy's `destination.port`), when known.
+    pub destination_port: Option<u16>,
+    /// The connection's peer as Envoy reports it (`source.address`, `ip:port`), when known.
+    pub source_address: Option<String>,
 }
 
 impl Request {
@@ -57,10 +62,11 @@ pub enum HeaderChange {
     Set(String, String),
 }
 
+/// `notes` are what to log and count besides the decision (AUDIT matches, dry-run outcomes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Allow { changes: Vec<HeaderChange>, principal: Option<String> },
-    Deny { denial: Denial, realm: String },
+    Allow { changes: Vec<HeaderChange>, principal: Option<String>, notes: Vec<PolicyNote> },
+    Deny { denial: Denial, realm: String, notes: Vec<PolicyNote> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,42 +80,102 @@ pub enum Outcome {
 pub fn evaluate(config: &Config, request: &Request, keys: &dyn KeyStore, now_seconds: u64) -> Outcome {
     let normalized = match path::normalize(&request.path) {
         Ok(normalized) => normalized,
-        Err(err) => return deny(request, "", Denial::BadPath(err)),
+        Err(err) => {
+            let denial = match config.unsafe_paths {
+                UnsafePathAction::Reject => Denial::BadPath(err),
+                UnsafePathAction::Deny => Denial::UnsafePath(err),
+            };
+            return deny(request, "", denial, Vec::new());
+        }
     };
-    let found = extract::find_tokens(&config.token_locations, request);
-    let authenticated = match authn::authenticate(config, &found, keys, now_seconds) {
-        AuthnOutcome::Anonymous => None,
-        AuthnOutcome::Authenticated(authenticated) => Some(authenticated),
-        AuthnOutcome::Rejected(err) => return deny(request, &normalized, Denial::InvalidToken(err)),
-        AuthnOutcome::AwaitKeys(provider) => return Outcome::AwaitKeys(provider),
-    };
-    let input = MatchInput {
+    let source_ip = request.source_address.as_deref().and_then(cidr::parse_address);
+    let remote_ip =
+        cidr::remote_address(request.header_values("x-forwarded-for"), source_ip, config.num_trusted_proxies);
+    let mut input = MatchInput {
         path: &normalized,
         method: &request.method,
+        host: &request.authority,
+        port: request.destination_port,
+        source_ip,
+        remote_ip,
         headers: &request.headers,
-        identity: authenticated.as_ref().map(|a| &a.identity),
+        identity: None,
     };
-    match (config.policies.evaluate(&input), authenticated) {
+    let requirement = config.token_requirements.iter().find(|r| r.matcher.matches_request(&input));
+    let required_providers = match requirement.map(|r| &r.action) {
+        Some(RequirementAction::SkipValidation) => None,
+        Some(RequirementAction::RequireIssuers(providers)) => Some(providers.as_slice()),
+        None => Some(&[][..]),
+    };
+    let authenticated = match required_providers {
+        // Tokens on this path are not looked at: the request is anonymous.
+        None => None,
+        Some(providers) => {
+            let mut found = extract::find_tokens(&config.token_locations, request);
+            if !providers.is_empty() {
+                // Only where the required issuers accept tokens, as Envoy's jwt_authn looks only
+                // at the locations of the providers a route requires.
+                found.retain(|token| {
+                    providers
+                        .iter()
+                        .any(|&p| config.providers.get(p).is_some_and(|p| p.locations.contains(&token.location)))
+                });
+                if found.is_empty() {
+                    let policy = requirement.map(|r| r.name.clone());
+                    return deny(request, &normalized, Denial::MissingToken { policy }, Vec::new());
+                }
+            }
+            let allowed = (!providers.is_empty()).then_some(providers);
+            match authn::authenticate_among(config, &found, keys, now_seconds, allowed) {
+                AuthnOutcome::Anonymous => None,
+                AuthnOutcome::Authenticated(authenticated) => Some(authenticated),
+                AuthnOutcome::Rejected(err) => {
+                    return deny(request, &normalized, Denial::InvalidToken(err), Vec::new())
+                }
+                AuthnOutcome::AwaitKeys(provider) => return Outcome::AwaitKeys(provider),
+            }
+        }
+    };
+    input.identity = authenticated.as_ref().map(|a| &a.identity);
+    let evaluation = config.policies.evaluate(&input);
+    let notes = evaluation.notes;
+    match (evaluation.decision, authenticated) {
         (PolicyDecision::Allow, authenticated) => Outcome::Decided(Decision::Allow {
             principal: authenticated.as_ref().map(|a| a.identity.principal()),
-            changes: upstream_changes(config, authenticated.as_ref()),
+            // Under a requirement some token locations went unread: clear those too.
+            changes: upstream_changes(config, authenticated.as_ref(), requirement.is_some()),
+            notes,
         }),
-        (PolicyDecision::Deny { policy }, None) => deny(request, &normalized, Denial::MissingToken { policy }),
-        (PolicyDecision::Deny { policy }, Some(_)) => deny(request, &normalized, Denial::Forbidden { policy }),
+        (PolicyDecision::Deny { policy }, None) => deny(request, &normalized, Denial::MissingToken { policy }, notes),
+        (PolicyDecision::Deny { policy }, Some(_)) => deny(request, &normalized, Denial::Forbidden { policy }, notes),
     }
 }
 
-fn deny(request: &Request, normalized_path: &str, denial: Denial) -> Outcome {
+fn deny(request: &Request, normalized_path: &str, denial: Denial, notes: Vec<PolicyNote>) -> Outcome {
     let scheme = if request.scheme.is_empty() { "http" } else { &request.scheme };
     let realm = format!("{scheme}://{}{normalized_path}", request.authority);
-    Outcome::Decided(Decision::Deny { denial, realm })
+    Outcome::Decided(Decision::Deny { denial, realm, notes })
 }
 
 /// Header changes for an allowed request: output headers are always cleared first (a client must
 /// not be able to send its own `x-user`: Envoy's jwt_authn leaves them in place when no token is
-/// present), token headers are removed unless forwarded, then claim outputs are written.
-fn upstream_changes(config: &Config, authenticated: Option<&Authenticated>) -> Vec<HeaderChange> {
+/// present), token headers are removed unless forwarded, then claim outputs are written. Where a
+/// token requirement left locations unread (validation skipped, or only some issuers' locations
+/// read), every token header is removed unless forwarded: the upstream must never receive a token
+/// nobody checked and take it for a verified one.
+fn upstream_changes(config: &Config, authenticated: Option<&Authenticated>, unread: bool) -> Vec<HeaderChange> {
     let mut changes: Vec<HeaderChange> = config.output_headers.iter().cloned().map(HeaderChange::Remove).collect();
+    if unread {
+        for (index, location) in config.token_locations.iter().enumerate() {
+            let forwarded = config.providers.iter().any(|p| p.forward_original_token && p.locations.contains(&index));
+            if let (false, TokenLocation::Header { name, .. }) = (forwarded, location) {
+                let change = HeaderChange::Remove(name.clone());
+                if !changes.contains(&change) {
+                    changes.push(change);
+                }
+            }
+        }
+    }
     let Some(authenticated) = authenticated else {
         return changes;
     };

@@ -10,6 +10,7 @@ use crate::engine::{self, Decision, HeaderChange, Outcome, Request};
 use crate::jwks::MAX_JWKS_BYTES;
 use crate::jwks_cache::{FetchReport, FetchRequest, FetchResult, JwksCache};
 use crate::metrics::{self, Counter, KeyLookups};
+use crate::policy::PolicyNote;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
@@ -72,10 +73,13 @@ impl RootContext for Root {
         log(
             LogLevel::Info,
             &format!(
-                "configured {} issuer(s), {} DENY and {} ALLOW policies",
+                "configured {} issuer(s), {} DENY, {} ALLOW and {} AUDIT policies ({} dry-run), {} token requirement(s)",
                 config.providers.len(),
                 config.policies.deny.len(),
-                config.policies.allow.len()
+                config.policies.allow.len(),
+                config.policies.audit.len(),
+                config.policies.deny.iter().chain(&config.policies.allow).filter(|p| p.dry_run).count(),
+                config.token_requirements.len()
             ),
         );
         let state = Rc::new(RefCell::new(State {
@@ -122,7 +126,12 @@ impl Context for RequestContext {
 
 impl HttpContext for RequestContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let request = Request::from_header_pairs(self.get_http_request_headers());
+        let mut request = Request::from_header_pairs(self.get_http_request_headers());
+        request.destination_port = self.get_property(vec!["destination", "port"]).as_deref().and_then(property_port);
+        request.source_address = self
+            .get_property(vec!["source", "address"])
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .filter(|address| !address.is_empty());
         let outcome = {
             let state = self.state.borrow();
             // Cache hits and misses are counted on a request's first evaluation only.
@@ -231,10 +240,39 @@ fn record_fetch_result(state: &SharedState, provider: usize, result: FetchResult
     }
 }
 
+/// Envoy encodes integer properties as 8 little-endian bytes.
+fn property_port(bytes: &[u8]) -> Option<u16> {
+    let raw: [u8; 8] = bytes.try_into().ok()?;
+    u16::try_from(i64::from_le_bytes(raw)).ok()
+}
+
+/// Logs and counts what policies noted besides the decision.
+fn report(state: &SharedState, notes: &[PolicyNote], outcome: &str) {
+    let state = state.borrow();
+    for note in notes {
+        let (counter, message) = match note {
+            PolicyNote::Audited { policy } => (Counter::Audited, format!("audit: policy={policy} matched; {outcome}")),
+            PolicyNote::DryRunWouldDeny { policy } => (
+                Counter::DryRunWouldDeny,
+                format!(
+                    "dry-run: would deny (policy={}) what is {outcome}",
+                    policy.as_deref().unwrap_or("no ALLOW policy matched")
+                ),
+            ),
+            PolicyNote::DryRunWouldAllow { policy } => {
+                (Counter::DryRunWouldAllow, format!("dry-run: would allow (policy={policy}) what is {outcome}"))
+            }
+        };
+        state.metrics.increment(counter);
+        log(LogLevel::Info, &message);
+    }
+}
+
 /// Carries out a decision on the current (effective) request context.
 fn perform(state: &SharedState, decision: &Decision, resume: bool) -> Action {
     match decision {
-        Decision::Allow { changes, principal } => {
+        Decision::Allow { changes, principal, notes } => {
+            report(state, notes, "allowed");
             for change in changes {
                 let _ = match change {
                     HeaderChange::Remove(name) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None),
@@ -252,8 +290,9 @@ fn perform(state: &SharedState, decision: &Decision, resume: bool) -> Action {
             }
             Action::Continue
         }
-        Decision::Deny { denial, realm } => {
+        Decision::Deny { denial, realm, notes } => {
             let response = denial.response(realm);
+            report(state, notes, &format!("denied {} resource={realm}", response.status));
             log(
                 LogLevel::Info,
                 &format!(

@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod authn;
+pub mod cidr;
 pub mod claims;
 pub mod config;
 pub mod deny;

@@ -32,16 +32,25 @@ pub enum Counter {
     JwksFetchSuccess,
     JwksFetchFailure,
     RequestsWaitedForKeys,
+    /// An AUDIT policy matched.
+    Audited,
+    /// Enforcing the dry-run policies would have denied an allowed request.
+    DryRunWouldDeny,
+    /// Enforcing the dry-run policies would have allowed a denied request.
+    DryRunWouldAllow,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 9] = [
         Counter::Allowed,
         Counter::JwksCacheHit,
         Counter::JwksCacheMiss,
         Counter::JwksFetchSuccess,
         Counter::JwksFetchFailure,
         Counter::RequestsWaitedForKeys,
+        Counter::Audited,
+        Counter::DryRunWouldDeny,
+        Counter::DryRunWouldAllow,
     ];
 
     /// Stat name; Envoy shows it under `wasmcustom.` (and in Prometheus without it).
@@ -53,6 +62,9 @@ impl Counter {
             Counter::JwksFetchSuccess => "jwt_authz.jwks_fetch_success_total",
             Counter::JwksFetchFailure => "jwt_authz.jwks_fetch_failure_total",
             Counter::RequestsWaitedForKeys => "jwt_authz.requests_waited_for_keys_total",
+            Counter::Audited => "jwt_authz.audited_total",
+            Counter::DryRunWouldDeny => "jwt_authz.dry_run_denied_total",
+            Counter::DryRunWouldAllow => "jwt_authz.dry_run_allowed_total",
         }
     }
 }
@@ -192,6 +204,7 @@ mod tests {
                     | PathError::Backslash
                     | PathError::ControlCharacter,
                 )
+                | Denial::UnsafePath(_)
                 | Denial::MissingToken { .. }
                 | Denial::Forbidden { .. } => {}
                 Denial::InvalidToken(error) => match error {

@@ -52,6 +52,16 @@ impl fmt::Display for PathError {
     }
 }
 
+/// What to do with a path that cannot be made unambiguous (`unsafePaths`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnsafePathAction {
+    /// 400 Bad Request: the request is malformed (default).
+    #[default]
+    Reject,
+    /// 403 Forbidden, as a DENY policy would answer: for clients that must not learn the reason.
+    Deny,
+}
+
 /// Returns the path without query and fragment, with percent-encoded unreserved characters
 /// decoded (other escapes kept, upper-cased), repeated slashes merged and `.`/`..` resolved.
 pub fn normalize(raw: &str) -> Result<String, PathError> {
@@ -140,6 +150,151 @@ fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
 
+/// An Istio path template: `/api/{*}/orders` or `/files/{**}`, compiled as Envoy's
+/// `uri_template` matcher compiles `/api/*/orders` (Istio translates `{*}` to `*` and `{**}` to `**`).
+///
+/// `{*}` matches one non-empty path segment; `{**}` matches zero or more characters including
+/// `/` (so `/files/{**}` matches `/files/` and `/files/a/b`, not `/files`), and must be the last
+/// operator. After the last operator a suffix may follow in the same segment (`/{**}.css`).
+/// Operators match only the characters RFC 3986 allows unencoded in a segment, except `*` and `=`
+/// (Envoy's choice, kept so the two agree). Matching is against the normalized path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplatePart {
+    Literal(String),
+    /// `{*}`: one or more segment characters.
+    Segment,
+    /// `{**}`: zero or more segment characters or `/`.
+    Segments,
+}
+
+impl PathTemplate {
+    /// True when `value` is meant as a template (it has a `{` or `}`), as Istio decides it.
+    pub fn is_template(value: &str) -> bool {
+        value.contains(['{', '}'])
+    }
+
+    pub fn parse(template: &str) -> Result<PathTemplate, String> {
+        let Some(rest) = template.strip_prefix('/') else {
+            return Err("a path template must start with /".to_string());
+        };
+        let segments: Vec<&str> = rest.split('/').collect();
+        let mut parts = vec![TemplatePart::Literal("/".to_string())];
+        let mut seen_any = false;
+        let mut operators = 0;
+        for (index, segment) in segments.iter().enumerate() {
+            let last = index + 1 == segments.len();
+            if index > 0 {
+                push_literal(&mut parts, "/");
+            }
+            let (operator, suffix) = if let Some(suffix) = segment.strip_prefix("{**}") {
+                (Some(TemplatePart::Segments), suffix)
+            } else if let Some(suffix) = segment.strip_prefix("{*}") {
+                (Some(TemplatePart::Segment), suffix)
+            } else {
+                (None, *segment)
+            };
+            if let Some(operator) = operator {
+                if seen_any {
+                    return Err("{**} must be the last operator in a path template".to_string());
+                }
+                seen_any = operator == TemplatePart::Segments;
+                operators += 1;
+                parts.push(operator);
+                if !suffix.is_empty() && !last {
+                    return Err(format!(
+                        "{segment:?}: text after an operator is only allowed in the last segment (as in /{{**}}.css)"
+                    ));
+                }
+            } else if suffix.is_empty() && !last {
+                return Err("a path template must not contain an empty segment (//)".to_string());
+            }
+            if let Some(bad) = suffix.chars().find(|c| !c.is_ascii() || !is_template_literal(*c as u8)) {
+                let hint = match bad {
+                    '*' => ": write {*} for one segment or {**} for any number of segments",
+                    '{' | '}' => ": only {*} and {**} are supported",
+                    _ => "",
+                };
+                return Err(format!("{segment:?}: {bad:?} is not allowed in a path template{hint}"));
+            }
+            push_literal(&mut parts, suffix);
+        }
+        if operators == 0 {
+            return Err("a path template needs {*} or {**}".to_string());
+        }
+        if let Some(TemplatePart::Literal(text)) = parts.last() {
+            if text.is_empty() {
+                parts.pop();
+            }
+        }
+        Ok(PathTemplate { parts })
+    }
+
+    /// Whether the normalized path (no query) matches. Runs in O(parts × path length): the set of
+    /// positions reachable after each part is carried forward, so no input can make it backtrack.
+    pub fn matches(&self, path: &str) -> bool {
+        let bytes = path.as_bytes();
+        let mut reachable = vec![false; bytes.len() + 1];
+        if let Some(start) = reachable.first_mut() {
+            *start = true;
+        }
+        for part in &self.parts {
+            let mut next = vec![false; bytes.len() + 1];
+            match part {
+                TemplatePart::Literal(text) => {
+                    for (position, _) in reachable.iter().enumerate().filter(|(_, r)| **r) {
+                        let end = position + text.len();
+                        if bytes.get(position..end) == Some(text.as_bytes()) {
+                            if let Some(slot) = next.get_mut(end) {
+                                *slot = true;
+                            }
+                        }
+                    }
+                }
+                TemplatePart::Segment | TemplatePart::Segments => {
+                    let crosses_slashes = *part == TemplatePart::Segments;
+                    // `run`: some reachable start lies at or before position-1 and every byte since
+                    // it belongs to the operator's character class.
+                    let mut run = false;
+                    for position in 0..next.len() {
+                        if position > 0 {
+                            let byte = bytes.get(position - 1).copied().unwrap_or_default();
+                            let in_class = is_template_literal(byte) || (crosses_slashes && byte == b'/');
+                            run = in_class && (run || reachable.get(position - 1).copied().unwrap_or(false));
+                        }
+                        let empty_match = crosses_slashes && reachable.get(position).copied().unwrap_or(false);
+                        if let Some(slot) = next.get_mut(position) {
+                            *slot = run || empty_match;
+                        }
+                    }
+                }
+            }
+            reachable = next;
+            if !reachable.contains(&true) {
+                return false;
+            }
+        }
+        reachable.last().copied().unwrap_or(false)
+    }
+}
+
+fn push_literal(parts: &mut Vec<TemplatePart>, text: &str) {
+    if let Some(TemplatePart::Literal(previous)) = parts.last_mut() {
+        previous.push_str(text);
+    } else {
+        parts.push(TemplatePart::Literal(text.to_string()));
+    }
+}
+
+/// Envoy's `uri_template` literal characters: unreserved, `%`, sub-delims except `*` and `=`, `:`, `@`.
+fn is_template_literal(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@".contains(&byte)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +346,98 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(normalize(raw), Err(want), "normalizing {raw:?}");
         }
+    }
+
+    /// The path tricks of the known AuthorizationPolicy bypasses, each reduced to the path the
+    /// matcher must see (or refused).
+    #[test]
+    fn known_bypass_tricks_normalize_or_are_refused() {
+        let normalized = [
+            // CVE-2019-9901: relative segments.
+            ("/info/../private", "/private"),
+            ("/something/../admin", "/admin"),
+            ("/info/%2e%2e/private", "/private"),
+            ("/info/.%2E/private", "/private"),
+            ("/./admin", "/admin"),
+            // CVE-2020-8595: query or fragment after an exact path.
+            ("/admin?", "/admin"),
+            ("/admin#", "/admin"),
+            ("/admin?x=1#y", "/admin"),
+            // CVE-2021-39156: fragment.
+            ("/user/profile#section1", "/user/profile"),
+            // CVE-2021-31920: repeated slashes.
+            ("//admin", "/admin"),
+            ("/api//admin///x", "/api/admin/x"),
+        ];
+        for (raw, want) in normalized {
+            assert_eq!(normalize(raw).as_deref(), Ok(want), "normalizing {raw:?}");
+        }
+        // CVE-2021-31920: escaped slashes and backslashes are ambiguous, so refused.
+        for raw in ["/%2Fadmin", "/admin%2f", "/api%2Fadmin", "/%5Cadmin", "/%5cadmin", "/\\admin", "/a%2F..%2Fadmin"] {
+            assert!(normalize(raw).is_err(), "{raw:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn templates_match_like_envoys_uri_template() {
+        let cases = [
+            ("/api/{*}/orders", "/api/42/orders", true),
+            ("/api/{*}/orders", "/api/a/b/orders", false),
+            ("/api/{*}/orders", "/api//orders", false),
+            ("/api/{*}/orders", "/api/42/orders/", false),
+            ("/api/{*}", "/api/x", true),
+            ("/api/{*}", "/api/", false),
+            ("/api/{*}", "/api", false),
+            ("/api/{*}/", "/api/x/", true),
+            ("/files/{**}", "/files/", true),
+            ("/files/{**}", "/files/a/b/c", true),
+            ("/files/{**}", "/files", false),
+            ("/{**}", "/", true),
+            ("/{**}", "/anything/at/all", true),
+            ("/{**}/path/template", "/a/b/path/template", true),
+            ("/{**}/path/template", "/path/template", false),
+            ("/{**}.css", "/a/b/site.css", true),
+            ("/{**}.css", "/a/b/site.css.map", false),
+            ("/img/{*}.png", "/img/logo.png", true),
+            ("/img/{*}.png", "/img/a/logo.png", false),
+            ("/a/{*}/b/{*}", "/a/1/b/2", true),
+            ("/a/{*}/b/{**}", "/a/1/b/2/3", true),
+            // Operators match RFC 3986 segment characters only, without `*` and `=` (as Envoy).
+            ("/api/{*}", "/api/x=1", false),
+            ("/api/{*}", "/api/caf\u{e9}", false),
+            ("/api/{*}", "/api/a%20b", true),
+        ];
+        for (template, path, want) in cases {
+            let parsed = PathTemplate::parse(template).expect(template);
+            assert_eq!(parsed.matches(path), want, "{template} against {path}");
+        }
+    }
+
+    #[test]
+    fn malformed_templates_say_why() {
+        let cases = [
+            ("api/{*}", "must start with /"),
+            ("/a/{**}/{*}", "{**} must be the last operator"),
+            ("/a/{**}/b/{**}", "{**} must be the last operator"),
+            ("/a/{*}x/b", "only allowed in the last segment"),
+            ("/a/x{*}", "'{' is not allowed"),
+            ("/a/{id}", "only {*} and {**} are supported"),
+            ("/a/*/{*}", "write {*} for one segment"),
+            ("/a//{*}", "empty segment"),
+            ("/a/{*}/b=c", "'=' is not allowed"),
+            ("/a/}", "only {*} and {**}"),
+            ("/a/{*}{*}", "'{' is not allowed"),
+        ];
+        for (template, reason) in cases {
+            let err = PathTemplate::parse(template).expect_err(template);
+            assert!(err.contains(reason), "{template}: {err}");
+        }
+    }
+
+    #[test]
+    fn template_matching_is_linear_on_hostile_paths() {
+        let template = PathTemplate::parse("/{*}/{*}/{*}/{*}/{*}/{*}/{*}/{*}/{**}x").expect("template");
+        let path = format!("/{}", "a/".repeat(20_000));
+        assert!(!template.matches(&path));
     }
 }

@@ -201,7 +201,7 @@ spec:
 metadata: {name: by-ip, namespace: shop}
 spec:
   rules:
-  - when: [{key: source.ip, values: [10.0.0.1]}]
+  - when: [{key: source.namespace, values: [shop]}]
 ",
     );
     let output = run(&["convert", bad_when.to_str().unwrap_or_default()]);
@@ -220,7 +220,7 @@ spec:
     );
     let output = run(&["convert", peer.to_str().unwrap_or_default()]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("spec.rules[0].from[0].source.principals: is about the peer"));
+    assert!(text(&output.stderr).contains("spec.rules[0].from[0].source.principals: is about the mTLS peer"));
 
     let duplicate_issuer = run(&["convert", authn.to_str().unwrap_or_default(), authn.to_str().unwrap_or_default()]);
     assert_eq!(duplicate_issuer.status.code(), Some(1));

@@ -88,7 +88,7 @@ fn decide(config: &Config, cache: &JwksCache, req: &Request) -> Decision {
 fn status(decision: &Decision) -> u32 {
     match decision {
         Decision::Allow { .. } => 200,
-        Decision::Deny { denial, realm } => denial.response(realm).status,
+        Decision::Deny { denial, realm, .. } => denial.response(realm).status,
     }
 }
 
@@ -130,7 +130,7 @@ fn allowed_requests_lose_the_token_and_gain_claim_headers() {
     let bearer = format!("Bearer {jwt}");
     let req =
         request("GET", "/api/admin/users", &[("authorization", &bearer), ("x-user", "mallory"), ("x-roles", "admin")]);
-    let Decision::Allow { changes, principal } = decide(&config, &cache, &req) else { panic!("allowed") };
+    let Decision::Allow { changes, principal, .. } = decide(&config, &cache, &req) else { panic!("allowed") };
     assert_eq!(principal.as_deref(), Some("https://idp.example/realms/shop/alice-id"));
     let payload_segment = jwt.split('.').nth(1).expect("payload").to_string();
     assert_eq!(
@@ -146,7 +146,7 @@ fn allowed_requests_lose_the_token_and_gain_claim_headers() {
         ]
     );
     // Anonymous but allowed: spoofed output headers are still removed.
-    let Decision::Allow { changes, principal: None } =
+    let Decision::Allow { changes, principal: None, .. } =
         decide(&config, &cache, &request("GET", "/healthz", &[("x-user", "mallory")]))
     else {
         panic!("allowed")
@@ -170,10 +170,10 @@ fn the_401_403_split() {
     ];
     for (req, want_status, want_code) in cases {
         let decision = decide(&config, &cache, &req);
-        let Decision::Deny { denial, realm } = &decision else { panic!("{} should be denied", req.path) };
+        let Decision::Deny { denial, realm, .. } = &decision else { panic!("{} should be denied", req.path) };
         assert_eq!((denial.response(realm).status, denial.code()), (want_status, want_code), "{}", req.path);
     }
-    let Decision::Deny { denial: Denial::Forbidden { policy }, realm } =
+    let Decision::Deny { denial: Denial::Forbidden { policy }, realm, .. } =
         decide(&config, &cache, &request("GET", "/debug/x?a=1", &[("authorization", &admin)]))
     else {
         panic!("forbidden")
@@ -227,7 +227,7 @@ fn every_rejection_reason_is_a_401_even_where_no_identity_is_needed() {
             request("GET", &format!("/healthz?access_token={jwt}"), &[]),
         ] {
             let decision = decide(&config, &cache, &req);
-            let Decision::Deny { denial, realm } = &decision else { panic!("{code}: {decision:?}") };
+            let Decision::Deny { denial, realm, .. } = &decision else { panic!("{code}: {decision:?}") };
             let response = denial.response(realm);
             assert_eq!((response.status, denial.code()), (401, code), "{}", req.path);
             let challenge = &response.headers.iter().find(|(n, _)| *n == "www-authenticate").expect("challenge").1;
@@ -241,4 +241,225 @@ fn every_rejection_reason_is_a_401_even_where_no_identity_is_needed() {
         &[("authorization", &format!("Bearer {valid}"))],
     );
     assert_eq!(status(&decide(&config, &cache, &req)), 401);
+}
+
+// --- Policy features through the engine: requirements, addresses, ports, notes ---------------------
+
+const ADMIN_ISSUER: &str = "https://idp.example/realms/admin";
+
+/// Two issuers with inline keys (key 0 for the shop realm, key 1 for the admin realm).
+fn two_issuer_config(extra: Value) -> Config {
+    let jwks = |kid: &str, key: usize| json!({"keys": [testkeys::jwk(testkeys::key(key), kid)]}).to_string();
+    let mut config = json!({
+        "jwtRules": [
+            {"issuer": ISSUER, "audiences": ["shop"], "jwks": jwks("k0", 0)},
+            {"issuer": ADMIN_ISSUER, "audiences": ["shop"], "jwks": jwks("k1", 1),
+             "fromHeaders": [{"name": "x-admin-token"}]}
+        ],
+        "tokenRequirements": [
+            {"name": "health", "match": {"paths": ["/healthz", "/ready"], "methods": ["GET"]}, "skipValidation": true},
+            {"name": "admin-only", "match": {"paths": ["/admin/{**}"]}, "issuers": [ADMIN_ISSUER]}
+        ],
+        "policies": [{"name": "anyone-with-a-token", "rules": [
+            {"from": [{"source": {"requestPrincipals": ["*"]}}]},
+            {"to": [{"operation": {"paths": ["/healthz", "/ready"]}}]}
+        ]}]
+    });
+    for (name, value) in extra.as_object().expect("object") {
+        config[name] = value.clone();
+    }
+    Config::parse(config.to_string().as_bytes()).expect("valid config")
+}
+
+fn admin_token() -> String {
+    let payload = json!({"iss": ADMIN_ISSUER, "sub": "root-id", "aud": "shop", "exp": NOW + 300});
+    testkeys::sign(&json!({"alg": "RS256", "kid": "k1"}), &payload, 1)
+}
+
+fn denial_code(decision: &Decision) -> (u32, &'static str, Option<String>) {
+    match decision {
+        Decision::Allow { .. } => (200, "allowed", None),
+        Decision::Deny { denial, realm, .. } => {
+            (denial.response(realm).status, denial.code(), denial.policy().map(str::to_string))
+        }
+    }
+}
+
+#[test]
+fn token_requirements_skip_validation_or_require_an_issuer() {
+    let config = two_issuer_config(json!({}));
+    let cache = JwksCache::new(&config);
+    let shop = format!("Bearer {}", token(json!({})));
+    let admin = admin_token();
+    let garbage = "Bearer not-a-jwt";
+    type Expected<'a> = (u32, &'a str, Option<&'a str>);
+    let cases: Vec<(Request, Expected)> = vec![
+        // Health checks: a broken token is not even looked at.
+        (request("GET", "/healthz", &[("authorization", garbage)]), (200, "allowed", None)),
+        (request("GET", "/ready?access_token=garbage", &[]), (200, "allowed", None)),
+        // Only GET is exempt; elsewhere every token present is still validated.
+        (request("POST", "/healthz", &[("authorization", garbage)]), (401, "jwt_bad_format", None)),
+        (request("GET", "/healthz/../shop", &[("authorization", garbage)]), (401, "jwt_bad_format", None)),
+        // The admin area needs the admin issuer's token, from where that issuer accepts tokens.
+        (request("GET", "/admin/users", &[]), (401, "jwt_missing", Some("admin-only"))),
+        (request("GET", "/admin/users", &[("authorization", &shop)]), (401, "jwt_missing", Some("admin-only"))),
+        (request("GET", "/admin/users", &[("x-admin-token", &admin)]), (200, "allowed", None)),
+        (request("GET", "/admin/users?x=1", &[]), (401, "jwt_missing", Some("admin-only"))),
+        (
+            request("GET", "/admin/users", &[("x-admin-token", &admin), ("authorization", &shop)]),
+            (200, "allowed", None),
+        ),
+        // Elsewhere the shop token is fine and so is the admin one.
+        (request("GET", "/shop", &[("authorization", &shop)]), (200, "allowed", None)),
+        (request("GET", "/shop", &[("x-admin-token", &admin)]), (200, "allowed", None)),
+        (request("GET", "/shop", &[]), (401, "jwt_missing", None)),
+    ];
+    for (req, (status, code, policy)) in cases {
+        let got = denial_code(&decide(&config, &cache, &req));
+        assert_eq!(got, (status, code, policy.map(str::to_string)), "{} {}", req.method, req.path);
+    }
+    // A token of another configured issuer, found where the required one looks, is not accepted.
+    let shop_in_admin_header = token(json!({}));
+    let config_both_locations = two_issuer_config(json!({"tokenRequirements": [
+        {"match": {"paths": ["/admin/*"]}, "issuers": [ADMIN_ISSUER]}
+    ]}));
+    let cache_both = JwksCache::new(&config_both_locations);
+    let decision = decide(
+        &config_both_locations,
+        &cache_both,
+        &request("GET", "/admin/x", &[("x-admin-token", &shop_in_admin_header)]),
+    );
+    assert_eq!(denial_code(&decision), (401, "jwt_unknown_issuer", None));
+}
+
+#[test]
+fn unvalidated_tokens_never_reach_the_upstream() {
+    let config = two_issuer_config(json!({}));
+    let cache = JwksCache::new(&config);
+    let Decision::Allow { changes, principal: None, .. } = decide(
+        &config,
+        &cache,
+        &request("GET", "/healthz", &[("authorization", "Bearer forged"), ("x-admin-token", "forged")]),
+    ) else {
+        panic!("allowed")
+    };
+    assert!(changes.contains(&HeaderChange::Remove("authorization".into())), "{changes:?}");
+    assert!(changes.contains(&HeaderChange::Remove("x-admin-token".into())), "{changes:?}");
+    // Where only the admin issuer's location is read, the unread shop header goes too.
+    let shop = format!("Bearer {}", token(json!({})));
+    let Decision::Allow { changes, principal: Some(_), .. } = decide(
+        &config,
+        &cache,
+        &request("GET", "/admin/x", &[("authorization", &shop), ("x-admin-token", &admin_token())]),
+    ) else {
+        panic!("allowed")
+    };
+    assert!(changes.contains(&HeaderChange::Remove("authorization".into())), "{changes:?}");
+}
+
+#[test]
+fn unsafe_paths_are_rejected_or_denied_as_configured() {
+    let reject = two_issuer_config(json!({}));
+    let deny = two_issuer_config(json!({"unsafePaths": "DENY"}));
+    for (config, status) in [(&reject, 400), (&deny, 403)] {
+        let cache = JwksCache::new(config);
+        for path in ["/healthz%00", "/admin%2fusers", "/shop\\x", "/a%zz", "/a%5C..%5Cadmin"] {
+            let decision = decide(config, &cache, &request("GET", path, &[]));
+            let (got, code, _) = denial_code(&decision);
+            assert_eq!(got, status, "{path}");
+            assert!(code.starts_with("path_"), "{path}: {code}");
+        }
+    }
+}
+
+fn with_connection(mut req: Request, peer: &str, port: u16) -> Request {
+    req.source_address = Some(peer.to_string());
+    req.destination_port = Some(port);
+    req
+}
+
+#[test]
+fn addresses_and_ports_come_from_the_connection_and_trusted_hops() {
+    let config = two_issuer_config(json!({
+        "numTrustedProxies": 1,
+        "tokenRequirements": [],
+        "policies": [
+            {"name": "office-only", "action": "DENY", "rules": [
+                {"to": [{"operation": {"paths": ["/office/*"]}}], "when": [{"key": "remote.ip", "notValues": ["198.51.100.0/24"]}]}
+            ]},
+            {"name": "lb-only", "action": "DENY", "rules": [{"from": [{"source": {"notIpBlocks": ["10.0.0.0/8"]}}]}]},
+            {"name": "admin-port", "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin/*"], "notPorts": ["9443"]}}]}]}
+        ]
+    }));
+    let cache = JwksCache::new(&config);
+    let bearer = format!("Bearer {}", token(json!({})));
+    let auth = ("authorization", bearer.as_str());
+    let cases = [
+        // The load balancer (10.0.0.2) appended the office client, then Envoy appended the load
+        // balancer itself (use_remote_address): allowed.
+        (
+            with_connection(
+                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4, 10.0.0.2")]),
+                "10.0.0.2:5555",
+                8443,
+            ),
+            200,
+        ),
+        // A client-written entry left of the trusted one changes nothing.
+        (
+            with_connection(
+                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4, 203.0.113.9, 10.0.0.2")]),
+                "10.0.0.2:5555",
+                8443,
+            ),
+            403,
+        ),
+        // Fewer entries than the trusted chain (here only Envoy's own): the peer is the client.
+        (
+            with_connection(
+                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4")]),
+                "10.0.0.2:5555",
+                8443,
+            ),
+            403,
+        ),
+        // Not through the load balancer at all.
+        (with_connection(request("GET", "/shop", &[auth]), "192.168.1.1:5555", 8443), 403),
+        (with_connection(request("GET", "/shop", &[auth]), "[::ffff:10.1.1.1]:5555", 8443), 200),
+        // Unknown peer: notIpBlocks holds, so the DENY applies.
+        (request("GET", "/shop", &[auth]), 403),
+        // The admin area only on the admin listener, whatever the Host header says.
+        (with_connection(request("GET", "/admin/x", &[auth]), "10.0.0.2:1", 9443), 200),
+        (with_connection(request("GET", "/admin/x", &[auth, ("host", "shop.example:9443")]), "10.0.0.2:1", 8443), 403),
+    ];
+    for (req, want) in cases {
+        assert_eq!(
+            status(&decide(&config, &cache, &req)),
+            want,
+            "{} {:?} {:?}",
+            req.path,
+            req.headers,
+            req.source_address
+        );
+    }
+}
+
+#[test]
+fn audit_and_dry_run_notes_travel_with_the_decision() {
+    use jwt_authz::policy::PolicyNote;
+    let config = two_issuer_config(json!({"tokenRequirements": [], "policies": [
+        {"name": "audit-orders", "action": "AUDIT", "rules": [{"to": [{"operation": {"paths": ["/orders/*"]}}]}]},
+        {"name": "try-deny-deletes", "action": "DENY", "dryRun": true, "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}
+    ]}));
+    let cache = JwksCache::new(&config);
+    let Decision::Allow { notes, .. } = decide(&config, &cache, &request("DELETE", "/orders/7", &[])) else {
+        panic!("dry-run policies are not enforced")
+    };
+    assert_eq!(
+        notes,
+        vec![
+            PolicyNote::Audited { policy: "audit-orders".into() },
+            PolicyNote::DryRunWouldDeny { policy: Some("try-deny-deletes".into()) }
+        ]
+    );
 }

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -283,6 +284,18 @@ def start_backend(workdir):
 
 # --- Envoy ------------------------------------------------------------------------------------------
 
+def free_ports(count):
+    """Distinct loopback ports free right now, for listeners whose port a config must name."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def static_cluster(name, port):
     address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
     return {
@@ -320,14 +333,18 @@ def wasm_filter(plugin_config, wasm_path):
     }
 
 
-def bootstrap(http_filters, clusters, normalize_path, stats_config=None):
-    """Envoy v3 bootstrap: admin and one listener on free loopback ports, everything routed to backend."""
+def bootstrap(http_filters, clusters, normalize_path, listeners=None, use_remote_address=False,
+              xff_num_trusted_hops=0, merge_slashes=False, runtime=None, stats_config=None):
+    """Envoy v3 bootstrap: admin on a free loopback port, listeners (name -> port, 0 for any free
+    one; default one "ingress") sharing one connection manager, everything routed to backend."""
     any_port = {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "normalize_path": normalize_path,
-        "merge_slashes": False,
+        "merge_slashes": merge_slashes,
+        "use_remote_address": use_remote_address,
+        "xff_num_trusted_hops": xff_num_trusted_hops,
         "route_config": {
             "name": "local",
             "virtual_hosts": [{
@@ -340,15 +357,16 @@ def bootstrap(http_filters, clusters, normalize_path, stats_config=None):
     }
     config = {
         "admin": {"address": any_port},
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": runtime or {}}]},
         "static_resources": {
             "listeners": [{
-                "name": "ingress",
-                "address": any_port,
+                "name": name,
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": manager,
                 }]}],
-            }],
+            } for name, port in (listeners or {"ingress": 0}).items()],
             "clusters": [static_cluster(name, port) for name, port in clusters.items()],
         },
     }
@@ -365,6 +383,7 @@ class Envoy:
         self.workdir = Path(workdir)
         self.admin_port = None
         self.port = None
+        self.ports = {}
 
     @property
     def url(self):
@@ -374,9 +393,9 @@ class Envoy:
     def exit_code(self):
         return self.process.poll()
 
-    def get(self, path, headers=None, method="GET", body=None):
-        """Send method path (raw, unnormalized) to the listener; returns (status, headers, body)."""
-        return http_request(self.port, method, path, headers, body)
+    def get(self, path, headers=None, method="GET", body=None, listener="ingress"):
+        """Send method path (raw, unnormalized) to a listener; returns (status, headers, body)."""
+        return http_request(self.ports[listener], method, path, headers, body)
 
     def log_text(self):
         return "".join(
@@ -430,35 +449,45 @@ class Envoy:
             return False
         _, _, listeners = self.admin("/listeners?format=json")
         for listener in json.loads(listeners).get("listener_statuses", []):
-            if listener["name"] == "ingress":
-                self.port = listener["local_address"]["socket_address"]["port_value"]
+            self.ports[listener["name"]] = listener["local_address"]["socket_address"]["port_value"]
+        self.port = self.ports.get("ingress")
         return True
 
 
 @contextmanager
 def start_envoy(plugin_config, *, backend, idp=None, concurrency=1, clusters=None,
-                normalize_path=True, expect_failure=False, wasm=True, wasm_path=None, stats_config=None):
+                normalize_path=True, expect_failure=False, wasm=True, wasm_path=None,
+                filters=None, listeners=None, use_remote_address=False, xff_num_trusted_hops=0,
+                merge_slashes=False, runtime=None, stats_config=None):
     """Run Envoy with the jwt-authz filter (unless wasm=False) in front of backend.
 
     Clusters: backend, idp (when idp is given) and any extra name -> port. stats_config is the
     bootstrap's (tag extraction, matchers). With expect_failure
     the Envoy is yielded even when it exits or never gets ready, so the test can inspect it.
+    filters: HTTP filters to run (before the router) instead of jwt-authz, e.g. Envoy's native
+    jwt_authn and rbac. listeners: name -> port ("ingress" must be one). The connection manager
+    settings (use_remote_address, xff_num_trusted_hops, merge_slashes) are Envoy's; runtime is a
+    static runtime layer (feature flags).
     """
     workdir = Path(tempfile.mkdtemp(prefix="envoy-", dir=WORK_ROOT))
     wasm_path = Path(wasm_path or WASM_PATH)
-    if wasm and not wasm_path.exists():
+    if wasm and filters is None and not wasm_path.exists():
         raise FileNotFoundError(f"{wasm_path} is missing: build the filter first")
     all_clusters = {"backend": backend.port}
     if idp is not None:
         all_clusters["idp"] = idp.port
     all_clusters.update(clusters or {})
-    filters = [wasm_filter(plugin_config, wasm_path)] if wasm else []
+    if filters is None:
+        filters = [wasm_filter(plugin_config, wasm_path)] if wasm else []
+    filters = list(filters)
     filters.append({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     })
     config_file = workdir / "envoy.json"
-    config_file.write_text(json.dumps(bootstrap(filters, all_clusters, normalize_path, stats_config), indent=2))
+    config = bootstrap(filters, all_clusters, normalize_path, listeners, use_remote_address,
+                       xff_num_trusted_hops, merge_slashes, runtime, stats_config)
+    config_file.write_text(json.dumps(config, indent=2))
     command = [
         str(ENVOY_BIN), "-c", str(config_file),
         "--concurrency", str(concurrency),

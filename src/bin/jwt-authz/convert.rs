@@ -4,9 +4,8 @@
 //! The plugin's JSON shape is Istio's (`jwtRules`, policy `rules`), so most of the work is
 //! choosing what carries over. Anything that cannot be expressed is an error naming the field, never
 //! dropped: leaving out a `from`, `to` or `when` of an ALLOW rule widens who gets in, and leaving
-//! out part of a DENY rule changes what it denies. Sources about the peer (mTLS principals,
-//! namespaces, IP blocks) and operations on hosts or ports are Istio's to enforce: such policies
-//! stay AuthorizationPolicies.
+//! out part of a DENY rule changes what it denies. Sources about the mTLS peer (principals,
+//! namespaces, service accounts) are Istio's to enforce: such policies stay AuthorizationPolicies.
 
 use crate::documents::Document;
 use serde_json::{json, Map, Value};
@@ -35,21 +34,12 @@ impl Converted {
     }
 }
 
-const SOURCE_FIELDS: [&str; 2] = ["requestPrincipals", "notRequestPrincipals"];
-const PEER_SOURCE_FIELDS: [&str; 10] = [
-    "principals",
-    "notPrincipals",
-    "namespaces",
-    "notNamespaces",
-    "ipBlocks",
-    "notIpBlocks",
-    "remoteIpBlocks",
-    "notRemoteIpBlocks",
-    "serviceAccounts",
-    "notServiceAccounts",
-];
-const OPERATION_FIELDS: [&str; 4] = ["paths", "notPaths", "methods", "notMethods"];
-const CONNECTION_OPERATION_FIELDS: [&str; 4] = ["hosts", "notHosts", "ports", "notPorts"];
+const SOURCE_FIELDS: [&str; 6] =
+    ["requestPrincipals", "notRequestPrincipals", "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"];
+const PEER_SOURCE_FIELDS: [&str; 6] =
+    ["principals", "notPrincipals", "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts"];
+const OPERATION_FIELDS: [&str; 8] =
+    ["paths", "notPaths", "methods", "notMethods", "hosts", "notHosts", "ports", "notPorts"];
 /// Fields that only say where a resource applies; the WasmPlugin's selector decides that here.
 const TARGETING_FIELDS: [&str; 3] = ["selector", "targetRef", "targetRefs"];
 
@@ -139,13 +129,8 @@ fn policy(document: &Document, origin: &str, notes: &mut Vec<String>) -> Result<
             "action" => {
                 let action = value.as_str().ok_or_else(|| format!("{field}: must be a string"))?;
                 match action {
-                    "ALLOW" | "DENY" => {
+                    "ALLOW" | "DENY" | "AUDIT" => {
                         result.insert("action".into(), json!(action));
-                    }
-                    "AUDIT" => {
-                        return Err(format!(
-                            "{field}: AUDIT only marks requests for Istio's logs; keep this policy in Istio"
-                        ))
                     }
                     "CUSTOM" => {
                         return Err(format!(
@@ -223,18 +208,12 @@ fn source(fields: &Map<String, Value>, path: &str) -> Result<Value, String> {
         path,
         &SOURCE_FIELDS,
         &PEER_SOURCE_FIELDS,
-        "is about the peer (mTLS identity or IP address), which the plugin does not see; keep this policy in Istio",
+        "is about the mTLS peer's identity, which the plugin does not see; keep this policy in Istio",
     )
 }
 
 fn operation(fields: &Map<String, Value>, path: &str) -> Result<Value, String> {
-    checked_copy(
-        fields,
-        path,
-        &OPERATION_FIELDS,
-        &CONNECTION_OPERATION_FIELDS,
-        "matches the connection, not the request the plugin sees; keep this policy in Istio (or split it)",
-    )
+    checked_copy(fields, path, &OPERATION_FIELDS, &[], "")
 }
 
 fn checked_copy(
@@ -345,6 +324,19 @@ metadata: {{name: backend}}
     }
 
     #[test]
+    fn address_host_port_fields_and_audit_carry_over() {
+        let yaml = "kind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: AUDIT\n  rules:\n  - from: [{source: {ipBlocks: [10.0.0.0/8], notRemoteIpBlocks: [1.2.3.4]}}]\n    to: [{operation: {hosts: [shop.example], notPorts: ['15000']}}]\n";
+        let converted = convert_yaml(yaml).expect("converts");
+        assert_eq!(
+            converted.config,
+            json!({"policies": [{"name": "p", "action": "AUDIT", "rules": [{
+                "from": [{"source": {"ipBlocks": ["10.0.0.0/8"], "notRemoteIpBlocks": ["1.2.3.4"]}}],
+                "to": [{"operation": {"hosts": ["shop.example"], "notPorts": ["15000"]}}]
+            }]}]})
+        );
+    }
+
+    #[test]
     fn an_empty_allow_policy_stays_deny_all() {
         let converted =
             convert_yaml("kind: AuthorizationPolicy\nmetadata: {name: deny-all}\nspec: {}\n").expect("converts");
@@ -356,17 +348,12 @@ metadata: {{name: backend}}
         let cases = [
             (
                 "spec: {rules: [{from: [{source: {namespaces: [shop]}}]}]}",
-                "AuthorizationPolicy p spec.rules[0].from[0].source.namespaces: is about the peer",
+                "AuthorizationPolicy p spec.rules[0].from[0].source.namespaces: is about the mTLS peer",
             ),
             (
-                "spec: {rules: [{from: [{source: {requestPrincipals: ['*'], remoteIpBlocks: [1.2.3.4]}}]}]}",
-                "spec.rules[0].from[0].source.remoteIpBlocks: is about the peer",
+                "spec: {rules: [{from: [{source: {requestPrincipals: ['*'], serviceAccounts: [a]}}]}]}",
+                "spec.rules[0].from[0].source.serviceAccounts: is about the mTLS peer",
             ),
-            (
-                "spec: {rules: [{to: [{operation: {ports: ['8080']}}]}]}",
-                "spec.rules[0].to[0].operation.ports: matches the connection",
-            ),
-            ("spec: {action: AUDIT}", "spec.action: AUDIT only marks requests"),
             ("spec: {action: CUSTOM, provider: {name: opa}}", "spec.action: CUSTOM delegates"),
             (
                 "spec: {rules: [{to: [{operation: {paths: [/a]}, extra: 1}]}]}",
