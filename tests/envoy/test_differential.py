@@ -237,7 +237,7 @@ def test_the_table_exercises_every_outcome(ours, tokens):
 
 def dry_run_denials(ours, native):
     native_count = native.stats().get("http.ingress.rbac.istio_dry_run_deny_.shadow_denied", 0)
-    our_count = [v for k, v in ours.stats().items() if k.endswith("jwt_authz.dry_run_denied")]
+    our_count = [v for k, v in ours.stats().items() if k.endswith("jwt_authz.dry_run_denied_total")]
     assert len(our_count) == 1
     return our_count[0], native_count
 

@@ -23,7 +23,7 @@ def status_of(response):
 def counter(envoy, name):
     """A jwt-authz counter from Envoy's stats (Envoy prefixes custom Wasm metrics)."""
     stats = envoy.stats()
-    matches = [value for key, value in stats.items() if key.endswith(f"jwt_authz.{name}")]
+    matches = [value for key, value in stats.items() if key.endswith(f"jwt_authz.{name}_total")]
     assert len(matches) == 1, sorted(key for key in stats if "jwt_authz" in key)
     return matches[0]
 
