@@ -8,6 +8,7 @@ pub mod authn;
 pub mod claims;
 pub mod config;
 pub mod deny;
+pub mod discovery;
 pub mod engine;
 pub mod extract;
 pub mod jwks;

@@ -9,17 +9,19 @@ pub enum Counter {
     Denied403,
     JwksFetchSuccess,
     JwksFetchFailure,
+    JwksRefetchUnknownKid,
     RequestsWaitedForKeys,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 8] = [
         Counter::Allowed,
         Counter::Denied400,
         Counter::Denied401,
         Counter::Denied403,
         Counter::JwksFetchSuccess,
         Counter::JwksFetchFailure,
+        Counter::JwksRefetchUnknownKid,
         Counter::RequestsWaitedForKeys,
     ];
 
@@ -32,6 +34,7 @@ impl Counter {
             Counter::Denied403 => "jwt_authz.denied_403",
             Counter::JwksFetchSuccess => "jwt_authz.jwks_fetch_success",
             Counter::JwksFetchFailure => "jwt_authz.jwks_fetch_failure",
+            Counter::JwksRefetchUnknownKid => "jwt_authz.jwks_refetch_unknown_kid",
             Counter::RequestsWaitedForKeys => "jwt_authz.requests_waited_for_keys",
         }
     }
@@ -43,5 +46,29 @@ impl Counter {
             403 => Counter::Denied403,
             _ => Counter::Denied401,
         }
+    }
+}
+
+/// Name of the gauge of keys in use for `issuer`. Stat names are dot-separated and tag-extracted,
+/// so every character of the issuer other than a letter or digit becomes `_`.
+pub fn keys_in_use_gauge_name(issuer: &str) -> String {
+    let issuer: String = issuer.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("jwt_authz.jwks_keys_in_use.{issuer}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_distinct_and_issuers_are_sanitized() {
+        let mut names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+        assert_eq!(
+            keys_in_use_gauge_name("http://127.0.0.1:8180/realms/shop"),
+            "jwt_authz.jwks_keys_in_use.http___127_0_0_1_8180_realms_shop"
+        );
     }
 }

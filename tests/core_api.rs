@@ -1,11 +1,13 @@
 //! The pure core through its public API, as the host drives it: configure, fetch keys, decide.
 
+use jwt_authz::authn::KeyStore;
 use jwt_authz::config::Config;
 use jwt_authz::deny::Denial;
 use jwt_authz::engine::{evaluate, Decision, HeaderChange, Outcome, Request};
-use jwt_authz::jwks_cache::{FetchResult, JwksCache};
+use jwt_authz::jwks_cache::{CasMismatch, FetchResult, JwksCache, NoWait, Plan, SharedStore, Worker};
 use jwt_authz::testkeys::{self, b64};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 const ISSUER: &str = "https://idp.example/realms/shop";
 const NOW: u64 = 1_800_000_000;
@@ -41,14 +43,44 @@ fn jwks_body(kids: &[(&str, usize)]) -> String {
     json!({ "keys": keys }).to_string()
 }
 
+const WORKER: Worker = Worker { id: 7, wake_token: None };
+
+/// The host's shared data, as Envoy keeps it.
+#[derive(Default)]
+struct MemoryStore {
+    values: HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.values.get(key).cloned()
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        match (self.values.get(key), cas) {
+            (Some((_, current)), Some(cas)) if *current != cas => Err(CasMismatch),
+            _ => {
+                self.next_cas += 1;
+                self.values.insert(key.to_string(), (value.to_vec(), self.next_cas));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Plans and completes one fetch of `provider` 0 with `body` as the answer.
+fn fetch_keys(cache: &mut JwksCache, store: &mut MemoryStore, body: &str, now_ms: u64) {
+    let Plan::Fetch(fetch) = cache.plan(store, 0, WORKER, true, now_ms) else { panic!("a fetch is due") };
+    assert_eq!(fetch.cluster, "outbound|443||idp.example");
+    let result = FetchResult::Response { status: 200, cache_control: None, body: body.as_bytes() };
+    cache.on_fetch_result(store, WORKER, &fetch, result, now_ms, 0);
+}
+
 /// A cache that has fetched the JWKS with key 0 under kid "k0".
 fn ready_cache(config: &Config) -> JwksCache {
     let mut cache = JwksCache::new(config);
-    let fetches = cache.due_fetches(NOW * 1000);
-    assert_eq!(fetches.len(), 1);
-    assert_eq!(fetches[0].cluster, "outbound|443||idp.example");
-    let body = jwks_body(&[("k0", 0)]);
-    cache.on_fetch_result(0, FetchResult::Response { status: 200, body: body.as_bytes() }, NOW * 1000);
+    fetch_keys(&mut cache, &mut MemoryStore::default(), &jwks_body(&[("k0", 0)]), NOW * 1000);
     cache
 }
 
@@ -78,8 +110,8 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
     Request::from_header_pairs(pairs)
 }
 
-fn decide(config: &Config, cache: &JwksCache, req: &Request) -> Decision {
-    match evaluate(config, req, cache, NOW) {
+fn decide(config: &Config, keys: &dyn KeyStore, req: &Request) -> Decision {
+    match evaluate(config, req, keys, NOW) {
         Outcome::Decided(decision) => decision,
         Outcome::AwaitKeys(p) => panic!("unexpected wait for provider {p}"),
     }
@@ -96,16 +128,15 @@ fn status(decision: &Decision) -> u32 {
 fn requests_wait_for_the_first_fetch_then_settle() {
     let config = config();
     let mut cache = JwksCache::new(&config);
+    let mut store = MemoryStore::default();
     let bearer = format!("Bearer {}", token(json!({})));
     let req = request("GET", "/api/admin/users", &[("authorization", &bearer)]);
-    // Before any fetch was dispatched the keys are unavailable: fail fast.
-    assert_eq!(status(&decide(&config, &cache, &req)), 401);
-    let _ = cache.due_fetches(NOW * 1000);
     assert_eq!(evaluate(&config, &req, &cache, NOW), Outcome::AwaitKeys(0));
     // Requests that need no keys never wait.
     assert_eq!(status(&decide(&config, &cache, &request("GET", "/healthz", &[]))), 200);
-    let body = jwks_body(&[("k0", 0)]);
-    cache.on_fetch_result(0, FetchResult::Response { status: 200, body: body.as_bytes() }, NOW * 1000);
+    // One that may wait no longer is refused.
+    assert_eq!(status(&decide(&config, &NoWait(&cache), &req)), 401);
+    fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 0)]), NOW * 1000);
     assert_eq!(status(&decide(&config, &cache, &req)), 200);
 }
 
@@ -113,13 +144,36 @@ fn requests_wait_for_the_first_fetch_then_settle() {
 fn a_failed_first_fetch_rejects_with_jwks_unavailable() {
     let config = config();
     let mut cache = JwksCache::new(&config);
-    let _ = cache.due_fetches(0);
-    cache.on_fetch_result(0, FetchResult::NoResponse, 0);
+    let mut store = MemoryStore::default();
+    let Plan::Fetch(fetch) = cache.plan(&mut store, 0, WORKER, false, NOW * 1000) else { panic!("due") };
+    cache.on_fetch_result(&mut store, WORKER, &fetch, FetchResult::NoResponse, NOW * 1000, 0);
     let bearer = format!("Bearer {}", token(json!({})));
     let decision = decide(&config, &cache, &request("GET", "/api/admin/x", &[("authorization", &bearer)]));
     let Decision::Deny { denial, .. } = &decision else { panic!("{decision:?}") };
     assert_eq!(denial.code(), "jwks_fetch_failed");
     assert_eq!(denial.response("r").body, "Jwks remote fetch is failed");
+}
+
+#[test]
+fn a_rotated_key_is_accepted_after_one_refetch() {
+    let config = config();
+    let mut cache = JwksCache::new(&config);
+    let mut store = MemoryStore::default();
+    fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 0)]), NOW * 1000);
+    let rotated = testkeys::sign(
+        &json!({"alg": "RS256", "kid": "k1"}),
+        &json!({"iss": ISSUER, "aud": "shop", "exp": NOW + 300, "realm_access": {"roles": ["admin"]}}),
+        1,
+    );
+    let req = request("GET", "/api/admin/x", &[("authorization", &format!("Bearer {rotated}"))]);
+    assert_eq!(evaluate(&config, &req, &cache, NOW), Outcome::AwaitKeys(0), "an unknown kid waits for a refetch");
+    fetch_keys(&mut cache, &mut store, &jwks_body(&[("k1", 1)]), NOW * 1000 + 1);
+    assert_eq!(status(&decide(&config, &cache, &req)), 200);
+    // The old key is gone, and another unknown kid within the interval gets no refetch.
+    let old = format!("Bearer {}", token(json!({})));
+    let decision = decide(&config, &cache, &request("GET", "/api/admin/x", &[("authorization", &old)]));
+    let Decision::Deny { denial, .. } = &decision else { panic!("{decision:?}") };
+    assert_eq!(denial.code(), "jwks_kid_not_found");
 }
 
 #[test]
@@ -221,6 +275,8 @@ fn every_rejection_reason_is_a_401_even_where_no_identity_is_needed() {
         (other_key, "jwt_signature_invalid"),
         (unknown_kid, "jwks_kid_not_found"),
     ];
+    // Requests that may not wait: an unknown kid would otherwise wait for a refetch.
+    let cache = NoWait(&cache);
     for (jwt, code) in cases {
         for req in [
             request("GET", "/healthz", &[("authorization", &format!("Bearer {jwt}"))]),
