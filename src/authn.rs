@@ -57,9 +57,9 @@ pub enum KeyState<'a> {
 }
 
 /// Read access to each provider's current keys (by index into `Config::providers`), for a token
-/// naming `kid`, at `now_seconds`.
+/// naming `kid`. A store answers for one instant (the key cache's `at(now)`).
 pub trait KeyStore {
-    fn key_state(&self, provider: usize, kid: Option<&str>, now_seconds: u64) -> KeyState<'_>;
+    fn key_state(&self, provider: usize, kid: Option<&str>) -> KeyState<'_>;
 }
 
 /// A verified caller.
@@ -122,7 +122,7 @@ fn verify_token(config: &Config, found: &FoundToken, keys: &dyn KeyStore, now_se
         .position(|p| p.issuer == issuer && p.locations.contains(&found.location))
         .ok_or(Ok(AuthnError::UnknownIssuer))?;
     let provider = config.providers.get(provider_index).ok_or(Ok(AuthnError::UnknownIssuer))?;
-    let key_set = match keys.key_state(provider_index, parsed.kid.as_deref(), now_seconds) {
+    let key_set = match keys.key_state(provider_index, parsed.kid.as_deref()) {
         KeyState::Ready(key_set) => key_set,
         KeyState::Pending => return Err(Err(provider_index)),
         KeyState::Unavailable => return Err(Ok(AuthnError::JwksUnavailable)),

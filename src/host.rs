@@ -20,7 +20,7 @@ use crate::deny::Denial;
 use crate::engine::{self, Decision, HeaderChange, Outcome, Request};
 use crate::jwks::MAX_JWKS_BYTES;
 use crate::jwks_cache::{
-    CasMismatch, FetchReason, FetchReport, FetchRequest, FetchResult, JwksCache, NoWait, Plan, SharedStore, Worker,
+    CasMismatch, FetchReason, FetchReport, FetchRequest, FetchResult, JwksCache, Plan, SharedStore, Worker,
     LEASE_GRACE_MS,
 };
 use crate::metrics::{keys_in_use_gauge_name, Counter};
@@ -86,13 +86,14 @@ impl Context for Root {
         let header = |name: &str| hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name).ok().flatten();
         let status = header(":status").and_then(|status| status.parse::<u32>().ok());
         let cache_control = header("cache-control");
-        // One byte over the limit is enough for the parser to refuse it as too large.
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(MAX_JWKS_BYTES + 1))
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let body = if body_size > MAX_JWKS_BYTES {
+            Vec::new()
+        } else {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+        };
         let result = match (num_headers, status) {
             (0, _) | (_, None) => FetchResult::NoResponse,
+            (_, Some(status)) if body_size > MAX_JWKS_BYTES => FetchResult::TooLarge { status, size: body_size },
             (_, Some(status)) => FetchResult::Response { status, cache_control: cache_control.as_deref(), body: &body },
         };
         record_fetch_result(state, &fetch, result);
@@ -218,11 +219,10 @@ impl HttpContext for RequestContext {
 
 fn evaluate(state: &SharedState, request: &Request, may_wait: bool) -> Outcome {
     let state = state.borrow();
-    if may_wait {
-        engine::evaluate(&state.config, request, &state.cache, now_seconds())
-    } else {
-        engine::evaluate(&state.config, request, &NoWait(&state.cache), now_seconds())
-    }
+    let now = now();
+    let keys = state.cache.at(u64::try_from(now.as_millis()).unwrap_or(u64::MAX));
+    let keys = if may_wait { keys } else { keys.without_waiting() };
+    engine::evaluate(&state.config, request, &keys, now.as_secs())
 }
 
 fn is_jwks_unavailable(outcome: &Outcome) -> bool {
@@ -584,10 +584,6 @@ fn log(level: LogLevel, message: &str) {
 
 fn now() -> Duration {
     hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH).duration_since(UNIX_EPOCH).unwrap_or_default()
-}
-
-fn now_seconds() -> u64 {
-    now().as_secs()
 }
 
 fn now_millis() -> u64 {

@@ -181,6 +181,9 @@ pub enum FetchResult<'a> {
         cache_control: Option<&'a str>,
         body: &'a [u8],
     },
+    /// A response whose body is over the size limit (`jwks::MAX_JWKS_BYTES`): the host need not
+    /// even copy it.
+    TooLarge { status: u32, size: usize },
     /// Dispatch failed, timed out, or the connection broke.
     NoResponse,
 }
@@ -402,9 +405,13 @@ fn judge(source: &RemoteJwks, issuer: &str, fetch: &FetchRequest, result: FetchR
         FetchResult::NoResponse => {
             Judged::Failed(FetchError::NoResponse { uri: fetch.uri.clone(), cluster: fetch.cluster.clone() })
         }
-        FetchResult::Response { status, .. } if status != 200 => {
+        FetchResult::Response { status, .. } | FetchResult::TooLarge { status, .. } if status != 200 => {
             Judged::Failed(FetchError::HttpStatus { uri: fetch.uri.clone(), status })
         }
+        FetchResult::TooLarge { size, .. } => Judged::Failed(match fetch.kind {
+            FetchKind::Discovery => FetchError::Discovery(DiscoveryError::TooLarge(size)),
+            FetchKind::Jwks => FetchError::Jwks(JwksError::TooLarge(size)),
+        }),
         FetchResult::Response { body, cache_control, .. } => match fetch.kind {
             FetchKind::Discovery => match discovery::jwks_uri(body, issuer) {
                 Ok(uri) => Judged::JwksUri(uri),
@@ -674,6 +681,11 @@ impl JwksCache {
         }
     }
 
+    /// The keys as requests see them at `now_ms` (milliseconds since the Unix epoch).
+    pub fn at(&self, now_ms: u64) -> KeysAt<'_> {
+        KeysAt { cache: self, now_ms, may_wait: true }
+    }
+
     /// Keys for a token of `provider` naming `kid`. With `may_wait`, a request may be told to
     /// wait (`Pending`) for the first fetch, or for a refetch when `kid` is unknown; without it,
     /// it gets what is there now.
@@ -704,18 +716,24 @@ impl JwksCache {
     }
 }
 
-impl KeyStore for JwksCache {
-    fn key_state(&self, provider: usize, kid: Option<&str>, now_seconds: u64) -> KeyState<'_> {
-        self.state(provider, kid, now_seconds.saturating_mul(1_000), true)
+/// The cache at one instant, as requests see it: `JwksCache::at(now_ms)`.
+#[derive(Clone, Copy)]
+pub struct KeysAt<'a> {
+    cache: &'a JwksCache,
+    now_ms: u64,
+    may_wait: bool,
+}
+
+impl<'a> KeysAt<'a> {
+    /// For requests that may not wait any longer: they get the keys there are.
+    pub fn without_waiting(self) -> KeysAt<'a> {
+        KeysAt { may_wait: false, ..self }
     }
 }
 
-/// The cache for requests that may not wait any longer: they get the keys there are.
-pub struct NoWait<'a>(pub &'a JwksCache);
-
-impl KeyStore for NoWait<'_> {
-    fn key_state(&self, provider: usize, kid: Option<&str>, now_seconds: u64) -> KeyState<'_> {
-        self.0.state(provider, kid, now_seconds.saturating_mul(1_000), false)
+impl KeyStore for KeysAt<'_> {
+    fn key_state(&self, provider: usize, kid: Option<&str>) -> KeyState<'_> {
+        self.cache.state(provider, kid, self.now_ms, self.may_wait)
     }
 }
 
@@ -1013,7 +1031,7 @@ mod tests {
         assert_eq!(state(&cache, Some("a"), now), "ready");
         assert_eq!(state(&cache, None, now), "ready", "no kid: every key is tried, no refetch");
         assert_eq!(state(&cache, Some("b"), now), "pending");
-        assert!(matches!(cache.state(0, Some("b"), now, false), KeyState::Ready(_)), "NoWait gets the keys");
+        assert!(matches!(cache.state(0, Some("b"), now, false), KeyState::Ready(_)), "without waiting, the keys there are");
 
         let request = fetch(cache.plan(&mut store, 0, ME, true, now));
         assert_eq!(request.reason, FetchReason::UnknownKid);
@@ -1161,8 +1179,18 @@ mod tests {
         let mut store = MemoryStore::default();
         let mut cache = JwksCache::new(&discovery_config());
         let discovery = fetch(cache.plan(&mut store, 0, ME, true, 0));
+        let huge = FetchResult::TooLarge { status: 200, size: 1 << 30 };
+        let outcome = cache.on_fetch_result(&mut store, ME, &discovery, huge, 1, 0);
+        let FetchReport::Failed { error, .. } = &outcome.report else { panic!() };
+        assert_eq!(error.code(), "discovery_too_large");
+        let big_error_page = FetchResult::TooLarge { status: 502, size: 1 << 30 };
+        let discovery = fetch(cache.plan(&mut store, 0, ME, true, 10_000));
+        let outcome = cache.on_fetch_result(&mut store, ME, &discovery, big_error_page, 10_001, 0);
+        let FetchReport::Failed { error, .. } = &outcome.report else { panic!() };
+        assert_eq!(error.code(), "jwks_fetch_http_status");
+        let discovery = fetch(cache.plan(&mut store, 0, ME, true, 20_000));
         let impostor = json!({"issuer": "https://evil.example", "jwks_uri": "https://evil.example/certs"}).to_string();
-        let outcome = cache.on_fetch_result(&mut store, ME, &discovery, ok(&impostor), 1, 0);
+        let outcome = cache.on_fetch_result(&mut store, ME, &discovery, ok(&impostor), 20_001, 0);
         let FetchReport::Failed { error, kept_previous_keys: false, .. } = &outcome.report else { panic!() };
         assert_eq!(error.code(), "discovery_issuer_mismatch");
         assert_eq!(outcome.next, None);
@@ -1175,6 +1203,7 @@ mod tests {
         let good = testkeys::jwk(testkeys::key(0), "good");
         let cases = [
             (vec![b' '; jwks::MAX_JWKS_BYTES + 1], Err("jwks_too_large")),
+            (vec![], Err("jwks_too_large")),
             (b"{\"keys\": [".to_vec(), Err("jwks_not_json")),
             (json!({"keys": [{"kty": "EC", "kid": "e"}]}).to_string().into_bytes(), Err("jwks_no_usable_key")),
             (json!({"keys": [good.clone(), good.clone()]}).to_string().into_bytes(), Ok("duplicate kid")),
@@ -1183,7 +1212,11 @@ mod tests {
             let mut store = MemoryStore::default();
             let mut cache = JwksCache::new(&config());
             let request = fetch(cache.plan(&mut store, 0, ME, false, 0));
-            let result = FetchResult::Response { status: 200, cache_control: None, body: &body };
+            let result = if body.is_empty() {
+                FetchResult::TooLarge { status: 200, size: 10_000_000 }
+            } else {
+                FetchResult::Response { status: 200, cache_control: None, body: &body }
+            };
             let outcome = cache.on_fetch_result(&mut store, ME, &request, result, 1, 0);
             match (expected, outcome.report) {
                 (Err(code), FetchReport::Failed { error, .. }) => assert_eq!(error.code(), code),

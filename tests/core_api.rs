@@ -4,7 +4,7 @@ use jwt_authz::authn::KeyStore;
 use jwt_authz::config::Config;
 use jwt_authz::deny::Denial;
 use jwt_authz::engine::{evaluate, Decision, HeaderChange, Outcome, Request};
-use jwt_authz::jwks_cache::{CasMismatch, FetchResult, JwksCache, NoWait, Plan, SharedStore, Worker};
+use jwt_authz::jwks_cache::{CasMismatch, FetchResult, JwksCache, Plan, SharedStore, Worker};
 use jwt_authz::testkeys::{self, b64};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -131,13 +131,13 @@ fn requests_wait_for_the_first_fetch_then_settle() {
     let mut store = MemoryStore::default();
     let bearer = format!("Bearer {}", token(json!({})));
     let req = request("GET", "/api/admin/users", &[("authorization", &bearer)]);
-    assert_eq!(evaluate(&config, &req, &cache, NOW), Outcome::AwaitKeys(0));
+    assert_eq!(evaluate(&config, &req, &cache.at(NOW * 1000), NOW), Outcome::AwaitKeys(0));
     // Requests that need no keys never wait.
-    assert_eq!(status(&decide(&config, &cache, &request("GET", "/healthz", &[]))), 200);
+    assert_eq!(status(&decide(&config, &cache.at(NOW * 1000), &request("GET", "/healthz", &[]))), 200);
     // One that may wait no longer is refused.
-    assert_eq!(status(&decide(&config, &NoWait(&cache), &req)), 401);
+    assert_eq!(status(&decide(&config, &cache.at(NOW * 1000).without_waiting(), &req)), 401);
     fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 0)]), NOW * 1000);
-    assert_eq!(status(&decide(&config, &cache, &req)), 200);
+    assert_eq!(status(&decide(&config, &cache.at(NOW * 1000), &req)), 200);
 }
 
 #[test]
@@ -148,7 +148,8 @@ fn a_failed_first_fetch_rejects_with_jwks_unavailable() {
     let Plan::Fetch(fetch) = cache.plan(&mut store, 0, WORKER, false, NOW * 1000) else { panic!("due") };
     cache.on_fetch_result(&mut store, WORKER, &fetch, FetchResult::NoResponse, NOW * 1000, 0);
     let bearer = format!("Bearer {}", token(json!({})));
-    let decision = decide(&config, &cache, &request("GET", "/api/admin/x", &[("authorization", &bearer)]));
+    let decision =
+        decide(&config, &cache.at(NOW * 1000), &request("GET", "/api/admin/x", &[("authorization", &bearer)]));
     let Decision::Deny { denial, .. } = &decision else { panic!("{decision:?}") };
     assert_eq!(denial.code(), "jwks_fetch_failed");
     assert_eq!(denial.response("r").body, "Jwks remote fetch is failed");
@@ -166,12 +167,16 @@ fn a_rotated_key_is_accepted_after_one_refetch() {
         1,
     );
     let req = request("GET", "/api/admin/x", &[("authorization", &format!("Bearer {rotated}"))]);
-    assert_eq!(evaluate(&config, &req, &cache, NOW), Outcome::AwaitKeys(0), "an unknown kid waits for a refetch");
+    assert_eq!(
+        evaluate(&config, &req, &cache.at(NOW * 1000), NOW),
+        Outcome::AwaitKeys(0),
+        "an unknown kid waits for a refetch"
+    );
     fetch_keys(&mut cache, &mut store, &jwks_body(&[("k1", 1)]), NOW * 1000 + 1);
-    assert_eq!(status(&decide(&config, &cache, &req)), 200);
+    assert_eq!(status(&decide(&config, &cache.at(NOW * 1000), &req)), 200);
     // The old key is gone, and another unknown kid within the interval gets no refetch.
     let old = format!("Bearer {}", token(json!({})));
-    let decision = decide(&config, &cache, &request("GET", "/api/admin/x", &[("authorization", &old)]));
+    let decision = decide(&config, &cache.at(NOW * 1000), &request("GET", "/api/admin/x", &[("authorization", &old)]));
     let Decision::Deny { denial, .. } = &decision else { panic!("{decision:?}") };
     assert_eq!(denial.code(), "jwks_kid_not_found");
 }
@@ -184,7 +189,9 @@ fn allowed_requests_lose_the_token_and_gain_claim_headers() {
     let bearer = format!("Bearer {jwt}");
     let req =
         request("GET", "/api/admin/users", &[("authorization", &bearer), ("x-user", "mallory"), ("x-roles", "admin")]);
-    let Decision::Allow { changes, principal } = decide(&config, &cache, &req) else { panic!("allowed") };
+    let Decision::Allow { changes, principal } = decide(&config, &cache.at(NOW * 1000), &req) else {
+        panic!("allowed")
+    };
     assert_eq!(principal.as_deref(), Some("https://idp.example/realms/shop/alice-id"));
     let payload_segment = jwt.split('.').nth(1).expect("payload").to_string();
     assert_eq!(
@@ -201,7 +208,7 @@ fn allowed_requests_lose_the_token_and_gain_claim_headers() {
     );
     // Anonymous but allowed: spoofed output headers are still removed.
     let Decision::Allow { changes, principal: None } =
-        decide(&config, &cache, &request("GET", "/healthz", &[("x-user", "mallory")]))
+        decide(&config, &cache.at(NOW * 1000), &request("GET", "/healthz", &[("x-user", "mallory")]))
     else {
         panic!("allowed")
     };
@@ -223,12 +230,12 @@ fn the_401_403_split() {
         (request("GET", "/api%2Fadmin/x", &[("authorization", &admin)]), 400, "path_encoded_slash"),
     ];
     for (req, want_status, want_code) in cases {
-        let decision = decide(&config, &cache, &req);
+        let decision = decide(&config, &cache.at(NOW * 1000), &req);
         let Decision::Deny { denial, realm } = &decision else { panic!("{} should be denied", req.path) };
         assert_eq!((denial.response(realm).status, denial.code()), (want_status, want_code), "{}", req.path);
     }
     let Decision::Deny { denial: Denial::Forbidden { policy }, realm } =
-        decide(&config, &cache, &request("GET", "/debug/x?a=1", &[("authorization", &admin)]))
+        decide(&config, &cache.at(NOW * 1000), &request("GET", "/debug/x?a=1", &[("authorization", &admin)]))
     else {
         panic!("forbidden")
     };
@@ -276,13 +283,13 @@ fn every_rejection_reason_is_a_401_even_where_no_identity_is_needed() {
         (unknown_kid, "jwks_kid_not_found"),
     ];
     // Requests that may not wait: an unknown kid would otherwise wait for a refetch.
-    let cache = NoWait(&cache);
+    let keys = cache.at(NOW * 1000).without_waiting();
     for (jwt, code) in cases {
         for req in [
             request("GET", "/healthz", &[("authorization", &format!("Bearer {jwt}"))]),
             request("GET", &format!("/healthz?access_token={jwt}"), &[]),
         ] {
-            let decision = decide(&config, &cache, &req);
+            let decision = decide(&config, &keys, &req);
             let Decision::Deny { denial, realm } = &decision else { panic!("{code}: {decision:?}") };
             let response = denial.response(realm);
             assert_eq!((response.status, denial.code()), (401, code), "{}", req.path);
@@ -296,5 +303,5 @@ fn every_rejection_reason_is_a_401_even_where_no_identity_is_needed() {
         &format!("/api/admin/x?access_token={}", token(json!({"exp": NOW - 3600}))),
         &[("authorization", &format!("Bearer {valid}"))],
     );
-    assert_eq!(status(&decide(&config, &cache, &req)), 401);
+    assert_eq!(status(&decide(&config, &cache.at(NOW * 1000), &req)), 401);
 }
