@@ -27,7 +27,7 @@ use crate::metrics::{keys_in_use_gauge_name, Counter};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
@@ -525,8 +525,16 @@ impl Random {
 /// Envoy metric ids, defined once per VM: the counters, and a keys-in-use gauge per issuer.
 struct Metrics {
     ids: Vec<(Counter, u32)>,
-    /// Per provider: its issuer, and its gauge's id and the value last recorded.
-    keys_in_use: Vec<(String, RefCell<Option<(u32, Option<u64>)>>)>,
+    /// Per provider.
+    keys_in_use: Vec<KeysGauge>,
+}
+
+/// One issuer's keys-in-use gauge.
+struct KeysGauge {
+    issuer: String,
+    id: Option<u32>,
+    /// The value last recorded, to log when keys run out.
+    last: Cell<Option<u64>>,
 }
 
 impl Metrics {
@@ -542,7 +550,7 @@ impl Metrics {
             .iter()
             .map(|provider| {
                 let id = hostcalls::define_metric(MetricType::Gauge, &keys_in_use_gauge_name(&provider.issuer)).ok();
-                (provider.issuer.clone(), RefCell::new(id.map(|id| (id, None))))
+                KeysGauge { issuer: provider.issuer.clone(), id, last: Cell::new(None) }
             })
             .collect();
         Metrics { ids, keys_in_use }
@@ -556,24 +564,25 @@ impl Metrics {
 
     /// Records every issuer's usable key count; logs when an issuer's keys run out.
     fn record_keys_in_use(&self, cache: &JwksCache, now_ms: u64) {
-        for (provider, (issuer, gauge)) in self.keys_in_use.iter().enumerate() {
-            let mut gauge = gauge.borrow_mut();
-            let Some((id, last)) = gauge.as_mut() else { continue };
+        for (provider, gauge) in self.keys_in_use.iter().enumerate() {
+            let Some(id) = gauge.id else { continue };
             let count = cache.keys_in_use(provider, now_ms) as u64;
-            if *last == Some(count) {
+            let last = gauge.last.get();
+            if last == Some(count) {
                 continue;
             }
             if count == 0 && last.is_some_and(|last| last > 0) {
                 log(
                     LogLevel::Warn,
                     &format!(
-                        "JWKS for {issuer}: no usable keys any more (the last successful fetch is older \
-                         than cacheDuration + staleIfError); tokens are refused until a fetch succeeds"
+                        "JWKS for {}: no usable keys any more (the last successful fetch is older than \
+                         cacheDuration + staleIfError); tokens are refused until a fetch succeeds",
+                        gauge.issuer
                     ),
                 );
             }
-            let _ = hostcalls::record_metric(*id, count);
-            *last = Some(count);
+            let _ = hostcalls::record_metric(id, count);
+            gauge.last.set(Some(count));
         }
     }
 }

@@ -396,7 +396,13 @@ fn fetch_request(source: &RemoteJwks, provider: usize, record: &SharedRecord, re
 /// A fetch result, judged before it touches the record (parsing is the expensive part).
 enum Judged {
     JwksUri(String),
-    Keys { key_set: KeySet, skipped: Vec<String>, refresh_ms: u64 },
+    /// The usable keys as the record stores them (`KeySet::to_jwks_json`), and how many.
+    Keys {
+        jwks_json: String,
+        count: usize,
+        skipped: Vec<String>,
+        refresh_ms: u64,
+    },
     Failed(FetchError),
 }
 
@@ -419,7 +425,8 @@ fn judge(source: &RemoteJwks, issuer: &str, fetch: &FetchRequest, result: FetchR
             },
             FetchKind::Jwks => match jwks::parse(body) {
                 Ok(parsed) => Judged::Keys {
-                    key_set: parsed.key_set,
+                    jwks_json: parsed.key_set.to_jwks_json(),
+                    count: parsed.key_set.keys.len(),
                     skipped: parsed.skipped,
                     refresh_ms: refresh_interval_ms(source.cache_duration_ms, cache_control),
                 },
@@ -435,13 +442,12 @@ fn complete_transition(
     worker: Worker,
     fetch: &FetchRequest,
     judged: &Judged,
-    keys_json: Option<&str>,
     now_ms: u64,
     random: u64,
 ) -> (SharedRecord, FetchOutcome) {
     // Only the lease holder may record a result, even one whose lease ran out: until another
     // worker takes the lease over, nobody else is fetching.
-    if !record.lease.is_some_and(|lease| lease.owner == worker.id) {
+    if record.lease.is_none_or(|lease| lease.owner != worker.id) {
         return (record, FetchOutcome { report: FetchReport::Superseded, next: None, wake: Vec::new() });
     }
     let report = match judged {
@@ -452,14 +458,14 @@ fn complete_transition(
             let report = FetchReport::Discovered { jwks_uri: uri.clone() };
             return (record, FetchOutcome { report, next: Some(next), wake: Vec::new() });
         }
-        Judged::Keys { key_set, skipped, refresh_ms } => {
-            record.keys = keys_json.map(str::to_string);
+        Judged::Keys { jwks_json, count, skipped, refresh_ms } => {
+            record.keys = Some(jwks_json.clone());
             record.keys_version = record.keys_version.saturating_add(1);
             record.keys_expire_ms = now_ms.saturating_add(*refresh_ms).saturating_add(source.stale_if_error_ms);
             let refresh_in_ms = refresh_ms.saturating_sub(refresh_jitter_ms(*refresh_ms, random));
             record.next_fetch_ms = now_ms.saturating_add(refresh_in_ms);
             record.failures = 0;
-            FetchReport::Updated { keys: key_set.keys.len(), skipped: skipped.clone(), refresh_in_ms }
+            FetchReport::Updated { keys: *count, skipped: skipped.clone(), refresh_in_ms }
         }
         Judged::Failed(error) => {
             record.failures = record.failures.saturating_add(1);
@@ -647,13 +653,9 @@ impl JwksCache {
             return FetchOutcome { report: FetchReport::Superseded, next: None, wake: Vec::new() };
         };
         let judged = judge(&remote.source, &remote.issuer, fetch, result);
-        let keys_json = match &judged {
-            Judged::Keys { key_set, .. } => Some(key_set.to_jwks_json()),
-            _ => None,
-        };
         let source = &remote.source;
         let updated = update(store, &remote.shared_key, |record| {
-            complete_transition(source, record, worker, fetch, &judged, keys_json.as_deref(), now_ms, random)
+            complete_transition(source, record, worker, fetch, &judged, now_ms, random)
         });
         match updated {
             Some((record, outcome)) => {
@@ -1031,7 +1033,10 @@ mod tests {
         assert_eq!(state(&cache, Some("a"), now), "ready");
         assert_eq!(state(&cache, None, now), "ready", "no kid: every key is tried, no refetch");
         assert_eq!(state(&cache, Some("b"), now), "pending");
-        assert!(matches!(cache.state(0, Some("b"), now, false), KeyState::Ready(_)), "without waiting, the keys there are");
+        assert!(
+            matches!(cache.state(0, Some("b"), now, false), KeyState::Ready(_)),
+            "without waiting, the keys there are"
+        );
 
         let request = fetch(cache.plan(&mut store, 0, ME, true, now));
         assert_eq!(request.reason, FetchReason::UnknownKid);
