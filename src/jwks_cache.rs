@@ -1064,6 +1064,20 @@ mod tests {
     }
 
     #[test]
+    fn the_wake_list_is_bounded_and_workers_without_a_queue_wait_on_ticks() {
+        let mut store = MemoryStore::default();
+        let mut cache = JwksCache::new(&config());
+        fetch(cache.plan(&mut store, 0, ME, false, 0));
+        for token in 0..(MAX_WAITERS as u32 + 10) {
+            let worker = Worker { id: 100 + u64::from(token), wake_token: Some(1_000 + token) };
+            assert_eq!(cache.plan(&mut store, 0, worker, true, 1), Plan::Wait);
+        }
+        let queueless = Worker { id: 5, wake_token: None };
+        assert_eq!(cache.plan(&mut store, 0, queueless, true, 1), Plan::Wait);
+        assert_eq!(record(&store).waiters.len(), MAX_WAITERS);
+    }
+
+    #[test]
     fn a_due_fetch_is_not_counted_as_an_unknown_kid_refetch() {
         let mut store = MemoryStore::default();
         let mut cache = ready(&mut store, ME, 0);
