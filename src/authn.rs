@@ -46,18 +46,20 @@ impl AuthnError {
     }
 }
 
-/// What the key cache can offer for one provider right now.
+/// What the key cache can offer for one provider's token right now.
 pub enum KeyState<'a> {
     Ready(&'a KeySet),
-    /// A fetch is in flight and no keys are cached: the request should wait for it.
+    /// The request should wait for a fetch: the first one, or a refetch because the token's `kid`
+    /// is not among the keys (the provider may have rotated them).
     Pending,
-    /// No keys and no fetch under way (the last one failed).
+    /// No usable keys, and nothing worth waiting for (the last fetch failed).
     Unavailable,
 }
 
-/// Read access to each provider's current keys (by index into `Config::providers`).
+/// Read access to each provider's current keys (by index into `Config::providers`), for a token
+/// naming `kid`. A store answers for one instant (the key cache's `at(now)`).
 pub trait KeyStore {
-    fn key_state(&self, provider: usize) -> KeyState<'_>;
+    fn key_state(&self, provider: usize, kid: Option<&str>) -> KeyState<'_>;
 }
 
 /// A verified caller.
@@ -144,7 +146,7 @@ fn verify_token(
         })
         .ok_or(Ok(AuthnError::UnknownIssuer))?;
     let provider = config.providers.get(provider_index).ok_or(Ok(AuthnError::UnknownIssuer))?;
-    let key_set = match keys.key_state(provider_index) {
+    let key_set = match keys.key_state(provider_index, parsed.kid.as_deref()) {
         KeyState::Ready(key_set) => key_set,
         KeyState::Pending => return Err(Err(provider_index)),
         KeyState::Unavailable => return Err(Ok(AuthnError::JwksUnavailable)),

@@ -20,6 +20,14 @@ use std::fmt;
 pub const CLOCK_SKEW_SECONDS: u64 = 60;
 /// JWKS fetch timeout when `timeout` is not given (Istio's default).
 pub const DEFAULT_FETCH_TIMEOUT_MS: u64 = 5_000;
+/// How long fetched keys are used before a background refresh, when `cacheDuration` is not given.
+pub const DEFAULT_CACHE_DURATION_MS: u64 = 5 * 60 * 1000;
+/// How long keys outlive their refresh while the provider keeps failing, when `staleIfError` is not given.
+pub const DEFAULT_STALE_IF_ERROR_MS: u64 = 60 * 60 * 1000;
+/// Shortest time between two refetches for unknown `kid`s, when `unknownKidRefetchInterval` is not given.
+pub const DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS: u64 = 30_000;
+/// Where OIDC discovery documents live, below the issuer URL (OpenID Connect Discovery 1.0 §4).
+pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
 /// A configuration error: the JSON path of the offending field and why it is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,14 +89,47 @@ pub enum KeySource {
     Remote(RemoteJwks),
 }
 
-/// Where and how to fetch a JWKS.
+/// Where and how to fetch a JWKS, and how long to keep it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteJwks {
+    /// The JWKS URI (`jwksUri`), or the issuer's OIDC discovery document when `discovery` is set.
     pub uri: String,
     pub cluster: String,
     pub authority: String,
     pub path: String,
+    /// `uri` is `<issuer>/.well-known/openid-configuration`; its `jwks_uri` names the key set.
+    pub discovery: bool,
+    /// `jwksCluster` as given: also the cluster of a discovered `jwks_uri` when set.
+    pub cluster_override: Option<String>,
     pub timeout_ms: u64,
+    pub cache_duration_ms: u64,
+    pub stale_if_error_ms: u64,
+    pub unknown_kid_refetch_interval_ms: u64,
+}
+
+/// Where an HTTP request goes: the Envoy cluster and the request's `:authority` and `:path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub host: String,
+    pub port: u16,
+    pub authority: String,
+    pub path: String,
+}
+
+impl HttpTarget {
+    /// Parses an absolute `http://` or `https://` URI; `None` when it is anything else.
+    pub fn parse(uri: &str) -> Option<HttpTarget> {
+        parse_http_uri(uri)
+    }
+
+    /// The cluster to send to: `jwksCluster` when given, else the Istio outbound cluster of the
+    /// URI's host and port (a ServiceEntry for the identity provider's host creates it).
+    pub fn cluster(&self, cluster_override: Option<&str>) -> String {
+        match cluster_override {
+            Some(name) => name.to_string(),
+            None => format!("outbound|{}||{}", self.port, self.host),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +178,9 @@ struct RawJwtRule {
     #[serde(default)]
     output_claim_to_headers: Vec<RawClaimToHeader>,
     timeout: Option<String>,
+    cache_duration: Option<String>,
+    stale_if_error: Option<String>,
+    unknown_kid_refetch_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -349,15 +393,28 @@ fn compile_provider(
             return Err(ConfigError::new(format!("{field}.audiences[{i}]"), "must not be empty"));
         }
     }
-    let timeout_ms = match &rule.timeout {
-        None => DEFAULT_FETCH_TIMEOUT_MS,
-        Some(text) => parse_duration_ms(text).filter(|ms| *ms > 0).ok_or_else(|| {
-            ConfigError::new(
-                format!("{field}.timeout"),
-                format!("{text:?} is not a positive duration such as \"5s\" or \"500ms\""),
-            )
-        })?,
-    };
+    let timeout_ms = duration_field(&rule.timeout, &format!("{field}.timeout"), DEFAULT_FETCH_TIMEOUT_MS, 1, HOUR_MS)?;
+    let cache_duration_ms = duration_field(
+        &rule.cache_duration,
+        &format!("{field}.cacheDuration"),
+        DEFAULT_CACHE_DURATION_MS,
+        SECOND_MS,
+        DAY_MS,
+    )?;
+    let stale_if_error_ms = duration_field(
+        &rule.stale_if_error,
+        &format!("{field}.staleIfError"),
+        DEFAULT_STALE_IF_ERROR_MS,
+        0,
+        7 * DAY_MS,
+    )?;
+    let unknown_kid_refetch_interval_ms = duration_field(
+        &rule.unknown_kid_refetch_interval,
+        &format!("{field}.unknownKidRefetchInterval"),
+        DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS,
+        SECOND_MS,
+        HOUR_MS,
+    )?;
     let keys = match (&rule.jwks, &rule.jwks_uri) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
@@ -365,39 +422,63 @@ fn compile_provider(
                 "give either jwks (inline keys) or jwksUri, not both",
             ))
         }
-        (None, None) => {
-            return Err(ConfigError::new(format!("{field}.jwksUri"), "required (or give the keys inline in jwks)"))
-        }
         (Some(inline), None) => {
-            if rule.jwks_cluster.is_some() {
-                return Err(ConfigError::new(format!("{field}.jwksCluster"), "only meaningful with jwksUri"));
+            // Inline keys are never fetched: fetch settings would silently do nothing.
+            let fetch_settings = [
+                ("jwksCluster", rule.jwks_cluster.is_some()),
+                ("timeout", rule.timeout.is_some()),
+                ("cacheDuration", rule.cache_duration.is_some()),
+                ("staleIfError", rule.stale_if_error.is_some()),
+                ("unknownKidRefetchInterval", rule.unknown_kid_refetch_interval.is_some()),
+            ];
+            if let Some((name, _)) = fetch_settings.iter().find(|(_, given)| *given) {
+                return Err(ConfigError::new(
+                    format!("{field}.{name}"),
+                    "only meaningful for fetched keys (jwksUri or OIDC discovery), not with inline jwks",
+                ));
             }
             let parsed = jwks::parse(inline.as_bytes())
                 .map_err(|err| ConfigError::new(format!("{field}.jwks"), err.to_string()))?;
             KeySource::Inline(parsed.key_set)
         }
-        (None, Some(uri)) => {
-            let target = parse_http_uri(uri).ok_or_else(|| {
-                ConfigError::new(
-                    format!("{field}.jwksUri"),
-                    format!("{uri:?} is not an absolute http:// or https:// URI"),
-                )
-            })?;
-            let cluster = match &rule.jwks_cluster {
-                Some(name) if name.trim().is_empty() => {
-                    return Err(ConfigError::new(format!("{field}.jwksCluster"), "must not be empty"))
+        (None, jwks_uri) => {
+            // Without jwksUri the issuer's OIDC discovery document names the key set.
+            let (uri, uri_field, discovery) = match jwks_uri {
+                Some(uri) => (uri.clone(), format!("{field}.jwksUri"), false),
+                None => {
+                    let discovery_uri = format!("{}{DISCOVERY_PATH}", rule.issuer.trim_end_matches('/'));
+                    if parse_http_uri(&discovery_uri).is_none() {
+                        return Err(ConfigError::new(
+                            format!("{field}.jwksUri"),
+                            format!(
+                                "required (or give the keys inline in jwks): the issuer {:?} is not an http(s) URL, \
+                                 so its OIDC discovery document cannot be read",
+                                rule.issuer
+                            ),
+                        ));
+                    }
+                    (discovery_uri, format!("{field}.issuer"), true)
                 }
-                Some(name) => name.clone(),
-                // Istio names the outbound cluster of a service this way; a ServiceEntry for the
-                // identity provider's host creates it.
-                None => format!("outbound|{}||{}", target.port, target.host),
             };
+            let target = parse_http_uri(&uri).ok_or_else(|| {
+                ConfigError::new(uri_field, format!("{uri:?} is not an absolute http:// or https:// URI"))
+            })?;
+            if let Some(name) = &rule.jwks_cluster {
+                if name.trim().is_empty() {
+                    return Err(ConfigError::new(format!("{field}.jwksCluster"), "must not be empty"));
+                }
+            }
             KeySource::Remote(RemoteJwks {
-                uri: uri.clone(),
-                cluster,
+                cluster: target.cluster(rule.jwks_cluster.as_deref()),
+                uri,
                 authority: target.authority,
                 path: target.path,
+                discovery,
+                cluster_override: rule.jwks_cluster.clone(),
                 timeout_ms,
+                cache_duration_ms,
+                stale_if_error_ms,
+                unknown_kid_refetch_interval_ms,
             })
         }
     };
@@ -750,6 +831,40 @@ fn value_matches(values: Vec<String>, kind: ValueKind, field: &str) -> Result<Ve
     })
 }
 
+const SECOND_MS: u64 = 1_000;
+const HOUR_MS: u64 = 3_600 * SECOND_MS;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// An optional duration field: its default when absent, else a duration within `[min_ms, max_ms]`.
+fn duration_field(
+    text: &Option<String>,
+    field: &str,
+    default_ms: u64,
+    min_ms: u64,
+    max_ms: u64,
+) -> Result<u64, ConfigError> {
+    let Some(text) = text else { return Ok(default_ms) };
+    let ms = parse_duration_ms(text).ok_or_else(|| {
+        ConfigError::new(field, format!("{text:?} is not a duration such as \"5s\", \"500ms\", \"2m\" or \"1h\""))
+    })?;
+    if ms < min_ms {
+        let least = if min_ms == 1 { "positive".to_string() } else { format!("at least {}", describe_ms(min_ms)) };
+        return Err(ConfigError::new(field, format!("{text:?} is too short: must be {least}")));
+    }
+    if ms > max_ms {
+        return Err(ConfigError::new(field, format!("{text:?} is too long: at most {}", describe_ms(max_ms))));
+    }
+    Ok(ms)
+}
+
+fn describe_ms(ms: u64) -> String {
+    match ms {
+        ms if ms % HOUR_MS == 0 => format!("{}h", ms / HOUR_MS),
+        ms if ms % SECOND_MS == 0 => format!("{}s", ms / SECOND_MS),
+        ms => format!("{ms}ms"),
+    }
+}
+
 /// Parses Istio/protobuf duration strings: `5s`, `1.5s`, `500ms`, `2m`, `1h`.
 pub fn parse_duration_ms(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -770,13 +885,6 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
     let value: f64 = number.parse().ok()?;
     let ms = value * unit_ms;
     (ms.is_finite() && ms < 1e12).then_some(ms as u64)
-}
-
-struct HttpTarget {
-    host: String,
-    port: u16,
-    authority: String,
-    path: String,
 }
 
 fn parse_http_uri(uri: &str) -> Option<HttpTarget> {
@@ -862,6 +970,68 @@ mod tests {
     }
 
     #[test]
+    fn cache_settings_default_and_parse() {
+        let parse = |rule: serde_json::Value| {
+            let config = Config::parse(json!({"jwtRules": [rule]}).to_string().as_bytes()).expect("valid");
+            let KeySource::Remote(remote) = &config.providers[0].keys else { panic!("remote") };
+            remote.clone()
+        };
+        let defaults = parse(json!({"issuer": "i", "jwksUri": "http://x/c"}));
+        assert_eq!(
+            (defaults.cache_duration_ms, defaults.stale_if_error_ms, defaults.unknown_kid_refetch_interval_ms),
+            (DEFAULT_CACHE_DURATION_MS, DEFAULT_STALE_IF_ERROR_MS, DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS)
+        );
+        assert_eq!((defaults.discovery, defaults.cluster_override), (false, None));
+        let given = parse(json!({"issuer": "i", "jwksUri": "http://x/c", "cacheDuration": "1s",
+                                 "staleIfError": "0s", "unknownKidRefetchInterval": "2m", "timeout": "250ms"}));
+        assert_eq!(
+            (given.cache_duration_ms, given.stale_if_error_ms, given.unknown_kid_refetch_interval_ms, given.timeout_ms),
+            (1_000, 0, 120_000, 250)
+        );
+    }
+
+    #[test]
+    fn without_jwks_uri_the_issuer_is_discovered() {
+        for (issuer, cluster, expected_cluster, authority, path) in [
+            (
+                "https://idp.example/realms/shop",
+                None,
+                "outbound|443||idp.example",
+                "idp.example",
+                "/realms/shop/.well-known/openid-configuration",
+            ),
+            (
+                "http://127.0.0.1:8180/realms/shop/",
+                Some("idp"),
+                "idp",
+                "127.0.0.1:8180",
+                "/realms/shop/.well-known/openid-configuration",
+            ),
+            (
+                "https://accounts.example",
+                None,
+                "outbound|443||accounts.example",
+                "accounts.example",
+                "/.well-known/openid-configuration",
+            ),
+        ] {
+            let mut rule = json!({"issuer": issuer});
+            if let Some(cluster) = cluster {
+                rule["jwksCluster"] = json!(cluster);
+            }
+            let config = Config::parse(json!({"jwtRules": [rule]}).to_string().as_bytes()).expect(issuer);
+            let KeySource::Remote(remote) = &config.providers[0].keys else { panic!("remote") };
+            assert!(remote.discovery);
+            assert_eq!(remote.uri, format!("{}{DISCOVERY_PATH}", issuer.trim_end_matches('/')));
+            assert_eq!(
+                (remote.cluster.as_str(), remote.authority.as_str(), remote.path.as_str()),
+                (expected_cluster, authority, path)
+            );
+            assert_eq!(remote.cluster_override.as_deref(), cluster);
+        }
+    }
+
+    #[test]
     fn explicit_locations_replace_the_defaults_and_are_shared() {
         let config = Config::parse(json!({"jwtRules": [
             {"issuer": "a", "jwksUri": "http://a/c", "fromCookies": ["session"], "fromHeaders": [{"name": "X-Token"}]},
@@ -903,7 +1073,62 @@ mod tests {
             (
                 json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "timeout": "soon"}]}),
                 "jwtRules[0].timeout",
-                "positive duration",
+                "not a duration such as",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "timeout": "0s"}]}),
+                "jwtRules[0].timeout",
+                "must be positive",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "cacheDuration": "500ms"}]}),
+                "jwtRules[0].cacheDuration",
+                "too short: must be at least 1s",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "cacheDuration": "25h"}]}),
+                "jwtRules[0].cacheDuration",
+                "too long: at most 24h",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "cacheDuration": 300}]}),
+                "jwtRules[0].cacheDuration",
+                "invalid type",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "staleIfError": "169h"}]}),
+                "jwtRules[0].staleIfError",
+                "too long: at most 168h",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "staleIfError": "-1s"}]}),
+                "jwtRules[0].staleIfError",
+                "not a duration",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "unknownKidRefetchInterval": "100ms"}]}),
+                "jwtRules[0].unknownKidRefetchInterval",
+                "at least 1s",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwks": "{}", "cacheDuration": "1m"}]}),
+                "jwtRules[0].cacheDuration",
+                "not with inline jwks",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwks": "{}", "jwksCluster": "c"}]}),
+                "jwtRules[0].jwksCluster",
+                "not with inline jwks",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "https://idp.example/realms/a", "jwksCluster": " "}]}),
+                "jwtRules[0].jwksCluster",
+                "must not be empty",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "https://idp example/realms/a"}]}),
+                "jwtRules[0].jwksUri",
+                "is not an http(s) URL, so its OIDC discovery document cannot be read",
             ),
             (
                 json!({"jwtRules": [{"issuer": "i", "jwksUri": "http://x/c", "audiences": ["a", ""]}]}),

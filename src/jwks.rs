@@ -36,6 +36,31 @@ impl KeySet {
     pub fn candidates<'a>(&'a self, kid: Option<&'a str>) -> impl Iterator<Item = &'a VerificationKey> + 'a {
         self.keys.iter().filter(move |k| kid.is_none() || k.kid.as_deref() == kid)
     }
+
+    /// Whether some key carries this `kid`.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
+    /// The keys as a minimal JWKS document (`kty`, `kid`, `n`, `e`) that `parse` reads back to the
+    /// same keys: how one worker hands the keys it fetched to the others.
+    pub fn to_jwks_json(&self) -> String {
+        let keys: Vec<Value> = self
+            .keys
+            .iter()
+            .map(|k| {
+                let mut jwk = serde_json::Map::new();
+                jwk.insert("kty".into(), Value::from("RSA"));
+                if let Some(kid) = &k.kid {
+                    jwk.insert("kid".into(), Value::from(kid.as_str()));
+                }
+                jwk.insert("n".into(), Value::from(URL_SAFE_NO_PAD.encode(k.key.n().to_bytes_be())));
+                jwk.insert("e".into(), Value::from(URL_SAFE_NO_PAD.encode(k.key.e().to_bytes_be())));
+                Value::Object(jwk)
+            })
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    }
 }
 
 /// A parsed key set and what was left out of it, for the log.
@@ -191,6 +216,22 @@ mod tests {
         ] {
             assert!(skipped.contains(expected), "{expected} missing from {skipped}");
         }
+    }
+
+    #[test]
+    fn minimal_jwks_reads_back_to_the_same_keys() {
+        let body = serde_json::json!({"keys": [
+            testkeys::jwk(testkeys::key(0), "a"),
+            {"kty": "RSA", "n": testkeys::jwk(testkeys::key(1), "x")["n"], "e": "AQAB"},
+        ]});
+        let original = parse(body.to_string().as_bytes()).expect("valid").key_set;
+        let copy = parse(original.to_jwks_json().as_bytes()).expect("round trip").key_set;
+        assert_eq!(copy.keys.len(), 2);
+        for (a, b) in original.keys.iter().zip(&copy.keys) {
+            assert_eq!((&a.kid, &a.key), (&b.kid, &b.key));
+        }
+        assert!(copy.has_kid("a"));
+        assert!(!copy.has_kid("x"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cidr;
 pub mod claims;
 pub mod config;
 pub mod deny;
+pub mod discovery;
 pub mod engine;
 pub mod extract;
 pub mod jwks;

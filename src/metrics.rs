@@ -31,6 +31,7 @@ pub enum Counter {
     JwksCacheMiss,
     JwksFetchSuccess,
     JwksFetchFailure,
+    JwksRefetchUnknownKid,
     RequestsWaitedForKeys,
     /// An AUDIT policy matched.
     Audited,
@@ -41,12 +42,13 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 10] = [
         Counter::Allowed,
         Counter::JwksCacheHit,
         Counter::JwksCacheMiss,
         Counter::JwksFetchSuccess,
         Counter::JwksFetchFailure,
+        Counter::JwksRefetchUnknownKid,
         Counter::RequestsWaitedForKeys,
         Counter::Audited,
         Counter::DryRunWouldDeny,
@@ -61,6 +63,7 @@ impl Counter {
             Counter::JwksCacheMiss => "jwt_authz.jwks_cache_misses_total",
             Counter::JwksFetchSuccess => "jwt_authz.jwks_fetch_success_total",
             Counter::JwksFetchFailure => "jwt_authz.jwks_fetch_failure_total",
+            Counter::JwksRefetchUnknownKid => "jwt_authz.jwks_refetch_unknown_kid_total",
             Counter::RequestsWaitedForKeys => "jwt_authz.requests_waited_for_keys_total",
             Counter::Audited => "jwt_authz.audited_total",
             Counter::DryRunWouldDeny => "jwt_authz.dry_run_denied_total",
@@ -113,12 +116,19 @@ impl<'a> KeyLookups<'a> {
 }
 
 impl KeyStore for KeyLookups<'_> {
-    fn key_state(&self, provider: usize) -> KeyState<'_> {
-        let state = self.store.key_state(provider);
+    fn key_state(&self, provider: usize, kid: Option<&str>) -> KeyState<'_> {
+        let state = self.store.key_state(provider, kid);
         let counter = if matches!(state, KeyState::Ready(_)) { &self.hits } else { &self.misses };
         counter.set(counter.get().saturating_add(1));
         state
     }
+}
+
+/// Name of the gauge of keys in use for `issuer`. Stat names are dot-separated and tag-extracted,
+/// so every character of the issuer other than a letter or digit becomes `_`.
+pub fn keys_in_use_gauge_name(issuer: &str) -> String {
+    let issuer: String = issuer.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("jwt_authz.jwks_keys_in_use.{issuer}")
 }
 
 #[cfg(test)]
@@ -250,7 +260,7 @@ mod tests {
     struct Fixed(Vec<Option<KeySet>>);
 
     impl KeyStore for Fixed {
-        fn key_state(&self, provider: usize) -> KeyState<'_> {
+        fn key_state(&self, provider: usize, _kid: Option<&str>) -> KeyState<'_> {
             match self.0.get(provider) {
                 Some(Some(keys)) => KeyState::Ready(keys),
                 Some(None) => KeyState::Pending,
@@ -264,10 +274,22 @@ mod tests {
         let store = Fixed(vec![Some(KeySet::default()), None]);
         let lookups = KeyLookups::new(&store);
         assert!(lookups.tally().is_empty());
-        assert!(matches!(lookups.key_state(0), KeyState::Ready(_)));
-        assert!(matches!(lookups.key_state(0), KeyState::Ready(_)));
-        assert!(matches!(lookups.key_state(1), KeyState::Pending));
-        assert!(matches!(lookups.key_state(7), KeyState::Unavailable));
+        assert!(matches!(lookups.key_state(0, None), KeyState::Ready(_)));
+        assert!(matches!(lookups.key_state(0, None), KeyState::Ready(_)));
+        assert!(matches!(lookups.key_state(1, None), KeyState::Pending));
+        assert!(matches!(lookups.key_state(7, None), KeyState::Unavailable));
         assert_eq!(lookups.tally(), vec![(Counter::JwksCacheHit, 2), (Counter::JwksCacheMiss, 2)]);
+    }
+
+    #[test]
+    fn names_are_distinct_and_issuers_are_sanitized() {
+        let mut names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+        assert_eq!(
+            keys_in_use_gauge_name("http://127.0.0.1:8180/realms/shop"),
+            "jwt_authz.jwks_keys_in_use.http___127_0_0_1_8180_realms_shop"
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! The pure core through its public API, as the host drives it: configure, fetch keys, decide.
 
+use jwt_authz::authn::KeyStore;
 use jwt_authz::config::Config;
 use jwt_authz::deny::Denial;
 use jwt_authz::engine::{evaluate, Decision, HeaderChange, Outcome, Request};
-use jwt_authz::jwks_cache::{FetchResult, JwksCache};
+use jwt_authz::jwks_cache::{CasMismatch, FetchResult, JwksCache, Plan, SharedStore, Worker};
 use jwt_authz::testkeys::{self, b64};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 const ISSUER: &str = "https://idp.example/realms/shop";
 const NOW: u64 = 1_800_000_000;
@@ -41,14 +43,44 @@ fn jwks_body(kids: &[(&str, usize)]) -> String {
     json!({ "keys": keys }).to_string()
 }
 
+const WORKER: Worker = Worker { id: 7, wake_token: None };
+
+/// The host's shared data, as Envoy keeps it.
+#[derive(Default)]
+struct MemoryStore {
+    values: HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.values.get(key).cloned()
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        match (self.values.get(key), cas) {
+            (Some((_, current)), Some(cas)) if *current != cas => Err(CasMismatch),
+            _ => {
+                self.next_cas += 1;
+                self.values.insert(key.to_string(), (value.to_vec(), self.next_cas));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Plans and completes one fetch of `provider` 0 with `body` as the answer.
+fn fetch_keys(cache: &mut JwksCache, store: &mut MemoryStore, body: &str, now_ms: u64) {
+    let Plan::Fetch(fetch) = cache.plan(store, 0, WORKER, true, now_ms) else { panic!("a fetch is due") };
+    assert_eq!(fetch.cluster, "outbound|443||idp.example");
+    let result = FetchResult::Response { status: 200, cache_control: None, body: body.as_bytes() };
+    cache.on_fetch_result(store, WORKER, &fetch, result, now_ms, 0);
+}
+
 /// A cache that has fetched the JWKS with key 0 under kid "k0".
 fn ready_cache(config: &Config) -> JwksCache {
     let mut cache = JwksCache::new(config);
-    let fetches = cache.due_fetches(NOW * 1000);
-    assert_eq!(fetches.len(), 1);
-    assert_eq!(fetches[0].cluster, "outbound|443||idp.example");
-    let body = jwks_body(&[("k0", 0)]);
-    cache.on_fetch_result(0, FetchResult::Response { status: 200, body: body.as_bytes() }, NOW * 1000);
+    fetch_keys(&mut cache, &mut MemoryStore::default(), &jwks_body(&[("k0", 0)]), NOW * 1000);
     cache
 }
 
@@ -78,8 +110,8 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
     Request::from_header_pairs(pairs)
 }
 
-fn decide(config: &Config, cache: &JwksCache, req: &Request) -> Decision {
-    match evaluate(config, req, cache, NOW) {
+fn decide(config: &Config, keys: &dyn KeyStore, req: &Request) -> Decision {
+    match evaluate(config, req, keys, NOW) {
         Outcome::Decided(decision) => decision,
         Outcome::AwaitKeys(p) => panic!("unexpected wait for provider {p}"),
     }
@@ -96,30 +128,57 @@ fn status(decision: &Decision) -> u32 {
 fn requests_wait_for_the_first_fetch_then_settle() {
     let config = config();
     let mut cache = JwksCache::new(&config);
+    let mut store = MemoryStore::default();
     let bearer = format!("Bearer {}", token(json!({})));
     let req = request("GET", "/api/admin/users", &[("authorization", &bearer)]);
-    // Before any fetch was dispatched the keys are unavailable: fail fast.
-    assert_eq!(status(&decide(&config, &cache, &req)), 401);
-    let _ = cache.due_fetches(NOW * 1000);
-    assert_eq!(evaluate(&config, &req, &cache, NOW), Outcome::AwaitKeys(0));
+    assert_eq!(evaluate(&config, &req, &cache.at(NOW * 1000), NOW), Outcome::AwaitKeys(0));
     // Requests that need no keys never wait.
-    assert_eq!(status(&decide(&config, &cache, &request("GET", "/healthz", &[]))), 200);
-    let body = jwks_body(&[("k0", 0)]);
-    cache.on_fetch_result(0, FetchResult::Response { status: 200, body: body.as_bytes() }, NOW * 1000);
-    assert_eq!(status(&decide(&config, &cache, &req)), 200);
+    assert_eq!(status(&decide(&config, &cache.at(NOW * 1000), &request("GET", "/healthz", &[]))), 200);
+    // One that may wait no longer is refused.
+    assert_eq!(status(&decide(&config, &cache.at(NOW * 1000).without_waiting(), &req)), 401);
+    fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 0)]), NOW * 1000);
+    assert_eq!(status(&decide(&config, &cache.at(NOW * 1000), &req)), 200);
 }
 
 #[test]
 fn a_failed_first_fetch_rejects_with_jwks_unavailable() {
     let config = config();
     let mut cache = JwksCache::new(&config);
-    let _ = cache.due_fetches(0);
-    cache.on_fetch_result(0, FetchResult::NoResponse, 0);
+    let mut store = MemoryStore::default();
+    let Plan::Fetch(fetch) = cache.plan(&mut store, 0, WORKER, false, NOW * 1000) else { panic!("due") };
+    cache.on_fetch_result(&mut store, WORKER, &fetch, FetchResult::NoResponse, NOW * 1000, 0);
     let bearer = format!("Bearer {}", token(json!({})));
-    let decision = decide(&config, &cache, &request("GET", "/api/admin/x", &[("authorization", &bearer)]));
+    let decision =
+        decide(&config, &cache.at(NOW * 1000), &request("GET", "/api/admin/x", &[("authorization", &bearer)]));
     let Decision::Deny { denial, .. } = &decision else { panic!("{decision:?}") };
     assert_eq!(denial.code(), "jwks_fetch_failed");
     assert_eq!(denial.response("r").body, "Jwks remote fetch is failed");
+}
+
+#[test]
+fn a_rotated_key_is_accepted_after_one_refetch() {
+    let config = config();
+    let mut cache = JwksCache::new(&config);
+    let mut store = MemoryStore::default();
+    fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 0)]), NOW * 1000);
+    let rotated = testkeys::sign(
+        &json!({"alg": "RS256", "kid": "k1"}),
+        &json!({"iss": ISSUER, "sub": "alice-id", "aud": "shop", "exp": NOW + 300, "realm_access": {"roles": ["admin"]}}),
+        1,
+    );
+    let req = request("GET", "/api/admin/x", &[("authorization", &format!("Bearer {rotated}"))]);
+    assert_eq!(
+        evaluate(&config, &req, &cache.at(NOW * 1000), NOW),
+        Outcome::AwaitKeys(0),
+        "an unknown kid waits for a refetch"
+    );
+    fetch_keys(&mut cache, &mut store, &jwks_body(&[("k1", 1)]), NOW * 1000 + 1);
+    assert_eq!(status(&decide(&config, &cache.at(NOW * 1000), &req)), 200);
+    // The old key is gone, and another unknown kid within the interval gets no refetch.
+    let old = format!("Bearer {}", token(json!({})));
+    let decision = decide(&config, &cache.at(NOW * 1000), &request("GET", "/api/admin/x", &[("authorization", &old)]));
+    let Decision::Deny { denial, .. } = &decision else { panic!("{decision:?}") };
+    assert_eq!(denial.code(), "jwks_kid_not_found");
 }
 
 #[test]
@@ -130,7 +189,9 @@ fn allowed_requests_lose_the_token_and_gain_claim_headers() {
     let bearer = format!("Bearer {jwt}");
     let req =
         request("GET", "/api/admin/users", &[("authorization", &bearer), ("x-user", "mallory"), ("x-roles", "admin")]);
-    let Decision::Allow { changes, principal, .. } = decide(&config, &cache, &req) else { panic!("allowed") };
+    let Decision::Allow { changes, principal, .. } = decide(&config, &cache.at(NOW * 1000), &req) else {
+        panic!("allowed")
+    };
     assert_eq!(principal.as_deref(), Some("https://idp.example/realms/shop/alice-id"));
     let payload_segment = jwt.split('.').nth(1).expect("payload").to_string();
     assert_eq!(
@@ -147,7 +208,7 @@ fn allowed_requests_lose_the_token_and_gain_claim_headers() {
     );
     // Anonymous but allowed: spoofed output headers are still removed.
     let Decision::Allow { changes, principal: None, .. } =
-        decide(&config, &cache, &request("GET", "/healthz", &[("x-user", "mallory")]))
+        decide(&config, &cache.at(NOW * 1000), &request("GET", "/healthz", &[("x-user", "mallory")]))
     else {
         panic!("allowed")
     };
@@ -169,12 +230,12 @@ fn the_401_403_split() {
         (request("GET", "/api%2Fadmin/x", &[("authorization", &admin)]), 400, "path_encoded_slash"),
     ];
     for (req, want_status, want_code) in cases {
-        let decision = decide(&config, &cache, &req);
+        let decision = decide(&config, &cache.at(NOW * 1000), &req);
         let Decision::Deny { denial, realm, .. } = &decision else { panic!("{} should be denied", req.path) };
         assert_eq!((denial.response(realm).status, denial.code()), (want_status, want_code), "{}", req.path);
     }
     let Decision::Deny { denial: Denial::Forbidden { policy }, realm, .. } =
-        decide(&config, &cache, &request("GET", "/debug/x?a=1", &[("authorization", &admin)]))
+        decide(&config, &cache.at(NOW * 1000), &request("GET", "/debug/x?a=1", &[("authorization", &admin)]))
     else {
         panic!("forbidden")
     };
@@ -221,12 +282,14 @@ fn every_rejection_reason_is_a_401_even_where_no_identity_is_needed() {
         (other_key, "jwt_signature_invalid"),
         (unknown_kid, "jwks_kid_not_found"),
     ];
+    // Requests that may not wait: an unknown kid would otherwise wait for a refetch.
+    let keys = cache.at(NOW * 1000).without_waiting();
     for (jwt, code) in cases {
         for req in [
             request("GET", "/healthz", &[("authorization", &format!("Bearer {jwt}"))]),
             request("GET", &format!("/healthz?access_token={jwt}"), &[]),
         ] {
-            let decision = decide(&config, &cache, &req);
+            let decision = decide(&config, &keys, &req);
             let Decision::Deny { denial, realm, .. } = &decision else { panic!("{code}: {decision:?}") };
             let response = denial.response(realm);
             assert_eq!((response.status, denial.code()), (401, code), "{}", req.path);
@@ -240,7 +303,7 @@ fn every_rejection_reason_is_a_401_even_where_no_identity_is_needed() {
         &format!("/api/admin/x?access_token={}", token(json!({"exp": NOW - 3600}))),
         &[("authorization", &format!("Bearer {valid}"))],
     );
-    assert_eq!(status(&decide(&config, &cache, &req)), 401);
+    assert_eq!(status(&decide(&config, &cache.at(NOW * 1000), &req)), 401);
 }
 
 // --- Policy features through the engine: requirements, addresses, ports, notes ---------------------
@@ -315,7 +378,7 @@ fn token_requirements_skip_validation_or_require_an_issuer() {
         (request("GET", "/shop", &[]), (401, "jwt_missing", None)),
     ];
     for (req, (status, code, policy)) in cases {
-        let got = denial_code(&decide(&config, &cache, &req));
+        let got = denial_code(&decide(&config, &cache.at(NOW * 1000), &req));
         assert_eq!(got, (status, code, policy.map(str::to_string)), "{} {}", req.method, req.path);
     }
     // A token of another configured issuer, found where the required one looks, is not accepted.
@@ -326,7 +389,7 @@ fn token_requirements_skip_validation_or_require_an_issuer() {
     let cache_both = JwksCache::new(&config_both_locations);
     let decision = decide(
         &config_both_locations,
-        &cache_both,
+        &cache_both.at(NOW * 1000),
         &request("GET", "/admin/x", &[("x-admin-token", &shop_in_admin_header)]),
     );
     assert_eq!(denial_code(&decision), (401, "jwt_unknown_issuer", None));
@@ -338,7 +401,7 @@ fn unvalidated_tokens_never_reach_the_upstream() {
     let cache = JwksCache::new(&config);
     let Decision::Allow { changes, principal: None, .. } = decide(
         &config,
-        &cache,
+        &cache.at(NOW * 1000),
         &request("GET", "/healthz", &[("authorization", "Bearer forged"), ("x-admin-token", "forged")]),
     ) else {
         panic!("allowed")
@@ -349,7 +412,7 @@ fn unvalidated_tokens_never_reach_the_upstream() {
     let shop = format!("Bearer {}", token(json!({})));
     let Decision::Allow { changes, principal: Some(_), .. } = decide(
         &config,
-        &cache,
+        &cache.at(NOW * 1000),
         &request("GET", "/admin/x", &[("authorization", &shop), ("x-admin-token", &admin_token())]),
     ) else {
         panic!("allowed")
@@ -364,7 +427,7 @@ fn unsafe_paths_are_rejected_or_denied_as_configured() {
     for (config, status) in [(&reject, 400), (&deny, 403)] {
         let cache = JwksCache::new(config);
         for path in ["/healthz%00", "/admin%2fusers", "/shop\\x", "/a%zz", "/a%5C..%5Cadmin"] {
-            let decision = decide(config, &cache, &request("GET", path, &[]));
+            let decision = decide(config, &cache.at(NOW * 1000), &request("GET", path, &[]));
             let (got, code, _) = denial_code(&decision);
             assert_eq!(got, status, "{path}");
             assert!(code.starts_with("path_"), "{path}: {code}");
@@ -434,7 +497,7 @@ fn addresses_and_ports_come_from_the_connection_and_trusted_hops() {
     ];
     for (req, want) in cases {
         assert_eq!(
-            status(&decide(&config, &cache, &req)),
+            status(&decide(&config, &cache.at(NOW * 1000), &req)),
             want,
             "{} {:?} {:?}",
             req.path,
@@ -452,7 +515,8 @@ fn audit_and_dry_run_notes_travel_with_the_decision() {
         {"name": "try-deny-deletes", "action": "DENY", "dryRun": true, "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}
     ]}));
     let cache = JwksCache::new(&config);
-    let Decision::Allow { notes, .. } = decide(&config, &cache, &request("DELETE", "/orders/7", &[])) else {
+    let Decision::Allow { notes, .. } = decide(&config, &cache.at(NOW * 1000), &request("DELETE", "/orders/7", &[]))
+    else {
         panic!("dry-run policies are not enforced")
     };
     assert_eq!(

@@ -58,7 +58,7 @@ DEFAULT_REALM_ROLES = ["default-roles-{realm}", "offline_access"]
 ACCOUNT_ROLES = ["manage-account", "view-profile"]
 AUDIENCE = ["shop", "account"]
 SCOPE = "openid profile email"
-CERTS_MODE_DEFAULTS = {"status": 200, "delay": 0, "body": None}
+CERTS_MODE_DEFAULTS = {"status": 200, "delay": 0, "body": None, "headers": None}
 
 
 class OAuthError(Exception):
@@ -354,11 +354,13 @@ class Handler(BaseHTTPRequestHandler):
         mode = self.state.certs_mode
         if mode["delay"]:
             time.sleep(mode["delay"])
+        headers = mode["headers"] or {}
         if mode["body"] is not None:
-            return self._send(mode["status"], mode["body"].encode(), "application/json")
+            return self._send(mode["status"], mode["body"].encode(), "application/json", headers)
         if mode["status"] != 200:
-            return self._send_json(mode["status"], {"error": "unknown_error"})
-        return self._send_json(200, self.state.jwks(), {"Cache-Control": "no-cache"})
+            return self._send_json(mode["status"], {"error": "unknown_error"}, headers)
+        # Keycloak's own header; a test may replace it (e.g. with a max-age).
+        return self._send_json(200, self.state.jwks(), {"Cache-Control": "no-cache", **headers})
 
     def _token(self, body):
         try:

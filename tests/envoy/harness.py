@@ -220,7 +220,8 @@ class Idp:
         return self._json("GET", "/_test/hits")
 
     def certs_mode(self, **mode):
-        """Set how /certs answers: status=, delay= (seconds), body= (raw text); unset fields reset."""
+        """Set how /certs answers: status=, delay= (seconds), body= (raw text), headers= (extra
+        response headers); unset fields reset."""
         self.certs_mode_changed = True
         return self._json("POST", "/_test/certs-mode", mode)
 
