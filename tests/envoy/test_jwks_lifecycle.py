@@ -78,7 +78,9 @@ def logged(envoy, fragment, timeout=3.0):
 
 
 def stat(envoy, name):
-    return envoy.stats().get(f"wasmcustom.jwt_authz.{name}", 0)
+    """A counter (`name` without its `_total`) or, for `jwks_keys_in_use.*`, the gauge."""
+    suffix = "" if name.startswith("jwks_keys_in_use.") else "_total"
+    return envoy.stats().get(f"wasmcustom.jwt_authz.{name}{suffix}", 0)
 
 
 def gauge_name(idp):
