@@ -112,7 +112,7 @@ pub fn authenticate(config: &Config, found: &[FoundToken], keys: &dyn KeyStore, 
 type Verified = Result<(usize, Identity, String), Result<AuthnError, usize>>;
 
 fn verify_token(config: &Config, found: &FoundToken, keys: &dyn KeyStore, now_seconds: u64) -> Verified {
-    let parsed = jwt::parse(&found.token).map_err(|e| Ok(AuthnError::Token(e)))?;
+    let parsed = jwt::parse_with_limits(&found.token, &config.limits.token).map_err(|e| Ok(AuthnError::Token(e)))?;
     let issuer = parsed.issuer().ok_or(Ok(AuthnError::UnknownIssuer))?;
     let provider_index = config
         .providers

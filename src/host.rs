@@ -7,7 +7,6 @@
 
 use crate::config::Config;
 use crate::engine::{self, Decision, HeaderChange, Outcome, Request};
-use crate::jwks::MAX_JWKS_BYTES;
 use crate::jwks_cache::{FetchReport, FetchRequest, FetchResult, JwksCache};
 use crate::metrics::Counter;
 use proxy_wasm::hostcalls;
@@ -49,7 +48,8 @@ impl Context for Root {
         let Some(provider) = state.borrow_mut().fetches.remove(&token_id) else { return };
         let status = self.get_http_call_response_header(":status").and_then(|status| status.parse::<u32>().ok());
         // One byte over the limit is enough for the parser to refuse it as too large.
-        let body = self.get_http_call_response_body(0, body_size.min(MAX_JWKS_BYTES + 1)).unwrap_or_default();
+        let max_jwks_bytes = state.borrow().config.limits.max_jwks_bytes;
+        let body = self.get_http_call_response_body(0, body_size.min(max_jwks_bytes + 1)).unwrap_or_default();
         let result = match (num_headers, status) {
             (0, _) | (_, None) => FetchResult::NoResponse,
             (_, Some(status)) => FetchResult::Response { status, body: &body },

@@ -62,6 +62,8 @@ struct RemoteEntry {
 #[derive(Debug)]
 pub struct JwksCache {
     entries: Vec<Entry>,
+    /// `limits.maxJwksBytes`: larger fetched documents are refused.
+    max_jwks_bytes: usize,
 }
 
 impl JwksCache {
@@ -81,7 +83,7 @@ impl JwksCache {
                 }),
             })
             .collect();
-        JwksCache { entries }
+        JwksCache { entries, max_jwks_bytes: config.limits.max_jwks_bytes }
     }
 
     /// Fetches to start now; each is marked in flight until its result is reported.
@@ -115,7 +117,9 @@ impl JwksCache {
         };
         remote.in_flight = false;
         let parsed = match result {
-            FetchResult::Response { status: 200, body } => jwks::parse(body).map_err(|err| err.to_string()),
+            FetchResult::Response { status: 200, body } => {
+                jwks::parse_with_limit(body, self.max_jwks_bytes).map_err(|err| err.to_string())
+            }
             FetchResult::Response { status, .. } => Err(format!("{} answered HTTP {status}", remote.source.uri)),
             FetchResult::NoResponse => Err(format!(
                 "no response from {} (cluster {:?}): timed out, refused or unknown cluster",
