@@ -8,7 +8,7 @@
 use crate::config::Config;
 use crate::engine::{self, Decision, HeaderChange, Outcome, Request};
 use crate::jwks_cache::{FetchReport, FetchRequest, FetchResult, JwksCache};
-use crate::metrics::Counter;
+use crate::metrics::{Counter, WASM_MEMORY_GAUGE};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
@@ -94,6 +94,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(state) = &self.state {
             dispatch_due_fetches(state);
+            state.borrow().metrics.record_memory();
         }
     }
 
@@ -268,6 +269,7 @@ fn perform(state: &SharedState, decision: &Decision, resume: bool) -> Action {
 /// Envoy counter ids, defined once per VM.
 struct Metrics {
     ids: Vec<(Counter, u32)>,
+    memory_gauge: Option<u32>,
 }
 
 impl Metrics {
@@ -278,7 +280,17 @@ impl Metrics {
                 hostcalls::define_metric(MetricType::Counter, counter.name()).ok().map(|id| (counter, id))
             })
             .collect();
-        Metrics { ids }
+        let memory_gauge = hostcalls::define_metric(MetricType::Gauge, WASM_MEMORY_GAUGE).ok();
+        Metrics { ids, memory_gauge }
+    }
+
+    /// Linear memory in use by this VM (pages of 64 KiB), for soak runs and leak spotting.
+    fn record_memory(&self) {
+        if let Some(id) = self.memory_gauge {
+            let pages = core::arch::wasm32::memory_size(0);
+            let bytes = u64::try_from(pages).unwrap_or(u64::MAX).saturating_mul(65_536);
+            let _ = hostcalls::record_metric(id, bytes);
+        }
     }
 
     fn increment(&self, counter: Counter) {

@@ -1,5 +1,9 @@
 //! Metrics: the counters the filter keeps, with the names operators see in Envoy's stats.
 
+/// Gauge: bytes of Wasm linear memory of the VM that last reported (every VM runs the same code
+/// under the same kind of load; a steadily growing value means a leak). Set on every tick.
+pub const WASM_MEMORY_GAUGE: &str = "jwt_authz.wasm_memory_bytes";
+
 /// Every counter, so the host can define them all once at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
