@@ -99,7 +99,8 @@ fuzz_target!(|data: &[u8]| {
             if let [position, value] = pair {
                 let index = usize::from(*position) * 7 % token.len();
                 // Keep it ASCII (and so UTF-8); the base64url alphabet plus separators.
-                token[index] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.="[usize::from(*value) % 66];
+                token[index] =
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.="[usize::from(*value) % 66];
             }
         }
         authorization = format!("Bearer {}", String::from_utf8(token).expect("ascii"));
