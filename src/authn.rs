@@ -133,7 +133,7 @@ fn verify_token(
     now_seconds: u64,
     allowed: Option<&[usize]>,
 ) -> Verified {
-    let parsed = jwt::parse(&found.token).map_err(|e| Ok(AuthnError::Token(e)))?;
+    let parsed = jwt::parse_with_limits(&found.token, &config.limits.token).map_err(|e| Ok(AuthnError::Token(e)))?;
     let issuer = parsed.issuer().ok_or(Ok(AuthnError::UnknownIssuer))?;
     let provider_index = config
         .providers

@@ -7,6 +7,7 @@
 use crate::cidr::Cidr;
 use crate::extract::TokenLocation;
 use crate::jwks::{self, KeySet};
+use crate::jwt::TokenLimits;
 use crate::path::{PathTemplate, UnsafePathAction};
 use crate::policy::{
     ClaimPath, Condition, ConditionKey, HostMatch, Operation, PathMatch, Policies, Policy, PrincipalMatch,
@@ -66,6 +67,21 @@ pub struct Config {
     /// Proxies in front of Envoy that append to `X-Forwarded-For` (`remote.ip`).
     pub num_trusted_proxies: u32,
     pub unsafe_paths: UnsafePathAction,
+    pub limits: Limits,
+}
+
+/// Bounds on attacker-sized input (`limits`). Over-limit tokens get 401; over-limit JWKS documents
+/// are refused like any other bad fetch (previous keys kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub token: TokenLimits,
+    pub max_jwks_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { token: TokenLimits::default(), max_jwks_bytes: jwks::MAX_JWKS_BYTES }
+    }
 }
 
 /// One trusted issuer (a `jwtRules` entry).
@@ -155,6 +171,15 @@ struct RawConfig {
     unsafe_paths: Option<String>,
     #[serde(default)]
     space_delimited_claims: Vec<String>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawLimits {
+    max_token_bytes: Option<u64>,
+    max_claim_depth: Option<u64>,
+    max_jwks_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -341,12 +366,13 @@ fn json_path(path: &str) -> String {
 }
 
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    let limits = compile_limits(raw.limits.as_ref())?;
     let mut token_locations: Vec<TokenLocation> = Vec::new();
     let mut providers = Vec::with_capacity(raw.jwt_rules.len());
     let mut output_headers: Vec<String> = Vec::new();
     for (index, rule) in raw.jwt_rules.into_iter().enumerate() {
         let field = format!("jwtRules[{index}]");
-        let provider = compile_provider(rule, &field, &mut token_locations)?;
+        let provider = compile_provider(rule, &field, &mut token_locations, &limits)?;
         if providers.iter().any(|p: &Provider| p.issuer == provider.issuer) {
             return Err(ConfigError::new(
                 format!("{field}.issuer"),
@@ -377,6 +403,33 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         token_requirements,
         num_trusted_proxies: raw.num_trusted_proxies,
         unsafe_paths,
+        limits,
+    })
+}
+
+/// Each limit must lie in a range where it still protects: a token limit above Envoy's largest
+/// header size or a depth beyond serde_json's own recursion limit (128) would be a silent no-op.
+fn compile_limits(raw: Option<&RawLimits>) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let Some(raw) = raw else { return Ok(defaults) };
+    let bounded = |value: Option<u64>, name: &str, min: u64, max: u64, default: usize| match value {
+        None => Ok(default),
+        Some(v) if (min..=max).contains(&v) => usize::try_from(v)
+            .map_err(|_| ConfigError::new(format!("limits.{name}"), format!("{v} does not fit this platform"))),
+        Some(v) => Err(ConfigError::new(format!("limits.{name}"), format!("{v} is outside {min}..={max}"))),
+    };
+    Ok(Limits {
+        token: TokenLimits {
+            max_token_bytes: bounded(
+                raw.max_token_bytes,
+                "maxTokenBytes",
+                256,
+                1 << 20,
+                defaults.token.max_token_bytes,
+            )?,
+            max_json_depth: bounded(raw.max_claim_depth, "maxClaimDepth", 2, 64, defaults.token.max_json_depth)?,
+        },
+        max_jwks_bytes: bounded(raw.max_jwks_bytes, "maxJwksBytes", 1024, 16 << 20, defaults.max_jwks_bytes)?,
     })
 }
 
@@ -384,6 +437,7 @@ fn compile_provider(
     rule: RawJwtRule,
     field: &str,
     token_locations: &mut Vec<TokenLocation>,
+    limits: &Limits,
 ) -> Result<Provider, ConfigError> {
     if rule.issuer.trim().is_empty() {
         return Err(ConfigError::new(format!("{field}.issuer"), "must not be empty"));
@@ -437,7 +491,7 @@ fn compile_provider(
                     "only meaningful for fetched keys (jwksUri or OIDC discovery), not with inline jwks",
                 ));
             }
-            let parsed = jwks::parse(inline.as_bytes())
+            let parsed = jwks::parse_with_limit(inline.as_bytes(), limits.max_jwks_bytes)
                 .map_err(|err| ConfigError::new(format!("{field}.jwks"), err.to_string()))?;
             KeySource::Inline(parsed.key_set)
         }
@@ -1425,5 +1479,50 @@ mod tests {
         for bad in ["", "s", "5", "-1s", "1e3s", "5 s", "nans"] {
             assert_eq!(parse_duration_ms(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn limits_default_and_are_bounded() {
+        let rule = json!({"issuer": "i", "jwksUri": "http://x/c"});
+        let config = Config::parse(json!({"jwtRules": [rule]}).to_string().as_bytes()).expect("valid");
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.limits.token.max_token_bytes, crate::jwt::MAX_TOKEN_BYTES);
+        let limits = json!({"maxTokenBytes": 8192, "maxClaimDepth": 6, "maxJwksBytes": 65536});
+        let config =
+            Config::parse(json!({"jwtRules": [rule], "limits": limits}).to_string().as_bytes()).expect("valid");
+        assert_eq!(
+            config.limits,
+            Limits { token: TokenLimits { max_token_bytes: 8192, max_json_depth: 6 }, max_jwks_bytes: 65536 }
+        );
+        let partial = Config::parse(
+            json!({"policies": [], "jwtRules": [rule], "limits": {"maxClaimDepth": 3}}).to_string().as_bytes(),
+        )
+        .expect("valid");
+        assert_eq!(partial.limits.token.max_json_depth, 3);
+        assert_eq!(partial.limits.max_jwks_bytes, crate::jwks::MAX_JWKS_BYTES);
+        for (limits, field, reason) in [
+            (json!({"maxTokenBytes": 0}), "limits.maxTokenBytes", "outside 256..=1048576"),
+            (json!({"maxTokenBytes": 2_000_000}), "limits.maxTokenBytes", "outside"),
+            (json!({"maxClaimDepth": 1}), "limits.maxClaimDepth", "outside 2..=64"),
+            (json!({"maxClaimDepth": 1000}), "limits.maxClaimDepth", "outside"),
+            (json!({"maxJwksBytes": 10}), "limits.maxJwksBytes", "outside"),
+            (json!({"maxTokenBytes": -1}), "limits.maxTokenBytes", "invalid value"),
+            (json!({"maxTokenBytes": "16k"}), "limits.maxTokenBytes", "invalid type"),
+            (json!({"maxTokens": 1}), "limits.maxTokens", "unknown field"),
+        ] {
+            let err = error(json!({"jwtRules": [rule], "limits": limits}));
+            assert_eq!(err.field, field, "{limits}");
+            assert!(err.reason.contains(reason), "{limits}: {}", err.reason);
+        }
+    }
+
+    #[test]
+    fn inline_jwks_obeys_the_jwks_size_limit() {
+        let key = json!({"keys": [crate::testkeys::jwk(crate::testkeys::key(0), "a")]}).to_string();
+        let inline = format!("{key}{}", " ".repeat(1024));
+        let limits = json!({"maxJwksBytes": 1024});
+        let err = error(json!({"jwtRules": [{"issuer": "i", "jwks": inline}], "limits": limits}));
+        assert_eq!(err.field, "jwtRules[0].jwks");
+        assert!(err.reason.contains("exceeds the 1024-byte limit"), "{}", err.reason);
     }
 }

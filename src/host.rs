@@ -18,12 +18,11 @@ use crate::authn::AuthnError;
 use crate::config::{Config, KeySource};
 use crate::deny::Denial;
 use crate::engine::{self, Decision, HeaderChange, Outcome, Request};
-use crate::jwks::MAX_JWKS_BYTES;
 use crate::jwks_cache::{
     CasMismatch, FetchReason, FetchReport, FetchRequest, FetchResult, JwksCache, Plan, SharedStore, Worker,
     LEASE_GRACE_MS,
 };
-use crate::metrics::{self, keys_in_use_gauge_name, Counter, KeyLookups};
+use crate::metrics::{self, keys_in_use_gauge_name, Counter, KeyLookups, WASM_MEMORY_GAUGE};
 use crate::policy::PolicyNote;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -87,14 +86,16 @@ impl Context for Root {
         let header = |name: &str| hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name).ok().flatten();
         let status = header(":status").and_then(|status| status.parse::<u32>().ok());
         let cache_control = header("cache-control");
-        let body = if body_size > MAX_JWKS_BYTES {
+        // `limits.maxJwksBytes`: a larger body is refused without being copied out of the host.
+        let max_jwks_bytes = state.borrow().config.limits.max_jwks_bytes;
+        let body = if body_size > max_jwks_bytes {
             Vec::new()
         } else {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
         };
         let result = match (num_headers, status) {
             (0, _) | (_, None) => FetchResult::NoResponse,
-            (_, Some(status)) if body_size > MAX_JWKS_BYTES => FetchResult::TooLarge { status, size: body_size },
+            (_, Some(status)) if body_size > max_jwks_bytes => FetchResult::TooLarge { status, size: body_size },
             (_, Some(status)) => FetchResult::Response { status, cache_control: cache_control.as_deref(), body: &body },
         };
         record_fetch_result(state, &fetch, result);
@@ -160,6 +161,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(state) = &self.state {
             service(state);
+            state.borrow().metrics.record_memory();
         }
     }
 
@@ -578,6 +580,8 @@ struct Metrics {
     named: HashMap<String, u32>,
     /// Per provider.
     keys_in_use: Vec<KeysGauge>,
+    /// The VM's linear memory size.
+    memory_gauge: Option<u32>,
 }
 
 /// One issuer's keys-in-use gauge.
@@ -604,7 +608,17 @@ impl Metrics {
                 KeysGauge { issuer: provider.issuer.clone(), id, last: Cell::new(None) }
             })
             .collect();
-        Metrics { ids, named: HashMap::new(), keys_in_use }
+        let memory_gauge = hostcalls::define_metric(MetricType::Gauge, WASM_MEMORY_GAUGE).ok();
+        Metrics { ids, named: HashMap::new(), keys_in_use, memory_gauge }
+    }
+
+    /// Linear memory in use by this VM (pages of 64 KiB), for soak runs and leak spotting.
+    fn record_memory(&self) {
+        if let Some(id) = self.memory_gauge {
+            let pages = core::arch::wasm32::memory_size(0);
+            let bytes = u64::try_from(pages).unwrap_or(u64::MAX).saturating_mul(65_536);
+            let _ = hostcalls::record_metric(id, bytes);
+        }
     }
 
     fn increment(&self, counter: Counter) {

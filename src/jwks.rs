@@ -73,7 +73,8 @@ pub struct ParsedJwks {
 /// Why a whole JWKS document was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksError {
-    TooLarge(usize),
+    /// `(size, limit)` in bytes.
+    TooLarge(usize, usize),
     NotJson(String),
     NoKeysArray,
     NoUsableKey(Vec<String>),
@@ -82,7 +83,7 @@ pub enum JwksError {
 impl JwksError {
     pub fn code(&self) -> &'static str {
         match self {
-            JwksError::TooLarge(_) => "jwks_too_large",
+            JwksError::TooLarge(..) => "jwks_too_large",
             JwksError::NotJson(_) => "jwks_not_json",
             JwksError::NoKeysArray => "jwks_no_keys_array",
             JwksError::NoUsableKey(_) => "jwks_no_usable_key",
@@ -93,7 +94,7 @@ impl JwksError {
 impl fmt::Display for JwksError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JwksError::TooLarge(size) => write!(f, "JWKS of {size} bytes exceeds the {MAX_JWKS_BYTES}-byte limit"),
+            JwksError::TooLarge(size, limit) => write!(f, "JWKS of {size} bytes exceeds the {limit}-byte limit"),
             JwksError::NotJson(err) => write!(f, "JWKS is not valid JSON: {err}"),
             JwksError::NoKeysArray => f.write_str("JWKS has no \"keys\" array"),
             JwksError::NoUsableKey(skipped) if skipped.is_empty() => f.write_str("JWKS has no keys"),
@@ -104,10 +105,16 @@ impl fmt::Display for JwksError {
     }
 }
 
-/// Parses a JWKS document, keeping the RSA keys usable for RS256 signatures.
+/// Parses a JWKS document of at most `MAX_JWKS_BYTES`.
 pub fn parse(body: &[u8]) -> Result<ParsedJwks, JwksError> {
-    if body.len() > MAX_JWKS_BYTES {
-        return Err(JwksError::TooLarge(body.len()));
+    parse_with_limit(body, MAX_JWKS_BYTES)
+}
+
+/// Parses a JWKS document, keeping the RSA keys usable for RS256 signatures. Documents over
+/// `max_bytes` are refused before any parsing.
+pub fn parse_with_limit(body: &[u8], max_bytes: usize) -> Result<ParsedJwks, JwksError> {
+    if body.len() > max_bytes {
+        return Err(JwksError::TooLarge(body.len(), max_bytes));
     }
     let document: Value = serde_json::from_slice(body).map_err(|e| JwksError::NotJson(e.to_string()))?;
     let Some(entries) = document.get("keys").and_then(Value::as_array) else {
@@ -241,6 +248,10 @@ mod tests {
         assert_eq!(parse(br#"{"keys": []}"#).unwrap_err(), JwksError::NoUsableKey(vec![]));
         assert!(matches!(parse(br#"{"keys": [{"kty": "oct"}]}"#), Err(JwksError::NoUsableKey(s)) if s.len() == 1));
         let huge = vec![b' '; MAX_JWKS_BYTES + 1];
-        assert_eq!(parse(&huge).unwrap_err(), JwksError::TooLarge(MAX_JWKS_BYTES + 1));
+        assert_eq!(parse(&huge).unwrap_err(), JwksError::TooLarge(MAX_JWKS_BYTES + 1, MAX_JWKS_BYTES));
+        assert_eq!(parse_with_limit(&huge[..2000], 1999).unwrap_err(), JwksError::TooLarge(2000, 1999));
+        // 10,000 levels of nesting: serde_json's recursion limit refuses it, no stack overflow.
+        let deep = format!("{{\"keys\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(parse(deep.as_bytes()), Err(JwksError::NotJson(_))));
     }
 }

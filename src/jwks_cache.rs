@@ -181,7 +181,7 @@ pub enum FetchResult<'a> {
         cache_control: Option<&'a str>,
         body: &'a [u8],
     },
-    /// A response whose body is over the size limit (`jwks::MAX_JWKS_BYTES`): the host need not
+    /// A response whose body is over the size limit (`limits.maxJwksBytes`): the host need not
     /// even copy it.
     TooLarge { status: u32, size: usize },
     /// Dispatch failed, timed out, or the connection broke.
@@ -406,7 +406,13 @@ enum Judged {
     Failed(FetchError),
 }
 
-fn judge(source: &RemoteJwks, issuer: &str, fetch: &FetchRequest, result: FetchResult<'_>) -> Judged {
+fn judge(
+    source: &RemoteJwks,
+    issuer: &str,
+    fetch: &FetchRequest,
+    result: FetchResult<'_>,
+    max_jwks_bytes: usize,
+) -> Judged {
     match result {
         FetchResult::NoResponse => {
             Judged::Failed(FetchError::NoResponse { uri: fetch.uri.clone(), cluster: fetch.cluster.clone() })
@@ -416,14 +422,14 @@ fn judge(source: &RemoteJwks, issuer: &str, fetch: &FetchRequest, result: FetchR
         }
         FetchResult::TooLarge { size, .. } => Judged::Failed(match fetch.kind {
             FetchKind::Discovery => FetchError::Discovery(DiscoveryError::TooLarge(size)),
-            FetchKind::Jwks => FetchError::Jwks(JwksError::TooLarge(size)),
+            FetchKind::Jwks => FetchError::Jwks(JwksError::TooLarge(size, max_jwks_bytes)),
         }),
         FetchResult::Response { body, cache_control, .. } => match fetch.kind {
             FetchKind::Discovery => match discovery::jwks_uri(body, issuer) {
                 Ok(uri) => Judged::JwksUri(uri),
                 Err(err) => Judged::Failed(FetchError::Discovery(err)),
             },
-            FetchKind::Jwks => match jwks::parse(body) {
+            FetchKind::Jwks => match jwks::parse_with_limit(body, max_jwks_bytes) {
                 Ok(parsed) => Judged::Keys {
                     jwks_json: parsed.key_set.to_jwks_json(),
                     count: parsed.key_set.keys.len(),
@@ -546,6 +552,8 @@ struct RemoteEntry {
 #[derive(Debug)]
 pub struct JwksCache {
     entries: Vec<Entry>,
+    /// `limits.maxJwksBytes`: larger fetched documents are refused.
+    max_jwks_bytes: usize,
 }
 
 impl JwksCache {
@@ -566,7 +574,7 @@ impl JwksCache {
                 })),
             })
             .collect();
-        JwksCache { entries }
+        JwksCache { entries, max_jwks_bytes: config.limits.max_jwks_bytes }
     }
 
     fn remote(&self, provider: usize) -> Option<&RemoteEntry> {
@@ -649,10 +657,11 @@ impl JwksCache {
         now_ms: u64,
         random: u64,
     ) -> FetchOutcome {
+        let max_jwks_bytes = self.max_jwks_bytes;
         let Some(remote) = self.remote_mut(fetch.provider) else {
             return FetchOutcome { report: FetchReport::Superseded, next: None, wake: Vec::new() };
         };
-        let judged = judge(&remote.source, &remote.issuer, fetch, result);
+        let judged = judge(&remote.source, &remote.issuer, fetch, result, max_jwks_bytes);
         let source = &remote.source;
         let updated = update(store, &remote.shared_key, |record| {
             complete_transition(source, record, worker, fetch, &judged, now_ms, random)

@@ -8,9 +8,25 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// Longer tokens are refused before decoding. Keycloak tokens with many roles are 1–4 KB; Envoy's
-/// default header limit is 60 KB.
+/// Longer tokens are refused before decoding (default of `limits.maxTokenBytes`). Keycloak tokens
+/// with many roles are 1–4 KB; Envoy's default header limit is 60 KB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Deepest nesting of the header or payload JSON accepted (default of `limits.maxClaimDepth`); the
+/// top-level object is depth 1. Keycloak's `resource_access.<client>.roles` is depth 4.
+pub const MAX_JSON_DEPTH: usize = 16;
+
+/// Size and shape bounds applied to a token before anything else looks at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenLimits {
+    pub max_token_bytes: usize,
+    pub max_json_depth: usize,
+}
+
+impl Default for TokenLimits {
+    fn default() -> Self {
+        TokenLimits { max_token_bytes: MAX_TOKEN_BYTES, max_json_depth: MAX_JSON_DEPTH }
+    }
+}
 
 /// The only signature algorithm accepted. Checked before any key is looked at, so `none`, `HS256`
 /// signed with the public key as secret, and other algorithm confusions never reach a verifier.
@@ -25,6 +41,10 @@ pub enum JwtError {
     BadJson,
     AlgorithmNotAllowed,
     CriticalHeader,
+    /// The same member name twice in one JSON object of the header or payload.
+    DuplicateMember,
+    /// Header or payload JSON nested deeper than `TokenLimits::max_json_depth`.
+    TooDeep,
 }
 
 impl JwtError {
@@ -36,6 +56,8 @@ impl JwtError {
             JwtError::BadJson => "jwt_bad_json",
             JwtError::AlgorithmNotAllowed => "jwt_alg_not_allowed",
             JwtError::CriticalHeader => "jwt_crit_not_supported",
+            JwtError::DuplicateMember => "jwt_duplicate_member",
+            JwtError::TooDeep => "jwt_too_deep",
         }
     }
 
@@ -48,6 +70,8 @@ impl JwtError {
             JwtError::BadJson => "Jwt header or payload is not valid JSON",
             JwtError::AlgorithmNotAllowed => "Jwt header [alg] is not allowed",
             JwtError::CriticalHeader => "Jwt header [crit] is not supported",
+            JwtError::DuplicateMember => "Jwt header or payload has a duplicate JSON member",
+            JwtError::TooDeep => "Jwt header or payload is nested too deeply",
         }
     }
 }
@@ -84,16 +108,26 @@ impl ParsedToken<'_> {
     }
 }
 
-/// Parses a compact JWS, refusing anything but a well-formed RS256 token with JSON-object claims.
+/// Parses a compact JWS with the default limits.
 pub fn parse(token: &str) -> Result<ParsedToken<'_>, JwtError> {
-    if token.len() > MAX_TOKEN_BYTES {
+    parse_with_limits(token, &TokenLimits::default())
+}
+
+/// Parses a compact JWS, refusing anything but a well-formed RS256 token with JSON-object claims,
+/// no duplicate JSON members, and no nesting deeper than the limit.
+pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<ParsedToken<'a>, JwtError> {
+    if token.len() > limits.max_token_bytes {
         return Err(JwtError::TooLarge);
     }
     let mut parts = token.split('.');
-    let (Some(_), Some(payload_segment), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header_segment), Some(payload_segment), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::BadFormat);
     };
+    // Before jwt-compact reads it: its header struct would refuse a duplicate `alg` only as
+    // malformed, and a 10,000-level header must not reach a recursive parser.
+    strict_json::check(&decode_segment(header_segment)?, limits.max_json_depth)?;
     let untrusted = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|err| match err {
         jwt_compact::ParseError::InvalidTokenStructure => JwtError::BadFormat,
         jwt_compact::ParseError::InvalidBase64Encoding => JwtError::BadBase64,
@@ -106,6 +140,7 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, JwtError> {
     if untrusted.header().other_fields.crit.is_some() {
         return Err(JwtError::CriticalHeader);
     }
+    strict_json::check(&decode_segment(payload_segment)?, limits.max_json_depth)?;
     let claims = untrusted.deserialize_claims_unchecked::<Map<String, Value>>().map_err(|_| JwtError::BadJson)?;
     let signing_input = token.rsplit_once('.').map(|(input, _)| input).ok_or(JwtError::BadFormat)?;
     Ok(ParsedToken {
@@ -115,6 +150,114 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, JwtError> {
         payload_segment,
         signature: untrusted.signature_bytes().to_vec(),
     })
+}
+
+fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).map_err(|_| JwtError::BadBase64)
+}
+
+/// A JSON well-formedness pass stricter than serde_json's: no duplicate member names, bounded depth.
+///
+/// RFC 7515 §5.2 and RFC 7519 §4 let a recipient either reject duplicate names or take the last
+/// one (serde_json takes the last). We reject: the payload is handed upstream verbatim
+/// (`outputPayloadToHeader`), and an upstream parser that takes the *first* `sub` would act on an
+/// identity other than the one authorized here. Depth is bounded before any other decoding, so a
+/// 10,000-level payload costs one short scan, not a deep recursion.
+mod strict_json {
+    use super::JwtError;
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use std::cell::Cell;
+    use std::collections::BTreeSet;
+    use std::fmt;
+
+    pub fn check(json: &[u8], max_depth: usize) -> Result<(), JwtError> {
+        let problem = Cell::new(None);
+        let mut deserializer = serde_json::Deserializer::from_slice(json);
+        let scanned = Scan { depth: 1, max_depth, problem: &problem }.deserialize(&mut deserializer);
+        match (scanned.and_then(|()| deserializer.end()), problem.get()) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(problem)) => Err(problem),
+            (Err(_), None) => Err(JwtError::BadJson),
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    struct Scan<'p> {
+        /// Depth of the value about to be read; the document itself is depth 1.
+        depth: usize,
+        max_depth: usize,
+        problem: &'p Cell<Option<JwtError>>,
+    }
+
+    impl Scan<'_> {
+        fn fail<E: de::Error>(self, problem: JwtError) -> E {
+            self.problem.set(Some(problem));
+            E::custom(problem.message())
+        }
+
+        /// Entering an object or array at `self.depth`; its members are one level deeper.
+        fn nested<E: de::Error>(self) -> Result<Self, E> {
+            if self.depth > self.max_depth {
+                return Err(self.fail(JwtError::TooDeep));
+            }
+            Ok(Scan { depth: self.depth + 1, ..self })
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Scan<'_> {
+        type Value = ();
+
+        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Scan<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let inner = self.nested()?;
+            while seq.next_element_seed(inner)?.is_some() {}
+            Ok(())
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let inner = self.nested()?;
+            let mut names = BTreeSet::new();
+            // Keys arrive unescaped, so `"a"` and `"\u0061"` are recognised as the same name.
+            while let Some(name) = map.next_key::<String>()? {
+                if !names.insert(name) {
+                    return Err(self.fail(JwtError::DuplicateMember));
+                }
+                map.next_value_seed(inner)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// jwt-compact refuses a header without a string `alg` as malformed; for the caller that is an
@@ -178,9 +321,66 @@ mod tests {
             (format!("{}.{payload}.AA", b64(br#"{"alg":"RS256","kid":5}"#)), JwtError::BadJson),
             (format!("{}.{payload}.AA", b64(br#"{"alg":"RS256","crit":["exp"]}"#)), JwtError::CriticalHeader),
             ("a".repeat(MAX_TOKEN_BYTES + 1), JwtError::TooLarge),
+            (format!("{}.{payload}.AA", b64(br#"{"alg":"none","alg":"RS256"}"#)), JwtError::DuplicateMember),
+            (format!("{}.{payload}.AA", b64(br#"{"alg":"RS256","\u0061lg":"RS256"}"#)), JwtError::DuplicateMember),
+            (format!("{header}.{}.AA", b64(br#"{"iss":"i","sub":"a","sub":"admin"}"#)), JwtError::DuplicateMember),
+            (format!("{header}.{}.AA", b64(br#"{"iss":"i","r":{"x":[{"k":1,"k":2}]}}"#)), JwtError::DuplicateMember),
+            (format!("{header}.{}.AA", b64(format!("{}1{}", "[".repeat(4_000), "]".repeat(4_000)))), JwtError::TooDeep),
+            (
+                format!("{header}.{}.AA", b64(format!("{}1{}", "{\"a\":".repeat(2_000), "}".repeat(2_000)))),
+                JwtError::TooDeep,
+            ),
+            (
+                format!(
+                    "{}.{payload}.AA",
+                    b64(format!("{{\"alg\":\"RS256\",\"x\":{}{}}}", "[".repeat(500), "]".repeat(500)))
+                ),
+                JwtError::TooDeep,
+            ),
+            (format!("{header}.{}.AA", b64(format!("{}{}", "{\"a\":".repeat(100_000), "}"))), JwtError::TooLarge),
         ];
         for (token, want) in cases {
             assert_eq!(parse(&token).map(|_| ()), Err(want), "token {token:.80}");
         }
+    }
+
+    fn nested_claim(depth: usize) -> serde_json::Value {
+        (1..depth).fold(json!(1), |inner, _| json!({ "n": inner }))
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_is_accepted() {
+        let header = json!({"alg": "RS256"});
+        // The payload object is depth 1, so a claim of depth MAX_JSON_DEPTH - 1 is the deepest allowed.
+        let at_limit = testkeys::sign(&header, &json!({"iss": "i", "c": nested_claim(MAX_JSON_DEPTH)}), 0);
+        assert!(parse(&at_limit).is_ok());
+        let over = testkeys::sign(&header, &json!({"iss": "i", "c": nested_claim(MAX_JSON_DEPTH + 1)}), 0);
+        assert_eq!(parse(&over).map(|_| ()), Err(JwtError::TooDeep));
+        let shallow = TokenLimits { max_json_depth: 2, ..TokenLimits::default() };
+        assert_eq!(parse_with_limits(&at_limit, &shallow).map(|_| ()), Err(JwtError::TooDeep));
+        // 10,000 levels (Envoy's header limit would stop it first unless raised): one bounded scan.
+        let roomy = TokenLimits { max_token_bytes: 1 << 20, ..TokenLimits::default() };
+        let deep = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+        let deep_payload = format!("{}.{}.AA", b64(br#"{"alg":"RS256"}"#), b64(&deep));
+        assert_eq!(parse_with_limits(&deep_payload, &roomy).map(|_| ()), Err(JwtError::TooDeep));
+        let deep_header = format!("{}.{}.AA", b64(&deep), b64(br#"{"iss":"i"}"#));
+        assert_eq!(parse_with_limits(&deep_header, &roomy).map(|_| ()), Err(JwtError::TooDeep));
+        let flat = testkeys::sign(&header, &json!({"iss": "i", "c": {"d": 1}}), 0);
+        assert!(parse_with_limits(&flat, &shallow).is_ok());
+    }
+
+    #[test]
+    fn configured_token_size_limit_applies() {
+        let token = testkeys::sign(&json!({"alg": "RS256"}), &json!({"iss": "i"}), 0);
+        let exact = TokenLimits { max_token_bytes: token.len(), ..TokenLimits::default() };
+        assert!(parse_with_limits(&token, &exact).is_ok());
+        let smaller = TokenLimits { max_token_bytes: token.len() - 1, ..TokenLimits::default() };
+        assert_eq!(parse_with_limits(&token, &smaller).map(|_| ()), Err(JwtError::TooLarge));
+    }
+
+    #[test]
+    fn duplicate_members_in_differently_shaped_objects_are_fine() {
+        let token = testkeys::sign(&json!({"alg": "RS256"}), &json!({"iss": "i", "a": {"x": 1}, "b": {"x": 1}}), 0);
+        assert!(parse(&token).is_ok());
     }
 }

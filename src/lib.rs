@@ -2,7 +2,7 @@
 //!
 //! Everything but `host` is the pure core: bytes, headers and `now` in, decisions and descriptions
 //! of I/O out. `host` is the only module that talks to the proxy.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod authn;
 pub mod cidr;

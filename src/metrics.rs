@@ -21,6 +21,10 @@ pub const TAGS: [&str; 3] = ["status", "reason", "policy"];
 /// request was refused before policies were consulted (bad path, rejected token).
 pub const NO_POLICY: &str = "-";
 
+/// Gauge: bytes of Wasm linear memory of the VM that last reported (every VM runs the same code
+/// under the same kind of load; a steadily growing value means a leak). Set on every tick.
+pub const WASM_MEMORY_GAUGE: &str = "jwt_authz.wasm_memory_bytes";
+
 /// Every untagged counter, so the host can define them all once at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
@@ -189,6 +193,8 @@ mod tests {
             JwtError::BadJson,
             JwtError::AlgorithmNotAllowed,
             JwtError::CriticalHeader,
+            JwtError::DuplicateMember,
+            JwtError::TooDeep,
         ];
         let signatures = [VerifyError::KeyNotFound, VerifyError::SignatureInvalid];
         let claims = [
@@ -224,7 +230,9 @@ mod tests {
                         | JwtError::BadBase64
                         | JwtError::BadJson
                         | JwtError::AlgorithmNotAllowed
-                        | JwtError::CriticalHeader,
+                        | JwtError::CriticalHeader
+                        | JwtError::DuplicateMember
+                        | JwtError::TooDeep,
                     )
                     | AuthnError::UnknownIssuer
                     | AuthnError::Signature(VerifyError::KeyNotFound | VerifyError::SignatureInvalid)

@@ -5,7 +5,7 @@
 //! from the matcher and the upstream seeing different paths. So the filter normalizes on its own and
 //! refuses what it cannot make unambiguous, instead of guessing.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// Why a path was refused. Each is answered with 400 before any policy is consulted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,9 +113,8 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
                     _ if decoded.is_ascii_control() => return Err(PathError::ControlCharacter),
                     _ if is_unreserved(decoded) => out.push(char::from(decoded)),
                     _ => {
-                        out.push('%');
-                        out.push(char::from(HEX_UPPER[usize::from(hi)]));
-                        out.push(char::from(HEX_UPPER[usize::from(lo)]));
+                        // Writing to a String cannot fail.
+                        let _ = write!(out, "%{decoded:02X}");
                     }
                 }
                 i += 3;
@@ -134,8 +133,6 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
     }
     Ok(out)
 }
-
-const HEX_UPPER: [u8; 16] = *b"0123456789ABCDEF";
 
 fn hex_value(byte: u8) -> Option<u8> {
     match byte {

@@ -1,0 +1,17 @@
+//! `Config::parse` on arbitrary bytes: never panics; a refusal always says why.
+#![no_main]
+
+use jwt_authz::config::Config;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    match Config::parse(data) {
+        Ok(config) => {
+            for provider in &config.providers {
+                assert!(!provider.issuer.trim().is_empty());
+                assert!(provider.locations.iter().all(|&i| i < config.token_locations.len()));
+            }
+        }
+        Err(err) => assert!(!err.reason.is_empty()),
+    }
+});
