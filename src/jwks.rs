@@ -3,29 +3,28 @@
 //! A key set is attacker-reachable input (a compromised or misconfigured endpoint), so every key is
 //! judged on its own: a bad key is skipped with a reason for the log, never fatal for its siblings.
 
+use crate::rsa_verify::{RsaVerifyKey, MAX_MODULUS_BITS, MIN_MODULUS_BITS};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use rsa::traits::PublicKeyParts;
-use rsa::{BigUint, RsaPublicKey};
 use serde_json::Value;
 use std::fmt;
 
 /// Larger key sets are refused before parsing: real ones are a few KB.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Smaller RSA keys are refused (NIST SP 800-131A; Keycloak's default is 2048).
-pub const MIN_RSA_BITS: usize = 2048;
-/// Larger keys are refused: verification cost grows with the modulus and `rsa` caps it too.
-pub const MAX_RSA_BITS: usize = 4096;
+pub const MIN_RSA_BITS: usize = MIN_MODULUS_BITS;
+/// Larger keys are refused: verification cost grows with the square of the modulus.
+pub const MAX_RSA_BITS: usize = MAX_MODULUS_BITS;
 
-/// One RS256 verification key.
-#[derive(Debug, Clone)]
+/// One RS256 verification key, prepared for verification once, when the key set is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerificationKey {
     pub kid: Option<String>,
-    pub key: RsaPublicKey,
+    pub key: RsaVerifyKey,
 }
 
 /// The usable keys of one JWKS document.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeySet {
     pub keys: Vec<VerificationKey>,
 }
@@ -54,8 +53,8 @@ impl KeySet {
                 if let Some(kid) = &k.kid {
                     jwk.insert("kid".into(), Value::from(kid.as_str()));
                 }
-                jwk.insert("n".into(), Value::from(URL_SAFE_NO_PAD.encode(k.key.n().to_bytes_be())));
-                jwk.insert("e".into(), Value::from(URL_SAFE_NO_PAD.encode(k.key.e().to_bytes_be())));
+                jwk.insert("n".into(), Value::from(URL_SAFE_NO_PAD.encode(k.key.modulus_be_bytes())));
+                jwk.insert("e".into(), Value::from(URL_SAFE_NO_PAD.encode(k.key.exponent_be_bytes())));
                 Value::Object(jwk)
             })
             .collect();
@@ -145,7 +144,7 @@ pub fn parse_with_limit(body: &[u8], max_bytes: usize) -> Result<ParsedJwks, Jwk
     Ok(ParsedJwks { key_set: KeySet { keys }, skipped })
 }
 
-fn parse_key(entry: &Value) -> Result<RsaPublicKey, String> {
+fn parse_key(entry: &Value) -> Result<RsaVerifyKey, String> {
     if !entry.is_object() {
         return Err("not a JSON object".into());
     }
@@ -170,24 +169,13 @@ fn parse_key(entry: &Value) -> Result<RsaPublicKey, String> {
         Some(Value::String(alg)) if alg == "RS256" => {}
         Some(other) => return Err(format!("alg {other} is not RS256")),
     }
-    let number = |name: &str| -> Result<BigUint, String> {
+    let number = |name: &str| -> Result<Vec<u8>, String> {
         let text = field(name).and_then(Value::as_str).ok_or_else(|| format!("no {name}"))?;
-        let bytes =
-            URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| format!("{name} is not base64url"))?;
-        Ok(BigUint::from_bytes_be(&bytes))
+        URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| format!("{name} is not base64url"))
     };
     let n = number("n")?;
     let e = number("e")?;
-    let bits = n.bits();
-    if bits < MIN_RSA_BITS {
-        return Err(format!("{bits}-bit modulus is below {MIN_RSA_BITS} bits"));
-    }
-    if bits > MAX_RSA_BITS {
-        return Err(format!("{bits}-bit modulus is above {MAX_RSA_BITS} bits"));
-    }
-    let key = RsaPublicKey::new(n, e).map_err(|err| format!("invalid RSA key: {err}"))?;
-    debug_assert!(key.size() * 8 >= MIN_RSA_BITS);
-    Ok(key)
+    RsaVerifyKey::from_be_bytes(&n, &e).map_err(|err| err.to_string())
 }
 
 #[cfg(test)]

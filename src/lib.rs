@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod path;
 pub mod policy;
+pub mod rsa_verify;
 pub mod verify;
 
 #[cfg(any(test, feature = "test-support"))]

@@ -2,11 +2,10 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jwt_compact::alg::Rsa;
-use jwt_compact::{Algorithm, AlgorithmSignature};
 use rsa::traits::PublicKeyParts;
-use rsa::RsaPrivateKey;
+use rsa::{Pkcs1v15Sign, RsaPrivateKey};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 
 const KEY_COUNT: usize = 3;
@@ -34,6 +33,7 @@ pub fn jwk(key: &RsaPrivateKey, kid: &str) -> Value {
 /// A compact JWS of `header` and `payload` signed with RS256 by key `key_index`.
 pub fn sign(header: &Value, payload: &Value, key_index: usize) -> String {
     let input = format!("{}.{}", b64(header.to_string()), b64(payload.to_string()));
-    let signature = Rsa::rs256().sign(key(key_index), input.as_bytes());
-    format!("{input}.{}", b64(signature.as_bytes()))
+    let digest = Sha256::digest(input.as_bytes());
+    let signature = key(key_index).sign(Pkcs1v15Sign::new::<Sha256>(), &digest).expect("RS256 signing");
+    format!("{input}.{}", b64(signature))
 }

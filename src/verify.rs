@@ -1,9 +1,13 @@
 //! Signature verification: checks an RS256 signature against the issuer's keys.
+//!
+//! The RSA arithmetic is `rsa_verify` (keys prepared at JWKS load), not jwt-compact's `Algorithm`
+//! trait: jwt-compact still parses the token and its claims (`jwt.rs`), but its `Algorithm` needs a
+//! signing half and a key type per call, and its validation path would deserialize the claims a
+//! second time. Here the signing input is hashed once (by the caller, who also keys the token cache
+//! with that digest) and tried against every candidate key.
 
 use crate::jwks::KeySet;
-use jwt_compact::alg::{Rsa, RsaSignature};
-use jwt_compact::{Algorithm, AlgorithmSignature};
-use rsa::traits::PublicKeyParts;
+use sha2::{Digest, Sha256};
 
 /// Why a signature was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +42,16 @@ pub fn verify_rs256(
     signing_input: &[u8],
     signature: &[u8],
 ) -> Result<(), VerifyError> {
+    verify_rs256_digest(keys, kid, &Sha256::digest(signing_input), signature)
+}
+
+/// The same, given the SHA-256 digest of the signing input (the caller hashed it already).
+pub fn verify_rs256_digest(
+    keys: &KeySet,
+    kid: Option<&str>,
+    signing_input_digest: &[u8],
+    signature: &[u8],
+) -> Result<(), VerifyError> {
     let mut found_key = false;
     for candidate in keys.candidates(kid) {
         found_key = true;
@@ -45,10 +59,7 @@ pub fn verify_rs256(
         if signature.len() != candidate.key.size() {
             continue;
         }
-        let Ok(signature) = RsaSignature::try_from_slice(signature) else {
-            continue;
-        };
-        if Rsa::rs256().verify_signature(&signature, &candidate.key, signing_input) {
+        if candidate.key.verify_sha256_digest(signing_input_digest, signature) {
             return Ok(());
         }
     }
