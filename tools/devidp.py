@@ -265,6 +265,8 @@ class IdpState:
         self.key_file = key_file
         self.test_endpoints = test_endpoints
         self.signing_key = load_or_create_key(key_file)
+        # Keys rotated out but still published for verification (Keycloak's passive keys).
+        self.passive_keys = []
         self.encryption_key = new_rsa_key()
         self.hits = {"certs": 0, "discovery": 0, "token": 0}
         self.certs_mode = dict(CERTS_MODE_DEFAULTS)
@@ -276,19 +278,23 @@ class IdpState:
 
     def jwks(self):
         with self.lock:
-            signing_key = self.signing_key
-        return {"keys": [jwk(signing_key, "sig", "RS256"), jwk(self.encryption_key, "enc", "RSA-OAEP")]}
+            signing_key, passive = self.signing_key, list(self.passive_keys)
+        signing = [jwk(key, "sig", "RS256") for key in [signing_key, *passive]]
+        return {"keys": [*signing, jwk(self.encryption_key, "enc", "RSA-OAEP")]}
 
     def sign(self, claims):
         with self.lock:
             signing_key = self.signing_key
         return sign_rs256(claims, signing_key)
 
-    def rotate(self):
+    def rotate(self, keep_previous=False):
+        """A new active signing key. The old one is dropped, or with keep_previous published as a
+        passive key (as Keycloak does during a rotation) so tokens it signed still verify."""
         key = new_rsa_key()
         if self.key_file:
             write_key(self.key_file, key)
         with self.lock:
+            self.passive_keys = [self.signing_key, *self.passive_keys] if keep_previous else []
             self.signing_key = key
         return key_id(key.public_key())
 
@@ -412,7 +418,8 @@ class Handler(BaseHTTPRequestHandler):
             except (ValueError, TypeError) as error:
                 return self._send_json(400, {"error": str(error)})
         if method == "POST" and path == "/_test/rotate":
-            return self._send_json(200, {"kid": self.state.rotate()})
+            options = json.loads(body or b"{}") if body else {}
+            return self._send_json(200, {"kid": self.state.rotate(bool(options.get("keepPrevious")))})
         return self._send_json(404, {"error": "unknown test endpoint"})
 
     def _read_body(self):

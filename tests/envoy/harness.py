@@ -229,9 +229,10 @@ class Idp:
         self.certs_mode_changed = False
         return self._json("POST", "/_test/certs-mode", {})
 
-    def rotate(self):
-        """New signing key at the IdP; private_key and kid follow it."""
-        self.kid = self._json("POST", "/_test/rotate")["kid"]
+    def rotate(self, keep_previous=False):
+        """New signing key at the IdP (the old one kept as a passive key if asked); private_key and
+        kid follow it."""
+        self.kid = self._json("POST", "/_test/rotate", {"keepPrevious": keep_previous})["kid"]
         self.private_key = self._load_key()
         return self.kid
 
