@@ -160,20 +160,8 @@ fn rule(value: &Value, path: &str) -> Result<Value, String> {
     for (key, value) in object(value, path)? {
         let field = format!("{path}.{key}");
         let converted = match key.as_str() {
-            "from" => Value::Array(
-                array(value, &field)?
-                    .iter()
-                    .enumerate()
-                    .map(|(i, from)| wrapped(from, &format!("{field}[{i}]"), "source", source))
-                    .collect::<Result<_, _>>()?,
-            ),
-            "to" => Value::Array(
-                array(value, &field)?
-                    .iter()
-                    .enumerate()
-                    .map(|(i, to)| wrapped(to, &format!("{field}[{i}]"), "operation", operation))
-                    .collect::<Result<_, _>>()?,
-            ),
+            "from" => wrapped_list(value, &field, "source", source)?,
+            "to" => wrapped_list(value, &field, "operation", operation)?,
             // `when` keys are checked by the plugin's own parser, which names what it supports.
             "when" => value.clone(),
             _ => return Err(format!("{field}: unknown field")),
@@ -181,6 +169,21 @@ fn rule(value: &Value, path: &str) -> Result<Value, String> {
         result.insert(key.clone(), converted);
     }
     Ok(Value::Object(result))
+}
+
+/// A list of `{source: {...}}` or `{operation: {...}}` entries.
+fn wrapped_list(
+    value: &Value,
+    path: &str,
+    inner: &str,
+    convert: fn(&Map<String, Value>, &str) -> Result<Value, String>,
+) -> Result<Value, String> {
+    let entries: Result<Vec<Value>, String> = array(value, path)?
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| wrapped(entry, &format!("{path}[{i}]"), inner, convert))
+        .collect();
+    Ok(Value::Array(entries?))
 }
 
 /// `{source: {...}}` / `{operation: {...}}`.
