@@ -9,6 +9,7 @@
 #   make lint   clippy (native and wasm32) and rustfmt check
 #   make fuzz   every cargo-fuzz target for FUZZ_SECONDS (60) each; needs rustup's nightly
 #   make soak   a bounded mixed-traffic run through Envoy (SOAK_SECONDS, 180) with JWKS rotation and IdP outages
+#   make bench  native microbenchmarks, then jwt-authz against Envoy's native filters in one Envoy (not a test)
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
@@ -39,7 +40,7 @@ else
   WASM_DEPS  := .stamps/debian-rust
 endif
 
-.PHONY: setup build image push push-usage cli test unit-test envoy-test oci-test run lint clean fuzz soak
+.PHONY: setup build image push push-usage cli test unit-test envoy-test oci-test run lint clean fuzz soak bench
 
 setup: $(WASM_DEPS) .stamps/venv .stamps/node .stamps/skopeo .stamps/docker-registry
 
@@ -155,6 +156,18 @@ SOAK_SECONDS ?= 180
 
 soak: build .stamps/venv
 	$(PYTHON) tools/soak.py --seconds $(SOAK_SECONDS)
+
+# Benchmark: prints req/s, ratios against Envoy's native jwt_authn + rbac measured in the same run,
+# latencies and the VM's memory (README "Performance"). Never fails on speed.
+BENCH_ARGS ?=
+
+bench: build .stamps/venv .stamps/wrk
+	cargo bench --features test-support --bench core
+	$(PYTHON) tools/bench.py $(BENCH_ARGS)
+
+.stamps/wrk:
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	@mkdir -p .stamps && touch $@
 
 clean:
 	rm -rf target dist .stamps

@@ -10,6 +10,7 @@ use crate::deny::Denial;
 use crate::extract::{self, HeaderSource, TokenLocation};
 use crate::path::{self, UnsafePathAction};
 use crate::policy::{claim_values, MatchInput, PolicyDecision, PolicyNote, RequirementAction};
+use crate::token_cache::TokenCache;
 
 /// The request attributes the filter reads, captured once from the host.
 #[derive(Debug, Clone, Default)]
@@ -38,7 +39,11 @@ impl Request {
                 ":authority" => request.authority = value,
                 ":scheme" => request.scheme = value,
                 _ if name.starts_with(':') => {}
-                _ => request.headers.push((name.to_ascii_lowercase(), value)),
+                // Envoy hands over lower-case names already; only copy a name that is not.
+                _ if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+                    request.headers.push((name.to_ascii_lowercase(), value))
+                }
+                _ => request.headers.push((name, value)),
             }
         }
         request
@@ -76,8 +81,21 @@ pub enum Outcome {
     AwaitKeys(usize),
 }
 
-/// Decides what happens to `request`, with the keys in `keys`, at `now_seconds` (Unix time).
+/// Decides what happens to `request`, with the keys in `keys`, at `now_seconds` (Unix time),
+/// verifying every token afresh.
 pub fn evaluate(config: &Config, request: &Request, keys: &dyn KeyStore, now_seconds: u64) -> Outcome {
+    evaluate_cached(config, request, keys, &mut TokenCache::disabled(), now_seconds)
+}
+
+/// The same, taking tokens verified before from `tokens` (and remembering new ones there).
+/// Policies are evaluated on every request either way: they depend on more than the token.
+pub fn evaluate_cached(
+    config: &Config,
+    request: &Request,
+    keys: &dyn KeyStore,
+    tokens: &mut TokenCache,
+    now_seconds: u64,
+) -> Outcome {
     let normalized = match path::normalize(&request.path) {
         Ok(normalized) => normalized,
         Err(err) => {
@@ -126,7 +144,7 @@ pub fn evaluate(config: &Config, request: &Request, keys: &dyn KeyStore, now_sec
                 }
             }
             let allowed = (!providers.is_empty()).then_some(providers);
-            match authn::authenticate_among(config, &found, keys, now_seconds, allowed) {
+            match authn::authenticate_among(config, &found, keys, tokens, now_seconds, allowed) {
                 AuthnOutcome::Anonymous => None,
                 AuthnOutcome::Authenticated(authenticated) => Some(authenticated),
                 AuthnOutcome::Rejected(err) => {
@@ -136,7 +154,7 @@ pub fn evaluate(config: &Config, request: &Request, keys: &dyn KeyStore, now_sec
             }
         }
     };
-    input.identity = authenticated.as_ref().map(|a| &a.identity);
+    input.identity = authenticated.as_ref().map(|a| a.identity.as_ref());
     let evaluation = config.policies.evaluate(&input);
     let notes = evaluation.notes;
     match (evaluation.decision, authenticated) {

@@ -22,8 +22,9 @@ use crate::jwks_cache::{
     CasMismatch, FetchReason, FetchReport, FetchRequest, FetchResult, JwksCache, Plan, SharedStore, Worker,
     LEASE_GRACE_MS,
 };
-use crate::metrics::{self, keys_in_use_gauge_name, Counter, KeyLookups, WASM_MEMORY_GAUGE};
+use crate::metrics::{self, keys_in_use_gauge_name, Counter, KeyLookups, TOKEN_CACHE_GAUGE, WASM_MEMORY_GAUGE};
 use crate::policy::PolicyNote;
+use crate::token_cache::TokenCache;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -60,6 +61,11 @@ struct State {
     /// A wake-up is queued for this worker's root context and not yet delivered.
     kick_pending: bool,
     metrics: Metrics,
+    /// Tokens verified before, per VM: sharing them across workers would cost a copy out of
+    /// shared data on every lookup, more than a hit saves.
+    tokens: TokenCache,
+    /// Whether Envoy logs this plugin's debug lines; refreshed on every tick.
+    debug_logging: bool,
 }
 
 struct Parked {
@@ -151,6 +157,8 @@ impl RootContext for Root {
             waiting: HashMap::new(),
             kick_pending: false,
             metrics,
+            tokens: TokenCache::new(),
+            debug_logging: debug_logging(),
         };
         state.metrics.record_keys_in_use(&state.cache, now_millis());
         self.state = Some(Rc::new(RefCell::new(state)));
@@ -161,7 +169,13 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(state) = &self.state {
             service(state);
-            state.borrow().metrics.record_memory();
+            let mut state = state.borrow_mut();
+            state.debug_logging = debug_logging();
+            state.metrics.record_memory();
+            // Plugins sharing a VM share its gauges: one without jwtRules has no cache to report.
+            if !state.config.providers.is_empty() {
+                state.metrics.record_token_cache(state.tokens.len());
+            }
         }
     }
 
@@ -230,15 +244,16 @@ impl HttpContext for RequestContext {
 }
 
 fn evaluate(state: &SharedState, request: &Request, may_wait: bool, count_key_lookups: bool) -> Outcome {
-    let state = state.borrow();
+    let mut guard = state.borrow_mut();
+    let state = &mut *guard;
     let now = now();
     let keys = state.cache.at(u64::try_from(now.as_millis()).unwrap_or(u64::MAX));
     let keys = if may_wait { keys } else { keys.without_waiting() };
     if !count_key_lookups {
-        return engine::evaluate(&state.config, request, &keys, now.as_secs());
+        return engine::evaluate_cached(&state.config, request, &keys, &mut state.tokens, now.as_secs());
     }
     let lookups = KeyLookups::new(&keys);
-    let outcome = engine::evaluate(&state.config, request, &lookups, now.as_secs());
+    let outcome = engine::evaluate_cached(&state.config, request, &lookups, &mut state.tokens, now.as_secs());
     for (counter, amount) in lookups.tally() {
         state.metrics.add(counter, amount);
     }
@@ -503,10 +518,14 @@ fn perform(state: &SharedState, decision: &Decision, resume: bool) -> Action {
                     }
                 };
             }
-            state.borrow().metrics.increment(Counter::Allowed);
-            if let Some(principal) = principal {
+            let guard = state.borrow();
+            guard.metrics.increment(Counter::Allowed);
+            // Formatting and a host call per allowed request, for a line Envoy drops unless its
+            // Wasm log level is debug: only when it is.
+            if let (Some(principal), true) = (principal, guard.debug_logging) {
                 log(LogLevel::Debug, &format!("allowed {principal}"));
             }
+            drop(guard);
             if resume {
                 let _ = hostcalls::resume_http_request();
             }
@@ -582,6 +601,8 @@ struct Metrics {
     keys_in_use: Vec<KeysGauge>,
     /// The VM's linear memory size.
     memory_gauge: Option<u32>,
+    /// Tokens in the verified-token cache.
+    token_cache_gauge: Option<u32>,
 }
 
 /// One issuer's keys-in-use gauge.
@@ -609,7 +630,8 @@ impl Metrics {
             })
             .collect();
         let memory_gauge = hostcalls::define_metric(MetricType::Gauge, WASM_MEMORY_GAUGE).ok();
-        Metrics { ids, named: HashMap::new(), keys_in_use, memory_gauge }
+        let token_cache_gauge = hostcalls::define_metric(MetricType::Gauge, TOKEN_CACHE_GAUGE).ok();
+        Metrics { ids, named: HashMap::new(), keys_in_use, memory_gauge, token_cache_gauge }
     }
 
     /// Linear memory in use by this VM (pages of 64 KiB), for soak runs and leak spotting.
@@ -618,6 +640,12 @@ impl Metrics {
             let pages = core::arch::wasm32::memory_size(0);
             let bytes = u64::try_from(pages).unwrap_or(u64::MAX).saturating_mul(65_536);
             let _ = hostcalls::record_metric(id, bytes);
+        }
+    }
+
+    fn record_token_cache(&self, entries: usize) {
+        if let Some(id) = self.token_cache_gauge {
+            let _ = hostcalls::record_metric(id, u64::try_from(entries).unwrap_or(u64::MAX));
         }
     }
 
@@ -666,6 +694,10 @@ impl Metrics {
             gauge.last.set(Some(count));
         }
     }
+}
+
+fn debug_logging() -> bool {
+    matches!(hostcalls::get_log_level(), Ok(LogLevel::Trace | LogLevel::Debug))
 }
 
 fn log(level: LogLevel, message: &str) {

@@ -465,8 +465,12 @@ fn complete_transition(
             return (record, FetchOutcome { report, next: Some(next), wake: Vec::new() });
         }
         Judged::Keys { jwks_json, count, skipped, refresh_ms } => {
-            record.keys = Some(jwks_json.clone());
-            record.keys_version = record.keys_version.saturating_add(1);
+            // A new version only when the keys changed: every worker re-parses the keys of a new
+            // version, and the token cache forgets what the previous version verified.
+            if record.keys.as_deref() != Some(jwks_json.as_str()) {
+                record.keys = Some(jwks_json.clone());
+                record.keys_version = record.keys_version.saturating_add(1);
+            }
             record.keys_expire_ms = now_ms.saturating_add(*refresh_ms).saturating_add(source.stale_if_error_ms);
             let refresh_in_ms = refresh_ms.saturating_sub(refresh_jitter_ms(*refresh_ms, random));
             record.next_fetch_ms = now_ms.saturating_add(refresh_in_ms);
@@ -746,6 +750,13 @@ impl KeyStore for KeysAt<'_> {
     fn key_state(&self, provider: usize, kid: Option<&str>) -> KeyState<'_> {
         self.cache.state(provider, kid, self.now_ms, self.may_wait)
     }
+
+    fn keys_version(&self, provider: usize) -> Option<u64> {
+        match self.cache.entries.get(provider)? {
+            Entry::Inline(_) => Some(0),
+            Entry::Remote(remote) => remote.view.usable_keys(self.now_ms).map(|_| remote.view.keys_version),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -907,6 +918,14 @@ mod tests {
         assert_eq!(cache.keys_in_use(0, REFRESH + 10), 1);
         assert_eq!(state(&cache, Some("b"), REFRESH + 10), "ready");
         assert_eq!(record(&store).keys_version, 2);
+        assert_eq!(cache.at(REFRESH + 10).keys_version(0), Some(2));
+        // The same keys again: a refresh, not a new version (cached verifications stay valid).
+        let request = fetch(cache.plan(&mut store, 0, ME, false, 2 * REFRESH + 10));
+        let outcome = cache.on_fetch_result(&mut store, ME, &request, ok(&jwks(&[("b", 1)])), 2 * REFRESH + 20, 0);
+        assert!(matches!(outcome.report, FetchReport::Updated { keys: 1, .. }));
+        assert_eq!(record(&store).keys_version, 2);
+        assert_eq!(cache.at(2 * REFRESH + 20).keys_version(0), Some(2));
+        assert_eq!(cache.at(2 * REFRESH + 20 + REFRESH + STALE).keys_version(0), None, "expired keys have no version");
     }
 
     #[test]

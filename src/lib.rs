@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod rsa_verify;
+pub mod token_cache;
 pub mod verify;
 
 #[cfg(any(test, feature = "test-support"))]

@@ -25,6 +25,10 @@ pub const NO_POLICY: &str = "-";
 /// under the same kind of load; a steadily growing value means a leak). Set on every tick.
 pub const WASM_MEMORY_GAUGE: &str = "jwt_authz.wasm_memory_bytes";
 
+/// Gauge: tokens in the verified-token cache of the VM that last reported (at most
+/// `token_cache::VERIFIED_CAPACITY`). Set on every tick.
+pub const TOKEN_CACHE_GAUGE: &str = "jwt_authz.token_cache_entries";
+
 /// Every untagged counter, so the host can define them all once at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
@@ -125,6 +129,10 @@ impl KeyStore for KeyLookups<'_> {
         let counter = if matches!(state, KeyState::Ready(_)) { &self.hits } else { &self.misses };
         counter.set(counter.get().saturating_add(1));
         state
+    }
+
+    fn keys_version(&self, provider: usize) -> Option<u64> {
+        self.store.keys_version(provider)
     }
 }
 
@@ -274,6 +282,10 @@ mod tests {
                 Some(None) => KeyState::Pending,
                 None => KeyState::Unavailable,
             }
+        }
+
+        fn keys_version(&self, provider: usize) -> Option<u64> {
+            self.0.get(provider)?.as_ref().map(|_| 0)
         }
     }
 

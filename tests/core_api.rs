@@ -1,11 +1,14 @@
 //! The pure core through its public API, as the host drives it: configure, fetch keys, decide.
 
-use jwt_authz::authn::KeyStore;
+use jwt_authz::authn::{AuthnError, KeyStore};
+use jwt_authz::claims::ClaimsError;
 use jwt_authz::config::Config;
 use jwt_authz::deny::Denial;
-use jwt_authz::engine::{evaluate, Decision, HeaderChange, Outcome, Request};
+use jwt_authz::engine::{evaluate, evaluate_cached, Decision, HeaderChange, Outcome, Request};
 use jwt_authz::jwks_cache::{CasMismatch, FetchResult, JwksCache, Plan, SharedStore, Worker};
 use jwt_authz::testkeys::{self, b64};
+use jwt_authz::token_cache::TokenCache;
+use jwt_authz::verify::VerifyError;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -111,7 +114,11 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
 }
 
 fn decide(config: &Config, keys: &dyn KeyStore, req: &Request) -> Decision {
-    match evaluate(config, req, keys, NOW) {
+    decided(evaluate(config, req, keys, NOW))
+}
+
+fn decided(outcome: Outcome) -> Decision {
+    match outcome {
         Outcome::Decided(decision) => decision,
         Outcome::AwaitKeys(p) => panic!("unexpected wait for provider {p}"),
     }
@@ -526,4 +533,167 @@ fn audit_and_dry_run_notes_travel_with_the_decision() {
             PolicyNote::DryRunWouldDeny { policy: Some("try-deny-deletes".into()) }
         ]
     );
+}
+
+// --- The verified-token cache: a cached verification decides exactly what a fresh one would ------
+
+/// The decision with `tokens` as the token cache, at `now` (seconds).
+fn decide_cached(config: &Config, keys: &dyn KeyStore, tokens: &mut TokenCache, req: &Request, now: u64) -> Decision {
+    decided(evaluate_cached(config, req, keys, tokens, now))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[test]
+fn cached_decisions_equal_fresh_ones_and_policies_run_every_time() {
+    let config = config();
+    let cache = ready_cache(&config);
+    let keys = cache.at(NOW * 1000);
+    let mut tokens = TokenCache::new();
+    let admin = token(json!({}));
+    let user = token(json!({"preferred_username": "bob", "sub": "bob-id", "realm_access": {"roles": ["user"]}}));
+    let expired = token(json!({"exp": NOW - 3600}));
+    let no_exp = token(json!({"exp": null}));
+    let wrong_key = testkeys::sign(
+        &json!({"alg": "RS256", "kid": "k0"}),
+        &json!({"iss": ISSUER, "sub": "x", "aud": "shop", "exp": NOW + 300}),
+        1,
+    );
+    for round in 0..3 {
+        for token in [&admin, &user, &expired, &no_exp, &wrong_key] {
+            for path in ["/api/admin/users", "/api/orders", "/debug/vars", "/healthz"] {
+                let req = request("GET", path, &[("authorization", &bearer(token))]);
+                let fresh = decide(&config, &keys, &req);
+                assert_eq!(decide_cached(&config, &keys, &mut tokens, &req, NOW), fresh, "round {round} {path}");
+            }
+        }
+    }
+    // Only the two valid tokens with an `exp` were remembered.
+    assert_eq!(tokens.len(), 2);
+    let user_on_admin = request("GET", "/api/admin/x", &[("authorization", &bearer(&user))]);
+    assert_eq!(status(&decide_cached(&config, &keys, &mut tokens, &user_on_admin, NOW)), 403);
+}
+
+#[test]
+fn a_cached_token_expires_on_time() {
+    let config = config();
+    let cache = ready_cache(&config);
+    let mut tokens = TokenCache::new();
+    let req = request("GET", "/api/admin/x", &[("authorization", &bearer(&token(json!({}))))]);
+    let at = |seconds: u64| cache.at(seconds * 1000);
+    assert_eq!(status(&decide_cached(&config, &at(NOW), &mut tokens, &req, NOW)), 200);
+    // Accepted up to exp plus the 60 s clock skew, then refused though it is still cached.
+    assert_eq!(status(&decide_cached(&config, &at(NOW + 360), &mut tokens, &req, NOW + 360)), 200);
+    let late = decide_cached(&config, &at(NOW + 361), &mut tokens, &req, NOW + 361);
+    assert!(matches!(
+        late,
+        Decision::Deny { denial: Denial::InvalidToken(AuthnError::Claims(ClaimsError::Expired)), .. }
+    ));
+}
+
+#[test]
+fn new_keys_invalidate_cached_verifications_and_a_plain_refresh_does_not() {
+    let config = config();
+    let mut cache = JwksCache::new(&config);
+    let mut store = MemoryStore::default();
+    fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 0)]), NOW * 1000);
+    let mut tokens = TokenCache::new();
+    let req = request("GET", "/api/admin/x", &[("authorization", &bearer(&token(json!({"exp": NOW + 7200}))))]);
+    assert_eq!(status(&decide_cached(&config, &cache.at(NOW * 1000), &mut tokens, &req, NOW)), 200);
+    // A refresh with the same keys keeps the version, so the cached verification still holds.
+    let version = cache.at(NOW * 1000).keys_version(0);
+    let refresh = NOW + 1200;
+    fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 0)]), refresh * 1000);
+    assert_eq!(cache.at(refresh * 1000).keys_version(0), version);
+    assert_eq!(status(&decide_cached(&config, &cache.at(refresh * 1000), &mut tokens, &req, refresh)), 200);
+    // The IdP replaces the key under the same kid: tokens signed with the old one stop working.
+    let rotated = NOW + 2400;
+    fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 1)]), rotated * 1000);
+    assert_ne!(cache.at(rotated * 1000).keys_version(0), version);
+    let after = decide_cached(&config, &cache.at(rotated * 1000), &mut tokens, &req, rotated);
+    let bad_signature = Denial::InvalidToken(AuthnError::Signature(VerifyError::SignatureInvalid));
+    assert!(matches!(after, Decision::Deny { denial, .. } if denial == bad_signature));
+}
+
+/// Two issuers reading the same header; the admin one also reads `?token=`, and only the admin
+/// issuer's tokens are accepted under /admin.
+fn shared_header_config() -> Config {
+    let jwks = |kid: &str, key: usize| json!({"keys": [testkeys::jwk(testkeys::key(key), kid)]}).to_string();
+    let from_bearer = json!([{"name": "Authorization", "prefix": "Bearer "}]);
+    let config = json!({
+        "jwtRules": [
+            {"issuer": ISSUER, "audiences": ["shop"], "jwks": jwks("k0", 0), "fromHeaders": from_bearer},
+            {"issuer": ADMIN_ISSUER, "audiences": ["shop"], "jwks": jwks("k1", 1), "fromHeaders": from_bearer,
+             "fromParams": ["token"]}
+        ],
+        "tokenRequirements": [{"name": "admin-only", "match": {"paths": ["/admin/*"]}, "issuers": [ADMIN_ISSUER]}],
+        "policies": [{"name": "anyone-with-a-token", "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}]
+    });
+    Config::parse(config.to_string().as_bytes()).expect("valid config")
+}
+
+#[test]
+fn a_cached_token_is_judged_by_the_rule_for_where_it_is_found_and_the_issuers_required_there() {
+    let config = shared_header_config();
+    let cache = JwksCache::new(&config);
+    let keys = cache.at(NOW * 1000);
+    let mut tokens = TokenCache::new();
+    let shop = token(json!({}));
+    let admin = admin_token();
+    let cases = [
+        (request("GET", "/shop", &[("authorization", &bearer(&shop))]), 200),
+        (request("GET", "/admin/x", &[("authorization", &bearer(&admin))]), 200),
+        // Verified (and cached) above, but the admin area requires the admin issuer.
+        (request("GET", "/admin/x", &[("authorization", &bearer(&shop))]), 401),
+        // Only the admin issuer reads `?token=`.
+        (request("GET", &format!("/shop?token={shop}"), &[]), 401),
+        (request("GET", &format!("/shop?token={admin}"), &[]), 200),
+    ];
+    for round in 0..2 {
+        for (req, expected) in &cases {
+            let fresh = decide(&config, &keys, req);
+            assert_eq!(status(&fresh), *expected, "round {round} {}", req.path);
+            assert_eq!(decide_cached(&config, &keys, &mut tokens, req, NOW), fresh, "round {round} {}", req.path);
+        }
+    }
+    assert_eq!(tokens.len(), 2);
+}
+
+#[test]
+fn a_cached_tokens_signature_vouches_for_no_other_payload() {
+    let config = config();
+    let cache = ready_cache(&config);
+    let keys = cache.at(NOW * 1000);
+    let mut tokens = TokenCache::new();
+    let user = token(json!({"realm_access": {"roles": ["user"]}}));
+    let on_admin = |token: &str| request("GET", "/api/admin/x", &[("authorization", &bearer(token))]);
+    assert_eq!(status(&decide_cached(&config, &keys, &mut tokens, &on_admin(&user), NOW)), 403);
+    // The same header and signature with a payload granting admin.
+    let (header, rest) = user.split_once('.').expect("three parts");
+    let signature = rest.rsplit_once('.').expect("three parts").1;
+    let payload = json!({
+        "iss": ISSUER, "sub": "alice-id", "aud": ["shop"], "exp": NOW + 300, "realm_access": {"roles": ["admin"]}
+    });
+    let forged = format!("{header}.{}.{signature}", b64(payload.to_string()));
+    let decision = decide_cached(&config, &keys, &mut tokens, &on_admin(&forged), NOW);
+    let bad_signature = Denial::InvalidToken(AuthnError::Signature(VerifyError::SignatureInvalid));
+    assert!(matches!(decision, Decision::Deny { denial, .. } if denial == bad_signature));
+}
+
+#[test]
+fn the_token_cache_stays_within_its_bounds() {
+    let config = config();
+    let cache = ready_cache(&config);
+    let keys = cache.at(NOW * 1000);
+    let mut tokens = TokenCache::with_capacity(5, 2);
+    let minted: Vec<String> = (0..12).map(|n| token(json!({"sub": format!("user{n}")}))).collect();
+    for round in 0..2 {
+        for (n, token) in minted.iter().enumerate() {
+            let req = request("GET", "/api/admin/x", &[("authorization", &bearer(token))]);
+            assert_eq!(status(&decide_cached(&config, &keys, &mut tokens, &req, NOW)), 200, "round {round}");
+            assert_eq!(tokens.len(), if round == 0 { (n + 1).min(5) } else { 5 });
+        }
+    }
 }

@@ -1,0 +1,452 @@
+"""Side-by-side benchmark: one Envoy, four listeners, the same route and policy.
+
+  no-auth        no auth filter at all (the ceiling)
+  native         jwt_authn + rbac as Istio configures them (no token cache)
+  native-cached  the same with jwt_authn's jwt_cache_config
+  jwt-authz      dist/plugin.wasm
+
+Each listener answers with a direct response, so only the filters differ. wrk drives each in
+interleaved rounds, for a hot workload (one token, again and again) and a cold workload (a distinct
+pre-minted token per request, never reused within a run). Prints req/s medians, ratios and
+latencies, and the plugin VM's memory. Not a test: nothing here fails on speed.
+
+Usage: python tools/bench.py [--duration 3] [--rounds 3] [--connections 32]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests" / "envoy"))
+import harness  # noqa: E402  (token minting and the Envoy process helpers are shared with the tests)
+
+ISSUER = "https://idp.bench.example/realms/shop"
+AUDIENCE = "shop"
+KID = "bench-key"
+PATH = "/api/admin/orders"
+LISTENERS = ("no-auth", "native", "native-cached", "jwt-authz")
+# Not compared, only reported: jwt-authz with no jwtRules and one allow-all policy, i.e. about what
+# any Proxy-Wasm filter costs in this Envoy before it does real work. Hot workload only.
+FLOOR = "wasm-floor"
+HOT, COLD = "hot", "cold"
+# Cold tokens per run: more than a listener that verifies every token can serve in one run.
+COLD_TOKENS_PER_SECOND = 10_000
+
+WRK_SCRIPT = r"""
+-- Sends "Authorization: Bearer <token>" with tokens[first+1 .. first+limit] of a file, in order.
+local tokens, count, index, wrapped = {}, 0, 0, 0
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  local path, first, limit = args[1], tonumber(args[2]), tonumber(args[3])
+  local n = 0
+  for line in io.lines(path) do
+    n = n + 1
+    if n > first then
+      count = count + 1
+      tokens[count] = wrk.format("GET", "%s", {["Authorization"] = "Bearer " .. line})
+      if count >= limit then break end
+    end
+  end
+end
+function request()
+  index = index + 1
+  if index > count then index, wrapped = 1, wrapped + 1 end
+  return tokens[index]
+end
+function done(summary, latency, requests)
+  local wraps = 0
+  for _, thread in ipairs(threads) do wraps = wraps + (thread:get("wrapped") or 0) end
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%%d duration_us=%%d socket_errors=%%d non2xx=%%d p50_us=%%d p99_us=%%d wrapped=%%d\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), wraps))
+end
+""" % PATH
+
+
+# Minted tokens are kept here between runs (each run starts a fresh Envoy, so nothing is cached
+# across runs) and re-minted when they would expire within a day.
+TOKEN_STORE = REPO_ROOT / "target" / "bench-tokens"
+TOKEN_LIFETIME = 7 * 24 * 3600
+
+
+def keycloak_claims(username, jti):
+    now = int(time.time())
+    claims = harness.keycloak_payload(ISSUER, username)
+    claims.update({"exp": now + TOKEN_LIFETIME, "iat": now, "auth_time": now, "jti": jti,
+                   "aud": [AUDIENCE, "account"]})
+    return claims
+
+
+def mint(private_key, username, jti):
+    header = {"alg": "RS256", "typ": "JWT", "kid": KID}
+    signing_input = f"{harness.json_segment(header)}.{harness.json_segment(keycloak_claims(username, jti))}"
+    return f"{signing_input}.{harness.b64url(harness.sign_rs256(signing_input, private_key))}"
+
+
+def _mint_batch(args):
+    pem, start, count = args
+    from cryptography.hazmat.primitives import serialization
+    key = serialization.load_pem_private_key(pem, password=None)
+    return [mint(key, "alice", f"bench-{start + i}") for i in range(count)]
+
+
+def mint_many(private_key, count, workers):
+    from cryptography.hazmat.primitives import serialization
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    batch = 2_000
+    jobs = [(pem, start, min(batch, count - start)) for start in range(0, count, batch)]
+    tokens = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(_mint_batch, jobs):
+            tokens.extend(part)
+    return tokens
+
+
+def load_or_mint(count):
+    """(private key, hot token, cold tokens), reusing stored ones while enough are valid."""
+    from cryptography.hazmat.primitives import serialization
+    key_file, hot_file, cold_file = (TOKEN_STORE / name for name in ("key.pem", "hot.txt", "cold.txt"))
+    if key_file.exists() and hot_file.exists() and cold_file.exists():
+        cold = cold_file.read_text().split()
+        hot_token = hot_file.read_text().strip()
+        if len(cold) >= count and harness.token_payload(hot_token)["exp"] > time.time() + 86_400:
+            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+            return key, hot_token, cold[:count]
+    started = time.monotonic()
+    print(f"minting {count} cold tokens (RS256, Keycloak-shaped; kept in {TOKEN_STORE}) ...", flush=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cold = mint_many(key, count, workers=os.cpu_count() or 1)
+    hot_token = mint(key, "alice", "bench-hot")
+    TOKEN_STORE.mkdir(parents=True, exist_ok=True)
+    key_file.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    hot_file.write_text(hot_token + "\n")
+    cold_file.write_text("\n".join(cold) + "\n")
+    print(f"minted in {time.monotonic() - started:.0f}s", flush=True)
+    return key, hot_token, cold
+
+
+def jwks_of(private_key):
+    numbers = private_key.public_key().public_numbers()
+    def b64_int(value):
+        return harness.b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+    return {"keys": [{"kid": KID, "kty": "RSA", "alg": "RS256", "use": "sig",
+                      "n": b64_int(numbers.n), "e": b64_int(numbers.e)}]}
+
+
+# --- Envoy configuration ------------------------------------------------------------------------
+
+def plugin_config(jwks):
+    return {
+        "jwtRules": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": json.dumps(jwks)}],
+        "policies": [
+            {"name": "deny-debug", "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/debug*"]}}]}]},
+            {"name": "shop", "action": "ALLOW", "rules": [
+                {"to": [{"operation": {"paths": ["/healthz"], "methods": ["GET"]}}]},
+                {"from": [{"source": {"requestPrincipals": ["*"]}}],
+                 "to": [{"operation": {"paths": ["/api/public/*"]}}]},
+                {"from": [{"source": {"requestPrincipals": ["*"]}}],
+                 "to": [{"operation": {"paths": ["/api/admin/*"]}}],
+                 "when": [{"key": "request.auth.claims[realm_access][roles]", "values": ["admin"]}]},
+            ]},
+        ],
+    }
+
+
+def jwt_authn_filter(jwks, cached):
+    """jwt_authn as istiod writes it for a RequestAuthentication: inline JWKS, payload in metadata
+    under the issuer, the original token removed, and requires_any(provider, allow_missing) so a
+    request without a token reaches RBAC."""
+    provider = {
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "local_jwks": {"inline_string": json.dumps(jwks)},
+        "payload_in_metadata": ISSUER,
+        "forward": False,
+        "normalize_payload_in_metadata": {"space_delimited_claims": ["scope", "permission"]},
+    }
+    if cached:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 1000}
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"origins-0": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+                {"provider_name": "origins-0"}, {"allow_missing": {}}]}}}],
+            "bypass_cors_preflight": True,
+        },
+    }
+
+
+def rbac_filters():
+    """The same policy as plugin_config, as two RBAC filters (DENY first, then ALLOW) reading the
+    verified claims from jwt_authn's metadata, as Istio's request principals and claims do."""
+    def claim(*path):
+        return {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": ISSUER}] + [{"key": p} for p in path]}
+    authenticated = {"metadata": {**claim("sub"), "value": {"string_match": {"safe_regex": {"regex": ".+"}}}}}
+    admin = {"metadata": {**claim("realm_access", "roles"),
+                          "value": {"list_match": {"one_of": {"string_match": {"exact": "admin"}}}}}}
+    def path_prefix(prefix):
+        return {"url_path": {"path": {"prefix": prefix}}}
+    deny = {"action": "DENY", "policies": {"ns.deny-debug": {
+        "permissions": [path_prefix("/debug")], "principals": [{"any": True}]}}}
+    allow = {"action": "ALLOW", "policies": {
+        "ns.shop[0]": {"permissions": [{"and_rules": {"rules": [
+            {"url_path": {"path": {"exact": "/healthz"}}},
+            {"header": {"name": ":method", "string_match": {"exact": "GET"}}}]}}],
+            "principals": [{"any": True}]},
+        "ns.shop[1]": {"permissions": [path_prefix("/api/public/")], "principals": [authenticated]},
+        "ns.shop[2]": {"permissions": [path_prefix("/api/admin/")],
+                       "principals": [{"and_ids": {"ids": [authenticated, admin]}}]},
+    }}
+    return [
+        {"name": f"envoy.filters.http.rbac.{name}", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules": rules}}
+        for name, rules in (("deny", deny), ("allow", allow))
+    ]
+
+
+def listener(name, http_filters):
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "route_config": {"name": name, "virtual_hosts": [{
+            "name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}],
+        }]},
+        "http_filters": http_filters + [{
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }],
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": manager}]}],
+    }
+
+
+def envoy_bootstrap(jwks, wasm_path):
+    filters = {
+        "no-auth": [],
+        "native": [jwt_authn_filter(jwks, cached=False)] + rbac_filters(),
+        "native-cached": [jwt_authn_filter(jwks, cached=True)] + rbac_filters(),
+        "jwt-authz": [harness.wasm_filter(plugin_config(jwks), wasm_path)],
+        FLOOR: [floor_filter(wasm_path)],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [listener(name, filters[name]) for name in LISTENERS + (FLOOR,)]},
+    }
+
+
+def floor_filter(wasm_path):
+    # Same vm_id and code as jwt-authz: Envoy runs both plugins in one VM, so the VM's gauges
+    # (which plugins sharing a VM share) describe that one VM.
+    wasm = harness.wasm_filter({"policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}]}, wasm_path)
+    wasm["typed_config"]["config"]["name"] = wasm["typed_config"]["config"]["root_id"] = "jwt-authz-floor"
+    return wasm
+
+
+class BenchEnvoy:
+    def __init__(self, workdir, jwks, wasm_path):
+        self.workdir = Path(workdir)
+        config = self.workdir / "envoy.json"
+        config.write_text(json.dumps(envoy_bootstrap(jwks, wasm_path), indent=1))
+        command = [str(harness.ENVOY_BIN), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
+                   "--admin-address-path", str(self.workdir / "admin.address"), "-l", "warning",
+                   "--log-path", str(self.workdir / "envoy.log")]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=workdir)
+        self.admin_port = None
+        self.ports = {}
+        deadline = time.monotonic() + 30
+        while not self._ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.workdir / "envoy.log").read_text(errors="replace") if (self.workdir / "envoy.log").exists() else ""
+                raise RuntimeError(f"Envoy did not start:\n{log[-3000:]}")
+            time.sleep(0.1)
+
+    def _ready(self):
+        address = self.workdir / "admin.address"
+        if not address.exists() or not address.read_text().strip():
+            return False
+        self.admin_port = int(address.read_text().strip().rsplit(":", 1)[1])
+        try:
+            status, _, text = harness.http_request(self.admin_port, "GET", "/ready")
+            if status != 200:
+                return False
+            _, _, listeners = harness.http_request(self.admin_port, "GET", "/listeners?format=json")
+        except OSError:
+            return False
+        for entry in json.loads(listeners).get("listener_statuses", []):
+            self.ports[entry["name"]] = entry["local_address"]["socket_address"]["port_value"]
+        return all(name in self.ports for name in LISTENERS + (FLOOR,))
+
+    def stats(self, pattern):
+        _, _, text = harness.http_request(self.admin_port, "GET", f"/stats?filter={pattern}")
+        return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+
+    def memory(self):
+        _, _, text = harness.http_request(self.admin_port, "GET", "/memory")
+        return json.loads(text)
+
+    def stop(self):
+        harness.stop_process(self.process)
+
+
+# --- running wrk ------------------------------------------------------------------------------------
+
+def run_wrk(port, script, token_file, first, limit, duration, connections):
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script),
+               f"http://127.0.0.1:{port}", "--", str(token_file), str(first), str(limit)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"RESULT (.*)", output)
+    if not match:
+        raise RuntimeError(f"unexpected wrk output:\n{output}")
+    result = {key: int(value) for key, value in (pair.split("=") for pair in match.group(1).split())}
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def check_listeners(envoy, hot_token):
+    """Each listener answers 200 to the admin token; the auth listeners refuse a forged one."""
+    forged = hot_token.rsplit(".", 1)[0] + "." + harness.b64url(b"\x00" * 256)
+    for name in LISTENERS:
+        status, _, _ = harness.http_request(envoy.ports[name], "GET", PATH, {"Authorization": f"Bearer {hot_token}"})
+        bad, _, _ = harness.http_request(envoy.ports[name], "GET", PATH, {"Authorization": f"Bearer {forged}"})
+        anonymous, _, _ = harness.http_request(envoy.ports[name], "GET", PATH)
+        # Without a token native RBAC answers 403; jwt-authz answers 401 with a challenge.
+        refused = (bad, anonymous) == (200, 200) if name == "no-auth" else (bad == 401 and anonymous in (401, 403))
+        if status != 200 or not refused:
+            raise RuntimeError(f"{name}: admin token {status}, forged token {bad}, no token {anonymous}")
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--wasm", default=str(harness.WASM_PATH))
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (make bench installs it)")
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="jwt-authz-bench-"))
+    per_run = COLD_TOKENS_PER_SECOND * args.duration
+    private_key, hot_token, cold = load_or_mint(per_run * args.rounds)
+    jwks = jwks_of(private_key)
+    (workdir / "cold.txt").write_text("\n".join(cold) + "\n")
+    (workdir / "hot.txt").write_text(hot_token + "\n")
+    script = workdir / "tokens.lua"
+    script.write_text(WRK_SCRIPT)
+
+    envoy = BenchEnvoy(workdir, jwks, Path(args.wasm).resolve())
+    try:
+        check_listeners(envoy, hot_token)
+        for name in LISTENERS + (FLOOR,):  # warm-up: connections, caches, V8 tiering
+            run_wrk(envoy.ports[name], script, workdir / "hot.txt", 0, 1, 1, args.connections)
+        results = {(name, workload): [] for name in LISTENERS for workload in (HOT, COLD)}
+        results[(FLOOR, HOT)] = []
+        for round_index in range(args.rounds):
+            # Rotate the order each round so no listener always runs first or last.
+            order = LISTENERS[round_index % 4:] + LISTENERS[:round_index % 4]
+            for workload in (HOT, COLD):
+                for name in order + ((FLOOR,) if workload == HOT else ()):
+                    if workload == HOT:
+                        token_file, first, limit = workdir / "hot.txt", 0, 1
+                    else:
+                        token_file, first, limit = workdir / "cold.txt", round_index * per_run, per_run
+                    result = run_wrk(envoy.ports[name], script, token_file, first, limit, args.duration, args.connections)
+                    results[(name, workload)].append(result)
+                    flags = []
+                    if result["non2xx"] or result["socket_errors"]:
+                        flags.append(f"{result['non2xx']} non-2xx, {result['socket_errors']} socket errors")
+                    if workload == COLD and result["wrapped"] and name != "no-auth":
+                        flags.append("ran out of fresh tokens: some were reused")
+                    print(f"round {round_index + 1} {workload:4} {name:13} {result['rps']:9.0f} req/s  "
+                          f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms"
+                          + (f"  [{'; '.join(flags)}]" if flags else ""), flush=True)
+        time.sleep(1.2)  # the plugin refreshes its gauges every 500 ms
+        wasm_stats = envoy.stats("jwt_authz")
+        memory = envoy.memory()
+    finally:
+        envoy.stop()
+
+    summary = {}
+    for (name, workload), runs in results.items():
+        summary.setdefault(workload, {})[name] = {
+            "rps": median([r["rps"] for r in runs]),
+            "p50_ms": median([r["p50_us"] for r in runs]) / 1000,
+            "p99_ms": median([r["p99_us"] for r in runs]) / 1000,
+            "failed_requests": sum(r["non2xx"] + r["socket_errors"] for r in runs),
+        }
+    print()
+    print(f"Envoy {envoy_version()}, 1 worker, wrk -t1 -c{args.connections}, {args.rounds} rounds x {args.duration}s, "
+          f"median of rounds; token {len(hot_token)} bytes; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores")
+    print()
+    print("| workload | listener | req/s | p50 ms | p99 ms |")
+    print("|---|---|---:|---:|---:|")
+    for workload in (HOT, COLD):
+        for name in LISTENERS:
+            row = summary[workload][name]
+            print(f"| {workload} | {name} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |")
+    print()
+    print("| workload | jwt-authz / native | jwt-authz / native-cached | jwt-authz / no-auth |")
+    print("|---|---:|---:|---:|")
+    for workload in (HOT, COLD):
+        row = summary[workload]
+        ours = row["jwt-authz"]["rps"]
+        print(f"| {workload} | {ours / row['native']['rps']:.2f} | {ours / row['native-cached']['rps']:.2f} | "
+              f"{ours / row['no-auth']['rps']:.2f} |")
+    floor = summary[HOT][FLOOR]
+    print(f"Proxy-Wasm floor (jwt-authz without jwtRules, one allow-all policy, hot): {floor['rps']:.0f} req/s = "
+          f"{floor['rps'] / summary[HOT]['no-auth']['rps']:.2f} of no-auth; jwt-authz hot = "
+          f"{summary[HOT]['jwt-authz']['rps'] / floor['rps']:.2f} of that floor")
+    print()
+    vm_memory = int(next((v for k, v in wasm_stats.items() if k.endswith("vm_memory_bytes")), 0))
+    cache_entries = int(next((v for k, v in wasm_stats.items() if k.endswith("token_cache_entries")), 0))
+    print(f"jwt-authz VM: linear memory {vm_memory / 2**20:.2f} MiB with {cache_entries} cached tokens; "
+          f"module {Path(args.wasm).stat().st_size} bytes; Envoy heap {int(memory['allocated']) / 2**20:.1f} MiB")
+    failed = sum(row["failed_requests"] for workload in summary.values() for row in workload.values())
+    if failed:
+        print(f"WARNING: {failed} requests failed or were not 2xx: the numbers above are not comparable")
+    print(f"total bench time {time.monotonic() - started:.0f}s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "vm_memory_bytes": vm_memory,
+                                               "token_cache_entries": cache_entries}, indent=1))
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def envoy_version():
+    output = subprocess.run([str(harness.ENVOY_BIN), "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"/(\d+\.\d+\.\d+)/", output)
+    return match.group(1) if match else "?"
+
+
+if __name__ == "__main__":
+    main()
