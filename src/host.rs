@@ -66,6 +66,9 @@ struct State {
     tokens: TokenCache,
     /// Whether Envoy logs this plugin's debug lines; refreshed on every tick.
     debug_logging: bool,
+    /// This VM has seen a request. Envoy also runs the plugin in a VM on its main thread, which
+    /// never does: its empty cache and small heap would overwrite the workers' gauges.
+    serves_requests: bool,
 }
 
 struct Parked {
@@ -159,6 +162,7 @@ impl RootContext for Root {
             metrics,
             tokens: TokenCache::new(),
             debug_logging: debug_logging(),
+            serves_requests: false,
         };
         state.metrics.record_keys_in_use(&state.cache, now_millis());
         self.state = Some(Rc::new(RefCell::new(state)));
@@ -171,10 +175,12 @@ impl RootContext for Root {
             service(state);
             let mut state = state.borrow_mut();
             state.debug_logging = debug_logging();
-            state.metrics.record_memory();
-            // Plugins sharing a VM share its gauges: one without jwtRules has no cache to report.
-            if !state.config.providers.is_empty() {
-                state.metrics.record_token_cache(state.tokens.len());
+            if state.serves_requests {
+                state.metrics.record_memory();
+                // Plugins sharing a VM share its gauges: one without jwtRules has no cache to report.
+                if !state.config.providers.is_empty() {
+                    state.metrics.record_token_cache(state.tokens.len());
+                }
             }
         }
     }
@@ -246,6 +252,7 @@ impl HttpContext for RequestContext {
 fn evaluate(state: &SharedState, request: &Request, may_wait: bool, count_key_lookups: bool) -> Outcome {
     let mut guard = state.borrow_mut();
     let state = &mut *guard;
+    state.serves_requests = true;
     let now = now();
     let keys = state.cache.at(u64::try_from(now.as_millis()).unwrap_or(u64::MAX));
     let keys = if may_wait { keys } else { keys.without_waiting() };
