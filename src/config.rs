@@ -10,8 +10,8 @@ use crate::jwks::{self, KeySet};
 use crate::jwt::TokenLimits;
 use crate::path::{PathTemplate, UnsafePathAction};
 use crate::policy::{
-    ClaimPath, Condition, ConditionKey, HostMatch, Operation, PathMatch, Policies, Policy, PrincipalMatch,
-    RequirementAction, Rule, Source, StringMatch, TokenRequirement, ValueKind, ValueMatch,
+    ClaimPath, Condition, ConditionKey, ConnectionReads, HostMatch, Operation, PathMatch, Policies, Policy,
+    PrincipalMatch, RequirementAction, Rule, Source, StringMatch, TokenRequirement, ValueKind, ValueMatch,
     DEFAULT_SPACE_DELIMITED_CLAIMS,
 };
 use serde::Deserialize;
@@ -68,6 +68,8 @@ pub struct Config {
     pub num_trusted_proxies: u32,
     pub unsafe_paths: UnsafePathAction,
     pub limits: Limits,
+    /// The connection attributes policies and requirements read: the host fetches only these.
+    pub connection_reads: ConnectionReads,
 }
 
 /// Bounds on attacker-sized input (`limits`). Over-limit tokens get 401; over-limit JWKS documents
@@ -396,6 +398,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
     Ok(Config {
+        connection_reads: ConnectionReads::of(&policies, &token_requirements),
         providers,
         token_locations,
         policies,
@@ -983,6 +986,45 @@ mod tests {
 
     fn error(config: serde_json::Value) -> ConfigError {
         Config::parse(config.to_string().as_bytes()).expect_err("config must be refused")
+    }
+
+    #[test]
+    fn connection_attributes_are_read_only_where_a_rule_needs_them() {
+        let reads = |policies: serde_json::Value, requirements: serde_json::Value| {
+            let config = json!({"policies": policies, "tokenRequirements": requirements});
+            Config::parse(config.to_string().as_bytes()).expect("valid").connection_reads
+        };
+        let neither = ConnectionReads::default();
+        let port = ConnectionReads { destination_port: true, source_address: false };
+        let address = ConnectionReads { destination_port: false, source_address: true };
+        let rule = |rule: serde_json::Value| json!([{"rules": [rule]}]);
+        let when = |key: &str, value: &str| rule(json!({"when": [{"key": key, "values": [value]}]}));
+        let cases = [
+            (json!([{"rules": [{}]}]), json!([]), neither),
+            (
+                rule(json!({"to": [{"operation": {"paths": ["/a"], "hosts": ["x"], "methods": ["GET"]}}]})),
+                json!([]),
+                neither,
+            ),
+            (when("request.headers[x]", "1"), json!([]), neither),
+            (rule(json!({"to": [{"operation": {"ports": ["8080"]}}]})), json!([]), port),
+            (rule(json!({"to": [{"operation": {"notPorts": ["15000"]}}]})), json!([]), port),
+            (when("destination.port", "8080"), json!([]), port),
+            (json!([{"rules": [{}]}]), json!([{"match": {"ports": ["8443"]}, "skipValidation": true}]), port),
+            (rule(json!({"from": [{"source": {"ipBlocks": ["10.0.0.0/8"]}}]})), json!([]), address),
+            (rule(json!({"from": [{"source": {"notRemoteIpBlocks": ["10.0.0.0/8"]}}]})), json!([]), address),
+            (when("source.ip", "10.0.0.1"), json!([]), address),
+            (when("remote.ip", "10.0.0.1"), json!([]), address),
+            (
+                json!([{"action": "AUDIT", "rules": [{"from": [{"source": {"remoteIpBlocks": ["1.2.3.4"]}}],
+                                                      "to": [{"operation": {"ports": ["80"]}}]}]}]),
+                json!([]),
+                ConnectionReads { destination_port: true, source_address: true },
+            ),
+        ];
+        for (policies, requirements, expected) in cases {
+            assert_eq!(reads(policies.clone(), requirements.clone()), expected, "{policies} {requirements}");
+        }
     }
 
     #[test]

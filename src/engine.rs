@@ -106,9 +106,15 @@ pub fn evaluate_cached(
             return deny(request, "", denial, Vec::new());
         }
     };
-    let source_ip = request.source_address.as_deref().and_then(cidr::parse_address);
-    let remote_ip =
-        cidr::remote_address(request.header_values("x-forwarded-for"), source_ip, config.num_trusted_proxies);
+    let (source_ip, remote_ip) = match config.connection_reads.source_address {
+        true => {
+            let source_ip = request.source_address.as_deref().and_then(cidr::parse_address);
+            let forwarded_for = request.header_values("x-forwarded-for");
+            (source_ip, cidr::remote_address(forwarded_for, source_ip, config.num_trusted_proxies))
+        }
+        // No rule reads them (and the host did not fetch the peer's address).
+        false => (None, None),
+    };
     let mut input = MatchInput {
         path: &normalized,
         method: &request.method,

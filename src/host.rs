@@ -220,11 +220,17 @@ impl Context for RequestContext {
 impl HttpContext for RequestContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let mut request = Request::from_header_pairs(self.get_http_request_headers());
-        request.destination_port = self.get_property(vec!["destination", "port"]).as_deref().and_then(property_port);
-        request.source_address = self
-            .get_property(vec!["source", "address"])
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .filter(|address| !address.is_empty());
+        let reads = self.state.borrow().config.connection_reads;
+        if reads.destination_port {
+            request.destination_port =
+                self.get_property(vec!["destination", "port"]).as_deref().and_then(property_port);
+        }
+        if reads.source_address {
+            request.source_address = self
+                .get_property(vec!["source", "address"])
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .filter(|address| !address.is_empty());
+        }
         // Cache hits and misses are counted on a request's first evaluation only.
         let mut outcome = evaluate(&self.state, &request, true, true);
         if is_jwks_unavailable(&outcome) {

@@ -3,6 +3,7 @@
 //! Nothing here is trusted yet: the result is only used to pick an issuer and a key, and every
 //! claim is checked again after the signature verifies.
 
+use chrono::{DateTime, TimeZone, Utc};
 use jwt_compact::{Claims, UntrustedToken};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -127,7 +128,7 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
     };
     // Before jwt-compact reads it: its header struct would refuse a duplicate `alg` only as
     // malformed, and a 10,000-level header must not reach a recursive parser.
-    strict_json::check(&decode_segment(header_segment)?, limits.max_json_depth)?;
+    strict_json::parse(&decode_segment(header_segment)?, limits.max_json_depth)?;
     let untrusted = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|err| match err {
         jwt_compact::ParseError::InvalidTokenStructure => JwtError::BadFormat,
         jwt_compact::ParseError::InvalidBase64Encoding => JwtError::BadBase64,
@@ -140,8 +141,17 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
     if untrusted.header().other_fields.crit.is_some() {
         return Err(JwtError::CriticalHeader);
     }
-    strict_json::check(&decode_segment(payload_segment)?, limits.max_json_depth)?;
-    let claims = untrusted.deserialize_claims_unchecked::<Map<String, Value>>().map_err(|_| JwtError::BadJson)?;
+    // One strict pass builds the claims: jwt-compact's own `Claims` deserialization goes through
+    // serde's `flatten`, which buffers every value and parses it a second time.
+    let Value::Object(mut custom) = strict_json::parse(&decode_segment(payload_segment)?, limits.max_json_depth)?
+    else {
+        return Err(JwtError::BadJson);
+    };
+    let mut claims = Claims::new(Map::new());
+    claims.expiration = take_timestamp(&mut custom, "exp")?;
+    claims.not_before = take_timestamp(&mut custom, "nbf")?;
+    claims.issued_at = take_timestamp(&mut custom, "iat")?;
+    claims.custom = custom;
     let signing_input = token.rsplit_once('.').map(|(input, _)| input).ok_or(JwtError::BadFormat)?;
     Ok(ParsedToken {
         kid: untrusted.header().key_id.clone(),
@@ -152,12 +162,27 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
     })
 }
 
+/// Removes a NumericDate claim from `claims`, read as jwt-compact reads it (an integer, or a
+/// number truncated to whole seconds, within chrono's range); anything else is malformed.
+fn take_timestamp(claims: &mut Map<String, Value>, name: &str) -> Result<Option<DateTime<Utc>>, JwtError> {
+    let Some(value) = claims.remove(name) else { return Ok(None) };
+    let Value::Number(number) = value else { return Err(JwtError::BadJson) };
+    let seconds = match (number.as_i64(), number.as_u64(), number.as_f64()) {
+        (Some(seconds), _, _) => Some(seconds),
+        // Above i64::MAX: out of range.
+        (None, Some(_), _) => None,
+        (None, None, Some(float)) => Some(float as i64),
+        (None, None, None) => None,
+    };
+    seconds.and_then(|seconds| Utc.timestamp_opt(seconds, 0).single()).map(Some).ok_or(JwtError::BadJson)
+}
+
 fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).map_err(|_| JwtError::BadBase64)
 }
 
-/// A JSON well-formedness pass stricter than serde_json's: no duplicate member names, bounded depth.
+/// JSON parsing stricter than serde_json's: no duplicate member names, bounded depth.
 ///
 /// RFC 7515 §5.2 and RFC 7519 §4 let a recipient either reject duplicate names or take the last
 /// one (serde_json takes the last). We reject: the payload is handed upstream verbatim
@@ -167,30 +192,32 @@ fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {
 mod strict_json {
     use super::JwtError;
     use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
     use std::cell::Cell;
-    use std::collections::BTreeSet;
     use std::fmt;
 
-    pub fn check(json: &[u8], max_depth: usize) -> Result<(), JwtError> {
+    /// The document as a `Value`, exactly as serde_json would build it, once it is known to
+    /// have no duplicate member names and no nesting deeper than `max_depth`.
+    pub fn parse(json: &[u8], max_depth: usize) -> Result<Value, JwtError> {
         let problem = Cell::new(None);
         let mut deserializer = serde_json::Deserializer::from_slice(json);
-        let scanned = Scan { depth: 1, max_depth, problem: &problem }.deserialize(&mut deserializer);
-        match (scanned.and_then(|()| deserializer.end()), problem.get()) {
-            (Ok(()), _) => Ok(()),
+        let parsed = Strict { depth: 1, max_depth, problem: &problem }.deserialize(&mut deserializer);
+        match (parsed.and_then(|value| deserializer.end().map(|()| value)), problem.get()) {
+            (Ok(value), _) => Ok(value),
             (Err(_), Some(problem)) => Err(problem),
             (Err(_), None) => Err(JwtError::BadJson),
         }
     }
 
     #[derive(Clone, Copy)]
-    struct Scan<'p> {
+    struct Strict<'p> {
         /// Depth of the value about to be read; the document itself is depth 1.
         depth: usize,
         max_depth: usize,
         problem: &'p Cell<Option<JwtError>>,
     }
 
-    impl Scan<'_> {
+    impl Strict<'_> {
         fn fail<E: de::Error>(self, problem: JwtError) -> E {
             self.problem.set(Some(problem));
             E::custom(problem.message())
@@ -201,61 +228,69 @@ mod strict_json {
             if self.depth > self.max_depth {
                 return Err(self.fail(JwtError::TooDeep));
             }
-            Ok(Scan { depth: self.depth + 1, ..self })
+            Ok(Strict { depth: self.depth + 1, ..self })
         }
     }
 
-    impl<'de> DeserializeSeed<'de> for Scan<'_> {
-        type Value = ();
+    impl<'de> DeserializeSeed<'de> for Strict<'_> {
+        type Value = Value;
 
-        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
             deserializer.deserialize_any(self)
         }
     }
 
-    impl<'de> Visitor<'de> for Scan<'_> {
-        type Value = ();
+    impl<'de> Visitor<'de> for Strict<'_> {
+        type Value = Value;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("any JSON value")
         }
 
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
+        fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+            Ok(Value::Bool(value))
         }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
+        fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+            Ok(Value::from(value))
         }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
+        fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+            Ok(Value::from(value))
         }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            Ok(())
+        fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+            // As serde_json's own `Value` does (JSON text has no NaN or infinity anyway).
+            Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
         }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
+        fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+            Ok(Value::String(value.to_string()))
         }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
+        fn visit_string<E>(self, value: String) -> Result<Value, E> {
+            Ok(Value::String(value))
         }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let inner = self.nested()?;
-            while seq.next_element_seed(inner)?.is_some() {}
-            Ok(())
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
         }
 
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
             let inner = self.nested()?;
-            let mut names = BTreeSet::new();
+            let mut values = Vec::new();
+            while let Some(value) = seq.next_element_seed(inner)? {
+                values.push(value);
+            }
+            Ok(Value::Array(values))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let inner = self.nested()?;
+            let mut members = Map::new();
             // Keys arrive unescaped, so `"a"` and `"\u0061"` are recognised as the same name.
             while let Some(name) = map.next_key::<String>()? {
-                if !names.insert(name) {
+                if members.contains_key(&name) {
                     return Err(self.fail(JwtError::DuplicateMember));
                 }
-                map.next_value_seed(inner)?;
+                let value = map.next_value_seed(inner)?;
+                members.insert(name, value);
             }
-            Ok(())
+            Ok(Value::Object(members))
         }
     }
 }
@@ -382,5 +417,43 @@ mod tests {
     fn duplicate_members_in_differently_shaped_objects_are_fine() {
         let token = testkeys::sign(&json!({"alg": "RS256"}), &json!({"iss": "i", "a": {"x": 1}, "b": {"x": 1}}), 0);
         assert!(parse(&token).is_ok());
+    }
+
+    /// The claims built in one strict pass are exactly what jwt-compact's `Claims` deserialization
+    /// makes of the same payload, including NumericDates of every JSON shape.
+    #[test]
+    fn claims_equal_jwt_compacts_own_reading() {
+        let payloads = [
+            r#"{"iss":"i","sub":"s","exp":2000000000,"nbf":1,"iat":0,"roles":["a","b"],"n":{"x":[1,2.5,null,true]}}"#,
+            r#"{"exp":-5}"#,
+            r#"{"exp":1.9e9}"#,
+            r#"{"exp":1999999999.999}"#,
+            r#"{"exp":9223372036854775807}"#,
+            r#"{"exp":9223372036854775808}"#,
+            r#"{"exp":18446744073709551615}"#,
+            r#"{"exp":1e300}"#,
+            r#"{"exp":-1e300}"#,
+            r#"{"exp":8210266876799}"#,
+            r#"{"exp":8210266876800}"#,
+            r#"{"exp":"2000000000"}"#,
+            r#"{"exp":null}"#,
+            r#"{"exp":true}"#,
+            r#"{"exp":[1]}"#,
+            r#"{"nbf":{"a":1}}"#,
+            r#"{"iat":1.5,"big":123456789012345678901234567890}"#,
+            r#"{}"#,
+            r#"[]"#,
+            r#""claims""#,
+            r#"null"#,
+        ];
+        for payload in payloads {
+            let token = format!("{}.{}.AA", b64(br#"{"alg":"RS256"}"#), b64(payload));
+            let ours = parse(&token).map(|parsed| parsed.claims);
+            let theirs = UntrustedToken::<ExtraHeader>::try_from(token.as_str())
+                .expect("well-formed")
+                .deserialize_claims_unchecked::<Map<String, Value>>()
+                .map_err(|_| JwtError::BadJson);
+            assert_eq!(ours, theirs, "{payload}");
+        }
     }
 }

@@ -428,7 +428,7 @@ def main():
           f"{floor['rps'] / summary[HOT]['no-auth']['rps']:.2f} of no-auth; jwt-authz hot = "
           f"{summary[HOT]['jwt-authz']['rps'] / floor['rps']:.2f} of that floor")
     print()
-    vm_memory = int(next((v for k, v in wasm_stats.items() if k.endswith("vm_memory_bytes")), 0))
+    vm_memory = int(next((v for k, v in wasm_stats.items() if k.endswith("jwt_authz.wasm_memory_bytes")), 0))
     cache_entries = int(next((v for k, v in wasm_stats.items() if k.endswith("token_cache_entries")), 0))
     print(f"jwt-authz VM: linear memory {vm_memory / 2**20:.2f} MiB with {cache_entries} cached tokens; "
           f"module {Path(args.wasm).stat().st_size} bytes; Envoy heap {int(memory['allocated']) / 2**20:.1f} MiB")
@@ -437,7 +437,7 @@ def main():
         print(f"WARNING: {failed} requests failed or were not 2xx: the numbers above are not comparable")
     print(f"total bench time {time.monotonic() - started:.0f}s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": summary, "vm_memory_bytes": vm_memory,
+        Path(args.json).write_text(json.dumps({"summary": summary, "wasm_memory_bytes": vm_memory,
                                                "token_cache_entries": cache_entries}, indent=1))
     shutil.rmtree(workdir, ignore_errors=True)
 
