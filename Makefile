@@ -161,9 +161,12 @@ soak: build .stamps/venv
 # latencies and the VM's memory (README "Performance"). Never fails on speed.
 BENCH_ARGS ?=
 
+SDK_BASELINE := target/sdk-baseline/$(WASM_TARGET)/release/sdk_baseline.wasm
+
 bench: build .stamps/venv .stamps/wrk
 	cargo bench --features test-support --bench core
-	$(PYTHON) tools/bench.py $(BENCH_ARGS)
+	$(WASM_BUILD) --manifest-path tools/sdk-baseline/Cargo.toml --target-dir target/sdk-baseline
+	$(PYTHON) tools/bench.py --sdk-baseline $(SDK_BASELINE) $(BENCH_ARGS)
 
 .stamps/wrk:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }

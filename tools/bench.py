@@ -40,6 +40,13 @@ LISTENERS = ("no-auth", "native", "native-cached", "jwt-authz")
 # Not compared, only reported: jwt-authz with no jwtRules and one allow-all policy, i.e. about what
 # any Proxy-Wasm filter costs in this Envoy before it does real work. Hot workload only.
 FLOOR = "wasm-floor"
+# Not compared either: a hand-made Proxy-Wasm module whose on_request_headers only returns Continue,
+# i.e. what running any Wasm filter at all costs. Hot workload only.
+NOOP = "wasm-noop"
+# And two filters built with the same Proxy-Wasm SDK and profile as jwt-authz (tools/sdk-baseline):
+# one that does nothing, one that only reads the request headers, as any auth filter must.
+SDK_EMPTY, SDK_HEADERS = "sdk-empty", "sdk-headers"
+BASELINES = (FLOOR, NOOP)
 HOT, COLD = "hot", "cold"
 # Cold tokens per run: more than a listener that verifies every token can serve in one run.
 COLD_TOKENS_PER_SECOND = 10_000
@@ -245,17 +252,21 @@ def listener(name, http_filters):
     }
 
 
-def envoy_bootstrap(jwks, wasm_path):
+def envoy_bootstrap(jwks, wasm_path, workdir, sdk_baseline):
     filters = {
         "no-auth": [],
         "native": [jwt_authn_filter(jwks, cached=False)] + rbac_filters(),
         "native-cached": [jwt_authn_filter(jwks, cached=True)] + rbac_filters(),
         "jwt-authz": [harness.wasm_filter(plugin_config(jwks), wasm_path)],
         FLOOR: [floor_filter(wasm_path)],
+        NOOP: [noop_filter(workdir)],
     }
+    if sdk_baseline:
+        filters[SDK_EMPTY] = [baseline_filter(sdk_baseline, "")]
+        filters[SDK_HEADERS] = [baseline_filter(sdk_baseline, "read-headers")]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {"listeners": [listener(name, filters[name]) for name in LISTENERS + (FLOOR,)]},
+        "static_resources": {"listeners": [listener(name, http_filters) for name, http_filters in filters.items()]},
     }
 
 
@@ -267,11 +278,29 @@ def floor_filter(wasm_path):
     return wasm
 
 
+def baseline_filter(module, configuration):
+    wasm = harness.wasm_filter(configuration, module)
+    name = "sdk-baseline-" + (configuration or "empty")
+    wasm["typed_config"]["config"]["name"] = wasm["typed_config"]["config"]["root_id"] = name
+    wasm["typed_config"]["config"]["vm_config"]["vm_id"] = "sdk-baseline"
+    return wasm
+
+
+def noop_filter(directory):
+    module = directory / "noop.wasm"
+    module.write_bytes(harness.noop_module())
+    wasm = harness.wasm_filter("", module)
+    wasm["typed_config"]["config"]["name"] = wasm["typed_config"]["config"]["root_id"] = "noop"
+    wasm["typed_config"]["config"]["vm_config"]["vm_id"] = "noop"
+    return wasm
+
+
 class BenchEnvoy:
-    def __init__(self, workdir, jwks, wasm_path):
+    def __init__(self, workdir, jwks, wasm_path, baselines, sdk_baseline=None):
         self.workdir = Path(workdir)
+        self.baselines = baselines
         config = self.workdir / "envoy.json"
-        config.write_text(json.dumps(envoy_bootstrap(jwks, wasm_path), indent=1))
+        config.write_text(json.dumps(envoy_bootstrap(jwks, wasm_path, self.workdir, sdk_baseline), indent=1))
         command = [str(harness.ENVOY_BIN), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
                    "--admin-address-path", str(self.workdir / "admin.address"), "-l", "warning",
                    "--log-path", str(self.workdir / "envoy.log")]
@@ -299,7 +328,7 @@ class BenchEnvoy:
             return False
         for entry in json.loads(listeners).get("listener_statuses", []):
             self.ports[entry["name"]] = entry["local_address"]["socket_address"]["port_value"]
-        return all(name in self.ports for name in LISTENERS + (FLOOR,))
+        return all(name in self.ports for name in LISTENERS + self.baselines)
 
     def stats(self, pattern):
         _, _, text = harness.http_request(self.admin_port, "GET", f"/stats?filter={pattern}")
@@ -351,6 +380,7 @@ def main():
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--wasm", default=str(harness.WASM_PATH))
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--sdk-baseline", help="tools/sdk-baseline built for wasm32 (make bench builds it)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (make bench installs it)")
@@ -364,18 +394,20 @@ def main():
     script = workdir / "tokens.lua"
     script.write_text(WRK_SCRIPT)
 
-    envoy = BenchEnvoy(workdir, jwks, Path(args.wasm).resolve())
+    baselines = BASELINES + ((SDK_EMPTY, SDK_HEADERS) if args.sdk_baseline else ())
+    sdk_baseline = Path(args.sdk_baseline).resolve() if args.sdk_baseline else None
+    envoy = BenchEnvoy(workdir, jwks, Path(args.wasm).resolve(), baselines, sdk_baseline)
     try:
         check_listeners(envoy, hot_token)
-        for name in LISTENERS + (FLOOR,):  # warm-up: connections, caches, V8 tiering
+        for name in LISTENERS + baselines:  # warm-up: connections, caches, V8 tiering
             run_wrk(envoy.ports[name], script, workdir / "hot.txt", 0, 1, 1, args.connections)
         results = {(name, workload): [] for name in LISTENERS for workload in (HOT, COLD)}
-        results[(FLOOR, HOT)] = []
+        results.update({(name, HOT): [] for name in baselines})
         for round_index in range(args.rounds):
             # Rotate the order each round so no listener always runs first or last.
             order = LISTENERS[round_index % 4:] + LISTENERS[:round_index % 4]
             for workload in (HOT, COLD):
-                for name in order + ((FLOOR,) if workload == HOT else ()):
+                for name in order + (baselines if workload == HOT else ()):
                     if workload == HOT:
                         token_file, first, limit = workdir / "hot.txt", 0, 1
                     else:
@@ -423,10 +455,15 @@ def main():
         ours = row["jwt-authz"]["rps"]
         print(f"| {workload} | {ours / row['native']['rps']:.2f} | {ours / row['native-cached']['rps']:.2f} | "
               f"{ours / row['no-auth']['rps']:.2f} |")
-    floor = summary[HOT][FLOOR]
-    print(f"Proxy-Wasm floor (jwt-authz without jwtRules, one allow-all policy, hot): {floor['rps']:.0f} req/s = "
-          f"{floor['rps'] / summary[HOT]['no-auth']['rps']:.2f} of no-auth; jwt-authz hot = "
-          f"{summary[HOT]['jwt-authz']['rps'] / floor['rps']:.2f} of that floor")
+    floor, noop, no_auth = (summary[HOT][name]["rps"] for name in (FLOOR, NOOP, "no-auth"))
+    print(f"Proxy-Wasm floors (hot): a no-op Wasm module {noop:.0f} req/s = {noop / no_auth:.2f} of no-auth; "
+          f"jwt-authz without jwtRules (one allow-all policy) {floor:.0f} req/s = {floor / no_auth:.2f}; "
+          f"jwt-authz hot = {summary[HOT]['jwt-authz']['rps'] / noop:.2f} of the no-op module")
+    if args.sdk_baseline:
+        empty, headers = (summary[HOT][name]["rps"] for name in (SDK_EMPTY, SDK_HEADERS))
+        print(f"Same SDK and profile as jwt-authz (tools/sdk-baseline): doing nothing {empty:.0f} req/s = "
+              f"{empty / no_auth:.2f} of no-auth; reading the request headers {headers:.0f} req/s = "
+              f"{headers / no_auth:.2f}")
     print()
     vm_memory = int(next((v for k, v in wasm_stats.items() if k.endswith("jwt_authz.wasm_memory_bytes")), 0))
     cache_entries = int(next((v for k, v in wasm_stats.items() if k.endswith("token_cache_entries")), 0))

@@ -10,7 +10,8 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from harness import b64url, b64url_decode, json_segment, keycloak_payload, mint, raw_token, sign_rs256, start_envoy, start_idp
+from harness import (b64url, b64url_decode, json_segment, keycloak_payload, mint, raw_token, sign_rs256, start_envoy,
+                     start_idp, trapping_module)
 from test_filter import (ALG, BASE64, FETCH, FORM, ISSUER, JSON, KID, VERIFY, bearer, expect_allowed,
                          expect_forbidden, expect_refused, expect_rejected, jwt_rule, shop_config, shop_policies)
 
@@ -361,43 +362,6 @@ def test_a_module_that_cannot_load_serves_nothing(backend, tmp_path):
             assert envoy.get("/healthz")[0] >= 500
         else:
             assert envoy.exit_code not in (None, 0)
-
-
-def wasm_module(types, functions, exports, bodies):
-    """A minimal Wasm binary: type, function, memory (1 page), export and code sections."""
-    def leb(n):
-        out = bytearray()
-        while True:
-            byte, n = n & 0x7F, n >> 7
-            out.append(byte | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
-    def vector(items):
-        return leb(len(items)) + b"".join(items)
-
-    def section(section_id, payload):
-        return bytes([section_id]) + leb(len(payload)) + payload
-
-    i32 = b"\x7f"
-    type_entries = [b"\x60" + vector([i32] * params) + vector([i32] * results) for params, results in types]
-    export_entries = [leb(len(name)) + name.encode() + bytes([kind]) + leb(index) for name, kind, index in exports]
-    code_entries = [leb(len(body) + 1) + b"\x00" + body for body in bodies]
-    return (b"\0asm\x01\0\0\0" + section(1, vector(type_entries)) + section(3, vector([leb(t) for t in functions]))
-            + section(5, b"\x01\x00\x01") + section(7, vector(export_entries)) + section(10, vector(code_entries)))
-
-
-def trapping_module():
-    """A Proxy-Wasm filter that starts and configures fine, then traps (`unreachable`) on every request:
-    what a panic inside a filter amounts to at run time."""
-    nop, const_1, const_1024, unreachable = b"\x0b", b"\x41\x01\x0b", b"\x41\x80\x08\x0b", b"\x00\x0b"
-    types = [(0, 0), (1, 1), (2, 0), (2, 1), (3, 1), (1, 0)]
-    functions = [0, 1, 2, 3, 3, 4, 1, 5]
-    names = ["proxy_abi_version_0_2_1", "proxy_on_memory_allocate", "proxy_on_context_create", "proxy_on_vm_start",
-             "proxy_on_configure", "proxy_on_request_headers", "proxy_on_done", "proxy_on_delete"]
-    bodies = [nop, const_1024, nop, const_1, const_1, unreachable, const_1, nop]
-    exports = [(name, 0, index) for index, name in enumerate(names)] + [("memory", 2, 0)]
-    return wasm_module(types, functions, exports, bodies)
 
 
 def test_a_filter_that_traps_at_request_time_denies(backend, tmp_path):
