@@ -94,6 +94,12 @@ def traffic(idp, backend):
         for path, token, status in expectations:
             got = envoy.get(path, bearer(token) if token else None)[0]
             assert got == status, (path, status, got)
+        # The per-request counters reach Envoy on the plugin's next tick (every 500 ms).
+        def flushed():
+            samples = envoy.prometheus()
+            lookups = sum(counter(samples, f"jwt_authz_jwks_cache_{kind}_total") for kind in ("hits", "misses"))
+            return counter(samples, "jwt_authz_allowed_total") >= 3 and lookups >= 9
+        wait_for(flushed, "the next tick's counter flush")
         yield envoy, envoy.prometheus(), sent
 
 
