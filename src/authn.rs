@@ -182,8 +182,8 @@ fn verify_token(
     verify::verify_rs256_digest(key_set, parsed.kid.as_deref(), &signing_input_digest, &parsed.signature)
         .map_err(|e| Ok(AuthnError::Signature(e)))?;
     claims::validate(&parsed.claims, &provider.audiences, now_seconds).map_err(|e| Ok(AuthnError::Claims(e)))?;
-    // A token without `exp` is accepted (as by Istio) but never cached: nothing bounds how long
-    // its verification would be remembered.
+    // `claims::validate` requires `exp`, so every remembered verification has an end; the
+    // `Option` stays checked so that a change there can never make one last forever.
     let expiration = parsed.claims.expiration.map(|exp| exp.timestamp());
     let identity = identity_of(parsed)?;
     if let (Some(expiration), Some(keys_version)) = (expiration, keys_version) {

@@ -570,7 +570,7 @@ fn cached_decisions_equal_fresh_ones_and_policies_run_every_time() {
             }
         }
     }
-    // Only the two valid tokens with an `exp` were remembered.
+    // Only the two valid tokens were remembered (a token without `exp` is refused).
     assert_eq!(tokens.len(), 2);
     let user_on_admin = request("GET", "/api/admin/x", &[("authorization", &bearer(&user))]);
     assert_eq!(status(&decide_cached(&config, &keys, &mut tokens, &user_on_admin, NOW)), 403);
