@@ -26,15 +26,20 @@ TLS_VERIFY  ?= true
 
 # A rustup toolchain with the wasm32-wasip1 target builds the plain way. Without it (machines that
 # cannot download rustup targets), Debian's Rust builds the standard library itself (-Zbuild-std).
+# `cargo rustc --crate-type cdylib`, not `cargo build`: the library is also an rlib (for the tests
+# and the CLI), and cargo silently skips `lto = true` for a crate that is built as an rlib, so
+# `cargo build` links every dependency as compiled on its own (673 KB instead of 637 KB, and no
+# cross-crate inlining into the request path).
 HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) && echo yes)
+WASM_CDYLIB := --release --target $(WASM_TARGET) --lib --crate-type cdylib
 ifeq ($(HAVE_RUSTUP_WASM),yes)
-  WASM_BUILD := cargo build --release --target $(WASM_TARGET)
+  WASM_BUILD := cargo rustc $(WASM_CDYLIB)
   WASM_OUT   := target/$(WASM_TARGET)/release/jwt_authz.wasm
   WASM_DEPS  :=
 else
   WASM_BUILD := CARGO_TARGET_DIR=target/debian-wasm RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
                 RUSTFLAGS="-L /usr/lib/wasm32-wasi" \
-                /usr/bin/cargo build --release --target $(WASM_TARGET) -Zbuild-std=std,panic_abort
+                /usr/bin/cargo rustc $(WASM_CDYLIB) -Zbuild-std=std,panic_abort
   WASM_OUT   := target/debian-wasm/$(WASM_TARGET)/release/jwt_authz.wasm
   WASM_DEPS  := .stamps/debian-rust
 endif
