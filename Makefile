@@ -46,7 +46,7 @@ endif
 
 .PHONY: setup build image push push-usage cli test unit-test envoy-test oci-test run lint clean fuzz soak
 
-setup: $(WASM_DEPS) .stamps/venv .stamps/node .stamps/skopeo .stamps/docker-registry
+setup: $(WASM_DEPS) .stamps/binaryen .stamps/venv .stamps/node .stamps/skopeo .stamps/docker-registry
 
 # Debian's Rust toolchain with its standard library sources, the wasm linker and WASI libc.
 .stamps/debian-rust:
@@ -81,10 +81,26 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 	npm ci --no-audit --no-fund --loglevel=error
 	@mkdir -p .stamps && touch $@
 
-build: $(WASM_DEPS)
+# binaryen's wasm-opt -O3 after rustc: it folds what LLVM leaves duplicated across the whole module
+# (about 10% smaller, no speed-for-size trade: -O3, not -Oz). Optional: without wasm-opt, or if it
+# refuses the module, the rustc output is used as it is. The features are the ones rustc emits for
+# wasm32-wasip1 (the stripped module no longer names them), so wasm-opt introduces no new ones.
+WASM_OPT_FLAGS := -O3 --enable-bulk-memory --enable-multivalue --enable-mutable-globals \
+                  --enable-nontrapping-float-to-int --enable-reference-types --enable-sign-ext
+
+.stamps/binaryen:
+	@command -v wasm-opt >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq binaryen; } \
+	  || echo "binaryen (wasm-opt) not installable here: $(DIST) is built without it"
+	@mkdir -p .stamps && touch $@
+
+build: $(WASM_DEPS) .stamps/binaryen
 	$(WASM_BUILD)
 	@mkdir -p dist
-	cp $(WASM_OUT) $(DIST)
+	@if command -v wasm-opt >/dev/null && wasm-opt $(WASM_OPT_FLAGS) $(WASM_OUT) -o $(DIST).opt; then \
+	  mv $(DIST).opt $(DIST); echo "wasm-opt: $$(stat -c %s $(WASM_OUT)) -> $$(stat -c %s $(DIST)) bytes"; \
+	else \
+	  rm -f $(DIST).opt; cp $(WASM_OUT) $(DIST); echo "wasm-opt not used: $(DIST) is the rustc output"; \
+	fi
 	@echo "built $(DIST) ($$(stat -c %s $(DIST)) bytes)"
 
 image: build
