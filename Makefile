@@ -27,22 +27,27 @@ TLS_VERIFY  ?= true
 
 # A rustup toolchain with the wasm32-wasip1 target builds the plain way. Without it (machines that
 # cannot download rustup targets), Debian's Rust builds the standard library itself (-Zbuild-std).
+# `cargo rustc --crate-type cdylib`, not `cargo build`: the library is also an rlib (for the tests
+# and the CLI), and cargo silently skips `lto = true` for a crate that is built as an rlib, so
+# `cargo build` links every dependency as compiled on its own (673 KB instead of 637 KB, and no
+# cross-crate inlining into the request path).
 HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) && echo yes)
+WASM_CDYLIB := --release --target $(WASM_TARGET) --lib --crate-type cdylib
 ifeq ($(HAVE_RUSTUP_WASM),yes)
-  WASM_BUILD := cargo build --release --target $(WASM_TARGET)
+  WASM_BUILD := cargo rustc $(WASM_CDYLIB)
   WASM_OUT   := target/$(WASM_TARGET)/release/jwt_authz.wasm
   WASM_DEPS  :=
 else
   WASM_BUILD := CARGO_TARGET_DIR=target/debian-wasm RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
                 RUSTFLAGS="-L /usr/lib/wasm32-wasi" \
-                /usr/bin/cargo build --release --target $(WASM_TARGET) -Zbuild-std=std,panic_abort
+                /usr/bin/cargo rustc $(WASM_CDYLIB) -Zbuild-std=std,panic_abort
   WASM_OUT   := target/debian-wasm/$(WASM_TARGET)/release/jwt_authz.wasm
   WASM_DEPS  := .stamps/debian-rust
 endif
 
 .PHONY: setup build image push push-usage cli test unit-test envoy-test oci-test run lint clean fuzz soak bench
 
-setup: $(WASM_DEPS) .stamps/venv .stamps/node .stamps/skopeo .stamps/docker-registry
+setup: $(WASM_DEPS) .stamps/binaryen .stamps/venv .stamps/node .stamps/skopeo .stamps/docker-registry
 
 # Debian's Rust toolchain with its standard library sources, the wasm linker and WASI libc.
 .stamps/debian-rust:
@@ -77,10 +82,26 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 	npm ci --no-audit --no-fund --loglevel=error
 	@mkdir -p .stamps && touch $@
 
-build: $(WASM_DEPS)
+# binaryen's wasm-opt -O3 after rustc: it folds what LLVM leaves duplicated across the whole module
+# (about 10% smaller, no speed-for-size trade: -O3, not -Oz). Optional: without wasm-opt, or if it
+# refuses the module, the rustc output is used as it is. The features are the ones rustc emits for
+# wasm32-wasip1 (the stripped module no longer names them), so wasm-opt introduces no new ones.
+WASM_OPT_FLAGS := -O3 --enable-bulk-memory --enable-multivalue --enable-mutable-globals \
+                  --enable-nontrapping-float-to-int --enable-reference-types --enable-sign-ext
+
+.stamps/binaryen:
+	@command -v wasm-opt >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq binaryen; } \
+	  || echo "binaryen (wasm-opt) not installable here: $(DIST) is built without it"
+	@mkdir -p .stamps && touch $@
+
+build: $(WASM_DEPS) .stamps/binaryen
 	$(WASM_BUILD)
 	@mkdir -p dist
-	cp $(WASM_OUT) $(DIST)
+	@if command -v wasm-opt >/dev/null && wasm-opt $(WASM_OPT_FLAGS) $(WASM_OUT) -o $(DIST).opt; then \
+	  mv $(DIST).opt $(DIST); echo "wasm-opt: $$(stat -c %s $(WASM_OUT)) -> $$(stat -c %s $(DIST)) bytes"; \
+	else \
+	  rm -f $(DIST).opt; cp $(WASM_OUT) $(DIST); echo "wasm-opt not used: $(DIST) is the rustc output"; \
+	fi
 	@echo "built $(DIST) ($$(stat -c %s $(DIST)) bytes)"
 
 image: build

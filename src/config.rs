@@ -5,6 +5,7 @@
 //! whole configuration and say which field is wrong: a silently dropped rule changes who gets in.
 
 use crate::cidr::Cidr;
+use crate::config_json;
 use crate::extract::TokenLocation;
 use crate::jwks::{self, KeySet};
 use crate::jwt::TokenLimits;
@@ -345,25 +346,16 @@ impl Config {
         if json.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::new("", "the plugin configuration is empty"));
         }
-        let mut deserializer = serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-            let field = json_path(&err.path().to_string());
-            ConfigError::new(field, err.inner().to_string())
-        })?;
+        let parse_path = config_json::Path::default();
+        let document = config_json::parse_strict(json, &parse_path)
+            .map_err(|err| ConfigError::new(parse_path.render(), err.to_string()))?;
+        let path = config_json::Path::default();
+        let raw: RawConfig =
+            config_json::read(&document, &path).map_err(|err| ConfigError::new(path.render(), err.to_string()))?;
         if raw.jwt_rules.is_empty() && raw.policies.is_empty() {
             return Err(ConfigError::new("", "neither jwtRules nor policies are given"));
         }
         compile(raw)
-    }
-}
-
-/// serde_path_to_error writes `jwtRules[0].issuer` already; its root is `.`.
-fn json_path(path: &str) -> String {
-    // `?` is where the document itself is not JSON: there is no field to name.
-    if path == "." || path == "?" {
-        String::new()
-    } else {
-        path.to_string()
     }
 }
 

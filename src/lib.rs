@@ -8,6 +8,7 @@ pub mod authn;
 pub mod cidr;
 pub mod claims;
 pub mod config;
+mod config_json;
 pub mod deny;
 pub mod discovery;
 pub mod engine;
