@@ -5,14 +5,17 @@
 //! host. Mode bit 0 set: the authorization token is a genuinely signed token with byte edits taken
 //! from the last field, so the fuzzer explores near-valid tokens it could never sign itself.
 //! Invariants: no panic; anything authenticated carries exactly the signed bytes; deny responses
-//! use only 400/401/403 and never put a control character into a header.
+//! use only 400/401/403 and never put a control character into a header; the verified-token cache
+//! (shared across inputs, as across requests) never changes a decision.
 #![no_main]
 
 use jwt_authz::authn::{KeyState, KeyStore};
 use jwt_authz::config::{Config, KeySource};
-use jwt_authz::engine::{evaluate, Decision, HeaderChange, Outcome, Request};
+use jwt_authz::engine::{evaluate, evaluate_cached, Decision, HeaderChange, Outcome, Request};
+use jwt_authz::token_cache::TokenCache;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 const ISSUER: &str = "https://idp.example/realms/shop";
@@ -27,11 +30,15 @@ struct Fixture {
 struct InlineKeys<'a>(&'a Config);
 
 impl KeyStore for InlineKeys<'_> {
-    fn key_state(&self, provider: usize) -> KeyState<'_> {
+    fn key_state(&self, provider: usize, _kid: Option<&str>) -> KeyState<'_> {
         match self.0.providers.get(provider).map(|p| &p.keys) {
             Some(KeySource::Inline(keys)) => KeyState::Ready(keys),
             _ => KeyState::Unavailable,
         }
+    }
+
+    fn keys_version(&self, provider: usize) -> Option<u64> {
+        matches!(self.0.providers.get(provider).map(|p| &p.keys), Some(KeySource::Inline(_))).then_some(0)
     }
 }
 
@@ -112,10 +119,16 @@ fuzz_target!(|data: &[u8]| {
     if !cookie.is_empty() {
         headers.push(("cookie".to_string(), cookie));
     }
-    let request = Request { method, path, authority: host, scheme: "http".into(), headers };
-    let outcome = evaluate(&fixture.config, &request, &InlineKeys(&fixture.config), NOW);
+    let request = Request { method, path, authority: host, scheme: "http".into(), headers, ..Request::default() };
+    let keys = InlineKeys(&fixture.config);
+    let outcome = evaluate(&fixture.config, &request, &keys, NOW);
+    thread_local! {
+        static TOKENS: RefCell<TokenCache> = RefCell::new(TokenCache::new());
+    }
+    let cached = TOKENS.with(|tokens| evaluate_cached(&fixture.config, &request, &keys, &mut tokens.borrow_mut(), NOW));
+    assert_eq!(cached, outcome, "the token cache changed a decision");
     match outcome {
-        Outcome::Decided(Decision::Allow { changes, principal }) => {
+        Outcome::Decided(Decision::Allow { changes, principal, .. }) => {
             if principal.is_some() && mode & 1 == 1 {
                 let presented = authorization.get(7..).unwrap_or_default();
                 assert_eq!(signing_input(presented), signing_input(&fixture.valid_token), "forged token accepted");
@@ -126,7 +139,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        Outcome::Decided(Decision::Deny { denial, realm }) => {
+        Outcome::Decided(Decision::Deny { denial, realm, .. }) => {
             let response = denial.response(&realm);
             assert!(matches!(response.status, 400 | 401 | 403));
             for (_, value) in &response.headers {
