@@ -273,26 +273,19 @@ def envoy_bootstrap(jwks, wasm_path, workdir, sdk_baseline):
 def floor_filter(wasm_path):
     # Same vm_id and code as jwt-authz: Envoy runs both plugins in one VM, so the VM's gauges
     # (which plugins sharing a VM share) describe that one VM.
-    wasm = harness.wasm_filter({"policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}]}, wasm_path)
-    wasm["typed_config"]["config"]["name"] = wasm["typed_config"]["config"]["root_id"] = "jwt-authz-floor"
-    return wasm
+    allow_all = {"policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}]}
+    return harness.wasm_filter(allow_all, wasm_path, name="jwt-authz-floor")
 
 
 def baseline_filter(module, configuration):
-    wasm = harness.wasm_filter(configuration, module)
     name = "sdk-baseline-" + (configuration or "empty")
-    wasm["typed_config"]["config"]["name"] = wasm["typed_config"]["config"]["root_id"] = name
-    wasm["typed_config"]["config"]["vm_config"]["vm_id"] = "sdk-baseline"
-    return wasm
+    return harness.wasm_filter(configuration, module, name=name, vm_id="sdk-baseline")
 
 
 def noop_filter(directory):
     module = directory / "noop.wasm"
     module.write_bytes(harness.noop_module())
-    wasm = harness.wasm_filter("", module)
-    wasm["typed_config"]["config"]["name"] = wasm["typed_config"]["config"]["root_id"] = "noop"
-    wasm["typed_config"]["config"]["vm_config"]["vm_id"] = "noop"
-    return wasm
+    return harness.wasm_filter("", module, name="noop", vm_id="noop")
 
 
 class BenchEnvoy:

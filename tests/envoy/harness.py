@@ -311,22 +311,23 @@ def static_cluster(name, port):
     }
 
 
-def wasm_filter(plugin_config, wasm_path):
+def wasm_filter(plugin_config, wasm_path, *, name="jwt-authz", vm_id="jwt-authz"):
+    """The Wasm HTTP filter running wasm_path; plugins with the same vm_id and code share one VM."""
     configuration = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
     return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
-                "name": "jwt-authz",
-                "root_id": "jwt-authz",
+                "name": name,
+                "root_id": name,
                 "fail_open": False,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": configuration,
                 },
                 "vm_config": {
-                    "vm_id": "jwt-authz",
+                    "vm_id": vm_id,
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": str(wasm_path)}},
                 },
