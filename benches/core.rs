@@ -3,14 +3,15 @@
 //! A plain timing loop (no criterion: it would add a large dev-dependency tree for numbers we only
 //! read). Native numbers; inside Envoy's Wasm VM everything is slower by a roughly constant factor.
 
+use jwt_authz::authn::token_cache::{TokenCache, TokenDigest, Verification};
+use jwt_authz::authz::path;
+use jwt_authz::authz::MatchInput;
 use jwt_authz::config::Config;
 use jwt_authz::engine::{evaluate, evaluate_cached, Outcome, Request};
-use jwt_authz::jwks_cache::JwksCache;
-use jwt_authz::path;
-use jwt_authz::policy::{Identity, MatchInput};
-use jwt_authz::rsa_verify::RsaVerifyKey;
+use jwt_authz::identity::Identity;
+use jwt_authz::keys::cache::JwksCache;
+use jwt_authz::keys::rsa::RsaVerifyKey;
 use jwt_authz::testkeys;
-use jwt_authz::token_cache::{TokenCache, TokenDigest, Verification};
 use rsa::traits::PublicKeyParts;
 use rsa::Pkcs1v15Sign;
 use serde_json::{json, Value};
@@ -109,7 +110,7 @@ fn main() {
         black_box(TokenDigest::of_signed(black_box(&[7u8; 32]), black_box(&signature)));
     });
     bench("jwt parse (base64url, header and claims JSON)", || {
-        black_box(jwt_authz::jwt::parse(black_box(&token)).is_ok());
+        black_box(jwt_authz::authn::jwt::parse(black_box(&token)).is_ok());
     });
 
     let config = config();

@@ -5,7 +5,7 @@
 //! and only an authenticated caller who may not do this gets 403 ("you may not").
 
 use crate::authn::AuthnError;
-use crate::path::PathError;
+use crate::authz::path::PathError;
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,7 @@ fn quoted_string_safe(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::ClaimsError;
+    use crate::authn::claims::ClaimsError;
 
     #[test]
     fn status_and_challenge_per_denial() {

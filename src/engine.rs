@@ -3,14 +3,15 @@
 //! This is the pure core's entry point: it reads a `Request` snapshot, the key cache and `now`,
 //! and returns a `Decision` (or asks to wait for keys). The host layer performs what it says.
 
-use crate::authn::{self, Authenticated, AuthnOutcome, KeyStore};
-use crate::cidr;
+use crate::authn::extract::{self, HeaderSource, TokenLocation};
+use crate::authn::token_cache::TokenCache;
+use crate::authn::{self, Authenticated, AuthnOutcome};
+use crate::authz::path::{self, UnsafePathAction};
+use crate::authz::{cidr, MatchInput, PolicyDecision, PolicyNote, RequirementAction};
 use crate::config::Config;
 use crate::deny::Denial;
-use crate::extract::{self, HeaderSource, TokenLocation};
-use crate::path::{self, UnsafePathAction};
-use crate::policy::{claim_values, MatchInput, PolicyDecision, PolicyNote, RequirementAction};
-use crate::token_cache::TokenCache;
+use crate::identity::claim_values;
+use crate::keys::KeyStore;
 
 /// The request attributes the filter reads, captured once from the host.
 #[derive(Debug, Clone, Default)]

@@ -5,23 +5,13 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod authn;
-pub mod cidr;
-pub mod claims;
+pub mod authz;
 pub mod config;
-mod config_json;
 pub mod deny;
-pub mod discovery;
 pub mod engine;
-pub mod extract;
-pub mod jwks;
-pub mod jwks_cache;
-pub mod jwt;
+pub mod identity;
+pub mod keys;
 pub mod metrics;
-pub mod path;
-pub mod policy;
-pub mod rsa_verify;
-pub mod token_cache;
-pub mod verify;
 
 #[cfg(any(test, feature = "test-support"))]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]

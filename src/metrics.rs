@@ -8,7 +8,7 @@
 //! `extraStatTags`). Only reason codes (a closed set) and policy names (from the configuration)
 //! ever go into a name, never request data, so the number of stats is bounded by the configuration.
 
-use crate::authn::{KeyState, KeyStore};
+use crate::keys::{KeyState, KeyStore};
 use std::cell::Cell;
 
 /// Every stat name starts with this; Istio and plain Envoy can select them by it.
@@ -146,7 +146,7 @@ pub fn keys_in_use_gauge_name(issuer: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwks::KeySet;
+    use crate::keys::jwks::KeySet;
 
     #[test]
     fn names_share_the_prefix_and_follow_prometheus_conventions() {
@@ -181,12 +181,12 @@ mod tests {
     /// Every denial reason code. The matches have no wildcard, so a new variant fails to compile
     /// here until it is listed, and then fails the test until the README documents it.
     fn every_reason_code() -> Vec<&'static str> {
+        use crate::authn::claims::ClaimsError;
+        use crate::authn::jwt::JwtError;
+        use crate::authn::verify::VerifyError;
         use crate::authn::AuthnError;
-        use crate::claims::ClaimsError;
+        use crate::authz::path::PathError;
         use crate::deny::Denial;
-        use crate::jwt::JwtError;
-        use crate::path::PathError;
-        use crate::verify::VerifyError;
         let paths = [
             PathError::NotAbsolute,
             PathError::InvalidPercentEncoding,

@@ -1,14 +1,15 @@
 //! The pure core through its public API, as the host drives it: configure, fetch keys, decide.
 
-use jwt_authz::authn::{AuthnError, KeyStore};
-use jwt_authz::claims::ClaimsError;
+use jwt_authz::authn::claims::ClaimsError;
+use jwt_authz::authn::token_cache::TokenCache;
+use jwt_authz::authn::verify::VerifyError;
+use jwt_authz::authn::AuthnError;
 use jwt_authz::config::Config;
 use jwt_authz::deny::Denial;
 use jwt_authz::engine::{evaluate, evaluate_cached, Decision, HeaderChange, Outcome, Request};
-use jwt_authz::jwks_cache::{CasMismatch, FetchResult, JwksCache, Plan, SharedStore, Worker};
+use jwt_authz::keys::cache::{CasMismatch, FetchResult, JwksCache, Plan, SharedStore, Worker};
+use jwt_authz::keys::KeyStore;
 use jwt_authz::testkeys::{self, b64};
-use jwt_authz::token_cache::TokenCache;
-use jwt_authz::verify::VerifyError;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -516,7 +517,7 @@ fn addresses_and_ports_come_from_the_connection_and_trusted_hops() {
 
 #[test]
 fn audit_and_dry_run_notes_travel_with_the_decision() {
-    use jwt_authz::policy::PolicyNote;
+    use jwt_authz::authz::PolicyNote;
     let config = two_issuer_config(json!({"tokenRequirements": [], "policies": [
         {"name": "audit-orders", "action": "AUDIT", "rules": [{"to": [{"operation": {"paths": ["/orders/*"]}}]}]},
         {"name": "try-deny-deletes", "action": "DENY", "dryRun": true, "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}

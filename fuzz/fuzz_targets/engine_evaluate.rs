@@ -9,10 +9,11 @@
 //! (shared across inputs, as across requests) never changes a decision.
 #![no_main]
 
-use jwt_authz::authn::{KeyState, KeyStore};
-use jwt_authz::config::{Config, KeySource};
+use jwt_authz::authn::token_cache::TokenCache;
+use jwt_authz::config::Config;
 use jwt_authz::engine::{evaluate, evaluate_cached, Decision, HeaderChange, Outcome, Request};
-use jwt_authz::token_cache::TokenCache;
+use jwt_authz::keys::KeySource;
+use jwt_authz::keys::{KeyState, KeyStore};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use std::cell::RefCell;

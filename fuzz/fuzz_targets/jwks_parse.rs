@@ -1,7 +1,7 @@
 //! `jwks::parse` on arbitrary bytes: never panics; every key it keeps is an RS256-sized RSA key.
 #![no_main]
 
-use jwt_authz::jwks::{self, MAX_RSA_BITS, MIN_RSA_BITS};
+use jwt_authz::keys::jwks::{self, MAX_RSA_BITS, MIN_RSA_BITS};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! `jwt::parse` on arbitrary text: never panics; what it accepts is consistent with the input.
 #![no_main]
 
-use jwt_authz::jwt::{self, JwtError, TokenLimits};
+use jwt_authz::authn::jwt::{self, JwtError, TokenLimits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

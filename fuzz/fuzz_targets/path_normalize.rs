@@ -1,7 +1,7 @@
 //! `path::normalize`: never panics; its output is canonical and a fixed point.
 #![no_main]
 
-use jwt_authz::path::normalize;
+use jwt_authz::authz::path::normalize;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -11,7 +11,8 @@ mod convert;
 mod documents;
 
 use documents::Document;
-use jwt_authz::config::{Config, KeySource};
+use jwt_authz::config::Config;
+use jwt_authz::keys::KeySource;
 use serde_json::Value;
 use std::process::ExitCode;
 

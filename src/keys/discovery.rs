@@ -3,8 +3,8 @@
 //! The document comes from the network, so it is judged like a JWKS: size-capped, and refused with
 //! a reason for the log when it is not what OpenID Connect Discovery 1.0 says it must be.
 
-use crate::config::HttpTarget;
-use crate::jwks::MAX_JWKS_BYTES;
+use crate::keys::jwks::MAX_JWKS_BYTES;
+use crate::keys::HttpTarget;
 use serde_json::Value;
 use std::fmt;
 

@@ -1,6 +1,9 @@
 //! Claim validation: checks a verified token's time window and audience against its issuer's rule.
 
-use crate::config::CLOCK_SKEW_SECONDS;
+/// Clock skew allowed when checking `exp` and `nbf`, as in Istio and Envoy.
+pub const CLOCK_SKEW_SECONDS: u64 = 60;
+
+use crate::identity::token_audiences;
 use jwt_compact::{Claims, TimeOptions, ValidationError};
 use serde_json::{Map, Value};
 
@@ -56,16 +59,6 @@ pub fn validate(
         return Err(ClaimsError::AudienceNotAllowed);
     }
     Ok(())
-}
-
-/// The `aud` claim as a list: RFC 7519 allows a single string or an array of strings.
-pub fn token_audiences(claims: &Map<String, Value>) -> impl Iterator<Item = &str> {
-    let values: Box<dyn Iterator<Item = &Value>> = match claims.get("aud") {
-        Some(Value::Array(list)) => Box::new(list.iter()),
-        Some(single) => Box::new(std::iter::once(single)),
-        None => Box::new(std::iter::empty()),
-    };
-    values.filter_map(Value::as_str)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! second time. Here the signing input is hashed once (by the caller, who also keys the token cache
 //! with that digest) and tried against every candidate key.
 
-use crate::jwks::KeySet;
+use crate::keys::jwks::KeySet;
 use sha2::{Digest, Sha256};
 
 /// Why a signature was not accepted.
@@ -73,7 +73,7 @@ pub fn verify_rs256_digest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwks;
+    use crate::keys::jwks;
     use crate::testkeys;
     use serde_json::json;
 
@@ -83,7 +83,7 @@ mod tests {
     }
 
     fn split(token: &str) -> (String, Vec<u8>) {
-        let parsed = crate::jwt::parse(token).expect("parses");
+        let parsed = crate::authn::jwt::parse(token).expect("parses");
         (parsed.signing_input.to_string(), parsed.signature)
     }
 

@@ -3,17 +3,28 @@
 //! Istio semantics: no token means no identity (authorization decides); any presented token that
 //! fails a check rejects the request, even on a path that needs no identity.
 
-use crate::claims::{self, ClaimsError};
-use crate::config::{Config, CLOCK_SKEW_SECONDS};
-use crate::extract::FoundToken;
-use crate::jwks::KeySet;
-use crate::jwt::{self, JwtError, ParsedToken};
-use crate::policy::Identity;
-use crate::token_cache::{TokenCache, TokenDigest, Verification};
-use crate::verify::{self, VerifyError};
+pub mod claims;
+pub mod extract;
+pub mod jwt;
+
+mod provider;
+
+pub mod token_cache;
+pub mod verify;
+
+pub use provider::{ClaimToHeader, Provider};
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::keys::{KeyState, KeyStore};
+use claims::{ClaimsError, CLOCK_SKEW_SECONDS};
+use extract::FoundToken;
+use jwt::{JwtError, ParsedToken};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
+use token_cache::{TokenCache, TokenDigest, Verification};
+use verify::VerifyError;
 
 /// Why a presented token was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,25 +58,6 @@ impl AuthnError {
             AuthnError::JwksUnavailable => "Jwks remote fetch is failed",
         }
     }
-}
-
-/// What the key cache can offer for one provider's token right now.
-pub enum KeyState<'a> {
-    Ready(&'a KeySet),
-    /// The request should wait for a fetch: the first one, or a refetch because the token's `kid`
-    /// is not among the keys (the provider may have rotated them).
-    Pending,
-    /// No usable keys, and nothing worth waiting for (the last fetch failed).
-    Unavailable,
-}
-
-/// Read access to each provider's current keys (by index into `Config::providers`), for a token
-/// naming `kid`. A store answers for one instant (the key cache's `at(now)`).
-pub trait KeyStore {
-    fn key_state(&self, provider: usize, kid: Option<&str>) -> KeyState<'_>;
-    /// Changes whenever the provider's key set changes, and is `None` while it has no usable keys:
-    /// a cached verification holds only for the keys it was made with.
-    fn keys_version(&self, provider: usize) -> Option<u64>;
 }
 
 /// A verified caller.

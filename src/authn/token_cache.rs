@@ -21,7 +21,7 @@
 //!
 //! Time is passed in; nothing here reads a clock.
 
-use crate::policy::Identity;
+use crate::identity::Identity;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};

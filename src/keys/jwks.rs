@@ -3,7 +3,7 @@
 //! A key set is attacker-reachable input (a compromised or misconfigured endpoint), so every key is
 //! judged on its own: a bad key is skipped with a reason for the log, never fatal for its siblings.
 
-use crate::rsa_verify::{RsaVerifyKey, MAX_MODULUS_BITS, MIN_MODULUS_BITS};
+use crate::keys::rsa::{RsaVerifyKey, MAX_MODULUS_BITS, MIN_MODULUS_BITS};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::Value;

@@ -14,17 +14,18 @@
 //! (its configuration canary) and kills it at once: `on_configure` therefore only creates the
 //! shared records and never takes a fetch lease, which a killed VM could not give back.
 
+use crate::authn::token_cache::TokenCache;
 use crate::authn::AuthnError;
-use crate::config::{Config, KeySource};
+use crate::authz::PolicyNote;
+use crate::config::Config;
+use crate::keys::KeySource;
 use crate::deny::Denial;
 use crate::engine::{self, Decision, HeaderChange, Outcome, Request};
-use crate::jwks_cache::{
+use crate::keys::cache::{
     CasMismatch, FetchReason, FetchReport, FetchRequest, FetchResult, JwksCache, Plan, SharedStore, Worker,
     LEASE_GRACE_MS,
 };
 use crate::metrics::{self, keys_in_use_gauge_name, Counter, KeyLookups, TOKEN_CACHE_GAUGE, WASM_MEMORY_GAUGE};
-use crate::policy::PolicyNote;
-use crate::token_cache::TokenCache;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};

@@ -1,0 +1,23 @@
+//! A trusted issuer (a compiled `jwtRules` entry) and its claim-to-header outputs.
+
+use crate::identity::ClaimPath;
+use crate::keys::KeySource;
+
+/// One trusted issuer (a `jwtRules` entry).
+#[derive(Debug)]
+pub struct Provider {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub keys: KeySource,
+    /// Indices into `Config::token_locations` where this issuer's tokens are accepted.
+    pub locations: Vec<usize>,
+    pub forward_original_token: bool,
+    pub output_payload_to_header: Option<String>,
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToHeader {
+    pub header: String,
+    pub claim: ClaimPath,
+}

@@ -1,0 +1,173 @@
+//! Plugin configuration: parsed once from JSON, validated, and compiled into matchers and providers.
+//!
+//! The JSON shape is Istio's RequestAuthentication `jwtRules` and AuthorizationPolicy `rules`, so
+//! users can paste theirs. Unlike Istio, which skips a rule it cannot understand, we refuse the
+//! whole configuration and say which field is wrong: a silently dropped rule changes who gets in.
+
+mod json;
+mod policy;
+mod provider;
+mod raw;
+
+pub use provider::parse_duration_ms;
+
+use crate::authn::extract::TokenLocation;
+use crate::authn::jwt::TokenLimits;
+use crate::authn::Provider;
+use crate::authz::{ConnectionReads, Policies, TokenRequirement, UnsafePathAction};
+use crate::keys::jwks;
+use policy::{compile_policies, compile_token_requirements};
+use provider::compile_provider;
+use raw::{RawConfig, RawLimits};
+use std::fmt;
+
+/// A configuration error: the JSON path of the offending field and why it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid jwt-authz configuration: {}", self.reason)
+        } else {
+            write!(f, "invalid jwt-authz configuration: {}: {}", self.field, self.reason)
+        }
+    }
+}
+
+/// The compiled configuration: everything a request needs, computed once in `on_configure`.
+#[derive(Debug)]
+pub struct Config {
+    pub providers: Vec<Provider>,
+    /// Every distinct place a token may be, across all providers, in the order they are tried.
+    pub token_locations: Vec<TokenLocation>,
+    pub policies: Policies,
+    /// Headers the filter writes (claim and payload outputs); a client's own copies are removed.
+    pub output_headers: Vec<String>,
+    /// Per-path token requirements, first match wins.
+    pub token_requirements: Vec<TokenRequirement>,
+    /// Proxies in front of Envoy that append to `X-Forwarded-For` (`remote.ip`).
+    pub num_trusted_proxies: u32,
+    pub unsafe_paths: UnsafePathAction,
+    pub limits: Limits,
+    /// The connection attributes policies and requirements read: the host fetches only these.
+    pub connection_reads: ConnectionReads,
+}
+
+/// Bounds on attacker-sized input (`limits`). Over-limit tokens get 401; over-limit JWKS documents
+/// are refused like any other bad fetch (previous keys kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub token: TokenLimits,
+    pub max_jwks_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { token: TokenLimits::default(), max_jwks_bytes: jwks::MAX_JWKS_BYTES }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing and compilation.
+
+impl Config {
+    /// Parses, validates and compiles a plugin configuration. An empty configuration is an error:
+    /// a filter that checks nothing is almost certainly a deployment mistake.
+    pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        if json.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::new("", "the plugin configuration is empty"));
+        }
+        let parse_path = json::Path::default();
+        let document = json::parse_strict(json, &parse_path)
+            .map_err(|err| ConfigError::new(parse_path.render(), err.to_string()))?;
+        let path = json::Path::default();
+        let raw: RawConfig =
+            json::read(&document, &path).map_err(|err| ConfigError::new(path.render(), err.to_string()))?;
+        if raw.jwt_rules.is_empty() && raw.policies.is_empty() {
+            return Err(ConfigError::new("", "neither jwtRules nor policies are given"));
+        }
+        compile(raw)
+    }
+}
+
+fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    let limits = compile_limits(raw.limits.as_ref())?;
+    let mut token_locations: Vec<TokenLocation> = Vec::new();
+    let mut providers = Vec::with_capacity(raw.jwt_rules.len());
+    let mut output_headers: Vec<String> = Vec::new();
+    for (index, rule) in raw.jwt_rules.into_iter().enumerate() {
+        let field = format!("jwtRules[{index}]");
+        let provider = compile_provider(rule, &field, &mut token_locations, &limits)?;
+        if providers.iter().any(|p: &Provider| p.issuer == provider.issuer) {
+            return Err(ConfigError::new(
+                format!("{field}.issuer"),
+                format!("issuer {:?} is configured twice", provider.issuer),
+            ));
+        }
+        output_headers.extend(provider.output_payload_to_header.iter().cloned());
+        output_headers.extend(provider.output_claim_to_headers.iter().map(|c| c.header.clone()));
+        providers.push(provider);
+    }
+    output_headers.sort();
+    output_headers.dedup();
+
+    let policies = compile_policies(raw.policies, raw.space_delimited_claims)?;
+    let token_requirements = compile_token_requirements(raw.token_requirements, &providers)?;
+    let unsafe_paths = match raw.unsafe_paths.as_deref() {
+        None | Some("REJECT") => UnsafePathAction::Reject,
+        Some("DENY") => UnsafePathAction::Deny,
+        Some(other) => {
+            return Err(ConfigError::new("unsafePaths", format!("{other:?}: expected REJECT (400) or DENY (403)")))
+        }
+    };
+    Ok(Config {
+        connection_reads: ConnectionReads::of(&policies, &token_requirements),
+        providers,
+        token_locations,
+        policies,
+        output_headers,
+        token_requirements,
+        num_trusted_proxies: raw.num_trusted_proxies,
+        unsafe_paths,
+        limits,
+    })
+}
+
+/// Each limit must lie in a range where it still protects: a token limit above Envoy's largest
+/// header size or a depth beyond serde_json's own recursion limit (128) would be a silent no-op.
+fn compile_limits(raw: Option<&RawLimits>) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let Some(raw) = raw else { return Ok(defaults) };
+    let bounded = |value: Option<u64>, name: &str, min: u64, max: u64, default: usize| match value {
+        None => Ok(default),
+        Some(v) if (min..=max).contains(&v) => usize::try_from(v)
+            .map_err(|_| ConfigError::new(format!("limits.{name}"), format!("{v} does not fit this platform"))),
+        Some(v) => Err(ConfigError::new(format!("limits.{name}"), format!("{v} is outside {min}..={max}"))),
+    };
+    Ok(Limits {
+        token: TokenLimits {
+            max_token_bytes: bounded(
+                raw.max_token_bytes,
+                "maxTokenBytes",
+                256,
+                1 << 20,
+                defaults.token.max_token_bytes,
+            )?,
+            max_json_depth: bounded(raw.max_claim_depth, "maxClaimDepth", 2, 64, defaults.token.max_json_depth)?,
+        },
+        max_jwks_bytes: bounded(raw.max_jwks_bytes, "maxJwksBytes", 1024, 16 << 20, defaults.max_jwks_bytes)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,285 @@
+//! Compiles `policies`, `tokenRequirements` and their matchers, checking every value once.
+
+use super::raw::{RawOperation, RawPolicy, RawPort, RawRule, RawSource, RawTokenRequirement};
+use super::ConfigError;
+use crate::authn::Provider;
+use crate::authz::{
+    Cidr, Condition, ConditionKey, HostMatch, Operation, PathMatch, PathTemplate, Policies, Policy, PrincipalMatch,
+    RequirementAction, Rule, Source, StringMatch, TokenRequirement, ValueKind, ValueMatch,
+    DEFAULT_SPACE_DELIMITED_CLAIMS,
+};
+
+pub(super) fn compile_policies(
+    raw: Vec<RawPolicy>,
+    extra_space_delimited: Vec<String>,
+) -> Result<Policies, ConfigError> {
+    let mut policies = Policies::default();
+    for (index, policy) in raw.into_iter().enumerate() {
+        let field = format!("policies[{index}]");
+        let action = policy.action.as_deref().unwrap_or("ALLOW");
+        let name = if policy.name.is_empty() { field.clone() } else { policy.name };
+        let rules = compile_rules(policy.rules, &field)?;
+        let compiled = Policy { name, rules, dry_run: policy.dry_run };
+        match action {
+            "ALLOW" => policies.allow.push(compiled),
+            "DENY" => policies.deny.push(compiled),
+            "AUDIT" if policy.dry_run => {
+                return Err(ConfigError::new(
+                    format!("{field}.dryRun"),
+                    "an AUDIT policy changes no decision already; dryRun is for ALLOW and DENY",
+                ))
+            }
+            "AUDIT" => policies.audit.push(compiled),
+            "CUSTOM" => {
+                return Err(ConfigError::new(
+                    format!("{field}.action"),
+                    "CUSTOM (external authorization) is not supported: expected ALLOW, DENY or AUDIT",
+                ))
+            }
+            other => {
+                return Err(ConfigError::new(
+                    format!("{field}.action"),
+                    format!("unsupported action {other:?}: expected ALLOW, DENY or AUDIT"),
+                ))
+            }
+        }
+    }
+    let mut claims: Vec<String> = DEFAULT_SPACE_DELIMITED_CLAIMS.iter().map(|c| c.to_string()).collect();
+    for (i, claim) in non_empty(extra_space_delimited, "spaceDelimitedClaims")?.into_iter().enumerate() {
+        if claim.contains(['[', ']']) {
+            return Err(ConfigError::new(
+                format!("spaceDelimitedClaims[{i}]"),
+                format!("{claim:?}: give the claim's name (the innermost one for nested claims)"),
+            ));
+        }
+        if !claims.contains(&claim) {
+            claims.push(claim);
+        }
+    }
+    policies.space_delimited_claims = claims;
+    Ok(policies)
+}
+
+fn compile_rules(raw_rules: Vec<RawRule>, field: &str) -> Result<Vec<Rule>, ConfigError> {
+    let mut rules = Vec::with_capacity(raw_rules.len());
+    for (r, rule) in raw_rules.into_iter().enumerate() {
+        let rule_field = format!("{field}.rules[{r}]");
+        let mut from = Vec::new();
+        for (s, raw) in rule.from.into_iter().enumerate() {
+            from.push(compile_source(raw.source, &format!("{rule_field}.from[{s}].source"))?);
+        }
+        let mut to = Vec::new();
+        for (o, raw) in rule.to.into_iter().enumerate() {
+            to.push(compile_operation(raw.operation, &format!("{rule_field}.to[{o}].operation"))?);
+        }
+        let mut when = Vec::new();
+        for (c, raw) in rule.when.into_iter().enumerate() {
+            let f = format!("{rule_field}.when[{c}]");
+            let key = ConditionKey::parse(&raw.key).map_err(|reason| ConfigError::new(format!("{f}.key"), reason))?;
+            if raw.values.is_empty() && raw.not_values.is_empty() {
+                return Err(ConfigError::new(f, "at least one of values or notValues is required"));
+            }
+            let kind = key.value_kind();
+            when.push(Condition {
+                key,
+                values: value_matches(raw.values, kind, &format!("{f}.values"))?,
+                not_values: value_matches(raw.not_values, kind, &format!("{f}.notValues"))?,
+            });
+        }
+        rules.push(Rule { from, to, when });
+    }
+    Ok(rules)
+}
+
+fn compile_source(raw: RawSource, field: &str) -> Result<Source, ConfigError> {
+    for (name, value) in [
+        ("principals", &raw.principals),
+        ("notPrincipals", &raw.not_principals),
+        ("namespaces", &raw.namespaces),
+        ("notNamespaces", &raw.not_namespaces),
+    ] {
+        if value.is_some() {
+            return Err(ConfigError::new(
+                format!("{field}.{name}"),
+                "peer (mTLS) identities are not visible to this filter: use requestPrincipals for JWT identities",
+            ));
+        }
+    }
+    Ok(Source {
+        request_principals: principal_matches(raw.request_principals, &format!("{field}.requestPrincipals"))?,
+        not_request_principals: principal_matches(
+            raw.not_request_principals,
+            &format!("{field}.notRequestPrincipals"),
+        )?,
+        ip_blocks: cidrs(raw.ip_blocks, &format!("{field}.ipBlocks"))?,
+        not_ip_blocks: cidrs(raw.not_ip_blocks, &format!("{field}.notIpBlocks"))?,
+        remote_ip_blocks: cidrs(raw.remote_ip_blocks, &format!("{field}.remoteIpBlocks"))?,
+        not_remote_ip_blocks: cidrs(raw.not_remote_ip_blocks, &format!("{field}.notRemoteIpBlocks"))?,
+    })
+}
+
+fn compile_operation(raw: RawOperation, field: &str) -> Result<Operation, ConfigError> {
+    let hosts = |values: Vec<String>, f: &str| -> Result<Vec<HostMatch>, ConfigError> {
+        Ok(checked_strings(values, f)?.iter().map(|v| HostMatch::parse(v)).collect())
+    };
+    Ok(Operation {
+        hosts: hosts(raw.hosts, &format!("{field}.hosts"))?,
+        not_hosts: hosts(raw.not_hosts, &format!("{field}.notHosts"))?,
+        ports: ports(raw.ports, &format!("{field}.ports"))?,
+        not_ports: ports(raw.not_ports, &format!("{field}.notPorts"))?,
+        methods: string_matches(raw.methods, &format!("{field}.methods"))?,
+        not_methods: string_matches(raw.not_methods, &format!("{field}.notMethods"))?,
+        paths: path_matches(raw.paths, &format!("{field}.paths"))?,
+        not_paths: path_matches(raw.not_paths, &format!("{field}.notPaths"))?,
+    })
+}
+
+pub(super) fn compile_token_requirements(
+    raw: Vec<RawTokenRequirement>,
+    providers: &[Provider],
+) -> Result<Vec<TokenRequirement>, ConfigError> {
+    let mut requirements = Vec::with_capacity(raw.len());
+    for (index, requirement) in raw.into_iter().enumerate() {
+        let field = format!("tokenRequirements[{index}]");
+        let matcher = compile_operation(requirement.matcher, &format!("{field}.match"))?;
+        let action = match (requirement.skip_validation, requirement.issuers.is_empty()) {
+            (true, true) => RequirementAction::SkipValidation,
+            (false, false) => {
+                let mut indices = Vec::new();
+                for (i, issuer) in requirement.issuers.iter().enumerate() {
+                    let issuer_field = format!("{field}.issuers[{i}]");
+                    if issuer.trim().is_empty() {
+                        return Err(ConfigError::new(issuer_field, "must not be empty"));
+                    }
+                    let position = providers.iter().position(|p| &p.issuer == issuer).ok_or_else(|| {
+                        ConfigError::new(&issuer_field, format!("{issuer:?} is not the issuer of any jwtRules entry"))
+                    })?;
+                    if !indices.contains(&position) {
+                        indices.push(position);
+                    }
+                }
+                RequirementAction::RequireIssuers(indices)
+            }
+            (true, false) => {
+                return Err(ConfigError::new(
+                    format!("{field}.issuers"),
+                    "a requirement either skips validation or requires issuers, not both",
+                ))
+            }
+            (false, true) => {
+                return Err(ConfigError::new(
+                    field,
+                    "give skipValidation: true (no token needed) or issuers (a token from one of them is required)",
+                ))
+            }
+        };
+        let name = if requirement.name.is_empty() { field } else { requirement.name };
+        requirements.push(TokenRequirement { name, matcher, action });
+    }
+    Ok(requirements)
+}
+
+fn non_empty(values: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
+    for (i, value) in values.iter().enumerate() {
+        if value.is_empty() {
+            return Err(ConfigError::new(format!("{field}[{i}]"), "must not be empty"));
+        }
+    }
+    Ok(values)
+}
+
+/// Non-empty values where `*` is the whole value, or only at the start or only at the end: Istio
+/// would read `*a*` as a suffix `a*` with a literal star, which nobody means.
+fn checked_strings(values: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
+    let values = non_empty(values, field)?;
+    for (i, value) in values.iter().enumerate() {
+        if value == "*" {
+            continue;
+        }
+        let inner = value.get(1..value.len().saturating_sub(1)).unwrap_or_default();
+        if inner.contains('*') || (value.len() > 1 && value.starts_with('*') && value.ends_with('*')) {
+            return Err(ConfigError::new(
+                format!("{field}[{i}]"),
+                format!("{value:?}: `*` is only allowed as a whole value, a prefix (`*.html`) or a suffix (`/api/*`)"),
+            ));
+        }
+    }
+    Ok(values)
+}
+
+fn string_matches(values: Vec<String>, field: &str) -> Result<Vec<StringMatch>, ConfigError> {
+    checked_strings(values, field).map(|values| values.iter().map(|v| StringMatch::parse(v)).collect())
+}
+
+fn principal_matches(values: Vec<String>, field: &str) -> Result<Vec<PrincipalMatch>, ConfigError> {
+    let values = checked_strings(values, field)?;
+    for (i, value) in values.iter().enumerate() {
+        if value.starts_with('/') {
+            return Err(ConfigError::new(
+                format!("{field}[{i}]"),
+                format!("{value:?}: the issuer (before the last /) is empty; write <iss>/<sub>, <iss>/* or */<sub>"),
+            ));
+        }
+    }
+    Ok(values.iter().map(|v| PrincipalMatch::parse(v)).collect())
+}
+
+fn path_matches(values: Vec<String>, field: &str) -> Result<Vec<PathMatch>, ConfigError> {
+    let values = non_empty(values, field)?;
+    let mut matches = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        let value_field = format!("{field}[{i}]");
+        if PathTemplate::is_template(value) {
+            let template = PathTemplate::parse(value)
+                .map_err(|reason| ConfigError::new(&value_field, format!("{value:?}: {reason}")))?;
+            matches.push(PathMatch::Template(template));
+        } else {
+            let checked = checked_strings(vec![value.clone()], field)
+                .map_err(|err| ConfigError::new(&value_field, err.reason))?;
+            matches.extend(checked.iter().map(|v| PathMatch::String(StringMatch::parse(v))));
+        }
+    }
+    Ok(matches)
+}
+
+fn cidrs(values: Vec<String>, field: &str) -> Result<Vec<Cidr>, ConfigError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| Cidr::parse(value).map_err(|reason| ConfigError::new(format!("{field}[{i}]"), reason)))
+        .collect()
+}
+
+fn ports(values: Vec<RawPort>, field: &str) -> Result<Vec<u16>, ConfigError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let port = match value {
+                RawPort::Number(n) => u16::try_from(*n).ok(),
+                RawPort::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+                    text.parse().ok()
+                }
+                RawPort::Text(_) => None,
+            };
+            port.ok_or_else(|| {
+                let shown = match value {
+                    RawPort::Number(n) => n.to_string(),
+                    RawPort::Text(text) => format!("{text:?}"),
+                };
+                ConfigError::new(format!("{field}[{i}]"), format!("{shown} is not a port number (0-65535)"))
+            })
+        })
+        .collect()
+}
+
+fn value_matches(values: Vec<String>, kind: ValueKind, field: &str) -> Result<Vec<ValueMatch>, ConfigError> {
+    Ok(match kind {
+        ValueKind::String => string_matches(values, field)?.into_iter().map(ValueMatch::String).collect(),
+        ValueKind::Principal => principal_matches(values, field)?.into_iter().map(ValueMatch::Principal).collect(),
+        ValueKind::Address => cidrs(values, field)?.into_iter().map(ValueMatch::Address).collect(),
+        ValueKind::Port => {
+            ports(values.into_iter().map(RawPort::Text).collect(), field)?.into_iter().map(ValueMatch::Port).collect()
+        }
+    })
+}

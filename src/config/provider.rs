@@ -1,0 +1,250 @@
+//! Compiles a `jwtRules` entry into a provider: issuer, audiences, key source, token locations, outputs.
+
+use super::raw::RawJwtRule;
+use super::{ConfigError, Limits};
+use crate::authn::extract::TokenLocation;
+use crate::authn::{ClaimToHeader, Provider};
+use crate::identity::ClaimPath;
+use crate::keys::jwks;
+use crate::keys::{
+    HttpTarget, KeySource, RemoteJwks, DEFAULT_CACHE_DURATION_MS, DEFAULT_FETCH_TIMEOUT_MS, DEFAULT_STALE_IF_ERROR_MS,
+    DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS, DISCOVERY_PATH,
+};
+
+pub(super) fn compile_provider(
+    rule: RawJwtRule,
+    field: &str,
+    token_locations: &mut Vec<TokenLocation>,
+    limits: &Limits,
+) -> Result<Provider, ConfigError> {
+    if rule.issuer.trim().is_empty() {
+        return Err(ConfigError::new(format!("{field}.issuer"), "must not be empty"));
+    }
+    for (i, audience) in rule.audiences.iter().enumerate() {
+        if audience.is_empty() {
+            return Err(ConfigError::new(format!("{field}.audiences[{i}]"), "must not be empty"));
+        }
+    }
+    let timeout_ms = duration_field(&rule.timeout, &format!("{field}.timeout"), DEFAULT_FETCH_TIMEOUT_MS, 1, HOUR_MS)?;
+    let cache_duration_ms = duration_field(
+        &rule.cache_duration,
+        &format!("{field}.cacheDuration"),
+        DEFAULT_CACHE_DURATION_MS,
+        SECOND_MS,
+        DAY_MS,
+    )?;
+    let stale_if_error_ms = duration_field(
+        &rule.stale_if_error,
+        &format!("{field}.staleIfError"),
+        DEFAULT_STALE_IF_ERROR_MS,
+        0,
+        7 * DAY_MS,
+    )?;
+    let unknown_kid_refetch_interval_ms = duration_field(
+        &rule.unknown_kid_refetch_interval,
+        &format!("{field}.unknownKidRefetchInterval"),
+        DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS,
+        SECOND_MS,
+        HOUR_MS,
+    )?;
+    let keys = match (&rule.jwks, &rule.jwks_uri) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{field}.jwks"),
+                "give either jwks (inline keys) or jwksUri, not both",
+            ))
+        }
+        (Some(inline), None) => {
+            // Inline keys are never fetched: fetch settings would silently do nothing.
+            let fetch_settings = [
+                ("jwksCluster", rule.jwks_cluster.is_some()),
+                ("timeout", rule.timeout.is_some()),
+                ("cacheDuration", rule.cache_duration.is_some()),
+                ("staleIfError", rule.stale_if_error.is_some()),
+                ("unknownKidRefetchInterval", rule.unknown_kid_refetch_interval.is_some()),
+            ];
+            if let Some((name, _)) = fetch_settings.iter().find(|(_, given)| *given) {
+                return Err(ConfigError::new(
+                    format!("{field}.{name}"),
+                    "only meaningful for fetched keys (jwksUri or OIDC discovery), not with inline jwks",
+                ));
+            }
+            let parsed = jwks::parse_with_limit(inline.as_bytes(), limits.max_jwks_bytes)
+                .map_err(|err| ConfigError::new(format!("{field}.jwks"), err.to_string()))?;
+            KeySource::Inline(parsed.key_set)
+        }
+        (None, jwks_uri) => {
+            // Without jwksUri the issuer's OIDC discovery document names the key set.
+            let (uri, uri_field, discovery) = match jwks_uri {
+                Some(uri) => (uri.clone(), format!("{field}.jwksUri"), false),
+                None => {
+                    let discovery_uri = format!("{}{DISCOVERY_PATH}", rule.issuer.trim_end_matches('/'));
+                    if HttpTarget::parse(&discovery_uri).is_none() {
+                        return Err(ConfigError::new(
+                            format!("{field}.jwksUri"),
+                            format!(
+                                "required (or give the keys inline in jwks): the issuer {:?} is not an http(s) URL, \
+                                 so its OIDC discovery document cannot be read",
+                                rule.issuer
+                            ),
+                        ));
+                    }
+                    (discovery_uri, format!("{field}.issuer"), true)
+                }
+            };
+            let target = HttpTarget::parse(&uri).ok_or_else(|| {
+                ConfigError::new(uri_field, format!("{uri:?} is not an absolute http:// or https:// URI"))
+            })?;
+            if let Some(name) = &rule.jwks_cluster {
+                if name.trim().is_empty() {
+                    return Err(ConfigError::new(format!("{field}.jwksCluster"), "must not be empty"));
+                }
+            }
+            KeySource::Remote(RemoteJwks {
+                cluster: target.cluster(rule.jwks_cluster.as_deref()),
+                uri,
+                authority: target.authority,
+                path: target.path,
+                discovery,
+                cluster_override: rule.jwks_cluster.clone(),
+                timeout_ms,
+                cache_duration_ms,
+                stale_if_error_ms,
+                unknown_kid_refetch_interval_ms,
+            })
+        }
+    };
+
+    let mut locations = Vec::new();
+    let explicit = !(rule.from_headers.is_empty() && rule.from_params.is_empty() && rule.from_cookies.is_empty());
+    let wanted: Vec<(String, TokenLocation)> = if explicit {
+        let headers = rule
+            .from_headers
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| (format!("{field}.fromHeaders[{i}].name"), TokenLocation::header(&h.name, &h.prefix)));
+        let params = rule
+            .from_params
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (format!("{field}.fromParams[{i}]"), TokenLocation::Param(p)));
+        let cookies = rule
+            .from_cookies
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (format!("{field}.fromCookies[{i}]"), TokenLocation::Cookie(c)));
+        headers.chain(params).chain(cookies).collect()
+    } else {
+        // Istio's defaults: the Authorization bearer token, then the access_token parameter.
+        vec![
+            (field.to_string(), TokenLocation::header("Authorization", "Bearer ")),
+            (field.to_string(), TokenLocation::Param("access_token".to_string())),
+        ]
+    };
+    for (location_field, location) in wanted {
+        if location.name().trim().is_empty() {
+            return Err(ConfigError::new(location_field, "must not be empty"));
+        }
+        let index = match token_locations.iter().position(|known| *known == location) {
+            Some(index) => index,
+            None => {
+                token_locations.push(location);
+                token_locations.len() - 1
+            }
+        };
+        if !locations.contains(&index) {
+            locations.push(index);
+        }
+    }
+
+    let output_payload_to_header = match rule.output_payload_to_header {
+        Some(header) => Some(validate_header_name(&header, &format!("{field}.outputPayloadToHeader"))?),
+        None => None,
+    };
+    let mut output_claim_to_headers = Vec::new();
+    for (i, output) in rule.output_claim_to_headers.into_iter().enumerate() {
+        let header = validate_header_name(&output.header, &format!("{field}.outputClaimToHeaders[{i}].header"))?;
+        if output.claim.is_empty() {
+            return Err(ConfigError::new(format!("{field}.outputClaimToHeaders[{i}].claim"), "must not be empty"));
+        }
+        // Istio's outputClaimToHeaders takes a claim name; dots reach into nested claims as in
+        // its `claim` field of ClaimToHeader.
+        output_claim_to_headers.push(ClaimToHeader { header, claim: ClaimPath::dotted(&output.claim) });
+    }
+
+    Ok(Provider {
+        issuer: rule.issuer,
+        audiences: rule.audiences,
+        keys,
+        locations,
+        forward_original_token: rule.forward_original_token,
+        output_payload_to_header,
+        output_claim_to_headers,
+    })
+}
+
+fn validate_header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+    if !valid {
+        return Err(ConfigError::new(field, format!("{name:?} is not a valid HTTP header name")));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+const SECOND_MS: u64 = 1_000;
+
+const HOUR_MS: u64 = 3_600 * SECOND_MS;
+
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// An optional duration field: its default when absent, else a duration within `[min_ms, max_ms]`.
+fn duration_field(
+    text: &Option<String>,
+    field: &str,
+    default_ms: u64,
+    min_ms: u64,
+    max_ms: u64,
+) -> Result<u64, ConfigError> {
+    let Some(text) = text else { return Ok(default_ms) };
+    let ms = parse_duration_ms(text).ok_or_else(|| {
+        ConfigError::new(field, format!("{text:?} is not a duration such as \"5s\", \"500ms\", \"2m\" or \"1h\""))
+    })?;
+    if ms < min_ms {
+        let least = if min_ms == 1 { "positive".to_string() } else { format!("at least {}", describe_ms(min_ms)) };
+        return Err(ConfigError::new(field, format!("{text:?} is too short: must be {least}")));
+    }
+    if ms > max_ms {
+        return Err(ConfigError::new(field, format!("{text:?} is too long: at most {}", describe_ms(max_ms))));
+    }
+    Ok(ms)
+}
+
+fn describe_ms(ms: u64) -> String {
+    match ms {
+        ms if ms % HOUR_MS == 0 => format!("{}h", ms / HOUR_MS),
+        ms if ms % SECOND_MS == 0 => format!("{}s", ms / SECOND_MS),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// Parses Istio/protobuf duration strings: `5s`, `1.5s`, `500ms`, `2m`, `1h`.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1_000.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        return None;
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    let ms = value * unit_ms;
+    (ms.is_finite() && ms < 1e12).then_some(ms as u64)
+}

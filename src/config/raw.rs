@@ -1,0 +1,182 @@
+//! The configuration's JSON shape, as users write it: Istio's field names, nothing compiled yet.
+
+use serde::Deserialize;
+
+// ---------------------------------------------------------------------------------------------
+// The JSON shape.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) jwt_rules: Vec<RawJwtRule>,
+    #[serde(default)]
+    pub(super) policies: Vec<RawPolicy>,
+    #[serde(default)]
+    pub(super) token_requirements: Vec<RawTokenRequirement>,
+    #[serde(default)]
+    pub(super) num_trusted_proxies: u32,
+    pub(super) unsafe_paths: Option<String>,
+    #[serde(default)]
+    pub(super) space_delimited_claims: Vec<String>,
+    pub(super) limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) max_token_bytes: Option<u64>,
+    pub(super) max_claim_depth: Option<u64>,
+    pub(super) max_jwks_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawJwtRule {
+    pub(super) issuer: String,
+    #[serde(default)]
+    pub(super) audiences: Vec<String>,
+    pub(super) jwks_uri: Option<String>,
+    pub(super) jwks_cluster: Option<String>,
+    pub(super) jwks: Option<String>,
+    #[serde(default)]
+    pub(super) from_headers: Vec<RawFromHeader>,
+    #[serde(default)]
+    pub(super) from_params: Vec<String>,
+    #[serde(default)]
+    pub(super) from_cookies: Vec<String>,
+    #[serde(default)]
+    pub(super) forward_original_token: bool,
+    pub(super) output_payload_to_header: Option<String>,
+    #[serde(default)]
+    pub(super) output_claim_to_headers: Vec<RawClaimToHeader>,
+    pub(super) timeout: Option<String>,
+    pub(super) cache_duration: Option<String>,
+    pub(super) stale_if_error: Option<String>,
+    pub(super) unknown_kid_refetch_interval: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFromHeader {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) prefix: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClaimToHeader {
+    pub(super) header: String,
+    pub(super) claim: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    #[serde(default)]
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) action: Option<String>,
+    #[serde(default)]
+    pub(super) rules: Vec<RawRule>,
+    #[serde(default)]
+    pub(super) dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawTokenRequirement {
+    #[serde(default)]
+    pub(super) name: String,
+    #[serde(rename = "match")]
+    pub(super) matcher: RawOperation,
+    #[serde(default)]
+    pub(super) skip_validation: bool,
+    #[serde(default)]
+    pub(super) issuers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    #[serde(default)]
+    pub(super) from: Vec<RawFrom>,
+    #[serde(default)]
+    pub(super) to: Vec<RawTo>,
+    #[serde(default)]
+    pub(super) when: Vec<RawCondition>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFrom {
+    pub(super) source: RawSource,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawSource {
+    #[serde(default)]
+    pub(super) request_principals: Vec<String>,
+    #[serde(default)]
+    pub(super) not_request_principals: Vec<String>,
+    #[serde(default)]
+    pub(super) ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub(super) not_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub(super) remote_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub(super) not_remote_ip_blocks: Vec<String>,
+    // Istio fields for the mTLS peer: named so the error can say why they are refused.
+    pub(super) principals: Option<serde_json::Value>,
+    pub(super) not_principals: Option<serde_json::Value>,
+    pub(super) namespaces: Option<serde_json::Value>,
+    pub(super) not_namespaces: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTo {
+    pub(super) operation: RawOperation,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawOperation {
+    #[serde(default)]
+    pub(super) hosts: Vec<String>,
+    #[serde(default)]
+    pub(super) not_hosts: Vec<String>,
+    #[serde(default)]
+    pub(super) ports: Vec<RawPort>,
+    #[serde(default)]
+    pub(super) not_ports: Vec<RawPort>,
+    #[serde(default)]
+    pub(super) paths: Vec<String>,
+    #[serde(default)]
+    pub(super) not_paths: Vec<String>,
+    #[serde(default)]
+    pub(super) methods: Vec<String>,
+    #[serde(default)]
+    pub(super) not_methods: Vec<String>,
+}
+
+/// Istio writes ports as strings (`"8080"`); a JSON number means the same and is accepted.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawPort {
+    Number(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawCondition {
+    pub(super) key: String,
+    #[serde(default)]
+    pub(super) values: Vec<String>,
+    #[serde(default)]
+    pub(super) not_values: Vec<String>,
+}
