@@ -155,7 +155,7 @@ fn main() {
         black_box(path::normalize(black_box("/api/v1/../admin/./orders%7E?x=1")).ok());
     });
 
-    let jwks = JwksCache::new(&config);
+    let jwks = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     let jwks = jwks.at(NOW * 1000);
     let hot = request(&token);
     let mut tokens = TokenCache::new();

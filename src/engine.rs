@@ -3,7 +3,7 @@
 //! This is the pure core's entry point: it reads a `Request` snapshot, the key cache and `now`,
 //! and returns a `Decision` (or asks to wait for keys). The host layer performs what it says.
 
-use crate::authn::extract::{self, HeaderSource, TokenLocation};
+use crate::authn::extract::{self, HeaderSource, LocationId, TokenLocation};
 use crate::authn::token_cache::TokenCache;
 use crate::authn::{self, Authenticated, AuthnOutcome};
 use crate::authz::path::{self, UnsafePathAction};
@@ -11,6 +11,7 @@ use crate::authz::{cidr, MatchInput, PolicyDecision, PolicyNote, RequirementActi
 use crate::config::Config;
 use crate::deny::Denial;
 use crate::identity::claim_values;
+use crate::ids::ProviderId;
 use crate::keys::KeyStore;
 
 /// The request attributes the filter reads, captured once from the host.
@@ -79,7 +80,7 @@ pub enum Decision {
 pub enum Outcome {
     Decided(Decision),
     /// The named provider's keys are being fetched: park the request and evaluate it again.
-    AwaitKeys(usize),
+    AwaitKeys(ProviderId),
 }
 
 /// Decides what happens to `request`, with the keys in `keys`, at `now_seconds` (Unix time),
@@ -136,14 +137,14 @@ pub fn evaluate_cached(
         // Tokens on this path are not looked at: the request is anonymous.
         None => None,
         Some(providers) => {
-            let mut found = extract::find_tokens(&config.token_locations, request);
+            let mut found = extract::find_tokens(&config.issuers.locations, request);
             if !providers.is_empty() {
                 // Only where the required issuers accept tokens, as Envoy's jwt_authn looks only
                 // at the locations of the providers a route requires.
                 found.retain(|token| {
                     providers
                         .iter()
-                        .any(|&p| config.providers.get(p).is_some_and(|p| p.locations.contains(&token.location)))
+                        .any(|&p| config.issuers.provider(p).is_some_and(|p| p.locations.contains(&token.location)))
                 });
                 if found.is_empty() {
                     let policy = requirement.map(|r| r.name.clone());
@@ -151,7 +152,7 @@ pub fn evaluate_cached(
                 }
             }
             let allowed = (!providers.is_empty()).then_some(providers);
-            match authn::authenticate_among(config, &found, keys, tokens, now_seconds, allowed) {
+            match authn::authenticate(&config.issuers, &found, keys, tokens, now_seconds, allowed) {
                 AuthnOutcome::Anonymous => None,
                 AuthnOutcome::Authenticated(authenticated) => Some(authenticated),
                 AuthnOutcome::Rejected(err) => {
@@ -191,8 +192,10 @@ fn deny(request: &Request, normalized_path: &str, denial: Denial, notes: Vec<Pol
 fn upstream_changes(config: &Config, authenticated: Option<&Authenticated>, unread: bool) -> Vec<HeaderChange> {
     let mut changes: Vec<HeaderChange> = config.output_headers.iter().cloned().map(HeaderChange::Remove).collect();
     if unread {
-        for (index, location) in config.token_locations.iter().enumerate() {
-            let forwarded = config.providers.iter().any(|p| p.forward_original_token && p.locations.contains(&index));
+        for (index, location) in config.issuers.locations.iter().enumerate() {
+            let index = LocationId(index);
+            let forwarded =
+                config.issuers.providers.iter().any(|p| p.forward_original_token && p.locations.contains(&index));
             if let (false, TokenLocation::Header { name, .. }) = (forwarded, location) {
                 let change = HeaderChange::Remove(name.clone());
                 if !changes.contains(&change) {
@@ -204,16 +207,16 @@ fn upstream_changes(config: &Config, authenticated: Option<&Authenticated>, unre
     let Some(authenticated) = authenticated else {
         return changes;
     };
-    for &(location, provider) in &authenticated.tokens {
-        let forward = config.providers.get(provider).is_some_and(|p| p.forward_original_token);
-        if let (false, Some(TokenLocation::Header { name, .. })) = (forward, config.token_locations.get(location)) {
+    for token in &authenticated.tokens {
+        let forward = config.issuers.provider(token.provider).is_some_and(|p| p.forward_original_token);
+        if let (false, Some(TokenLocation::Header { name, .. })) = (forward, config.issuers.location(token.location)) {
             let change = HeaderChange::Remove(name.clone());
             if !changes.contains(&change) {
                 changes.push(change);
             }
         }
     }
-    let Some(provider) = config.providers.get(authenticated.provider) else {
+    let Some(provider) = config.issuers.provider(authenticated.provider) else {
         return changes;
     };
     if let Some(header) = &provider.output_payload_to_header {

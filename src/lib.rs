@@ -10,9 +10,12 @@ pub mod config;
 pub mod deny;
 pub mod engine;
 pub mod identity;
+pub mod ids;
 pub mod keys;
 pub mod metrics;
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod fakes;
 #[cfg(any(test, feature = "test-support"))]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 pub mod testkeys;

@@ -8,14 +8,12 @@
 //! `extraStatTags`). Only reason codes (a closed set) and policy names (from the configuration)
 //! ever go into a name, never request data, so the number of stats is bounded by the configuration.
 
+use crate::ids::ProviderId;
 use crate::keys::{KeyState, KeyStore};
 use std::cell::Cell;
 
 /// Every stat name starts with this; Istio and plain Envoy can select them by it.
 pub const PREFIX: &str = "jwt_authz.";
-
-/// Tags written into the names of tagged counters, for operators' `stats_tags` configuration.
-pub const TAGS: [&str; 3] = ["status", "reason", "policy"];
 
 /// The `policy` tag of a denial no single policy decided: no ALLOW policy matched, or the
 /// request was refused before policies were consulted (bad path, rejected token).
@@ -124,14 +122,14 @@ impl<'a> KeyLookups<'a> {
 }
 
 impl KeyStore for KeyLookups<'_> {
-    fn key_state(&self, provider: usize, kid: Option<&str>) -> KeyState<'_> {
+    fn key_state(&self, provider: ProviderId, kid: Option<&str>) -> KeyState<'_> {
         let state = self.store.key_state(provider, kid);
         let counter = if matches!(state, KeyState::Ready(_)) { &self.hits } else { &self.misses };
         counter.set(counter.get().saturating_add(1));
         state
     }
 
-    fn keys_version(&self, provider: usize) -> Option<u64> {
+    fn keys_version(&self, provider: ProviderId) -> Option<u64> {
         self.store.keys_version(provider)
     }
 }
@@ -146,7 +144,8 @@ pub fn keys_in_use_gauge_name(issuer: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::jwks::KeySet;
+    use crate::fakes::FixedKeys;
+    use crate::keys::KeySet;
 
     #[test]
     fn names_share_the_prefix_and_follow_prometheus_conventions() {
@@ -273,31 +272,15 @@ mod tests {
         }
     }
 
-    struct Fixed(Vec<Option<KeySet>>);
-
-    impl KeyStore for Fixed {
-        fn key_state(&self, provider: usize, _kid: Option<&str>) -> KeyState<'_> {
-            match self.0.get(provider) {
-                Some(Some(keys)) => KeyState::Ready(keys),
-                Some(None) => KeyState::Pending,
-                None => KeyState::Unavailable,
-            }
-        }
-
-        fn keys_version(&self, provider: usize) -> Option<u64> {
-            self.0.get(provider)?.as_ref().map(|_| 0)
-        }
-    }
-
     #[test]
     fn key_lookups_count_hits_and_misses() {
-        let store = Fixed(vec![Some(KeySet::default()), None]);
+        let store = FixedKeys(vec![Some(KeySet::default()), None]);
         let lookups = KeyLookups::new(&store);
         assert!(lookups.tally().is_empty());
-        assert!(matches!(lookups.key_state(0, None), KeyState::Ready(_)));
-        assert!(matches!(lookups.key_state(0, None), KeyState::Ready(_)));
-        assert!(matches!(lookups.key_state(1, None), KeyState::Pending));
-        assert!(matches!(lookups.key_state(7, None), KeyState::Unavailable));
+        assert!(matches!(lookups.key_state(ProviderId(0), None), KeyState::Ready(_)));
+        assert!(matches!(lookups.key_state(ProviderId(0), None), KeyState::Ready(_)));
+        assert!(matches!(lookups.key_state(ProviderId(1), None), KeyState::Pending));
+        assert!(matches!(lookups.key_state(ProviderId(7), None), KeyState::Unavailable));
         assert_eq!(lookups.tally(), vec![(Counter::JwksCacheHit, 2), (Counter::JwksCacheMiss, 2)]);
     }
 

@@ -7,11 +7,12 @@ use jwt_authz::authn::AuthnError;
 use jwt_authz::config::Config;
 use jwt_authz::deny::Denial;
 use jwt_authz::engine::{evaluate, evaluate_cached, Decision, HeaderChange, Outcome, Request};
-use jwt_authz::keys::cache::{CasMismatch, FetchResult, JwksCache, Plan, SharedStore, Worker};
+use jwt_authz::fakes::MemoryStore;
+use jwt_authz::ids::ProviderId;
+use jwt_authz::keys::cache::{FetchResult, JwksCache, Plan, Worker};
 use jwt_authz::keys::KeyStore;
 use jwt_authz::testkeys::{self, b64};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 
 const ISSUER: &str = "https://idp.example/realms/shop";
 const NOW: u64 = 1_800_000_000;
@@ -49,33 +50,9 @@ fn jwks_body(kids: &[(&str, usize)]) -> String {
 
 const WORKER: Worker = Worker { id: 7, wake_token: None };
 
-/// The host's shared data, as Envoy keeps it.
-#[derive(Default)]
-struct MemoryStore {
-    values: HashMap<String, (Vec<u8>, u32)>,
-    next_cas: u32,
-}
-
-impl SharedStore for MemoryStore {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.values.get(key).cloned()
-    }
-
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-        match (self.values.get(key), cas) {
-            (Some((_, current)), Some(cas)) if *current != cas => Err(CasMismatch),
-            _ => {
-                self.next_cas += 1;
-                self.values.insert(key.to_string(), (value.to_vec(), self.next_cas));
-                Ok(())
-            }
-        }
-    }
-}
-
 /// Plans and completes one fetch of `provider` 0 with `body` as the answer.
 fn fetch_keys(cache: &mut JwksCache, store: &mut MemoryStore, body: &str, now_ms: u64) {
-    let Plan::Fetch(fetch) = cache.plan(store, 0, WORKER, true, now_ms) else { panic!("a fetch is due") };
+    let Plan::Fetch(fetch) = cache.plan(store, ProviderId(0), WORKER, true, now_ms) else { panic!("a fetch is due") };
     assert_eq!(fetch.cluster, "outbound|443||idp.example");
     let result = FetchResult::Response { status: 200, cache_control: None, body: body.as_bytes() };
     cache.on_fetch_result(store, WORKER, &fetch, result, now_ms, 0);
@@ -83,7 +60,7 @@ fn fetch_keys(cache: &mut JwksCache, store: &mut MemoryStore, body: &str, now_ms
 
 /// A cache that has fetched the JWKS with key 0 under kid "k0".
 fn ready_cache(config: &Config) -> JwksCache {
-    let mut cache = JwksCache::new(config);
+    let mut cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     fetch_keys(&mut cache, &mut MemoryStore::default(), &jwks_body(&[("k0", 0)]), NOW * 1000);
     cache
 }
@@ -135,11 +112,11 @@ fn status(decision: &Decision) -> u32 {
 #[test]
 fn requests_wait_for_the_first_fetch_then_settle() {
     let config = config();
-    let mut cache = JwksCache::new(&config);
+    let mut cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     let mut store = MemoryStore::default();
     let bearer = format!("Bearer {}", token(json!({})));
     let req = request("GET", "/api/admin/users", &[("authorization", &bearer)]);
-    assert_eq!(evaluate(&config, &req, &cache.at(NOW * 1000), NOW), Outcome::AwaitKeys(0));
+    assert_eq!(evaluate(&config, &req, &cache.at(NOW * 1000), NOW), Outcome::AwaitKeys(ProviderId(0)));
     // Requests that need no keys never wait.
     assert_eq!(status(&decide(&config, &cache.at(NOW * 1000), &request("GET", "/healthz", &[]))), 200);
     // One that may wait no longer is refused.
@@ -151,9 +128,9 @@ fn requests_wait_for_the_first_fetch_then_settle() {
 #[test]
 fn a_failed_first_fetch_rejects_with_jwks_unavailable() {
     let config = config();
-    let mut cache = JwksCache::new(&config);
+    let mut cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     let mut store = MemoryStore::default();
-    let Plan::Fetch(fetch) = cache.plan(&mut store, 0, WORKER, false, NOW * 1000) else { panic!("due") };
+    let Plan::Fetch(fetch) = cache.plan(&mut store, ProviderId(0), WORKER, false, NOW * 1000) else { panic!("due") };
     cache.on_fetch_result(&mut store, WORKER, &fetch, FetchResult::NoResponse, NOW * 1000, 0);
     let bearer = format!("Bearer {}", token(json!({})));
     let decision =
@@ -166,7 +143,7 @@ fn a_failed_first_fetch_rejects_with_jwks_unavailable() {
 #[test]
 fn a_rotated_key_is_accepted_after_one_refetch() {
     let config = config();
-    let mut cache = JwksCache::new(&config);
+    let mut cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     let mut store = MemoryStore::default();
     fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 0)]), NOW * 1000);
     let rotated = testkeys::sign(
@@ -177,7 +154,7 @@ fn a_rotated_key_is_accepted_after_one_refetch() {
     let req = request("GET", "/api/admin/x", &[("authorization", &format!("Bearer {rotated}"))]);
     assert_eq!(
         evaluate(&config, &req, &cache.at(NOW * 1000), NOW),
-        Outcome::AwaitKeys(0),
+        Outcome::AwaitKeys(ProviderId(0)),
         "an unknown kid waits for a refetch"
     );
     fetch_keys(&mut cache, &mut store, &jwks_body(&[("k1", 1)]), NOW * 1000 + 1);
@@ -359,7 +336,7 @@ fn denial_code(decision: &Decision) -> (u32, &'static str, Option<String>) {
 #[test]
 fn token_requirements_skip_validation_or_require_an_issuer() {
     let config = two_issuer_config(json!({}));
-    let cache = JwksCache::new(&config);
+    let cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     let shop = format!("Bearer {}", token(json!({})));
     let admin = admin_token();
     let garbage = "Bearer not-a-jwt";
@@ -394,7 +371,7 @@ fn token_requirements_skip_validation_or_require_an_issuer() {
     let config_both_locations = two_issuer_config(json!({"tokenRequirements": [
         {"match": {"paths": ["/admin/*"]}, "issuers": [ADMIN_ISSUER]}
     ]}));
-    let cache_both = JwksCache::new(&config_both_locations);
+    let cache_both = JwksCache::new(config_both_locations.key_sources(), config_both_locations.max_jwks_bytes);
     let decision = decide(
         &config_both_locations,
         &cache_both.at(NOW * 1000),
@@ -406,7 +383,7 @@ fn token_requirements_skip_validation_or_require_an_issuer() {
 #[test]
 fn unvalidated_tokens_never_reach_the_upstream() {
     let config = two_issuer_config(json!({}));
-    let cache = JwksCache::new(&config);
+    let cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     let Decision::Allow { changes, principal: None, .. } = decide(
         &config,
         &cache.at(NOW * 1000),
@@ -433,7 +410,7 @@ fn unsafe_paths_are_rejected_or_denied_as_configured() {
     let reject = two_issuer_config(json!({}));
     let deny = two_issuer_config(json!({"unsafePaths": "DENY"}));
     for (config, status) in [(&reject, 400), (&deny, 403)] {
-        let cache = JwksCache::new(config);
+        let cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
         for path in ["/healthz%00", "/admin%2fusers", "/shop\\x", "/a%zz", "/a%5C..%5Cadmin"] {
             let decision = decide(config, &cache.at(NOW * 1000), &request("GET", path, &[]));
             let (got, code, _) = denial_code(&decision);
@@ -462,7 +439,7 @@ fn addresses_and_ports_come_from_the_connection_and_trusted_hops() {
             {"name": "admin-port", "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin/*"], "notPorts": ["9443"]}}]}]}
         ]
     }));
-    let cache = JwksCache::new(&config);
+    let cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     let bearer = format!("Bearer {}", token(json!({})));
     let auth = ("authorization", bearer.as_str());
     let cases = [
@@ -522,7 +499,7 @@ fn audit_and_dry_run_notes_travel_with_the_decision() {
         {"name": "audit-orders", "action": "AUDIT", "rules": [{"to": [{"operation": {"paths": ["/orders/*"]}}]}]},
         {"name": "try-deny-deletes", "action": "DENY", "dryRun": true, "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}
     ]}));
-    let cache = JwksCache::new(&config);
+    let cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     let Decision::Allow { notes, .. } = decide(&config, &cache.at(NOW * 1000), &request("DELETE", "/orders/7", &[]))
     else {
         panic!("dry-run policies are not enforced")
@@ -597,22 +574,22 @@ fn a_cached_token_expires_on_time() {
 #[test]
 fn new_keys_invalidate_cached_verifications_and_a_plain_refresh_does_not() {
     let config = config();
-    let mut cache = JwksCache::new(&config);
+    let mut cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     let mut store = MemoryStore::default();
     fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 0)]), NOW * 1000);
     let mut tokens = TokenCache::new();
     let req = request("GET", "/api/admin/x", &[("authorization", &bearer(&token(json!({"exp": NOW + 7200}))))]);
     assert_eq!(status(&decide_cached(&config, &cache.at(NOW * 1000), &mut tokens, &req, NOW)), 200);
     // A refresh with the same keys keeps the version, so the cached verification still holds.
-    let version = cache.at(NOW * 1000).keys_version(0);
+    let version = cache.at(NOW * 1000).keys_version(ProviderId(0));
     let refresh = NOW + 1200;
     fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 0)]), refresh * 1000);
-    assert_eq!(cache.at(refresh * 1000).keys_version(0), version);
+    assert_eq!(cache.at(refresh * 1000).keys_version(ProviderId(0)), version);
     assert_eq!(status(&decide_cached(&config, &cache.at(refresh * 1000), &mut tokens, &req, refresh)), 200);
     // The IdP replaces the key under the same kid: tokens signed with the old one stop working.
     let rotated = NOW + 2400;
     fetch_keys(&mut cache, &mut store, &jwks_body(&[("k0", 1)]), rotated * 1000);
-    assert_ne!(cache.at(rotated * 1000).keys_version(0), version);
+    assert_ne!(cache.at(rotated * 1000).keys_version(ProviderId(0)), version);
     let after = decide_cached(&config, &cache.at(rotated * 1000), &mut tokens, &req, rotated);
     let bad_signature = Denial::InvalidToken(AuthnError::Signature(VerifyError::SignatureInvalid));
     assert!(matches!(after, Decision::Deny { denial, .. } if denial == bad_signature));
@@ -638,7 +615,7 @@ fn shared_header_config() -> Config {
 #[test]
 fn a_cached_token_is_judged_by_the_rule_for_where_it_is_found_and_the_issuers_required_there() {
     let config = shared_header_config();
-    let cache = JwksCache::new(&config);
+    let cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     let keys = cache.at(NOW * 1000);
     let mut tokens = TokenCache::new();
     let shop = token(json!({}));

@@ -7,9 +7,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     match Config::parse(data) {
         Ok(config) => {
-            for provider in &config.providers {
+            for provider in &config.issuers.providers {
                 assert!(!provider.issuer.trim().is_empty());
-                assert!(provider.locations.iter().all(|&i| i < config.token_locations.len()));
+                assert!(provider.locations.iter().all(|&i| i < config.issuers.locations.len()));
             }
         }
         Err(err) => assert!(!err.reason.is_empty()),

@@ -12,8 +12,7 @@
 use jwt_authz::authn::token_cache::TokenCache;
 use jwt_authz::config::Config;
 use jwt_authz::engine::{evaluate, evaluate_cached, Decision, HeaderChange, Outcome, Request};
-use jwt_authz::keys::KeySource;
-use jwt_authz::keys::{KeyState, KeyStore};
+use jwt_authz::keys::cache::JwksCache;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use std::cell::RefCell;
@@ -25,22 +24,6 @@ const NOW: u64 = 1_800_000_000;
 struct Fixture {
     config: Config,
     valid_token: String,
-}
-
-/// Inline keys are always ready.
-struct InlineKeys<'a>(&'a Config);
-
-impl KeyStore for InlineKeys<'_> {
-    fn key_state(&self, provider: usize, _kid: Option<&str>) -> KeyState<'_> {
-        match self.0.providers.get(provider).map(|p| &p.keys) {
-            Some(KeySource::Inline(keys)) => KeyState::Ready(keys),
-            _ => KeyState::Unavailable,
-        }
-    }
-
-    fn keys_version(&self, provider: usize) -> Option<u64> {
-        matches!(self.0.providers.get(provider).map(|p| &p.keys), Some(KeySource::Inline(_))).then_some(0)
-    }
 }
 
 fn fixture() -> &'static Fixture {
@@ -83,7 +66,9 @@ fn fixture() -> &'static Fixture {
             headers: vec![("authorization".into(), format!("Bearer {valid_token}"))],
             ..Request::default()
         };
-        let outcome = evaluate(&config, &request, &InlineKeys(&config), NOW);
+        // Inline keys (the only kind a fuzzed configuration can use here) are always ready.
+        let cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
+        let outcome = evaluate(&config, &request, &cache.at(NOW * 1000), NOW);
         assert!(matches!(outcome, Outcome::Decided(Decision::Allow { principal: Some(_), .. })), "{outcome:?}");
         Fixture { config, valid_token }
     })
@@ -121,7 +106,8 @@ fuzz_target!(|data: &[u8]| {
         headers.push(("cookie".to_string(), cookie));
     }
     let request = Request { method, path, authority: host, scheme: "http".into(), headers, ..Request::default() };
-    let keys = InlineKeys(&fixture.config);
+    let cache = JwksCache::new(fixture.config.key_sources(), fixture.config.max_jwks_bytes);
+    let keys = cache.at(NOW * 1000);
     let outcome = evaluate(&fixture.config, &request, &keys, NOW);
     thread_local! {
         static TOKENS: RefCell<TokenCache> = RefCell::new(TokenCache::new());

@@ -25,10 +25,15 @@ impl TokenLocation {
     }
 }
 
-/// A token found at `location` (an index into `Config::token_locations`).
+/// Position of a token location in the compiled configuration (`Issuers::locations`). Providers
+/// share locations: two issuers reading `Authorization: Bearer` name the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LocationId(pub usize);
+
+/// A token found at `location`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundToken {
-    pub location: usize,
+    pub location: LocationId,
     pub token: String,
 }
 
@@ -45,6 +50,7 @@ pub trait HeaderSource {
 pub fn find_tokens(locations: &[TokenLocation], request: &dyn HeaderSource) -> Vec<FoundToken> {
     let mut found = Vec::new();
     for (index, location) in locations.iter().enumerate() {
+        let index = LocationId(index);
         match location {
             TokenLocation::Header { name, prefix } => {
                 for value in request.header_values(name) {
@@ -72,7 +78,7 @@ pub fn find_tokens(locations: &[TokenLocation], request: &dyn HeaderSource) -> V
     found
 }
 
-fn push_token(found: &mut Vec<FoundToken>, location: usize, token: &str) {
+fn push_token(found: &mut Vec<FoundToken>, location: LocationId, token: &str) {
     if !token.is_empty() {
         found.push(FoundToken { location, token: token.to_string() });
     }
@@ -155,7 +161,7 @@ mod tests {
     }
 
     fn tokens(locations: &[TokenLocation], r: &Req) -> Vec<(usize, String)> {
-        find_tokens(locations, r).into_iter().map(|f| (f.location, f.token)).collect()
+        find_tokens(locations, r).into_iter().map(|f| (f.location.0, f.token)).collect()
     }
 
     #[test]

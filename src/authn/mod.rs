@@ -6,20 +6,18 @@
 pub mod claims;
 pub mod extract;
 pub mod jwt;
-
 mod provider;
-
 pub mod token_cache;
 pub mod verify;
 
 pub use provider::{ClaimToHeader, Provider};
 
-use crate::config::Config;
 use crate::identity::Identity;
+use crate::ids::ProviderId;
 use crate::keys::{KeyState, KeyStore};
 use claims::{ClaimsError, CLOCK_SKEW_SECONDS};
-use extract::FoundToken;
-use jwt::{JwtError, ParsedToken};
+use extract::{FoundToken, LocationId, TokenLocation};
+use jwt::{JwtError, ParsedToken, TokenLimits};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
@@ -29,16 +27,20 @@ use verify::VerifyError;
 /// Why a presented token was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthnError {
+    /// The token is not a well-formed, acceptable JWS (see `JwtError`).
     Token(JwtError),
     /// No `jwtRules` entry has the token's `iss` (or accepts tokens where this one was found).
     UnknownIssuer,
+    /// No key verifies the signature (see `VerifyError`).
     Signature(VerifyError),
+    /// The signature holds but the claims do not (see `ClaimsError`).
     Claims(ClaimsError),
     /// The issuer's keys could not be fetched and none are cached.
     JwksUnavailable,
 }
 
 impl AuthnError {
+    /// Stable reason code, for logs and metrics.
     pub fn code(self) -> &'static str {
         match self {
             AuthnError::Token(err) => err.code(),
@@ -49,6 +51,8 @@ impl AuthnError {
         }
     }
 
+    /// The `error_description` of the challenge: Envoy's jwt_authn wording, which clients match on.
+    /// The `error_description` of the challenge: Envoy's jwt_authn wording, which clients match on.
     pub fn message(self) -> &'static str {
         match self {
             AuthnError::Token(err) => err.message(),
@@ -60,18 +64,64 @@ impl AuthnError {
     }
 }
 
+/// Everything authentication needs from the configuration: the trusted issuers, every place
+/// their tokens may be, and the bounds on a token. Compiled once from `jwtRules` and `limits`.
+#[derive(Debug, Default)]
+pub struct Issuers {
+    /// Indexed by `ProviderId`, in `jwtRules` order.
+    pub providers: Vec<Provider>,
+    /// Every distinct place a token may be, across all providers, in the order they are tried;
+    /// indexed by `LocationId`.
+    pub locations: Vec<TokenLocation>,
+    pub limits: TokenLimits,
+}
+
+impl Issuers {
+    pub fn provider(&self, id: ProviderId) -> Option<&Provider> {
+        self.providers.get(id.index())
+    }
+
+    pub fn location(&self, id: LocationId) -> Option<&TokenLocation> {
+        self.locations.get(id.0)
+    }
+
+    /// Every provider with its id.
+    pub fn iter(&self) -> impl Iterator<Item = (ProviderId, &Provider)> {
+        self.providers.iter().enumerate().map(|(index, provider)| (ProviderId(index), provider))
+    }
+
+    /// The provider for a token of `issuer` found at `location`: the first `jwtRules` entry with
+    /// that issuer that accepts tokens there (and is `allowed`, when only some are).
+    fn provider_for(&self, issuer: &str, location: LocationId, allowed: Option<&[ProviderId]>) -> Option<ProviderId> {
+        self.iter()
+            .find(|(id, p)| {
+                p.issuer == issuer
+                    && p.locations.contains(&location)
+                    && allowed.is_none_or(|allowed| allowed.contains(id))
+            })
+            .map(|(id, _)| id)
+    }
+}
+
+/// One token of the request and the provider that verified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub location: LocationId,
+    pub provider: ProviderId,
+}
+
 /// A verified caller.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     /// Shared with the token cache.
     pub identity: Rc<Identity>,
     /// Provider that verified the identity's token.
-    pub provider: usize,
+    pub provider: ProviderId,
     /// That token's payload segment (base64url) when the provider has `outputPayloadToHeader`,
     /// else empty.
     pub payload_segment: String,
-    /// Every token in the request: `(location, provider)`, all verified.
-    pub tokens: Vec<(usize, usize)>,
+    /// Every token in the request, all verified; the first is the identity's.
+    pub tokens: Vec<VerifiedToken>,
 }
 
 #[derive(Debug)]
@@ -80,49 +130,40 @@ pub enum AuthnOutcome {
     Authenticated(Authenticated),
     Rejected(AuthnError),
     /// Keys of this provider are being fetched; evaluate again when they arrive.
-    AwaitKeys(usize),
-}
-
-/// Verifies every token found, afresh. All must pass; the first one is the identity.
-pub fn authenticate(config: &Config, found: &[FoundToken], keys: &dyn KeyStore, now_seconds: u64) -> AuthnOutcome {
-    authenticate_among(config, found, keys, &mut TokenCache::disabled(), now_seconds, None)
+    AwaitKeys(ProviderId),
 }
 
 /// Verifies every token found, taking tokens verified before from `cache` while their
-/// verification holds (and remembering new ones there). Only tokens of the `allowed` providers
-/// (indices into `Config::providers`) are accepted when given: another configured issuer's token
-/// is then an unknown issuer, as in Envoy's jwt_authn when a route requires one provider.
-pub fn authenticate_among(
-    config: &Config,
+/// verification holds (and remembering new ones there). All must pass; the first one is the
+/// identity. Only tokens of the `allowed` providers are accepted when given: another configured
+/// issuer's token is then an unknown issuer, as in Envoy's jwt_authn when a route requires one
+/// provider.
+pub fn authenticate(
+    issuers: &Issuers,
     found: &[FoundToken],
     keys: &dyn KeyStore,
     cache: &mut TokenCache,
     now_seconds: u64,
-    allowed: Option<&[usize]>,
+    allowed: Option<&[ProviderId]>,
 ) -> AuthnOutcome {
     let mut result: Option<Authenticated> = None;
     for token in found {
-        let (provider, identity) = match verify_token(config, token, keys, cache, now_seconds, allowed) {
-            Ok(verified) => verified,
-            Err(Err(provider)) => return AuthnOutcome::AwaitKeys(provider),
-            Err(Ok(error)) => return AuthnOutcome::Rejected(error),
+        let (provider, identity) = match verify_token(issuers, token, keys, cache, now_seconds, allowed) {
+            Verdict::Verified(provider, identity) => (provider, identity),
+            Verdict::AwaitKeys(provider) => return AuthnOutcome::AwaitKeys(provider),
+            Verdict::Rejected(error) => return AuthnOutcome::Rejected(error),
         };
+        let verified = VerifiedToken { location: token.location, provider };
         match &mut result {
             None => {
-                let wants_payload =
-                    config.providers.get(provider).is_some_and(|p| p.output_payload_to_header.is_some());
+                let wants_payload = issuers.provider(provider).is_some_and(|p| p.output_payload_to_header.is_some());
                 let payload_segment = match wants_payload {
                     true => token.token.split('.').nth(1).unwrap_or_default().to_string(),
                     false => String::new(),
                 };
-                result = Some(Authenticated {
-                    identity,
-                    provider,
-                    payload_segment,
-                    tokens: vec![(token.location, provider)],
-                });
+                result = Some(Authenticated { identity, provider, payload_segment, tokens: vec![verified] });
             }
-            Some(first) => first.tokens.push((token.location, provider)),
+            Some(first) => first.tokens.push(verified),
         }
     }
     match result {
@@ -131,67 +172,87 @@ pub fn authenticate_among(
     }
 }
 
-/// `Err(Ok(e))`: rejected; `Err(Err(p))`: must wait for provider `p`'s keys.
-type Verified = Result<(usize, Rc<Identity>), Result<AuthnError, usize>>;
+/// How one token fared.
+enum Verdict {
+    Verified(ProviderId, Rc<Identity>),
+    Rejected(AuthnError),
+    /// Must wait for this provider's keys.
+    AwaitKeys(ProviderId),
+}
+
+impl From<AuthnError> for Verdict {
+    fn from(error: AuthnError) -> Verdict {
+        Verdict::Rejected(error)
+    }
+}
 
 fn verify_token(
-    config: &Config,
+    issuers: &Issuers,
     found: &FoundToken,
     keys: &dyn KeyStore,
     cache: &mut TokenCache,
     now_seconds: u64,
-    allowed: Option<&[usize]>,
-) -> Verified {
+    allowed: Option<&[ProviderId]>,
+) -> Verdict {
     let holds = |verification: &Verification| {
-        cached_verification_holds(config, keys, found, verification, now_seconds, allowed)
+        cached_verification_holds(issuers, keys, found, verification, now_seconds, allowed)
     };
     if let Some((verification, identity)) = cache.identity(&found.token, holds) {
         if keys_ready(keys, verification.provider) {
-            return Ok((verification.provider, identity));
+            return Verdict::Verified(verification.provider, identity);
         }
     }
-    let parsed = jwt::parse_with_limits(&found.token, &config.limits.token).map_err(|e| Ok(AuthnError::Token(e)))?;
+    let parsed = match jwt::parse_with_limits(&found.token, &issuers.limits) {
+        Ok(parsed) => parsed,
+        Err(error) => return AuthnError::Token(error).into(),
+    };
     let signing_input_digest = Sha256::digest(parsed.signing_input.as_bytes());
     let digest = TokenDigest::of_signed(&signing_input_digest, &parsed.signature);
     if let Some(verification) = cache.verification(&digest, holds) {
         if keys_ready(keys, verification.provider) {
             // Verified before, but its identity is no longer cached: skip the RSA, not the parsing.
-            let identity = identity_of(parsed)?;
-            cache.insert_identity(&found.token, verification, identity.clone());
-            return Ok((verification.provider, identity));
+            return match identity_of(parsed) {
+                Ok(identity) => {
+                    cache.insert_identity(&found.token, verification, identity.clone());
+                    Verdict::Verified(verification.provider, identity)
+                }
+                Err(error) => error.into(),
+            };
         }
     }
-    let issuer = parsed.issuer().ok_or(Ok(AuthnError::UnknownIssuer))?;
-    let provider_index = provider_for(config, issuer, found.location, allowed).ok_or(Ok(AuthnError::UnknownIssuer))?;
-    let provider = config.providers.get(provider_index).ok_or(Ok(AuthnError::UnknownIssuer))?;
-    let key_set = match keys.key_state(provider_index, parsed.kid.as_deref()) {
+    let Some(issuer) = parsed.issuer() else { return AuthnError::UnknownIssuer.into() };
+    let Some(provider_id) = issuers.provider_for(issuer, found.location, allowed) else {
+        return AuthnError::UnknownIssuer.into();
+    };
+    let Some(provider) = issuers.provider(provider_id) else { return AuthnError::UnknownIssuer.into() };
+    let key_set = match keys.key_state(provider_id, parsed.kid.as_deref()) {
         KeyState::Ready(key_set) => key_set,
-        KeyState::Pending => return Err(Err(provider_index)),
-        KeyState::Unavailable => return Err(Ok(AuthnError::JwksUnavailable)),
+        KeyState::Pending => return Verdict::AwaitKeys(provider_id),
+        KeyState::Unavailable => return AuthnError::JwksUnavailable.into(),
     };
     // Read before verifying: a key set replaced after this point must not vouch for this result.
-    let keys_version = keys.keys_version(provider_index);
-    verify::verify_rs256_digest(key_set, parsed.kid.as_deref(), &signing_input_digest, &parsed.signature)
-        .map_err(|e| Ok(AuthnError::Signature(e)))?;
-    claims::validate(&parsed.claims, &provider.audiences, now_seconds).map_err(|e| Ok(AuthnError::Claims(e)))?;
+    let keys_version = keys.keys_version(provider_id);
+    if let Err(error) =
+        verify::verify_rs256_digest(key_set, parsed.kid.as_deref(), &signing_input_digest, &parsed.signature)
+    {
+        return AuthnError::Signature(error).into();
+    }
+    if let Err(error) = claims::validate(&parsed.claims, &provider.audiences, now_seconds) {
+        return AuthnError::Claims(error).into();
+    }
     // `claims::validate` requires `exp`, so every remembered verification has an end; the
     // `Option` stays checked so that a change there can never make one last forever.
     let expiration = parsed.claims.expiration.map(|exp| exp.timestamp());
-    let identity = identity_of(parsed)?;
+    let identity = match identity_of(parsed) {
+        Ok(identity) => identity,
+        Err(error) => return error.into(),
+    };
     if let (Some(expiration), Some(keys_version)) = (expiration, keys_version) {
         let accepted_until = expiration.saturating_add(CLOCK_SKEW_SECONDS as i64);
-        let verification = Verification { provider: provider_index, accepted_until, keys_version };
+        let verification = Verification { provider: provider_id, accepted_until, keys_version };
         cache.insert(&found.token, digest, verification, identity.clone());
     }
-    Ok((provider_index, identity))
-}
-
-/// The provider for a token of `issuer` found at `location`: the first `jwtRules` entry with that
-/// issuer that accepts tokens there (and is `allowed`, when only some are).
-fn provider_for(config: &Config, issuer: &str, location: usize, allowed: Option<&[usize]>) -> Option<usize> {
-    config.providers.iter().enumerate().position(|(index, p)| {
-        p.issuer == issuer && p.locations.contains(&location) && allowed.is_none_or(|allowed| allowed.contains(&index))
-    })
+    Verdict::Verified(provider_id, identity)
 }
 
 /// A cached verification is used only if, now, the token would still be judged by the same
@@ -200,26 +261,26 @@ fn provider_for(config: &Config, issuer: &str, location: usize, allowed: Option<
 /// token's time window is open. Nothing else it was checked against can change while the
 /// configuration, and with it the cache, stays the same.
 fn cached_verification_holds(
-    config: &Config,
+    issuers: &Issuers,
     keys: &dyn KeyStore,
     found: &FoundToken,
     verification: &Verification,
     now_seconds: u64,
-    allowed: Option<&[usize]>,
+    allowed: Option<&[ProviderId]>,
 ) -> bool {
-    let Some(provider) = config.providers.get(verification.provider) else { return false };
-    provider_for(config, &provider.issuer, found.location, allowed) == Some(verification.provider)
+    let Some(provider) = issuers.provider(verification.provider) else { return false };
+    issuers.provider_for(&provider.issuer, found.location, allowed) == Some(verification.provider)
         && verification.holds(now_seconds, keys.keys_version(verification.provider))
 }
 
 /// The key lookup a fresh verification would make, so that cached tokens count as JWKS cache hits
 /// too; it always succeeds while `keys_version` is `Some`.
-fn keys_ready(keys: &dyn KeyStore, provider: usize) -> bool {
+fn keys_ready(keys: &dyn KeyStore, provider: ProviderId) -> bool {
     matches!(keys.key_state(provider, None), KeyState::Ready(_))
 }
 
-fn identity_of(parsed: ParsedToken<'_>) -> Result<Rc<Identity>, Result<AuthnError, usize>> {
-    let issuer = parsed.issuer().ok_or(Ok(AuthnError::UnknownIssuer))?.to_string();
+fn identity_of(parsed: ParsedToken<'_>) -> Result<Rc<Identity>, AuthnError> {
+    let issuer = parsed.issuer().ok_or(AuthnError::UnknownIssuer)?.to_string();
     let subject = parsed.claims.custom.get("sub").and_then(Value::as_str).unwrap_or_default().to_string();
     Ok(Rc::new(Identity { issuer, subject, claims: parsed.claims.custom }))
 }

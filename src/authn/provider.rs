@@ -1,5 +1,6 @@
 //! A trusted issuer (a compiled `jwtRules` entry) and its claim-to-header outputs.
 
+use super::extract::LocationId;
 use crate::identity::ClaimPath;
 use crate::keys::KeySource;
 
@@ -9,13 +10,14 @@ pub struct Provider {
     pub issuer: String,
     pub audiences: Vec<String>,
     pub keys: KeySource,
-    /// Indices into `Config::token_locations` where this issuer's tokens are accepted.
-    pub locations: Vec<usize>,
+    /// Where this issuer's tokens are accepted.
+    pub locations: Vec<LocationId>,
     pub forward_original_token: bool,
     pub output_payload_to_header: Option<String>,
     pub output_claim_to_headers: Vec<ClaimToHeader>,
 }
 
+/// `outputClaimToHeaders`: a claim copied into a request header for the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimToHeader {
     pub header: String,

@@ -22,6 +22,7 @@
 //! Time is passed in; nothing here reads a clock.
 
 use crate::identity::Identity;
+use crate::ids::ProviderId;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -115,8 +116,8 @@ impl Hasher for DigestHasher {
 /// What a successful verification established, and for how long it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verification {
-    /// The provider (index into `Config::providers`) whose keys and rules the token passed.
-    pub provider: usize,
+    /// The provider whose keys and rules the token passed.
+    pub provider: ProviderId,
     /// Last second (Unix time) the token is accepted: `exp` plus the clock skew.
     pub accepted_until: i64,
     /// The provider's keys version at verification time (`KeyStore::keys_version`).
@@ -396,7 +397,7 @@ mod tests {
         cache.identities = Lru::new(4);
         cache.verified = Lru::new(4);
         let identity = Rc::new(Identity { issuer: "i".into(), subject: "s".into(), claims: Map::new() });
-        let v = Verification { provider: 0, accepted_until: 100, keys_version: 1 };
+        let v = Verification { provider: ProviderId(0), accepted_until: 100, keys_version: 1 };
         let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzIn0.c2lnbmF0dXJlLXRhaWwtb2YtdG9rZW4";
         cache.insert(token, TokenDigest::of(token), v, identity.clone());
         assert!(cache.identity(token, |_| true).is_some());
@@ -440,7 +441,7 @@ mod tests {
 
     #[test]
     fn verification_holds_until_exp_plus_skew_and_while_the_keys_are_unchanged() {
-        let v = Verification { provider: 0, accepted_until: 1_000, keys_version: 3 };
+        let v = Verification { provider: ProviderId(0), accepted_until: 1_000, keys_version: 3 };
         assert!(v.holds(999, Some(3)));
         assert!(v.holds(1_000, Some(3)));
         assert!(!v.holds(1_001, Some(3)));

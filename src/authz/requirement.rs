@@ -1,6 +1,7 @@
 //! Per-path token requirements (`tokenRequirements`): which paths need a token, from whom, or none.
 
 use super::Operation;
+use crate::ids::ProviderId;
 
 /// A per-path authentication requirement (`tokenRequirements`): the first whose `match` matches
 /// the request decides how its tokens are treated; with none, tokens are optional and every token
@@ -16,7 +17,7 @@ pub struct TokenRequirement {
 pub enum RequirementAction {
     /// Tokens are neither looked for nor validated: the request is anonymous (health checks).
     SkipValidation,
-    /// A valid token from one of these providers (indices into `Config::providers`) is required,
+    /// A valid token from one of these providers is required,
     /// looked for only where they accept tokens; a missing one is 401 whatever the policies say.
-    RequireIssuers(Vec<usize>),
+    RequireIssuers(Vec<ProviderId>),
 }

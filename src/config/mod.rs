@@ -13,9 +13,9 @@ pub use provider::parse_duration_ms;
 
 use crate::authn::extract::TokenLocation;
 use crate::authn::jwt::TokenLimits;
-use crate::authn::Provider;
+use crate::authn::{Issuers, Provider};
 use crate::authz::{ConnectionReads, Policies, TokenRequirement, UnsafePathAction};
-use crate::keys::jwks;
+use crate::keys::{jwks, KeySource};
 use policy::{compile_policies, compile_token_requirements};
 use provider::compile_provider;
 use raw::{RawConfig, RawLimits};
@@ -47,9 +47,8 @@ impl fmt::Display for ConfigError {
 /// The compiled configuration: everything a request needs, computed once in `on_configure`.
 #[derive(Debug)]
 pub struct Config {
-    pub providers: Vec<Provider>,
-    /// Every distinct place a token may be, across all providers, in the order they are tried.
-    pub token_locations: Vec<TokenLocation>,
+    /// `jwtRules` and the token limits: what authentication reads.
+    pub issuers: Issuers,
     pub policies: Policies,
     /// Headers the filter writes (claim and payload outputs); a client's own copies are removed.
     pub output_headers: Vec<String>,
@@ -58,17 +57,18 @@ pub struct Config {
     /// Proxies in front of Envoy that append to `X-Forwarded-For` (`remote.ip`).
     pub num_trusted_proxies: u32,
     pub unsafe_paths: UnsafePathAction,
-    pub limits: Limits,
+    /// `limits.maxJwksBytes`: fetched key sets and discovery documents above it are refused.
+    pub max_jwks_bytes: usize,
     /// The connection attributes policies and requirements read: the host fetches only these.
     pub connection_reads: ConnectionReads,
 }
 
-/// Bounds on attacker-sized input (`limits`). Over-limit tokens get 401; over-limit JWKS documents
-/// are refused like any other bad fetch (previous keys kept).
+/// Bounds on attacker-sized input (`limits`), while compiling. Over-limit tokens get 401;
+/// over-limit JWKS documents are refused like any other bad fetch (previous keys kept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub token: TokenLimits,
-    pub max_jwks_bytes: usize,
+struct Limits {
+    token: TokenLimits,
+    max_jwks_bytes: usize,
 }
 
 impl Default for Limits {
@@ -81,6 +81,11 @@ impl Default for Limits {
 // Parsing and compilation.
 
 impl Config {
+    /// Every provider's issuer and key source, in `ProviderId` order: what the key cache holds.
+    pub fn key_sources(&self) -> impl Iterator<Item = (&str, &KeySource)> {
+        self.issuers.providers.iter().map(|provider| (provider.issuer.as_str(), &provider.keys))
+    }
+
     /// Parses, validates and compiles a plugin configuration. An empty configuration is an error:
     /// a filter that checks nothing is almost certainly a deployment mistake.
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
@@ -132,14 +137,13 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     Ok(Config {
         connection_reads: ConnectionReads::of(&policies, &token_requirements),
-        providers,
-        token_locations,
+        issuers: Issuers { providers, locations: token_locations, limits: limits.token },
         policies,
         output_headers,
         token_requirements,
         num_trusted_proxies: raw.num_trusted_proxies,
         unsafe_paths,
-        limits,
+        max_jwks_bytes: limits.max_jwks_bytes,
     })
 }
 

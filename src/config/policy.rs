@@ -8,6 +8,7 @@ use crate::authz::{
     RequirementAction, Rule, Source, StringMatch, TokenRequirement, ValueKind, ValueMatch,
     DEFAULT_SPACE_DELIMITED_CLAIMS,
 };
+use crate::ids::ProviderId;
 
 pub(super) fn compile_policies(
     raw: Vec<RawPolicy>,
@@ -151,9 +152,13 @@ pub(super) fn compile_token_requirements(
                     if issuer.trim().is_empty() {
                         return Err(ConfigError::new(issuer_field, "must not be empty"));
                     }
-                    let position = providers.iter().position(|p| &p.issuer == issuer).ok_or_else(|| {
-                        ConfigError::new(&issuer_field, format!("{issuer:?} is not the issuer of any jwtRules entry"))
-                    })?;
+                    let position =
+                        providers.iter().position(|p| &p.issuer == issuer).map(ProviderId).ok_or_else(|| {
+                            ConfigError::new(
+                                &issuer_field,
+                                format!("{issuer:?} is not the issuer of any jwtRules entry"),
+                            )
+                        })?;
                     if !indices.contains(&position) {
                         indices.push(position);
                     }

@@ -2,7 +2,7 @@
 
 use super::raw::RawJwtRule;
 use super::{ConfigError, Limits};
-use crate::authn::extract::TokenLocation;
+use crate::authn::extract::{LocationId, TokenLocation};
 use crate::authn::{ClaimToHeader, Provider};
 use crate::identity::ClaimPath;
 use crate::keys::jwks;
@@ -146,10 +146,10 @@ pub(super) fn compile_provider(
             return Err(ConfigError::new(location_field, "must not be empty"));
         }
         let index = match token_locations.iter().position(|known| *known == location) {
-            Some(index) => index,
+            Some(index) => LocationId(index),
             None => {
                 token_locations.push(location);
-                token_locations.len() - 1
+                LocationId(token_locations.len() - 1)
             }
         };
         if !locations.contains(&index) {

@@ -1,5 +1,7 @@
 use super::*;
+use crate::authn::extract::LocationId;
 use crate::authz::RequirementAction;
+use crate::ids::ProviderId;
 use crate::keys::{
     KeySource, DEFAULT_CACHE_DURATION_MS, DEFAULT_FETCH_TIMEOUT_MS, DEFAULT_STALE_IF_ERROR_MS,
     DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS, DISCOVERY_PATH,
@@ -52,12 +54,12 @@ fn connection_attributes_are_read_only_where_a_rule_needs_them() {
 #[test]
 fn the_issue_example_compiles_with_istio_defaults() {
     let config = Config::parse(include_bytes!("../../examples/envoy/plugin-config.json")).expect("valid");
-    let provider = &config.providers[0];
+    let provider = &config.issuers.providers[0];
     assert_eq!(provider.audiences, vec!["shop".to_string()]);
     assert!(!provider.forward_original_token);
-    assert_eq!(provider.locations, vec![0, 1]);
+    assert_eq!(provider.locations, vec![LocationId(0), LocationId(1)]);
     assert_eq!(
-        config.token_locations,
+        config.issuers.locations,
         vec![TokenLocation::header("Authorization", "Bearer "), TokenLocation::Param("access_token".into()),]
     );
     assert_eq!(config.output_headers, vec!["x-jwt-payload".to_string(), "x-user".to_string()]);
@@ -82,7 +84,7 @@ fn default_cluster_is_istios_outbound_name() {
     ] {
         let config =
             Config::parse(json!({"jwtRules": [{"issuer": "i", "jwksUri": uri}]}).to_string().as_bytes()).expect(uri);
-        let KeySource::Remote(remote) = &config.providers[0].keys else { panic!("remote") };
+        let KeySource::Remote(remote) = &config.issuers.providers[0].keys else { panic!("remote") };
         assert_eq!((remote.cluster.as_str(), remote.authority.as_str()), (cluster, authority));
     }
 }
@@ -91,7 +93,7 @@ fn default_cluster_is_istios_outbound_name() {
 fn cache_settings_default_and_parse() {
     let parse = |rule: serde_json::Value| {
         let config = Config::parse(json!({"jwtRules": [rule]}).to_string().as_bytes()).expect("valid");
-        let KeySource::Remote(remote) = &config.providers[0].keys else { panic!("remote") };
+        let KeySource::Remote(remote) = &config.issuers.providers[0].keys else { panic!("remote") };
         remote.clone()
     };
     let defaults = parse(json!({"issuer": "i", "jwksUri": "http://x/c"}));
@@ -138,7 +140,7 @@ fn without_jwks_uri_the_issuer_is_discovered() {
             rule["jwksCluster"] = json!(cluster);
         }
         let config = Config::parse(json!({"jwtRules": [rule]}).to_string().as_bytes()).expect(issuer);
-        let KeySource::Remote(remote) = &config.providers[0].keys else { panic!("remote") };
+        let KeySource::Remote(remote) = &config.issuers.providers[0].keys else { panic!("remote") };
         assert!(remote.discovery);
         assert_eq!(remote.uri, format!("{}{DISCOVERY_PATH}", issuer.trim_end_matches('/')));
         assert_eq!(
@@ -161,11 +163,11 @@ fn explicit_locations_replace_the_defaults_and_are_shared() {
     )
     .expect("valid");
     assert_eq!(
-        config.token_locations,
+        config.issuers.locations,
         vec![TokenLocation::header("x-token", ""), TokenLocation::Cookie("session".into())]
     );
-    assert_eq!(config.providers[0].locations, vec![0, 1]);
-    assert_eq!(config.providers[1].locations, vec![0]);
+    assert_eq!(config.issuers.providers[0].locations, vec![LocationId(0), LocationId(1)]);
+    assert_eq!(config.issuers.providers[1].locations, vec![LocationId(0)]);
 }
 
 #[test]
@@ -505,7 +507,7 @@ fn policy_level_settings_and_their_defaults() {
     let names: Vec<&str> = config.token_requirements.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, vec!["probes", "tokenRequirements[1]"]);
     assert_eq!(config.token_requirements[0].action, RequirementAction::SkipValidation);
-    assert_eq!(config.token_requirements[1].action, RequirementAction::RequireIssuers(vec![1]));
+    assert_eq!(config.token_requirements[1].action, RequirementAction::RequireIssuers(vec![ProviderId(1)]));
     let policies = &config.policies;
     assert_eq!((policies.deny.len(), policies.audit.len(), policies.allow.len()), (1, 1, 1));
     assert!(policies.deny[0].dry_run && !policies.allow[0].dry_run);
@@ -539,20 +541,23 @@ fn durations() {
 fn limits_default_and_are_bounded() {
     let rule = json!({"issuer": "i", "jwksUri": "http://x/c"});
     let config = Config::parse(json!({"jwtRules": [rule]}).to_string().as_bytes()).expect("valid");
-    assert_eq!(config.limits, Limits::default());
-    assert_eq!(config.limits.token.max_token_bytes, crate::authn::jwt::MAX_TOKEN_BYTES);
+    assert_eq!(
+        (config.issuers.limits, config.max_jwks_bytes),
+        (TokenLimits::default(), Limits::default().max_jwks_bytes)
+    );
+    assert_eq!(config.issuers.limits.max_token_bytes, crate::authn::jwt::MAX_TOKEN_BYTES);
     let limits = json!({"maxTokenBytes": 8192, "maxClaimDepth": 6, "maxJwksBytes": 65536});
     let config = Config::parse(json!({"jwtRules": [rule], "limits": limits}).to_string().as_bytes()).expect("valid");
     assert_eq!(
-        config.limits,
-        Limits { token: TokenLimits { max_token_bytes: 8192, max_json_depth: 6 }, max_jwks_bytes: 65536 }
+        (config.issuers.limits, config.max_jwks_bytes),
+        (TokenLimits { max_token_bytes: 8192, max_json_depth: 6 }, 65536)
     );
     let partial = Config::parse(
         json!({"policies": [], "jwtRules": [rule], "limits": {"maxClaimDepth": 3}}).to_string().as_bytes(),
     )
     .expect("valid");
-    assert_eq!(partial.limits.token.max_json_depth, 3);
-    assert_eq!(partial.limits.max_jwks_bytes, crate::keys::jwks::MAX_JWKS_BYTES);
+    assert_eq!(partial.issuers.limits.max_json_depth, 3);
+    assert_eq!(partial.max_jwks_bytes, crate::keys::jwks::MAX_JWKS_BYTES);
     for (limits, field, reason) in [
         (json!({"maxTokenBytes": 0}), "limits.maxTokenBytes", "outside 256..=1048576"),
         (json!({"maxTokenBytes": 2_000_000}), "limits.maxTokenBytes", "outside"),

@@ -18,13 +18,13 @@ use crate::authn::token_cache::TokenCache;
 use crate::authn::AuthnError;
 use crate::authz::PolicyNote;
 use crate::config::Config;
-use crate::keys::KeySource;
 use crate::deny::Denial;
 use crate::engine::{self, Decision, HeaderChange, Outcome, Request};
 use crate::keys::cache::{
     CasMismatch, FetchReason, FetchReport, FetchRequest, FetchResult, JwksCache, Plan, SharedStore, Worker,
     LEASE_GRACE_MS,
 };
+use crate::keys::KeySource;
 use crate::metrics::{self, keys_in_use_gauge_name, Counter, KeyLookups, TOKEN_CACHE_GAUGE, WASM_MEMORY_GAUGE};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -97,7 +97,7 @@ impl Context for Root {
         let status = header(":status").and_then(|status| status.parse::<u32>().ok());
         let cache_control = header("cache-control");
         // `limits.maxJwksBytes`: a larger body is refused without being copied out of the host.
-        let max_jwks_bytes = state.borrow().config.limits.max_jwks_bytes;
+        let max_jwks_bytes = state.borrow().config.max_jwks_bytes;
         let body = if body_size > max_jwks_bytes {
             Vec::new()
         } else {
@@ -133,7 +133,7 @@ impl RootContext for Root {
                 None
             }
         };
-        let mut cache = JwksCache::new(&config);
+        let mut cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
         cache.ensure_shared(&mut HostStore);
         for provider in cache.remote_providers() {
             cache.sync(&HostStore, provider);
@@ -142,7 +142,7 @@ impl RootContext for Root {
             LogLevel::Info,
             &format!(
                 "configured {} issuer(s), {} DENY, {} ALLOW and {} AUDIT policies ({} dry-run), {} token requirement(s)",
-                config.providers.len(),
+                config.issuers.providers.len(),
                 config.policies.deny.len(),
                 config.policies.allow.len(),
                 config.policies.audit.len(),
@@ -180,7 +180,7 @@ impl RootContext for Root {
             if state.serves_requests {
                 state.metrics.record_memory();
                 // Plugins sharing a VM share its gauges: one without jwtRules has no cache to report.
-                if !state.config.providers.is_empty() {
+                if !state.config.issuers.providers.is_empty() {
                     state.metrics.record_token_cache(state.tokens.len());
                 }
             }
@@ -300,7 +300,7 @@ fn park(state: &SharedState, context_id: u32, provider: usize, request: Request,
 /// How long a request may wait for `provider`'s keys: one fetch timeout (two with discovery) and
 /// the lease grace, after which whoever held the fetch is presumed gone.
 fn wait_limit_ms(config: &Config, provider: usize) -> u64 {
-    match config.providers.get(provider).map(|p| &p.keys) {
+    match config.issuers.providers.get(provider).map(|p| &p.keys) {
         Some(KeySource::Remote(remote)) => {
             let fetches = if remote.discovery { 2 } else { 1 };
             remote.timeout_ms.saturating_mul(fetches).saturating_add(LEASE_GRACE_MS)
@@ -568,7 +568,7 @@ fn perform(state: &SharedState, decision: &Decision, resume: bool) -> Action {
 }
 
 fn issuer(config: &Config, provider: usize) -> String {
-    config.providers.get(provider).map(|p| p.issuer.clone()).unwrap_or_default()
+    config.issuers.providers.get(provider).map(|p| p.issuer.clone()).unwrap_or_default()
 }
 
 /// The host's shared data, for the core.

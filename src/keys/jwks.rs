@@ -3,7 +3,7 @@
 //! A key set is attacker-reachable input (a compromised or misconfigured endpoint), so every key is
 //! judged on its own: a bad key is skipped with a reason for the log, never fatal for its siblings.
 
-use crate::keys::rsa::{RsaVerifyKey, MAX_MODULUS_BITS, MIN_MODULUS_BITS};
+use crate::keys::rsa::RsaVerifyKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::Value;
@@ -11,10 +11,6 @@ use std::fmt;
 
 /// Larger key sets are refused before parsing: real ones are a few KB.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
-/// Smaller RSA keys are refused (NIST SP 800-131A; Keycloak's default is 2048).
-pub const MIN_RSA_BITS: usize = MIN_MODULUS_BITS;
-/// Larger keys are refused: verification cost grows with the square of the modulus.
-pub const MAX_RSA_BITS: usize = MAX_MODULUS_BITS;
 
 /// One RS256 verification key, prepared for verification once, when the key set is loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -175,11 +175,11 @@ fn wasm_plugin_problems(plugin: &Value) -> Vec<String> {
 fn summary(config: &Config) -> String {
     let mut lines = vec![format!(
         "  {} issuer(s), {} DENY and {} ALLOW policies",
-        config.providers.len(),
+        config.issuers.providers.len(),
         config.policies.deny.len(),
         config.policies.allow.len()
     )];
-    for provider in &config.providers {
+    for provider in &config.issuers.providers {
         match &provider.keys {
             KeySource::Inline(keys) => lines.push(format!("  {}: {} inline key(s)", provider.issuer, keys.keys.len())),
             KeySource::Remote(remote) => lines.push(format!(

@@ -1,6 +1,7 @@
 //! Fetches: what to ask for, what came back, what to report, and when the next one is due.
 
 use super::{MAX_AGE_FLOOR_MS, RETRY_BASE_MS, RETRY_MAX_MS};
+use crate::ids::ProviderId;
 use crate::keys::discovery::DiscoveryError;
 use crate::keys::jwks::JwksError;
 use std::fmt;
@@ -25,7 +26,7 @@ pub enum FetchReason {
 /// A fetch the host should dispatch from a root context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchRequest {
-    pub provider: usize,
+    pub provider: ProviderId,
     pub kind: FetchKind,
     pub reason: FetchReason,
     pub uri: String,

@@ -34,7 +34,7 @@ pub use fetch::{
 
 pub use shared::{CasMismatch, SharedStore, Worker};
 
-use crate::config::Config;
+use crate::ids::ProviderId;
 use crate::keys::jwks::{self, KeySet};
 use crate::keys::{KeySource, KeyState, KeyStore, RemoteJwks};
 use shared::{update, SharedRecord};
@@ -130,16 +130,17 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
+    /// One entry per provider, in `ProviderId` order: `(issuer, where its keys come from)`.
     /// Inline keys are ready at once; remote ones have none until the first `sync` or fetch.
-    pub fn new(config: &Config) -> JwksCache {
-        let entries = config
-            .providers
-            .iter()
-            .map(|provider| match &provider.keys {
+    /// `max_jwks_bytes` is `limits.maxJwksBytes`.
+    pub fn new<'a>(sources: impl IntoIterator<Item = (&'a str, &'a KeySource)>, max_jwks_bytes: usize) -> JwksCache {
+        let entries = sources
+            .into_iter()
+            .map(|(issuer, keys)| match keys {
                 KeySource::Inline(keys) => Entry::Inline(keys.clone()),
                 KeySource::Remote(source) => Entry::Remote(Box::new(RemoteEntry {
                     source: source.clone(),
-                    issuer: provider.issuer.clone(),
+                    issuer: issuer.to_string(),
                     // Keyed by where the keys come from, not by position in this configuration:
                     // plugin configurations sharing a VM group and an issuer share its keys.
                     shared_key: format!("{SHARED_KEY_PREFIX}{} {}", source.cluster, source.uri),
@@ -147,26 +148,26 @@ impl JwksCache {
                 })),
             })
             .collect();
-        JwksCache { entries, max_jwks_bytes: config.limits.max_jwks_bytes }
+        JwksCache { entries, max_jwks_bytes }
     }
 
-    fn remote(&self, provider: usize) -> Option<&RemoteEntry> {
-        match self.entries.get(provider) {
+    fn remote(&self, provider: ProviderId) -> Option<&RemoteEntry> {
+        match self.entries.get(provider.index()) {
             Some(Entry::Remote(remote)) => Some(remote),
             _ => None,
         }
     }
 
-    fn remote_mut(&mut self, provider: usize) -> Option<&mut RemoteEntry> {
-        match self.entries.get_mut(provider) {
+    fn remote_mut(&mut self, provider: ProviderId) -> Option<&mut RemoteEntry> {
+        match self.entries.get_mut(provider.index()) {
             Some(Entry::Remote(remote)) => Some(remote),
             _ => None,
         }
     }
 
     /// Providers whose keys are fetched.
-    pub fn remote_providers(&self) -> Vec<usize> {
-        (0..self.entries.len()).filter(|&provider| self.remote(provider).is_some()).collect()
+    pub fn remote_providers(&self) -> Vec<ProviderId> {
+        (0..self.entries.len()).map(ProviderId).filter(|&provider| self.remote(provider).is_some()).collect()
     }
 
     /// Creates the shared records that do not exist yet. Envoy's shared data has no atomic
@@ -185,7 +186,7 @@ impl JwksCache {
 
     /// Brings this worker's view of `provider` up to date with the shared record. Returns the
     /// number of keys when a new key set was loaded (fetched by any worker).
-    pub fn sync(&mut self, store: &dyn SharedStore, provider: usize) -> Option<usize> {
+    pub fn sync(&mut self, store: &dyn SharedStore, provider: ProviderId) -> Option<usize> {
         let remote = self.remote_mut(provider)?;
         let record = store.get(&remote.shared_key).map(|(bytes, _)| SharedRecord::decode(&bytes))?;
         remote.view.observe(&record)
@@ -197,7 +198,7 @@ impl JwksCache {
     pub fn plan(
         &mut self,
         store: &mut dyn SharedStore,
-        provider: usize,
+        provider: ProviderId,
         worker: Worker,
         waiting: bool,
         now_ms: u64,
@@ -252,13 +253,13 @@ impl JwksCache {
 
     /// Counts finished fetches of `provider` (any worker's): requests parked at one count are
     /// settled once it moves.
-    pub fn completions(&self, provider: usize) -> u64 {
+    pub fn completions(&self, provider: ProviderId) -> u64 {
         self.remote(provider).map_or(0, |remote| remote.view.completions)
     }
 
     /// Keys of `provider` usable now (for the keys-in-use gauge).
-    pub fn keys_in_use(&self, provider: usize, now_ms: u64) -> usize {
-        match self.entries.get(provider) {
+    pub fn keys_in_use(&self, provider: ProviderId, now_ms: u64) -> usize {
+        match self.entries.get(provider.index()) {
             Some(Entry::Inline(keys)) => keys.keys.len(),
             Some(Entry::Remote(remote)) => remote.view.usable_keys(now_ms).map_or(0, |keys| keys.keys.len()),
             None => 0,
@@ -273,8 +274,8 @@ impl JwksCache {
     /// Keys for a token of `provider` naming `kid`. With `may_wait`, a request may be told to
     /// wait (`Pending`) for the first fetch, or for a refetch when `kid` is unknown; without it,
     /// it gets what is there now.
-    pub fn state(&self, provider: usize, kid: Option<&str>, now_ms: u64, may_wait: bool) -> KeyState<'_> {
-        let remote = match self.entries.get(provider) {
+    pub fn state(&self, provider: ProviderId, kid: Option<&str>, now_ms: u64, may_wait: bool) -> KeyState<'_> {
+        let remote = match self.entries.get(provider.index()) {
             Some(Entry::Inline(keys)) => return KeyState::Ready(keys),
             Some(Entry::Remote(remote)) => remote,
             None => return KeyState::Unavailable,
@@ -316,12 +317,12 @@ impl<'a> KeysAt<'a> {
 }
 
 impl KeyStore for KeysAt<'_> {
-    fn key_state(&self, provider: usize, kid: Option<&str>) -> KeyState<'_> {
+    fn key_state(&self, provider: ProviderId, kid: Option<&str>) -> KeyState<'_> {
         self.cache.state(provider, kid, self.now_ms, self.may_wait)
     }
 
-    fn keys_version(&self, provider: usize) -> Option<u64> {
-        match self.cache.entries.get(provider)? {
+    fn keys_version(&self, provider: ProviderId) -> Option<u64> {
+        match self.cache.entries.get(provider.index())? {
             Entry::Inline(_) => Some(0),
             Entry::Remote(remote) => remote.view.usable_keys(self.now_ms).map(|_| remote.view.keys_version),
         }

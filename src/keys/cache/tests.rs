@@ -1,9 +1,11 @@
 use super::fetch::refresh_jitter_ms;
 use super::shared::Lease;
 use super::*;
+use crate::config::Config;
+use crate::fakes::MemoryStore;
+use crate::ids::ProviderId;
 use crate::testkeys;
 use serde_json::json;
-use std::collections::HashMap;
 
 const REFRESH: u64 = 5 * 60 * 1000;
 
@@ -17,36 +19,14 @@ const OTHER: Worker = Worker { id: 2, wake_token: Some(22) };
 
 const ISSUER: &str = "https://idp.example/realms/shop";
 
-/// Envoy's shared data: a global counter for CAS tokens; a write to a missing key ignores the token.
-#[derive(Default)]
-struct MemoryStore {
-    values: HashMap<String, (Vec<u8>, u32)>,
-    next_cas: u32,
-    writes: usize,
-}
-
-impl SharedStore for MemoryStore {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.values.get(key).cloned()
-    }
-
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-        if let (Some((_, current)), Some(cas)) = (self.values.get(key), cas) {
-            if *current != cas {
-                return Err(CasMismatch);
-            }
-        }
-        self.next_cas += 1;
-        self.writes += 1;
-        self.values.insert(key.to_string(), (value.to_vec(), self.next_cas));
-        Ok(())
-    }
-}
-
 fn config_with(rule: serde_json::Value) -> Config {
     let inline = json!({"keys": [testkeys::jwk(testkeys::key(0), "a")]}).to_string();
     Config::parse(json!({"jwtRules": [rule, {"issuer": "inline", "jwks": inline}]}).to_string().as_bytes())
         .expect("valid")
+}
+
+fn cache_for(config: &Config) -> JwksCache {
+    JwksCache::new(config.key_sources(), config.max_jwks_bytes)
 }
 
 fn config() -> Config {
@@ -67,7 +47,7 @@ fn ok(body: &str) -> FetchResult<'_> {
 }
 
 fn state(cache: &JwksCache, kid: Option<&str>, now: u64) -> &'static str {
-    match cache.state(0, kid, now, true) {
+    match cache.state(ProviderId(0), kid, now, true) {
         KeyState::Ready(_) => "ready",
         KeyState::Pending => "pending",
         KeyState::Unavailable => "unavailable",
@@ -82,15 +62,16 @@ fn fetch(plan: Plan) -> FetchRequest {
 }
 
 fn record(store: &MemoryStore) -> SharedRecord {
-    let (bytes, _) = store.values.values().next().expect("one record");
-    SharedRecord::decode(bytes)
+    let key = store.keys().next().expect("one record").to_string();
+    let (bytes, _) = store.get(&key).expect("one record");
+    SharedRecord::decode(&bytes)
 }
 
 /// A cache that fetched kid "a" at `now` (random 0: refresh exactly at REFRESH).
 fn ready(store: &mut MemoryStore, worker: Worker, now: u64) -> JwksCache {
-    let mut cache = JwksCache::new(&config());
+    let mut cache = cache_for(&config());
     cache.ensure_shared(store);
-    let request = fetch(cache.plan(store, 0, worker, false, now));
+    let request = fetch(cache.plan(store, ProviderId(0), worker, false, now));
     let outcome = cache.on_fetch_result(store, worker, &request, ok(&jwks(&[("a", 0)])), now, 0);
     assert!(matches!(outcome.report, FetchReport::Updated { keys: 1, .. }), "{outcome:?}");
     cache
@@ -99,21 +80,21 @@ fn ready(store: &mut MemoryStore, worker: Worker, now: u64) -> JwksCache {
 #[test]
 fn the_first_fetch_is_due_at_once_and_held_by_one_worker() {
     let mut store = MemoryStore::default();
-    let mut mine = JwksCache::new(&config());
-    let mut theirs = JwksCache::new(&config());
+    let mut mine = cache_for(&config());
+    let mut theirs = cache_for(&config());
     mine.ensure_shared(&mut store);
     theirs.ensure_shared(&mut store);
     assert_eq!(store.writes, 1, "the record is created once");
-    assert_eq!(mine.remote_providers(), vec![0]);
-    assert_eq!(mine.state(1, Some("a"), 0, true).ready_count(), Some(1), "inline keys need no fetch");
+    assert_eq!(mine.remote_providers(), vec![ProviderId(0)]);
+    assert_eq!(mine.state(ProviderId(1), Some("a"), 0, true).ready_count(), Some(1), "inline keys need no fetch");
     // Before any fetch, requests wait for the first one.
     assert_eq!(state(&mine, Some("a"), 1_000), "pending");
 
-    let request = fetch(mine.plan(&mut store, 0, ME, false, 1_000));
+    let request = fetch(mine.plan(&mut store, ProviderId(0), ME, false, 1_000));
     assert_eq!(
         request,
         FetchRequest {
-            provider: 0,
+            provider: ProviderId(0),
             kind: FetchKind::Jwks,
             reason: FetchReason::Initial,
             uri: "https://idp.example:8443/certs".into(),
@@ -125,11 +106,11 @@ fn the_first_fetch_is_due_at_once_and_held_by_one_worker() {
     );
     assert_eq!(record(&store).lease, Some(Lease { owner: ME.id, until_ms: 1_000 + 2_000 + LEASE_GRACE_MS }));
     // The other worker neither fetches nor plans again while the lease holds...
-    assert_eq!(theirs.plan(&mut store, 0, OTHER, false, 1_001), Plan::Idle);
-    assert_eq!(mine.plan(&mut store, 0, ME, false, 1_001), Plan::Idle);
+    assert_eq!(theirs.plan(&mut store, ProviderId(0), OTHER, false, 1_001), Plan::Idle);
+    assert_eq!(mine.plan(&mut store, ProviderId(0), ME, false, 1_001), Plan::Idle);
     // ...and when it has requests waiting, it joins the wake list (once).
-    assert_eq!(theirs.plan(&mut store, 0, OTHER, true, 1_002), Plan::Wait);
-    assert_eq!(theirs.plan(&mut store, 0, OTHER, true, 1_003), Plan::Wait);
+    assert_eq!(theirs.plan(&mut store, ProviderId(0), OTHER, true, 1_002), Plan::Wait);
+    assert_eq!(theirs.plan(&mut store, ProviderId(0), OTHER, true, 1_003), Plan::Wait);
     assert_eq!(record(&store).waiters, vec![22]);
     assert_eq!(state(&theirs, Some("a"), 1_003), "pending");
 
@@ -139,12 +120,12 @@ fn the_first_fetch_is_due_at_once_and_held_by_one_worker() {
     assert_eq!(outcome.next, None);
     assert_eq!(state(&mine, Some("a"), 2_000), "ready");
     // The other worker gets the keys from the shared record, without fetching.
-    assert_eq!(theirs.completions(0), 0);
-    assert_eq!(theirs.sync(&store, 0), Some(1));
-    assert_eq!(theirs.completions(0), 1);
+    assert_eq!(theirs.completions(ProviderId(0)), 0);
+    assert_eq!(theirs.sync(&store, ProviderId(0)), Some(1));
+    assert_eq!(theirs.completions(ProviderId(0)), 1);
     assert_eq!(state(&theirs, Some("a"), 2_000), "ready");
-    assert_eq!(theirs.keys_in_use(0, 2_000), 1);
-    assert_eq!(theirs.sync(&store, 0), None, "no new version");
+    assert_eq!(theirs.keys_in_use(ProviderId(0), 2_000), 1);
+    assert_eq!(theirs.sync(&store, ProviderId(0)), None, "no new version");
     let shared = record(&store);
     assert_eq!((shared.keys_version, shared.lease, shared.waiters.len()), (1, None, 0));
 }
@@ -153,30 +134,34 @@ fn the_first_fetch_is_due_at_once_and_held_by_one_worker() {
 fn keys_refresh_in_the_background_and_requests_never_wait_for_it() {
     let mut store = MemoryStore::default();
     let mut cache = ready(&mut store, ME, 0);
-    assert_eq!(cache.plan(&mut store, 0, ME, false, REFRESH - 1), Plan::Idle);
-    let request = fetch(cache.plan(&mut store, 0, ME, false, REFRESH));
+    assert_eq!(cache.plan(&mut store, ProviderId(0), ME, false, REFRESH - 1), Plan::Idle);
+    let request = fetch(cache.plan(&mut store, ProviderId(0), ME, false, REFRESH));
     assert_eq!(request.reason, FetchReason::Refresh);
     assert_eq!(state(&cache, Some("a"), REFRESH), "ready", "old keys serve while the refresh runs");
     let outcome = cache.on_fetch_result(&mut store, ME, &request, ok(&jwks(&[("b", 1)])), REFRESH + 10, 0);
     assert!(matches!(outcome.report, FetchReport::Updated { keys: 1, .. }));
-    assert_eq!(cache.keys_in_use(0, REFRESH + 10), 1);
+    assert_eq!(cache.keys_in_use(ProviderId(0), REFRESH + 10), 1);
     assert_eq!(state(&cache, Some("b"), REFRESH + 10), "ready");
     assert_eq!(record(&store).keys_version, 2);
-    assert_eq!(cache.at(REFRESH + 10).keys_version(0), Some(2));
+    assert_eq!(cache.at(REFRESH + 10).keys_version(ProviderId(0)), Some(2));
     // The same keys again: a refresh, not a new version (cached verifications stay valid).
-    let request = fetch(cache.plan(&mut store, 0, ME, false, 2 * REFRESH + 10));
+    let request = fetch(cache.plan(&mut store, ProviderId(0), ME, false, 2 * REFRESH + 10));
     let outcome = cache.on_fetch_result(&mut store, ME, &request, ok(&jwks(&[("b", 1)])), 2 * REFRESH + 20, 0);
     assert!(matches!(outcome.report, FetchReport::Updated { keys: 1, .. }));
     assert_eq!(record(&store).keys_version, 2);
-    assert_eq!(cache.at(2 * REFRESH + 20).keys_version(0), Some(2));
-    assert_eq!(cache.at(2 * REFRESH + 20 + REFRESH + STALE).keys_version(0), None, "expired keys have no version");
+    assert_eq!(cache.at(2 * REFRESH + 20).keys_version(ProviderId(0)), Some(2));
+    assert_eq!(
+        cache.at(2 * REFRESH + 20 + REFRESH + STALE).keys_version(ProviderId(0)),
+        None,
+        "expired keys have no version"
+    );
 }
 
 #[test]
 fn refresh_is_jittered_by_up_to_a_tenth() {
     let mut store = MemoryStore::default();
-    let mut cache = JwksCache::new(&config());
-    let request = fetch(cache.plan(&mut store, 0, ME, false, 0));
+    let mut cache = cache_for(&config());
+    let request = fetch(cache.plan(&mut store, ProviderId(0), ME, false, 0));
     let outcome = cache.on_fetch_result(&mut store, ME, &request, ok(&jwks(&[("a", 0)])), 0, REFRESH / 10);
     assert_eq!(outcome.report, FetchReport::Updated { keys: 1, skipped: vec![], refresh_in_ms: REFRESH * 9 / 10 });
     assert_eq!(record(&store).next_fetch_ms, REFRESH * 9 / 10);
@@ -200,8 +185,8 @@ fn cache_control_max_age_shortens_the_refresh_down_to_a_floor() {
     }
 
     let mut store = MemoryStore::default();
-    let mut cache = JwksCache::new(&config());
-    let request = fetch(cache.plan(&mut store, 0, ME, false, 0));
+    let mut cache = cache_for(&config());
+    let request = fetch(cache.plan(&mut store, ProviderId(0), ME, false, 0));
     let body = jwks(&[("a", 0)]);
     let result = FetchResult::Response { status: 200, cache_control: Some("max-age=60"), body: body.as_bytes() };
     let outcome = cache.on_fetch_result(&mut store, ME, &request, result, 0, 0);
@@ -217,7 +202,7 @@ fn failed_refreshes_keep_the_keys_and_back_off_with_jitter() {
     for (failure, ceiling) in
         [(1u32, 1_000u64), (2, 2_000), (3, 4_000), (4, 8_000), (5, 16_000), (6, 30_000), (7, 30_000)]
     {
-        let request = fetch(cache.plan(&mut store, 0, ME, false, now));
+        let request = fetch(cache.plan(&mut store, ProviderId(0), ME, false, now));
         assert_eq!(request.reason, if failure == 1 { FetchReason::Refresh } else { FetchReason::Retry });
         let outcome = cache.on_fetch_result(&mut store, ME, &request, FetchResult::NoResponse, now, u64::MAX);
         let FetchReport::Failed { error, retry_in_ms, kept_previous_keys: true } = outcome.report else {
@@ -226,12 +211,12 @@ fn failed_refreshes_keep_the_keys_and_back_off_with_jitter() {
         assert_eq!(error.code(), "jwks_fetch_no_response");
         assert!(retry_in_ms >= ceiling / 2 && retry_in_ms <= ceiling, "{failure}: {retry_in_ms}");
         assert_eq!(state(&cache, Some("a"), now), "ready", "stale keys still serve");
-        assert_eq!(cache.plan(&mut store, 0, ME, false, now + retry_in_ms - 1), Plan::Idle);
+        assert_eq!(cache.plan(&mut store, ProviderId(0), ME, false, now + retry_in_ms - 1), Plan::Idle);
         now += retry_in_ms;
     }
     assert_eq!(record(&store).failures, 7);
     // Success resets the backoff.
-    let request = fetch(cache.plan(&mut store, 0, ME, false, now));
+    let request = fetch(cache.plan(&mut store, ProviderId(0), ME, false, now));
     cache.on_fetch_result(&mut store, ME, &request, ok(&jwks(&[("a", 0)])), now, 0);
     assert_eq!(record(&store).failures, 0);
 }
@@ -253,7 +238,7 @@ fn stale_keys_expire_after_stale_if_error() {
     let mut cache = ready(&mut store, ME, 0);
     let mut now = REFRESH;
     while now < REFRESH + STALE + RETRY_MAX_MS {
-        if let Plan::Fetch(request) = cache.plan(&mut store, 0, ME, false, now) {
+        if let Plan::Fetch(request) = cache.plan(&mut store, ProviderId(0), ME, false, now) {
             let failed = FetchResult::Response { status: 503, cache_control: None, body: b"" };
             let outcome = cache.on_fetch_result(&mut store, ME, &request, failed, now, 0);
             let FetchReport::Failed { kept_previous_keys, error, .. } = outcome.report else { panic!() };
@@ -264,10 +249,10 @@ fn stale_keys_expire_after_stale_if_error() {
         assert_eq!(state(&cache, Some("a"), now), expected, "at {now}");
         now += 1_000;
     }
-    assert_eq!(cache.keys_in_use(0, now), 0);
+    assert_eq!(cache.keys_in_use(ProviderId(0), now), 0);
     // Recovery: the next retry brings keys back.
     let request = loop {
-        if let Plan::Fetch(request) = cache.plan(&mut store, 0, ME, false, now) {
+        if let Plan::Fetch(request) = cache.plan(&mut store, ProviderId(0), ME, false, now) {
             break request;
         }
         now += 1_000;
@@ -279,8 +264,8 @@ fn stale_keys_expire_after_stale_if_error() {
 #[test]
 fn without_keys_a_failure_makes_requests_fail_fast_until_recovery() {
     let mut store = MemoryStore::default();
-    let mut cache = JwksCache::new(&config());
-    let request = fetch(cache.plan(&mut store, 0, ME, true, 0));
+    let mut cache = cache_for(&config());
+    let request = fetch(cache.plan(&mut store, ProviderId(0), ME, true, 0));
     assert_eq!(state(&cache, Some("a"), 0), "pending", "the first fetch is worth waiting for");
     let outcome = cache.on_fetch_result(&mut store, ME, &request, ok("<html>"), 10, 0);
     let FetchReport::Failed { error, kept_previous_keys: false, retry_in_ms } = outcome.report else { panic!() };
@@ -288,7 +273,7 @@ fn without_keys_a_failure_makes_requests_fail_fast_until_recovery() {
     assert_eq!(state(&cache, Some("a"), 10), "unavailable");
     assert_eq!(state(&cache, None, 10), "unavailable");
     // A retry in flight is not waited for either.
-    let retry = fetch(cache.plan(&mut store, 0, ME, false, 10 + retry_in_ms));
+    let retry = fetch(cache.plan(&mut store, ProviderId(0), ME, false, 10 + retry_in_ms));
     assert_eq!(retry.reason, FetchReason::Retry);
     assert_eq!(state(&cache, Some("a"), 10 + retry_in_ms), "unavailable");
     cache.on_fetch_result(&mut store, ME, &retry, ok(&jwks(&[("a", 0)])), 20 + retry_in_ms, 0);
@@ -299,33 +284,38 @@ fn without_keys_a_failure_makes_requests_fail_fast_until_recovery() {
 fn an_unknown_kid_triggers_one_refetch_per_interval() {
     let mut store = MemoryStore::default();
     let mut cache = ready(&mut store, ME, 0);
-    let mut theirs = JwksCache::new(&config());
-    theirs.sync(&store, 0);
+    let mut theirs = cache_for(&config());
+    theirs.sync(&store, ProviderId(0));
     let now = 1_000;
     assert_eq!(state(&cache, Some("a"), now), "ready");
     assert_eq!(state(&cache, None, now), "ready", "no kid: every key is tried, no refetch");
     assert_eq!(state(&cache, Some("b"), now), "pending");
-    assert!(matches!(cache.state(0, Some("b"), now, false), KeyState::Ready(_)), "without waiting, the keys there are");
+    assert!(
+        matches!(cache.state(ProviderId(0), Some("b"), now, false), KeyState::Ready(_)),
+        "without waiting, the keys there are"
+    );
 
-    let request = fetch(cache.plan(&mut store, 0, ME, true, now));
+    let request = fetch(cache.plan(&mut store, ProviderId(0), ME, true, now));
     assert_eq!(request.reason, FetchReason::UnknownKid);
     // While it runs, another worker's unknown kids wait for it.
-    theirs.sync(&store, 0);
+    theirs.sync(&store, ProviderId(0));
     assert_eq!(state(&theirs, Some("zzz"), now + 1), "pending");
-    assert_eq!(theirs.plan(&mut store, 0, OTHER, true, now + 1), Plan::Wait);
+    assert_eq!(theirs.plan(&mut store, ProviderId(0), OTHER, true, now + 1), Plan::Wait);
     let outcome = cache.on_fetch_result(&mut store, ME, &request, ok(&jwks(&[("b", 1)])), now + 5, 0);
     assert_eq!(outcome.wake, vec![22]);
     assert_eq!(state(&cache, Some("b"), now + 5), "ready", "the rotated key is in");
-    assert!(matches!(cache.state(0, Some("a"), now + 5, true), KeyState::Ready(keys) if !keys.has_kid("a")));
+    assert!(
+        matches!(cache.state(ProviderId(0), Some("a"), now + 5, true), KeyState::Ready(keys) if !keys.has_kid("a"))
+    );
 
     // Within the interval, unknown kids are rejected without a fetch, in every worker.
-    theirs.sync(&store, 0);
+    theirs.sync(&store, ProviderId(0));
     for (cache, worker) in [(&mut cache, ME), (&mut theirs, OTHER)] {
         assert_eq!(state(cache, Some("zzz"), now + KID_INTERVAL - 1), "ready");
-        assert_eq!(cache.plan(&mut store, 0, worker, true, now + KID_INTERVAL - 1), Plan::Settle);
+        assert_eq!(cache.plan(&mut store, ProviderId(0), worker, true, now + KID_INTERVAL - 1), Plan::Settle);
     }
     assert_eq!(state(&cache, Some("zzz"), now + KID_INTERVAL), "pending");
-    let again = fetch(theirs.plan(&mut store, 0, OTHER, true, now + KID_INTERVAL));
+    let again = fetch(theirs.plan(&mut store, ProviderId(0), OTHER, true, now + KID_INTERVAL));
     assert_eq!(again.reason, FetchReason::UnknownKid);
     assert_eq!(record(&store).last_kid_refetch_ms, Some(now + KID_INTERVAL));
     // The scheduled refresh is not moved by unknown-kid refetches.
@@ -335,14 +325,14 @@ fn an_unknown_kid_triggers_one_refetch_per_interval() {
 #[test]
 fn the_wake_list_is_bounded_and_workers_without_a_queue_wait_on_ticks() {
     let mut store = MemoryStore::default();
-    let mut cache = JwksCache::new(&config());
-    fetch(cache.plan(&mut store, 0, ME, false, 0));
+    let mut cache = cache_for(&config());
+    fetch(cache.plan(&mut store, ProviderId(0), ME, false, 0));
     for token in 0..(MAX_WAITERS as u32 + 10) {
         let worker = Worker { id: 100 + u64::from(token), wake_token: Some(1_000 + token) };
-        assert_eq!(cache.plan(&mut store, 0, worker, true, 1), Plan::Wait);
+        assert_eq!(cache.plan(&mut store, ProviderId(0), worker, true, 1), Plan::Wait);
     }
     let queueless = Worker { id: 5, wake_token: None };
-    assert_eq!(cache.plan(&mut store, 0, queueless, true, 1), Plan::Wait);
+    assert_eq!(cache.plan(&mut store, ProviderId(0), queueless, true, 1), Plan::Wait);
     assert_eq!(record(&store).waiters.len(), MAX_WAITERS);
 }
 
@@ -350,7 +340,7 @@ fn the_wake_list_is_bounded_and_workers_without_a_queue_wait_on_ticks() {
 fn a_due_fetch_is_not_counted_as_an_unknown_kid_refetch() {
     let mut store = MemoryStore::default();
     let mut cache = ready(&mut store, ME, 0);
-    let request = fetch(cache.plan(&mut store, 0, ME, true, REFRESH));
+    let request = fetch(cache.plan(&mut store, ProviderId(0), ME, true, REFRESH));
     assert_eq!(request.reason, FetchReason::Refresh);
     assert_eq!(record(&store).last_kid_refetch_ms, None);
 }
@@ -358,13 +348,13 @@ fn a_due_fetch_is_not_counted_as_an_unknown_kid_refetch() {
 #[test]
 fn a_dead_lease_holder_is_taken_over_and_its_late_result_dropped() {
     let mut store = MemoryStore::default();
-    let mut mine = JwksCache::new(&config());
-    let mut theirs = JwksCache::new(&config());
-    let request = fetch(mine.plan(&mut store, 0, ME, false, 0));
-    assert_eq!(theirs.plan(&mut store, 0, OTHER, true, 0), Plan::Wait);
+    let mut mine = cache_for(&config());
+    let mut theirs = cache_for(&config());
+    let request = fetch(mine.plan(&mut store, ProviderId(0), ME, false, 0));
+    assert_eq!(theirs.plan(&mut store, ProviderId(0), OTHER, true, 0), Plan::Wait);
     let lease_end = 2_000 + LEASE_GRACE_MS;
-    assert_eq!(theirs.plan(&mut store, 0, OTHER, true, lease_end - 1), Plan::Wait);
-    let takeover = fetch(theirs.plan(&mut store, 0, OTHER, true, lease_end));
+    assert_eq!(theirs.plan(&mut store, ProviderId(0), OTHER, true, lease_end - 1), Plan::Wait);
+    let takeover = fetch(theirs.plan(&mut store, ProviderId(0), OTHER, true, lease_end));
     assert_eq!(takeover.reason, FetchReason::Initial);
     let late = mine.on_fetch_result(&mut store, ME, &request, ok(&jwks(&[("a", 0)])), lease_end + 1, 0);
     assert_eq!(late, FetchOutcome { report: FetchReport::Superseded, next: None, wake: vec![] });
@@ -377,8 +367,8 @@ fn a_dead_lease_holder_is_taken_over_and_its_late_result_dropped() {
 #[test]
 fn a_late_result_under_an_untaken_expired_lease_still_counts() {
     let mut store = MemoryStore::default();
-    let mut cache = JwksCache::new(&config());
-    let request = fetch(cache.plan(&mut store, 0, ME, false, 0));
+    let mut cache = cache_for(&config());
+    let request = fetch(cache.plan(&mut store, ProviderId(0), ME, false, 0));
     let outcome = cache.on_fetch_result(&mut store, ME, &request, ok(&jwks(&[("a", 0)])), 60_000, 0);
     assert!(matches!(outcome.report, FetchReport::Updated { .. }));
 }
@@ -406,9 +396,9 @@ fn compare_and_swap_conflicts_are_retried() {
         }
     }
     let mut store = Racy { inner: MemoryStore::default(), conflicts: 3 };
-    let mut cache = JwksCache::new(&config());
+    let mut cache = cache_for(&config());
     cache.ensure_shared(&mut store);
-    let request = fetch(cache.plan(&mut store, 0, ME, false, 0));
+    let request = fetch(cache.plan(&mut store, ProviderId(0), ME, false, 0));
     let shared = record(&store.inner);
     assert_eq!(shared.lease.map(|l| l.owner), Some(ME.id));
     assert_eq!(shared.waiters, vec![99, 99, 99], "the concurrent writes survive");
@@ -421,8 +411,8 @@ fn compare_and_swap_conflicts_are_retried() {
 #[test]
 fn discovery_comes_first_then_the_key_set_it_names() {
     let mut store = MemoryStore::default();
-    let mut cache = JwksCache::new(&discovery_config());
-    let discovery = fetch(cache.plan(&mut store, 0, ME, false, 0));
+    let mut cache = cache_for(&discovery_config());
+    let discovery = fetch(cache.plan(&mut store, ProviderId(0), ME, false, 0));
     assert_eq!(discovery.kind, FetchKind::Discovery);
     assert_eq!(
         (discovery.cluster.as_str(), discovery.authority.as_str(), discovery.path.as_str()),
@@ -442,11 +432,11 @@ fn discovery_comes_first_then_the_key_set_it_names() {
     let outcome = cache.on_fetch_result(&mut store, ME, &keys, ok(&jwks(&[("a", 0)])), 200, 0);
     assert!(matches!(outcome.report, FetchReport::Updated { keys: 1, .. }));
     // The refresh reuses the discovered URI.
-    let refresh = fetch(cache.plan(&mut store, 0, ME, false, 200 + REFRESH));
+    let refresh = fetch(cache.plan(&mut store, ProviderId(0), ME, false, 200 + REFRESH));
     assert_eq!((refresh.kind, refresh.uri.as_str()), (FetchKind::Jwks, "https://keys.example:9443/shop/certs"));
     // A failed key fetch sends the next attempt back to discovery.
     cache.on_fetch_result(&mut store, ME, &refresh, FetchResult::NoResponse, 300 + REFRESH, 0);
-    let retry = fetch(cache.plan(&mut store, 0, ME, false, 300 + REFRESH + RETRY_BASE_MS));
+    let retry = fetch(cache.plan(&mut store, ProviderId(0), ME, false, 300 + REFRESH + RETRY_BASE_MS));
     assert_eq!(retry.kind, FetchKind::Discovery);
     assert_eq!(state(&cache, Some("a"), 300 + REFRESH), "ready", "keys kept meanwhile");
 }
@@ -454,8 +444,8 @@ fn discovery_comes_first_then_the_key_set_it_names() {
 #[test]
 fn discovered_uri_without_jwks_cluster_uses_the_outbound_cluster_of_its_host() {
     let mut store = MemoryStore::default();
-    let mut cache = JwksCache::new(&config_with(json!({"issuer": ISSUER})));
-    let discovery = fetch(cache.plan(&mut store, 0, ME, false, 0));
+    let mut cache = cache_for(&config_with(json!({"issuer": ISSUER})));
+    let discovery = fetch(cache.plan(&mut store, ProviderId(0), ME, false, 0));
     assert_eq!(discovery.cluster, "outbound|443||idp.example");
     let document = json!({"issuer": ISSUER, "jwks_uri": "http://keys.example/certs"}).to_string();
     let keys = cache.on_fetch_result(&mut store, ME, &discovery, ok(&document), 1, 0).next.expect("next");
@@ -465,18 +455,18 @@ fn discovered_uri_without_jwks_cluster_uses_the_outbound_cluster_of_its_host() {
 #[test]
 fn a_bad_discovery_document_is_a_failed_fetch() {
     let mut store = MemoryStore::default();
-    let mut cache = JwksCache::new(&discovery_config());
-    let discovery = fetch(cache.plan(&mut store, 0, ME, true, 0));
+    let mut cache = cache_for(&discovery_config());
+    let discovery = fetch(cache.plan(&mut store, ProviderId(0), ME, true, 0));
     let huge = FetchResult::TooLarge { status: 200, size: 1 << 30 };
     let outcome = cache.on_fetch_result(&mut store, ME, &discovery, huge, 1, 0);
     let FetchReport::Failed { error, .. } = &outcome.report else { panic!() };
     assert_eq!(error.code(), "discovery_too_large");
     let big_error_page = FetchResult::TooLarge { status: 502, size: 1 << 30 };
-    let discovery = fetch(cache.plan(&mut store, 0, ME, true, 10_000));
+    let discovery = fetch(cache.plan(&mut store, ProviderId(0), ME, true, 10_000));
     let outcome = cache.on_fetch_result(&mut store, ME, &discovery, big_error_page, 10_001, 0);
     let FetchReport::Failed { error, .. } = &outcome.report else { panic!() };
     assert_eq!(error.code(), "jwks_fetch_http_status");
-    let discovery = fetch(cache.plan(&mut store, 0, ME, true, 20_000));
+    let discovery = fetch(cache.plan(&mut store, ProviderId(0), ME, true, 20_000));
     let impostor = json!({"issuer": "https://evil.example", "jwks_uri": "https://evil.example/certs"}).to_string();
     let outcome = cache.on_fetch_result(&mut store, ME, &discovery, ok(&impostor), 20_001, 0);
     let FetchReport::Failed { error, kept_previous_keys: false, .. } = &outcome.report else { panic!() };
@@ -498,8 +488,8 @@ fn hostile_key_sets_fail_or_skip_keys_with_reasons() {
     ];
     for (body, expected) in cases {
         let mut store = MemoryStore::default();
-        let mut cache = JwksCache::new(&config());
-        let request = fetch(cache.plan(&mut store, 0, ME, false, 0));
+        let mut cache = cache_for(&config());
+        let request = fetch(cache.plan(&mut store, ProviderId(0), ME, false, 0));
         let result = if body.is_empty() {
             FetchResult::TooLarge { status: 200, size: 10_000_000 }
         } else {
@@ -519,17 +509,17 @@ fn hostile_key_sets_fail_or_skip_keys_with_reasons() {
 #[test]
 fn an_unreadable_record_is_replaced() {
     let mut store = MemoryStore::default();
-    let cache = JwksCache::new(&config());
+    let cache = cache_for(&config());
     cache.ensure_shared(&mut store);
-    let key = store.values.keys().next().expect("key").clone();
+    let key = store.keys().next().expect("key").to_string();
     assert!(
         key.starts_with(SHARED_KEY_PREFIX)
             && key.ends_with("outbound|8443||idp.example https://idp.example:8443/certs")
     );
     store.set(&key, b"garbage", None).expect("set");
     let mut cache = cache;
-    assert_eq!(cache.sync(&store, 0), None);
-    assert!(matches!(cache.plan(&mut store, 0, ME, false, 0), Plan::Fetch(_)));
+    assert_eq!(cache.sync(&store, ProviderId(0)), None);
+    assert!(matches!(cache.plan(&mut store, ProviderId(0), ME, false, 0), Plan::Fetch(_)));
     assert!(record(&store).lease.is_some());
 }
 

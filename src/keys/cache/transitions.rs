@@ -4,6 +4,7 @@ use super::fetch::{
     refresh_interval_ms, refresh_jitter_ms, retry_delay_ms, FetchError, FetchKind, FetchOutcome, FetchReason,
     FetchReport, FetchRequest, FetchResult, Plan,
 };
+use crate::ids::ProviderId;
 
 use super::shared::{Lease, SharedRecord, Worker};
 use super::{LEASE_GRACE_MS, MAX_WAITERS};
@@ -22,7 +23,7 @@ pub(super) struct Wants {
 
 pub(super) fn plan_transition(
     source: &RemoteJwks,
-    provider: usize,
+    provider: ProviderId,
     mut record: SharedRecord,
     worker: Worker,
     wants: Wants,
@@ -69,7 +70,7 @@ pub(super) fn lease_end(now_ms: u64, timeout_ms: u64) -> u64 {
 /// The next fetch for a key set: its JWKS, or first the discovery document that names it.
 pub(super) fn fetch_request(
     source: &RemoteJwks,
-    provider: usize,
+    provider: ProviderId,
     record: &SharedRecord,
     reason: FetchReason,
 ) -> FetchRequest {
