@@ -9,6 +9,7 @@ use jwt_authz::authz::MatchInput;
 use jwt_authz::config::Config;
 use jwt_authz::engine::{evaluate, evaluate_cached, Outcome, Request};
 use jwt_authz::identity::Identity;
+use jwt_authz::ids::ProviderId;
 use jwt_authz::keys::cache::JwksCache;
 use jwt_authz::keys::rsa::RsaVerifyKey;
 use jwt_authz::testkeys;
@@ -120,7 +121,7 @@ fn main() {
         subject: "alice".into(),
         claims: serde_json::Map::new(),
     });
-    let verification = Verification { provider: 0, accepted_until: (NOW + 360) as i64, keys_version: 0 };
+    let verification = Verification { provider: ProviderId(0), accepted_until: (NOW + 360) as i64, keys_version: 0 };
     let others: Vec<String> = (0..10_000).map(|n| format!("{}{n}", &token[..token.len() - 6])).collect();
     for other in &others {
         cache.insert(other, TokenDigest::of(other), verification, identity.clone());

@@ -49,6 +49,12 @@ impl Denial {
         }
     }
 
+    /// The log line of a denial answered with `status`: the reason code and deciding policy, which
+    /// are also the tags of its counter (`metrics::denied`).
+    pub fn log_line(&self, status: u32, realm: &str) -> String {
+        format!("denied {status} reason={} policy={} resource={realm}", self.code(), self.policy().unwrap_or("-"))
+    }
+
     /// The reply. `realm` is the protected resource's URL; it is quoted, so it is sanitized here.
     pub fn response(&self, realm: &str) -> DenyResponse {
         let realm = quoted_string_safe(realm);

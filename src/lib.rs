@@ -13,6 +13,7 @@ pub mod identity;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
+pub mod scheduler;
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod fakes;

@@ -1,0 +1,81 @@
+//! Thin wrappers over the host calls the glue makes: shared data, the clock, logs, the fetch
+//! dispatch and property decoding.
+
+use crate::keys::cache::{CasMismatch, FetchRequest, SharedStore};
+use crate::scheduler::Level;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, Status};
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The host's shared data, for the core.
+pub(super) struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(bytes), cas)) => Some((bytes, cas.unwrap_or(0))),
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(|_| CasMismatch)
+    }
+}
+
+/// Dispatches a JWKS or discovery fetch from the current (root) context.
+pub(super) fn dispatch(fetch: &FetchRequest) -> Result<u32, Status> {
+    hostcalls::dispatch_http_call(
+        &fetch.cluster,
+        vec![
+            (":method", "GET"),
+            (":path", &fetch.path),
+            (":authority", &fetch.authority),
+            ("accept", "application/json"),
+            ("user-agent", "jwt-authz"),
+        ],
+        None,
+        vec![],
+        Duration::from_millis(fetch.timeout_ms),
+    )
+}
+
+/// A seed for the core's jitter and worker ids: WASI's random source (through std's hasher keys)
+/// and the clock.
+pub(super) fn seed() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(now().as_nanos());
+    hasher.finish()
+}
+
+/// Envoy encodes integer properties as 8 little-endian bytes.
+pub(super) fn property_port(bytes: &[u8]) -> Option<u16> {
+    let raw: [u8; 8] = bytes.try_into().ok()?;
+    u16::try_from(i64::from_le_bytes(raw)).ok()
+}
+
+pub(super) fn level(level: Level) -> LogLevel {
+    match level {
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
+    }
+}
+
+pub(super) fn debug_logging() -> bool {
+    matches!(hostcalls::get_log_level(), Ok(LogLevel::Trace | LogLevel::Debug))
+}
+
+pub(super) fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+fn now() -> Duration {
+    hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH).duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+pub(super) fn now_millis() -> u64 {
+    u64::try_from(now().as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,90 @@
+//! Envoy metric ids, defined once per VM, and the calls that move them. Which counter moves when,
+//! and by how much, is the core's business (`scheduler`, `metrics`); this only hands numbers over.
+
+use crate::config::Config;
+use crate::ids::ProviderId;
+use crate::metrics::{keys_in_use_gauge_name, Counter, TOKEN_CACHE_GAUGE, WASM_MEMORY_GAUGE};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+use std::collections::HashMap;
+
+pub(super) struct Stats {
+    counters: Vec<(Counter, u32)>,
+    /// Tagged counters (denials by status, reason, policy), defined on first use.
+    named: HashMap<String, u32>,
+    /// Per provider, in `ProviderId` order.
+    keys_in_use: Vec<Option<u32>>,
+    /// The VM's linear memory size.
+    memory: Option<u32>,
+    /// Tokens in the verified-token cache.
+    token_cache: Option<u32>,
+}
+
+impl Stats {
+    pub(super) fn define(config: &Config) -> Stats {
+        let define = |kind, name: &str| hostcalls::define_metric(kind, name).ok();
+        let counters = Counter::ALL
+            .iter()
+            .filter_map(|&counter| define(MetricType::Counter, counter.name()).map(|id| (counter, id)))
+            .collect();
+        let keys_in_use = config
+            .issuers
+            .providers
+            .iter()
+            .map(|provider| define(MetricType::Gauge, &keys_in_use_gauge_name(&provider.issuer)))
+            .collect();
+        Stats {
+            counters,
+            named: HashMap::new(),
+            keys_in_use,
+            memory: define(MetricType::Gauge, WASM_MEMORY_GAUGE),
+            token_cache: define(MetricType::Gauge, TOKEN_CACHE_GAUGE),
+        }
+    }
+
+    pub(super) fn add(&self, counter: Counter, amount: u64) {
+        if let Some((_, id)) = self.counters.iter().find(|(c, _)| *c == counter) {
+            let _ = hostcalls::increment_metric(*id, i64::try_from(amount).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Hands over the counts the core batched since the last tick.
+    pub(super) fn flush(&self, counts: Vec<(Counter, u64)>) {
+        for (counter, amount) in counts {
+            self.add(counter, amount);
+        }
+    }
+
+    /// Names come from `metrics::denied` (reason codes and configured policy names), so they are bounded.
+    pub(super) fn increment_named(&mut self, name: String) {
+        let id = match self.named.get(&name) {
+            Some(id) => *id,
+            None => match hostcalls::define_metric(MetricType::Counter, &name) {
+                Ok(id) => *self.named.entry(name).or_insert(id),
+                Err(_) => return,
+            },
+        };
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+
+    pub(super) fn record_keys_in_use(&self, provider: ProviderId, count: u64) {
+        if let Some(Some(id)) = self.keys_in_use.get(provider.index()) {
+            let _ = hostcalls::record_metric(*id, count);
+        }
+    }
+
+    /// Linear memory in use by this VM (pages of 64 KiB), for soak runs and leak spotting.
+    pub(super) fn record_memory(&self) {
+        if let Some(id) = self.memory {
+            let pages = core::arch::wasm32::memory_size(0);
+            let bytes = u64::try_from(pages).unwrap_or(u64::MAX).saturating_mul(65_536);
+            let _ = hostcalls::record_metric(id, bytes);
+        }
+    }
+
+    pub(super) fn record_token_cache(&self, entries: usize) {
+        if let Some(id) = self.token_cache {
+            let _ = hostcalls::record_metric(id, u64::try_from(entries).unwrap_or(u64::MAX));
+        }
+    }
+}

@@ -1,0 +1,303 @@
+use super::*;
+use crate::fakes::MemoryStore;
+use crate::testkeys;
+use serde_json::{json, Value};
+
+const NOW_MS: u64 = 1_800_000_000_000;
+const ISSUER: &str = "https://idp.example/realms/shop";
+const TIMEOUT_MS: u64 = 2_000;
+
+fn config() -> Config {
+    let rule = json!({"issuer": ISSUER, "jwksUri": "https://idp.example/certs", "timeout": "2s"});
+    let policy = json!({"name": "users", "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]});
+    Config::parse(json!({"jwtRules": [rule], "policies": [policy]}).to_string().as_bytes()).expect("valid")
+}
+
+fn worker(id: u64) -> Worker {
+    Worker { id, wake_token: Some(100 + id as u32) }
+}
+
+fn scheduler(store: &mut MemoryStore, id: u64) -> Scheduler {
+    Scheduler::new(config(), worker(id), Random::seeded(id), store, NOW_MS)
+}
+
+fn jwks(kid: &str) -> String {
+    json!({"keys": [testkeys::jwk(testkeys::key(0), kid)]}).to_string()
+}
+
+fn token(kid: &str) -> String {
+    let payload = json!({"iss": ISSUER, "sub": "alice", "exp": NOW_MS / 1000 + 300});
+    testkeys::sign(&json!({"alg": "RS256", "kid": kid}), &payload, 0)
+}
+
+fn request(token: &str) -> Request {
+    Request::from_header_pairs(vec![
+        (":method".into(), "GET".into()),
+        (":path".into(), "/orders".into()),
+        (":authority".into(), "shop".into()),
+        ("authorization".into(), format!("Bearer {token}")),
+    ])
+}
+
+fn ok(body: &str) -> FetchResult<'_> {
+    FetchResult::Response { status: 200, cache_control: None, body: body.as_bytes() }
+}
+
+fn status(decision: &Decision) -> u32 {
+    match decision {
+        Decision::Allow { .. } => 200,
+        Decision::Deny { denial, realm, .. } => denial.response(realm).status,
+    }
+}
+
+fn reason(decision: &Decision) -> &'static str {
+    match decision {
+        Decision::Allow { .. } => "allowed",
+        Decision::Deny { denial, .. } => denial.code(),
+    }
+}
+
+fn dispatches(effects: &[Effect]) -> Vec<FetchRequest> {
+    effects.iter().filter_map(|e| if let Effect::Dispatch(f) = e { Some(f.clone()) } else { None }).collect()
+}
+
+fn settled(effects: &[Effect]) -> Vec<(u32, u32, &'static str)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Settle { context_id, decision } => Some((*context_id, status(decision), reason(decision))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs the worker's service and dispatches the one fetch it asks for as callout `token`.
+fn start_fetch(s: &mut Scheduler, store: &mut MemoryStore, now_ms: u64, token: u32) -> FetchRequest {
+    s.service(store, now_ms);
+    let [fetch] = dispatches(&s.take_effects()).try_into().expect("exactly one fetch");
+    s.dispatched(token, fetch.clone());
+    fetch
+}
+
+#[test]
+fn a_request_parks_for_the_first_fetch_and_is_settled_when_it_lands() {
+    let mut store = MemoryStore::default();
+    let mut s = scheduler(&mut store, 1);
+    assert_eq!(s.take_effects(), vec![Effect::KeysInUse(ProviderId(0), 0)]);
+    assert_eq!(s.on_request(&store, 7, request(&token("a")), NOW_MS), None, "parked");
+    let effects = s.take_effects();
+    assert!(effects.contains(&Effect::Kick(101)), "{effects:?}");
+    assert!(effects.contains(&Effect::Count(Counter::RequestsWaitedForKeys, 1)), "{effects:?}");
+    // A second parked request does not queue a second wake-up.
+    assert_eq!(s.on_request(&store, 8, request(&token("a")), NOW_MS), None);
+    assert!(!s.take_effects().contains(&Effect::Kick(101)));
+    s.on_kick();
+
+    start_fetch(&mut s, &mut store, NOW_MS + 1, 1);
+    s.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS + 2);
+    let effects = s.take_effects();
+    let mut done = settled(&effects);
+    done.sort_unstable();
+    assert_eq!(done, vec![(7, 200, "allowed"), (8, 200, "allowed")]);
+    assert!(effects.contains(&Effect::Count(Counter::JwksFetchSuccess, 1)));
+    assert!(effects.contains(&Effect::KeysInUse(ProviderId(0), 1)));
+    // Allowed requests and cache lookups are batched for the tick, not counted one by one.
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Count(Counter::Allowed | Counter::JwksCacheMiss, _))));
+    let counts = s.take_counts();
+    assert!(counts.contains(&(Counter::Allowed, 2)), "{counts:?}");
+    assert!(counts.contains(&(Counter::JwksCacheMiss, 2)), "{counts:?}");
+    assert!(s.take_counts().is_empty());
+}
+
+#[test]
+fn a_request_is_never_parked_beyond_its_deadline() {
+    let mut store = MemoryStore::default();
+    let mut s = scheduler(&mut store, 1);
+    assert_eq!(s.on_request(&store, 7, request(&token("a")), NOW_MS), None);
+    start_fetch(&mut s, &mut store, NOW_MS, 1);
+    // The fetch never answers: one timeout and the lease grace later the request gets what there is.
+    s.service(&mut store, NOW_MS + TIMEOUT_MS + LEASE_GRACE_MS - 1);
+    assert!(settled(&s.take_effects()).is_empty());
+    s.service(&mut store, NOW_MS + TIMEOUT_MS + LEASE_GRACE_MS);
+    let effects = s.take_effects();
+    assert_eq!(settled(&effects), vec![(7, 401, "jwks_fetch_failed")]);
+    assert!(effects.contains(&Effect::CountNamed(metrics::denied(401, "jwks_fetch_failed", None))), "{effects:?}");
+}
+
+#[test]
+fn a_failed_dispatch_is_a_failed_fetch_and_fails_the_waiting_requests_fast() {
+    let mut store = MemoryStore::default();
+    let mut s = scheduler(&mut store, 1);
+    assert_eq!(s.on_request(&store, 7, request(&token("a")), NOW_MS), None);
+    s.service(&mut store, NOW_MS);
+    let [fetch] = dispatches(&s.take_effects()).try_into().expect("one fetch");
+    s.dispatch_failed(&mut store, fetch, "BadArgument", NOW_MS);
+    let effects = s.take_effects();
+    assert_eq!(settled(&effects), vec![(7, 401, "jwks_fetch_failed")]);
+    assert!(effects.iter().any(|e| matches!(e, Effect::Log(Level::Error, line) if line.contains("BadArgument"))));
+    // With the provider down, new requests are refused at once instead of waiting.
+    let decision = s.on_request(&store, 8, request(&token("a")), NOW_MS + 1).expect("decided");
+    assert_eq!(reason(&decision), "jwks_fetch_failed");
+}
+
+#[test]
+fn keys_another_worker_fetched_are_used_before_refusing_a_request() {
+    let mut store = MemoryStore::default();
+    let mut mine = scheduler(&mut store, 1);
+    let mut theirs = scheduler(&mut store, 2);
+    // This worker's first fetch fails: its view has no keys and a failure.
+    assert_eq!(mine.on_request(&store, 7, request(&token("a")), NOW_MS), None);
+    mine.service(&mut store, NOW_MS);
+    let [fetch] = dispatches(&mine.take_effects()).try_into().expect("one fetch");
+    mine.dispatch_failed(&mut store, fetch, "BadArgument", NOW_MS);
+    mine.take_effects();
+    // The other worker retries later and succeeds; this worker has not ticked since.
+    let later = NOW_MS + 60_000;
+    start_fetch(&mut theirs, &mut store, later, 5);
+    theirs.on_fetch_response(&mut store, 5, ok(&jwks("a")), later);
+    mine.take_counts();
+    // The next request here re-reads the shared records instead of answering "keys unavailable".
+    let decision = mine.on_request(&store, 8, request(&token("a")), later + 1).expect("decided");
+    assert_eq!(status(&decision), 200);
+    // Its lookup is counted once, as the miss it was when the request arrived.
+    assert!(mine.take_counts().contains(&(Counter::JwksCacheMiss, 1)));
+}
+
+#[test]
+fn a_finished_fetch_wakes_the_other_workers_waiting_for_it() {
+    let mut store = MemoryStore::default();
+    let mut mine = scheduler(&mut store, 1);
+    let mut theirs = scheduler(&mut store, 2);
+    assert_eq!(mine.on_request(&store, 7, request(&token("a")), NOW_MS), None);
+    start_fetch(&mut mine, &mut store, NOW_MS, 1);
+    // The other worker's request waits for the fetch in flight instead of starting its own.
+    assert_eq!(theirs.on_request(&store, 9, request(&token("a")), NOW_MS + 1), None);
+    theirs.service(&mut store, NOW_MS + 1);
+    assert!(dispatches(&theirs.take_effects()).is_empty());
+    mine.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS + 2);
+    let effects = mine.take_effects();
+    assert!(effects.contains(&Effect::Wake(102)), "{effects:?}");
+    // Woken, it loads the keys from the shared record and settles its request.
+    theirs.on_kick();
+    theirs.service(&mut store, NOW_MS + 3);
+    assert_eq!(settled(&theirs.take_effects()), vec![(9, 200, "allowed")]);
+}
+
+#[test]
+fn an_unknown_kid_is_refetched_once_and_then_refused() {
+    let mut store = MemoryStore::default();
+    let mut s = scheduler(&mut store, 1);
+    start_fetch(&mut s, &mut store, NOW_MS, 1);
+    s.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS);
+    s.take_effects();
+    // A token with a kid the keys lack waits for one refetch.
+    assert_eq!(s.on_request(&store, 7, request(&token("b")), NOW_MS + 10), None);
+    s.service(&mut store, NOW_MS + 11);
+    let effects = s.take_effects();
+    assert!(effects.contains(&Effect::Count(Counter::JwksRefetchUnknownKid, 1)));
+    let [fetch] = dispatches(&effects).try_into().expect("one fetch");
+    assert_eq!(fetch.reason, FetchReason::UnknownKid);
+    s.dispatched(2, fetch);
+    s.on_fetch_response(&mut store, 2, ok(&jwks("a")), NOW_MS + 12);
+    assert_eq!(settled(&s.take_effects()), vec![(7, 401, "jwks_kid_not_found")]);
+    // Within the refetch interval, the next such token is refused at once.
+    let decision = s.on_request(&store, 8, request(&token("b")), NOW_MS + 13).expect("decided");
+    assert_eq!(reason(&decision), "jwks_kid_not_found");
+}
+
+#[test]
+fn a_stream_that_ends_stops_waiting() {
+    let mut store = MemoryStore::default();
+    let mut s = scheduler(&mut store, 1);
+    assert_eq!(s.on_request(&store, 7, request(&token("a")), NOW_MS), None);
+    s.on_done(7);
+    start_fetch(&mut s, &mut store, NOW_MS, 1);
+    s.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS + 1);
+    assert!(settled(&s.take_effects()).is_empty());
+}
+
+#[test]
+fn a_denial_is_logged_and_counted_with_its_reason_and_policy() {
+    let mut store = MemoryStore::default();
+    let mut s = scheduler(&mut store, 1);
+    s.take_effects();
+    let anonymous = Request::from_header_pairs(vec![(":method".into(), "GET".into()), (":path".into(), "/".into())]);
+    let decision = s.on_request(&store, 7, anonymous, NOW_MS).expect("decided");
+    assert_eq!(status(&decision), 401);
+    let effects = s.take_effects();
+    assert!(effects.contains(&Effect::CountNamed(metrics::denied(401, "jwt_missing", None))), "{effects:?}");
+    assert!(
+        effects.contains(&Effect::Log(Level::Info, "denied 401 reason=jwt_missing policy=- resource=http:///".into()))
+    );
+}
+
+#[test]
+fn only_the_debug_level_gets_a_line_per_allowed_request() {
+    let mut store = MemoryStore::default();
+    let mut s = scheduler(&mut store, 1);
+    start_fetch(&mut s, &mut store, NOW_MS, 1);
+    s.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS);
+    s.take_effects();
+    let debug_lines =
+        |effects: Vec<Effect>| effects.into_iter().filter(|e| matches!(e, Effect::Log(Level::Debug, _))).count();
+    assert!(s.on_request(&store, 7, request(&token("a")), NOW_MS).is_some());
+    assert_eq!(debug_lines(s.take_effects()), 0);
+    s.set_debug_logging(true);
+    assert!(s.on_request(&store, 8, request(&token("a")), NOW_MS).is_some());
+    assert_eq!(debug_lines(s.take_effects()), 1);
+    assert!(s.serves_requests());
+    assert_eq!(s.token_cache_entries(), Some(1));
+}
+
+#[test]
+fn running_out_of_keys_is_reported_once() {
+    let mut store = MemoryStore::default();
+    let mut s = scheduler(&mut store, 1);
+    start_fetch(&mut s, &mut store, NOW_MS, 1);
+    s.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS);
+    s.take_effects();
+    // Refresh and every retry fail until the keys expire (cacheDuration 5m + staleIfError 1h).
+    let mut now = NOW_MS;
+    let mut token = 2;
+    let expiry = NOW_MS + 5 * 60_000 + 60 * 60_000;
+    let mut warnings = 0;
+    while now <= expiry + 60_000 {
+        now += 10_000;
+        s.service(&mut store, now);
+        for effect in s.take_effects() {
+            match effect {
+                Effect::Dispatch(fetch) => {
+                    s.dispatched(token, fetch);
+                    s.on_fetch_response(&mut store, token, FetchResult::NoResponse, now);
+                    token += 1;
+                }
+                Effect::Log(Level::Warn, line) if line.contains("no usable keys any more") => warnings += 1,
+                _ => {}
+            }
+        }
+        for effect in s.take_effects() {
+            if matches!(&effect, Effect::Log(Level::Warn, line) if line.contains("no usable keys any more")) {
+                warnings += 1;
+            }
+        }
+    }
+    assert_eq!(warnings, 1);
+    let decision = s.on_request(&store, 7, request(&token_for_now(now)), now).expect("decided");
+    assert_eq!(reason(&decision), "jwks_fetch_failed");
+}
+
+fn token_for_now(now_ms: u64) -> String {
+    let payload: Value = json!({"iss": ISSUER, "sub": "alice", "exp": now_ms / 1000 + 300});
+    testkeys::sign(&json!({"alg": "RS256", "kid": "a"}), &payload, 0)
+}
+
+#[test]
+fn random_values_spread_and_worker_ids_are_never_zero() {
+    let mut random = Random::seeded(0);
+    let values: Vec<u64> = (0..64).map(|_| random.next_u64()).collect();
+    let mut distinct = values.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), values.len());
+    assert!((0..64).all(|_| random.worker_id() != 0));
+}
