@@ -4,10 +4,15 @@ use super::PathTemplate;
 use crate::identity::Identity;
 use serde_json::Value;
 
-/// Istio's string match: exact, `prefix*`, `*suffix`, or `*` (any non-empty value). Config refuses
-/// any other use of `*`, so there is never a question which one is meant.
+/// Istio's string match: exact, `prefix*`, `*suffix`, or `*` (any non-empty value). Only `parse`
+/// makes one, and it refuses every other use of `*` and the empty string, so a matcher whose
+/// meaning is in doubt cannot exist (Istio would read `*a*` as a suffix `a*` with a literal star,
+/// which nobody means).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StringMatch {
+pub struct StringMatch(Pattern);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
     Exact(String),
     Prefix(String),
     Suffix(String),
@@ -15,26 +20,42 @@ pub enum StringMatch {
 }
 
 impl StringMatch {
-    pub fn parse(value: &str) -> StringMatch {
-        if value == "*" {
-            StringMatch::Present
+    /// The matcher a configured value means; `Err` says why the value means none.
+    pub fn parse(value: &str) -> Result<StringMatch, String> {
+        check_pattern(value)?;
+        Ok(StringMatch(if value == "*" {
+            Pattern::Present
         } else if let Some(suffix) = value.strip_prefix('*') {
-            StringMatch::Suffix(suffix.to_string())
+            Pattern::Suffix(suffix.to_string())
         } else if let Some(prefix) = value.strip_suffix('*') {
-            StringMatch::Prefix(prefix.to_string())
+            Pattern::Prefix(prefix.to_string())
         } else {
-            StringMatch::Exact(value.to_string())
-        }
+            Pattern::Exact(value.to_string())
+        }))
     }
 
     pub fn matches(&self, value: &str) -> bool {
-        match self {
-            StringMatch::Exact(exact) => value == exact,
-            StringMatch::Prefix(prefix) => value.starts_with(prefix.as_str()),
-            StringMatch::Suffix(suffix) => value.ends_with(suffix.as_str()),
-            StringMatch::Present => !value.is_empty(),
+        match &self.0 {
+            Pattern::Exact(exact) => value == exact,
+            Pattern::Prefix(prefix) => value.starts_with(prefix.as_str()),
+            Pattern::Suffix(suffix) => value.ends_with(suffix.as_str()),
+            Pattern::Present => !value.is_empty(),
         }
     }
+}
+
+/// Non-empty, and `*` is the whole value, or only at the start or only at the end.
+fn check_pattern(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    let inner = value.get(1..value.len().saturating_sub(1)).unwrap_or_default();
+    if value != "*" && (inner.contains('*') || (value.len() > 1 && value.starts_with('*') && value.ends_with('*'))) {
+        return Err(format!(
+            "{value:?}: `*` is only allowed as a whole value, a prefix (`*.html`) or a suffix (`/api/*`)"
+        ));
+    }
+    Ok(())
 }
 
 /// A `hosts` entry, compared case-insensitively (RFC 4343; CVE-2021-39155). An entry without a
@@ -45,8 +66,8 @@ impl StringMatch {
 pub struct HostMatch(StringMatch);
 
 impl HostMatch {
-    pub fn parse(value: &str) -> HostMatch {
-        HostMatch(StringMatch::parse(&value.to_ascii_lowercase()))
+    pub fn parse(value: &str) -> Result<HostMatch, String> {
+        StringMatch::parse(&value.to_ascii_lowercase()).map(HostMatch)
     }
 
     /// `authority` is lower-case already.
@@ -74,11 +95,37 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
+    /// A template when the value has `{*}` or `{**}`, else a string match.
+    pub fn parse(value: &str) -> Result<PathMatch, String> {
+        if PathTemplate::is_template(value) {
+            PathTemplate::parse(value).map(PathMatch::Template).map_err(|reason| format!("{value:?}: {reason}"))
+        } else {
+            StringMatch::parse(value).map(PathMatch::String)
+        }
+    }
+
     pub(super) fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::String(string) => string.matches(path),
             PathMatch::Template(template) => template.matches(path),
         }
+    }
+}
+
+// The parts of a principal pattern, which `PrincipalMatch::parse` has checked as a whole.
+impl StringMatch {
+    const PRESENT: StringMatch = StringMatch(Pattern::Present);
+
+    fn exact(text: String) -> StringMatch {
+        StringMatch(Pattern::Exact(text))
+    }
+
+    fn prefix(text: String) -> StringMatch {
+        StringMatch(Pattern::Prefix(text))
+    }
+
+    fn suffix(text: String) -> StringMatch {
+        StringMatch(Pattern::Suffix(text))
     }
 }
 
@@ -94,37 +141,43 @@ pub struct PrincipalMatch {
 }
 
 impl PrincipalMatch {
-    pub fn parse(value: &str) -> PrincipalMatch {
+    pub fn parse(value: &str) -> Result<PrincipalMatch, String> {
+        check_pattern(value)?;
+        if value.starts_with('/') {
+            return Err(format!(
+                "{value:?}: the issuer (before the last /) is empty; write <iss>/<sub>, <iss>/* or */<sub>"
+            ));
+        }
         let split = value.rfind('/').and_then(|slash| Some((value.get(..slash)?, value.get(slash + 1..)?)));
         let (issuer, subject) = if value == "*" {
-            (StringMatch::Present, StringMatch::Present)
+            (StringMatch::PRESENT, StringMatch::PRESENT)
         } else if let Some(suffix) = value.strip_prefix('*') {
             match split {
-                Some(("*", subject)) => (StringMatch::Present, StringMatch::Exact(subject.to_string())),
+                Some(("*", subject)) => (StringMatch::PRESENT, StringMatch::exact(subject.to_string())),
                 Some((issuer, subject)) => (
-                    StringMatch::Suffix(issuer.trim_start_matches('*').to_string()),
-                    StringMatch::Exact(subject.to_string()),
+                    StringMatch::suffix(issuer.trim_start_matches('*').to_string()),
+                    StringMatch::exact(subject.to_string()),
                 ),
-                None => (StringMatch::Present, StringMatch::Suffix(suffix.to_string())),
+                None => (StringMatch::PRESENT, StringMatch::suffix(suffix.to_string())),
             }
         } else if let Some(prefix) = value.strip_suffix('*') {
             match split {
-                Some((issuer, "*")) => (StringMatch::Exact(issuer.to_string()), StringMatch::Present),
+                Some((issuer, "*")) => (StringMatch::exact(issuer.to_string()), StringMatch::PRESENT),
                 Some((issuer, subject)) => (
-                    StringMatch::Exact(issuer.to_string()),
-                    StringMatch::Prefix(subject.trim_end_matches('*').to_string()),
+                    StringMatch::exact(issuer.to_string()),
+                    StringMatch::prefix(subject.trim_end_matches('*').to_string()),
                 ),
-                None => (StringMatch::Prefix(prefix.to_string()), StringMatch::Present),
+                None => (StringMatch::prefix(prefix.to_string()), StringMatch::PRESENT),
             }
         } else {
             match split {
                 Some((issuer, subject)) => {
-                    (StringMatch::Exact(issuer.to_string()), StringMatch::Exact(subject.to_string()))
+                    (StringMatch::exact(issuer.to_string()), StringMatch::exact(subject.to_string()))
                 }
-                None => (StringMatch::Exact(value.to_string()), StringMatch::Exact(String::new())),
+                None => (StringMatch::exact(value.to_string()), StringMatch::exact(String::new())),
             }
         };
-        PrincipalMatch { issuer, subject }
+        Ok(PrincipalMatch { issuer, subject })
     }
 
     /// A token without a string `sub` matches no principal, not even one with an empty subject.

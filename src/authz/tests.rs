@@ -162,13 +162,26 @@ fn when_not(key: &str, not_values: Value) -> Value {
 
 #[test]
 fn string_match_forms() {
-    assert!(StringMatch::parse("/a").matches("/a"));
-    assert!(!StringMatch::parse("/a").matches("/a/"));
-    assert!(StringMatch::parse("/api/*").matches("/api/x/y"));
-    assert!(!StringMatch::parse("/api/*").matches("/apix"));
-    assert!(StringMatch::parse("*.html").matches("/x/index.html"));
-    assert!(StringMatch::parse("*").matches("/"));
-    assert!(!StringMatch::parse("*").matches(""));
+    assert!(StringMatch::parse("/a").expect("valid").matches("/a"));
+    assert!(!StringMatch::parse("/a").expect("valid").matches("/a/"));
+    assert!(StringMatch::parse("/api/*").expect("valid").matches("/api/x/y"));
+    assert!(!StringMatch::parse("/api/*").expect("valid").matches("/apix"));
+    assert!(StringMatch::parse("*.html").expect("valid").matches("/x/index.html"));
+    assert!(StringMatch::parse("*").expect("valid").matches("/"));
+    assert!(!StringMatch::parse("*").expect("valid").matches(""));
+}
+
+#[test]
+fn a_matcher_whose_meaning_is_in_doubt_cannot_be_made() {
+    for value in ["", "a*b", "*a*", "**"] {
+        assert!(StringMatch::parse(value).is_err(), "{value:?}");
+        assert!(HostMatch::parse(value).is_err(), "{value:?}");
+        assert!(PrincipalMatch::parse(value).is_err(), "{value:?}");
+        assert!(PathMatch::parse(value).is_err(), "{value:?}");
+    }
+    assert!(PrincipalMatch::parse("/alice").is_err(), "an empty issuer");
+    assert!(PathMatch::parse("/a/{*}/b").is_ok() && PathMatch::parse("/a/{x}").is_err());
+    assert!(HostMatch::parse("Shop.Example").expect("valid").matches("shop.example"));
 }
 
 #[test]

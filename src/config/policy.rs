@@ -4,7 +4,7 @@ use super::raw::{RawOperation, RawPolicy, RawPort, RawRule, RawSource, RawTokenR
 use super::ConfigError;
 use crate::authn::Provider;
 use crate::authz::{
-    Cidr, Condition, ConditionKey, HostMatch, Operation, PathMatch, PathTemplate, Policies, Policy, PrincipalMatch,
+    Cidr, Condition, ConditionKey, HostMatch, Operation, PathMatch, Policies, Policy, PrincipalMatch,
     RequirementAction, Rule, Source, StringMatch, TokenRequirement, ValueKind, ValueMatch,
     DEFAULT_SPACE_DELIMITED_CLAIMS,
 };
@@ -120,9 +120,7 @@ fn compile_source(raw: RawSource, field: &str) -> Result<Source, ConfigError> {
 }
 
 fn compile_operation(raw: RawOperation, field: &str) -> Result<Operation, ConfigError> {
-    let hosts = |values: Vec<String>, f: &str| -> Result<Vec<HostMatch>, ConfigError> {
-        Ok(checked_strings(values, f)?.iter().map(|v| HostMatch::parse(v)).collect())
-    };
+    let hosts = |values: Vec<String>, f: &str| parsed(values, f, HostMatch::parse);
     Ok(Operation {
         hosts: hosts(raw.hosts, &format!("{field}.hosts"))?,
         not_hosts: hosts(raw.not_hosts, &format!("{field}.notHosts"))?,
@@ -193,58 +191,29 @@ fn non_empty(values: Vec<String>, field: &str) -> Result<Vec<String>, ConfigErro
     Ok(values)
 }
 
-/// Non-empty values where `*` is the whole value, or only at the start or only at the end: Istio
-/// would read `*a*` as a suffix `a*` with a literal star, which nobody means.
-fn checked_strings(values: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
-    let values = non_empty(values, field)?;
-    for (i, value) in values.iter().enumerate() {
-        if value == "*" {
-            continue;
-        }
-        let inner = value.get(1..value.len().saturating_sub(1)).unwrap_or_default();
-        if inner.contains('*') || (value.len() > 1 && value.starts_with('*') && value.ends_with('*')) {
-            return Err(ConfigError::new(
-                format!("{field}[{i}]"),
-                format!("{value:?}: `*` is only allowed as a whole value, a prefix (`*.html`) or a suffix (`/api/*`)"),
-            ));
-        }
-    }
-    Ok(values)
+/// Each value parsed into its matcher; a value that means none is refused with its field path.
+fn parsed<T>(
+    values: Vec<String>,
+    field: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, ConfigError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| parse(value).map_err(|reason| ConfigError::new(format!("{field}[{i}]"), reason)))
+        .collect()
 }
 
 fn string_matches(values: Vec<String>, field: &str) -> Result<Vec<StringMatch>, ConfigError> {
-    checked_strings(values, field).map(|values| values.iter().map(|v| StringMatch::parse(v)).collect())
+    parsed(values, field, StringMatch::parse)
 }
 
 fn principal_matches(values: Vec<String>, field: &str) -> Result<Vec<PrincipalMatch>, ConfigError> {
-    let values = checked_strings(values, field)?;
-    for (i, value) in values.iter().enumerate() {
-        if value.starts_with('/') {
-            return Err(ConfigError::new(
-                format!("{field}[{i}]"),
-                format!("{value:?}: the issuer (before the last /) is empty; write <iss>/<sub>, <iss>/* or */<sub>"),
-            ));
-        }
-    }
-    Ok(values.iter().map(|v| PrincipalMatch::parse(v)).collect())
+    parsed(values, field, PrincipalMatch::parse)
 }
 
 fn path_matches(values: Vec<String>, field: &str) -> Result<Vec<PathMatch>, ConfigError> {
-    let values = non_empty(values, field)?;
-    let mut matches = Vec::with_capacity(values.len());
-    for (i, value) in values.iter().enumerate() {
-        let value_field = format!("{field}[{i}]");
-        if PathTemplate::is_template(value) {
-            let template = PathTemplate::parse(value)
-                .map_err(|reason| ConfigError::new(&value_field, format!("{value:?}: {reason}")))?;
-            matches.push(PathMatch::Template(template));
-        } else {
-            let checked = checked_strings(vec![value.clone()], field)
-                .map_err(|err| ConfigError::new(&value_field, err.reason))?;
-            matches.extend(checked.iter().map(|v| PathMatch::String(StringMatch::parse(v))));
-        }
-    }
-    Ok(matches)
+    parsed(values, field, PathMatch::parse)
 }
 
 fn cidrs(values: Vec<String>, field: &str) -> Result<Vec<Cidr>, ConfigError> {
