@@ -28,9 +28,14 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests" / "envoy"))
-import harness  # noqa: E402  (token minting and the Envoy process helpers are shared with the tests)
+# The test bed shared with the tests (tools/testbed, found beside this script): token minting, the
+# Wasm filter's Envoy config, the hand-made no-op module and the process helpers.
+from testbed.envoy import wasm_filter
+from testbed.net import http_request
+from testbed.paths import ENVOY_BIN, REPO_ROOT, WASM_PATH
+from testbed.services import stop_process
+from testbed.tokens import b64url, json_segment, keycloak_payload, sign_rs256, token_payload
+from testbed.wasm import noop_module
 
 ISSUER = "https://idp.bench.example/realms/shop"
 AUDIENCE = "shop"
@@ -92,7 +97,7 @@ TOKEN_LIFETIME = 7 * 24 * 3600
 
 def keycloak_claims(username, jti):
     now = int(time.time())
-    claims = harness.keycloak_payload(ISSUER, username)
+    claims = keycloak_payload(ISSUER, username)
     claims.update({"exp": now + TOKEN_LIFETIME, "iat": now, "auth_time": now, "jti": jti,
                    "aud": [AUDIENCE, "account"]})
     return claims
@@ -100,8 +105,8 @@ def keycloak_claims(username, jti):
 
 def mint(private_key, username, jti):
     header = {"alg": "RS256", "typ": "JWT", "kid": KID}
-    signing_input = f"{harness.json_segment(header)}.{harness.json_segment(keycloak_claims(username, jti))}"
-    return f"{signing_input}.{harness.b64url(harness.sign_rs256(signing_input, private_key))}"
+    signing_input = f"{json_segment(header)}.{json_segment(keycloak_claims(username, jti))}"
+    return f"{signing_input}.{b64url(sign_rs256(signing_input, private_key))}"
 
 
 def _mint_batch(args):
@@ -131,7 +136,7 @@ def load_or_mint(count):
     if key_file.exists() and hot_file.exists() and cold_file.exists():
         cold = cold_file.read_text().split()
         hot_token = hot_file.read_text().strip()
-        if len(cold) >= count and harness.token_payload(hot_token)["exp"] > time.time() + 86_400:
+        if len(cold) >= count and token_payload(hot_token)["exp"] > time.time() + 86_400:
             key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
             return key, hot_token, cold[:count]
     started = time.monotonic()
@@ -151,7 +156,7 @@ def load_or_mint(count):
 def jwks_of(private_key):
     numbers = private_key.public_key().public_numbers()
     def b64_int(value):
-        return harness.b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+        return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
     return {"keys": [{"kid": KID, "kty": "RSA", "alg": "RS256", "use": "sig",
                       "n": b64_int(numbers.n), "e": b64_int(numbers.e)}]}
 
@@ -257,7 +262,7 @@ def envoy_bootstrap(jwks, wasm_path, workdir, sdk_baseline):
         "no-auth": [],
         "native": [jwt_authn_filter(jwks, cached=False)] + rbac_filters(),
         "native-cached": [jwt_authn_filter(jwks, cached=True)] + rbac_filters(),
-        "jwt-authz": [harness.wasm_filter(plugin_config(jwks), wasm_path)],
+        "jwt-authz": [wasm_filter(plugin_config(jwks), wasm_path)],
         FLOOR: [floor_filter(wasm_path)],
         NOOP: [noop_filter(workdir)],
     }
@@ -274,18 +279,18 @@ def floor_filter(wasm_path):
     # Same vm_id and code as jwt-authz: Envoy runs both plugins in one VM, so the VM's gauges
     # (which plugins sharing a VM share) describe that one VM.
     allow_all = {"policies": [{"name": "all", "action": "ALLOW", "rules": [{}]}]}
-    return harness.wasm_filter(allow_all, wasm_path, name="jwt-authz-floor")
+    return wasm_filter(allow_all, wasm_path, name="jwt-authz-floor")
 
 
 def baseline_filter(module, configuration):
     name = "sdk-baseline-" + (configuration or "empty")
-    return harness.wasm_filter(configuration, module, name=name, vm_id="sdk-baseline")
+    return wasm_filter(configuration, module, name=name, vm_id="sdk-baseline")
 
 
 def noop_filter(directory):
     module = directory / "noop.wasm"
-    module.write_bytes(harness.noop_module())
-    return harness.wasm_filter("", module, name="noop", vm_id="noop")
+    module.write_bytes(noop_module())
+    return wasm_filter("", module, name="noop", vm_id="noop")
 
 
 class BenchEnvoy:
@@ -294,7 +299,7 @@ class BenchEnvoy:
         self.baselines = baselines
         config = self.workdir / "envoy.json"
         config.write_text(json.dumps(envoy_bootstrap(jwks, wasm_path, self.workdir, sdk_baseline), indent=1))
-        command = [str(harness.ENVOY_BIN), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
+        command = [str(ENVOY_BIN), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
                    "--admin-address-path", str(self.workdir / "admin.address"), "-l", "warning",
                    "--log-path", str(self.workdir / "envoy.log")]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=workdir)
@@ -313,10 +318,10 @@ class BenchEnvoy:
             return False
         self.admin_port = int(address.read_text().strip().rsplit(":", 1)[1])
         try:
-            status, _, text = harness.http_request(self.admin_port, "GET", "/ready")
+            status, _, text = http_request(self.admin_port, "GET", "/ready")
             if status != 200:
                 return False
-            _, _, listeners = harness.http_request(self.admin_port, "GET", "/listeners?format=json")
+            _, _, listeners = http_request(self.admin_port, "GET", "/listeners?format=json")
         except OSError:
             return False
         for entry in json.loads(listeners).get("listener_statuses", []):
@@ -324,15 +329,15 @@ class BenchEnvoy:
         return all(name in self.ports for name in LISTENERS + self.baselines)
 
     def stats(self, pattern):
-        _, _, text = harness.http_request(self.admin_port, "GET", f"/stats?filter={pattern}")
+        _, _, text = http_request(self.admin_port, "GET", f"/stats?filter={pattern}")
         return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
 
     def memory(self):
-        _, _, text = harness.http_request(self.admin_port, "GET", "/memory")
+        _, _, text = http_request(self.admin_port, "GET", "/memory")
         return json.loads(text)
 
     def stop(self):
-        harness.stop_process(self.process)
+        stop_process(self.process)
 
 
 # --- running wrk ------------------------------------------------------------------------------------
@@ -351,11 +356,11 @@ def run_wrk(port, script, token_file, first, limit, duration, connections):
 
 def check_listeners(envoy, hot_token):
     """Each listener answers 200 to the admin token; the auth listeners refuse a forged one."""
-    forged = hot_token.rsplit(".", 1)[0] + "." + harness.b64url(b"\x00" * 256)
+    forged = hot_token.rsplit(".", 1)[0] + "." + b64url(b"\x00" * 256)
     for name in LISTENERS:
-        status, _, _ = harness.http_request(envoy.ports[name], "GET", PATH, {"Authorization": f"Bearer {hot_token}"})
-        bad, _, _ = harness.http_request(envoy.ports[name], "GET", PATH, {"Authorization": f"Bearer {forged}"})
-        anonymous, _, _ = harness.http_request(envoy.ports[name], "GET", PATH)
+        status, _, _ = http_request(envoy.ports[name], "GET", PATH, {"Authorization": f"Bearer {hot_token}"})
+        bad, _, _ = http_request(envoy.ports[name], "GET", PATH, {"Authorization": f"Bearer {forged}"})
+        anonymous, _, _ = http_request(envoy.ports[name], "GET", PATH)
         # Without a token native RBAC answers 403; jwt-authz answers 401 with a challenge.
         refused = (bad, anonymous) == (200, 200) if name == "no-auth" else (bad == 401 and anonymous in (401, 403))
         if status != 200 or not refused:
@@ -371,7 +376,7 @@ def main():
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--wasm", default=str(harness.WASM_PATH))
+    parser.add_argument("--wasm", default=str(WASM_PATH))
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--sdk-baseline", help="tools/sdk-baseline built for wasm32 (make bench builds it)")
     args = parser.parse_args()
@@ -473,7 +478,7 @@ def main():
 
 
 def envoy_version():
-    output = subprocess.run([str(harness.ENVOY_BIN), "--version"], capture_output=True, text=True).stdout
+    output = subprocess.run([str(ENVOY_BIN), "--version"], capture_output=True, text=True).stdout
     match = re.search(r"/(\d+\.\d+\.\d+)/", output)
     return match.group(1) if match else "?"
 

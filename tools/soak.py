@@ -28,13 +28,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "envoy"))
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-
-from harness import (b64url, json_segment, keycloak_payload, mint, raw_token, sign_rs256,  # noqa: E402
-                     start_backend, start_envoy, start_idp)
-from test_filter import shop_config  # noqa: E402
+# The test bed shared with the tests (tools/testbed, found beside this script).
+from testbed.config import shop_config
+from testbed.envoy import start_envoy
+from testbed.services import start_backend, start_idp
+from testbed.tokens import b64url, json_segment, keycloak_payload, mint, raw_token, sign_rs256
 
 PROTECTED = "/api/public/x"
 ADMIN = "/api/admin/x"

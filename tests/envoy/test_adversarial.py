@@ -10,10 +10,13 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from harness import (b64url, b64url_decode, json_segment, keycloak_payload, mint, raw_token, sign_rs256, start_envoy,
-                     start_idp, trapping_module)
-from test_filter import (ALG, BASE64, FETCH, FORM, ISSUER, JSON, KID, VERIFY, bearer, expect_allowed,
-                         expect_forbidden, expect_refused, expect_rejected, jwt_rule, shop_config, shop_policies)
+from testbed.config import jwt_rule, shop_config, shop_policies
+from testbed.envoy import start_envoy
+from testbed.expect import (ALG, BASE64, FETCH, FORM, ISSUER, JSON, KID, VERIFY, bearer, expect_allowed,
+                            expect_forbidden, expect_refused, expect_rejected)
+from testbed.services import start_idp
+from testbed.tokens import b64url, b64url_decode, json_segment, keycloak_payload, mint, raw_token, sign_rs256
+from testbed.wasm import trapping_module
 
 DUPLICATE = "Jwt header or payload has a duplicate JSON member"
 TOO_DEEP = "Jwt header or payload is nested too deeply"

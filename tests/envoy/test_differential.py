@@ -1,5 +1,5 @@
 """Differential test: the same policies and the same requests through jwt-authz and through Envoy's
-native jwt_authn + rbac filters configured the way Istio translates them (istio_translation.py).
+native jwt_authn + rbac filters configured the way Istio translates them (testbed/istio.py).
 
 Decisions must be identical, with one documented exception: a request denied without a valid
 identity is 401 "Jwt is missing" from jwt-authz where Envoy's rbac answers 403. Both Envoys run
@@ -10,13 +10,12 @@ native Envoy; jwt-authz's Envoy runs with normalization off, so its own normaliz
 
 import pytest
 
-from harness import DEFAULT_REALM, free_ports, mint, start_envoy, user_id
-from istio_translation import native_filters
-from test_filter import bearer, jwt_rule
-
-
-def sub(username):
-    return user_id(DEFAULT_REALM["realm"], username)
+from testbed.config import jwt_rule
+from testbed.envoy import start_envoy
+from testbed.expect import bearer
+from testbed.istio import native_filters
+from testbed.net import free_ports
+from testbed.tokens import mint, sub
 
 
 def policy_config(idp, main_ports):

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import REPO_ROOT, Idp, run_tool, start_envoy, user_id
+from testbed.envoy import start_envoy
+from testbed.expect import bearer
+from testbed.paths import REPO_ROOT
+from testbed.services import Idp, run_tool, user_id
 
 WASM_PLUGIN = REPO_ROOT / "wasm-plugin.yaml"
 ISTIO = REPO_ROOT / "examples" / "istio"
@@ -200,10 +203,6 @@ def walkthrough(tmp_path_factory, backend):
         clusters = {f"outbound|{keycloak.port}||127.0.0.1": keycloak.port}
         with start_envoy(config, backend=backend, clusters=clusters) as envoy:
             yield envoy, keycloak
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_walkthrough_curl_lines(walkthrough):

@@ -6,7 +6,6 @@ concerns no other test module; hit counts are taken relative to each test's star
 --concurrency 4 (one Wasm VM per worker thread) unless a test says otherwise.
 """
 
-import base64
 import json
 import re
 import time
@@ -15,11 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from harness import b64url, mint, start_envoy, start_idp
+from testbed.envoy import start_envoy
+from testbed.expect import FETCH, KID
+from testbed.net import http_request
+from testbed.services import start_idp
+from testbed.tokens import b64url, mint
 
 WORKERS = 4
-FETCH = "Jwks remote fetch is failed"
-KID = "Jwks doesn't have key to match kid or alg from Jwt"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,6 @@ def config(idp, **changes):
 
 def call(envoy, token, path="/api", timeout=10.0):
     """(status, body) of one request on a new connection (so requests spread over workers)."""
-    from harness import http_request
     status, _, body = http_request(envoy.port, "GET", path, {"Authorization": f"Bearer {token}"}, timeout=timeout)
     return status, body
 

@@ -1,15 +1,17 @@
 """Metrics and denial logs in real Envoy: counter values at /stats/prometheus after known traffic."""
 
 import re
-import socket
 import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from harness import mint, start_envoy
+from testbed.config import ROLES_KEY
+from testbed.envoy import start_envoy
+from testbed.expect import bearer
+from testbed.net import free_port as closed_port
+from testbed.tokens import mint
 
-ROLES_KEY = "request.auth.claims[realm_access][roles]"
 UNREACHABLE_ISSUER = "https://unreachable.example/realms/shop"
 
 # What Istio's bootstrap does for extraStatTags (`(TAG=\.=(.*?);\.;)`), and its stats matcher,
@@ -21,12 +23,6 @@ ISTIO_STYLE_STATS = {
         {"prefix": "server"}, {"prefix": "wasm"}, {"prefix": "component"}, {"prefix": "istio"},
     ]}},
 }
-
-
-def closed_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def metrics_config(idp):
@@ -60,10 +56,6 @@ def wait_for(condition, what, timeout=10.0):
 
 def counter(samples, name, **labels):
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,12 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from harness import REPO_ROOT, b64url, b64url_decode, http_request, start_envoy, stop_process
+from testbed.envoy import start_envoy
+from testbed.expect import bearer
+from testbed.net import http_request
+from testbed.paths import REPO_ROOT
+from testbed.services import stop_process
+from testbed.tokens import b64url, b64url_decode
 
 SERVER = Path(__file__).with_name("oidc_provider.mjs")
 CLIENT_ID, CLIENT_SECRET = "shop-service", "shop-service-secret"
@@ -91,10 +96,6 @@ def envoy(provider, backend):
     }
     with start_envoy(config, backend=backend, clusters={"oidc": provider.port}) as running:
         yield running
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_the_provider_issues_rs256_jwt_access_tokens(provider):

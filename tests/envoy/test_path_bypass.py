@@ -10,10 +10,10 @@ import socket
 
 import pytest
 
-from harness import mint, start_envoy
-from test_filter import bearer, jwt_rule
-
-DENIED = "RBAC: access denied"
+from testbed.config import jwt_rule
+from testbed.envoy import start_envoy
+from testbed.expect import DENIED, bearer
+from testbed.tokens import mint
 
 
 def bypass_config(idp):

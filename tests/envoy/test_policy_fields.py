@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from harness import free_ports, mint, start_envoy
-from test_filter import bearer, expect_refused, jwt_rule
-
-DENIED = "RBAC: access denied"
+from testbed.config import jwt_rule
+from testbed.envoy import start_envoy
+from testbed.expect import bearer, expect_refused
+from testbed.net import free_ports
+from testbed.tokens import mint
 
 
 def status_of(response):

@@ -3,9 +3,9 @@ the gauges that show its size and the VM's memory."""
 
 import time
 
-from harness import mint, start_envoy
-
-ADMIN_ROLES = "request.auth.claims[realm_access][roles]"
+from testbed.config import ROLES_KEY
+from testbed.envoy import start_envoy
+from testbed.tokens import mint
 
 
 def plugin_config(idp):
@@ -15,7 +15,7 @@ def plugin_config(idp):
         "policies": [{"name": "shop", "action": "ALLOW", "rules": [
             {"from": [{"source": {"requestPrincipals": ["*"]}}], "to": [{"operation": {"paths": ["/api/*"]}}]},
             {"from": [{"source": {"requestPrincipals": ["*"]}}], "to": [{"operation": {"paths": ["/admin/*"]}}],
-             "when": [{"key": ADMIN_ROLES, "values": ["admin"]}]},
+             "when": [{"key": ROLES_KEY, "values": ["admin"]}]},
         ]}],
     }
 

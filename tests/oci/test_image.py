@@ -5,12 +5,9 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import tarfile
 import time
 import urllib.error
@@ -19,18 +16,11 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-WASM = Path(os.environ.get("JWT_AUTHZ_WASM", REPO_ROOT / "dist" / "plugin.wasm"))
-sys.path.insert(0, str(REPO_ROOT / "tools"))
-import oci_image  # noqa: E402
+import oci_image  # tools/oci_image.py: pytest.ini puts tools/ on the import path
+from testbed.net import free_port
+from testbed.paths import REPO_ROOT, WASM_PATH as WASM
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def tool(name):

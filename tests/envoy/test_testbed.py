@@ -1,4 +1,5 @@
-"""Smoke tests of the test harness itself: the dev IdP, the echo backend and a filterless Envoy."""
+"""Smoke tests of the test bed itself (tools/testbed): the dev IdP, the echo backend, token minting
+and a filterless Envoy."""
 
 import json
 
@@ -7,8 +8,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-import harness
-from harness import b64url_decode, http_request, mint, token_payload
+from testbed.envoy import start_envoy
+from testbed.net import http_request
+from testbed.services import start_idp
+from testbed.tokens import b64url_decode, mint, raw_token, token_payload
 
 
 def public_key_from_jwk(jwk):
@@ -152,7 +155,7 @@ def test_certs_mode_changes_and_restores_certs(idp):
 
 
 def test_rotate_serves_only_the_new_signing_key(tmp_path):
-    with harness.start_idp(tmp_path) as own_idp:
+    with start_idp(tmp_path) as own_idp:
         old_kid = own_idp.kid
         new_kid = own_idp.rotate()
         assert new_kid != old_kid
@@ -180,7 +183,7 @@ def test_mint_with_another_key_fails_verification(idp):
 
 
 def test_raw_token_assembles_segments():
-    assert harness.raw_token({"alg": "none"}, "payload", b"\xff") == "eyJhbGciOiJub25lIn0.payload._w"
+    assert raw_token({"alg": "none"}, "payload", b"\xff") == "eyJhbGciOiJub25lIn0.payload._w"
 
 
 def test_backend_echoes_requests(backend):
@@ -194,7 +197,7 @@ def test_backend_echoes_requests(backend):
 
 
 def test_envoy_without_filter_proxies_to_backend(backend):
-    with harness.start_envoy({}, backend=backend, wasm=False) as envoy:
+    with start_envoy({}, backend=backend, wasm=False) as envoy:
         status, headers, body = envoy.get("/hello?x=1", {"X-Probe": "1"})
         assert status == 200
         assert headers["x-backend"] == "demo"
@@ -207,7 +210,7 @@ def test_envoy_without_filter_proxies_to_backend(backend):
 
 
 def test_envoy_sends_raw_paths_when_normalization_is_off(backend):
-    with harness.start_envoy({}, backend=backend, wasm=False, normalize_path=False) as envoy:
+    with start_envoy({}, backend=backend, wasm=False, normalize_path=False) as envoy:
         for raw in ("/a/../b", "/%2e%2e/x", "/x//y", "/healthz%00", "/api%2Fadmin/x"):
             status, _, body = envoy.get(raw)
             assert status == 200
@@ -215,7 +218,7 @@ def test_envoy_sends_raw_paths_when_normalization_is_off(backend):
 
 
 def test_envoy_refusing_its_config_is_reported(backend):
-    with harness.start_envoy({}, backend=backend, wasm=False, clusters={"backend": -1},
+    with start_envoy({}, backend=backend, wasm=False, clusters={"backend": -1},
                              expect_failure=True) as envoy:
         assert envoy.exit_code == 1
         assert "socket_address.port_value" in envoy.log_text()
