@@ -1,6 +1,6 @@
 # jwt-authz — build, test and run the Proxy-Wasm JWT filter.
 #   make run    Envoy + the filter + a local identity provider + a demo backend (prints curl lines)
-#   make test   unit tests, native API tests, and real-Envoy integration tests
+#   make test   lint (rustfmt, clippy native and wasm32), unit and native API tests, real-Envoy and OCI tests
 #   make build  dist/plugin.wasm
 #   make image  OCI images of it in dist/oci (compat and Wasm artifact variants, reproducible)
 #   make push IMAGE=registry/ns/jwt-authz:TAG [VARIANT=compat|wasm] [TLS_VERIFY=false]
@@ -127,7 +127,9 @@ envoy-test: build cli .stamps/venv .stamps/node
 oci-test: build .stamps/venv .stamps/skopeo .stamps/docker-registry
 	$(PYTHON) -m pytest tests/oci -q -p no:cacheprovider
 
-test: unit-test envoy-test oci-test
+# Lint first: a rustfmt or clippy violation (clippy denies unwrap/expect/panic/indexing outside
+# tests, which is what keeps attacker data from panicking the filter) fails the test command, and CI.
+test: lint unit-test envoy-test oci-test
 
 run: build .stamps/venv
 	$(PYTHON) tools/run_local.py
@@ -179,7 +181,7 @@ soak: build .stamps/venv
 	$(PYTHON) tools/soak.py --seconds $(SOAK_SECONDS)
 
 # Benchmark: prints req/s, ratios against Envoy's native jwt_authn + rbac measured in the same run,
-# latencies and the VM's memory (README "Performance"). Never fails on speed.
+# latencies and the VM's memory (docs/performance.md). Never fails on speed.
 BENCH_ARGS ?=
 
 SDK_BASELINE := target/sdk-baseline/$(WASM_TARGET)/release/sdk_baseline.wasm

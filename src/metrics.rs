@@ -13,11 +13,11 @@ use crate::keys::{KeyState, KeyStore};
 use std::cell::Cell;
 
 /// Every stat name starts with this; Istio and plain Envoy can select them by it.
-pub const PREFIX: &str = "jwt_authz.";
+const PREFIX: &str = "jwt_authz.";
 
 /// The `policy` tag of a denial no single policy decided: no ALLOW policy matched, or the
 /// request was refused before policies were consulted (bad path, rejected token).
-pub const NO_POLICY: &str = "-";
+const NO_POLICY: &str = "-";
 
 /// Gauge: bytes of Wasm linear memory of the VM that last reported (every VM runs the same code
 /// under the same kind of load; a steadily growing value means a leak). Set on every tick.
@@ -97,7 +97,7 @@ pub fn denied(status: u32, reason: &str, policy: Option<&str>) -> String {
 /// A tag value safe inside a stat name: anything but ASCII letters, digits, `-` and `_` becomes
 /// `_`. Dots would split the name into Envoy stat segments and could be matched by other tag
 /// extractors (Istio's own look for `cache.` and `component.`); `;` and `=` would end the tag.
-pub fn tag_value(text: &str) -> String {
+fn tag_value(text: &str) -> String {
     let value: String =
         text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     if value.is_empty() {
@@ -185,7 +185,7 @@ mod tests {
     }
 
     /// Every denial reason code. The matches have no wildcard, so a new variant fails to compile
-    /// here until it is listed, and then fails the test until the README documents it.
+    /// here until it is listed, and then fails the test until docs/operations.md documents it.
     fn every_reason_code() -> Vec<&'static str> {
         use crate::authn::claims::ClaimsError;
         use crate::authn::jwt::JwtError;
@@ -263,19 +263,67 @@ mod tests {
         denials.iter().map(Denial::code).collect()
     }
 
+    /// Every code a failed JWKS or discovery fetch logs (`JWKS fetch for … failed (<code>)`), by
+    /// the same exhaustive-match rule as the denial codes.
+    fn every_fetch_failure_code() -> Vec<&'static str> {
+        use crate::keys::cache::FetchError;
+        use crate::keys::discovery::DiscoveryError;
+        use crate::keys::jwks::JwksError;
+        let jwks = [
+            JwksError::TooLarge(0, 0),
+            JwksError::NotJson(String::new()),
+            JwksError::NoKeysArray,
+            JwksError::NoUsableKey(Vec::new()),
+        ];
+        let discovery = [
+            DiscoveryError::TooLarge(0),
+            DiscoveryError::NotJson(String::new()),
+            DiscoveryError::IssuerMismatch { expected: String::new(), found: None },
+            DiscoveryError::NoJwksUri,
+            DiscoveryError::BadJwksUri(String::new()),
+        ];
+        let mut errors = vec![
+            FetchError::NoResponse { uri: String::new(), cluster: String::new() },
+            FetchError::HttpStatus { uri: String::new(), status: 500 },
+        ];
+        errors.extend(jwks.into_iter().map(FetchError::Jwks));
+        errors.extend(discovery.into_iter().map(FetchError::Discovery));
+        for error in &errors {
+            match error {
+                FetchError::NoResponse { .. }
+                | FetchError::HttpStatus { .. }
+                | FetchError::Jwks(
+                    JwksError::TooLarge(..)
+                    | JwksError::NotJson(_)
+                    | JwksError::NoKeysArray
+                    | JwksError::NoUsableKey(_),
+                )
+                | FetchError::Discovery(
+                    DiscoveryError::TooLarge(_)
+                    | DiscoveryError::NotJson(_)
+                    | DiscoveryError::IssuerMismatch { .. }
+                    | DiscoveryError::NoJwksUri
+                    | DiscoveryError::BadJwksUri(_),
+                ) => {}
+            }
+        }
+        errors.iter().map(FetchError::code).collect()
+    }
+
     #[test]
-    fn every_metric_and_reason_code_is_documented_in_the_readme() {
-        let readme = include_str!("../README.md");
+    fn every_metric_and_reason_code_is_documented_in_the_operations_guide() {
+        let guide = include_str!("../docs/operations.md");
         for counter in Counter::ALL {
             let prometheus = counter.name().replace('.', "_");
-            assert!(readme.contains(&format!("`{prometheus}`")), "README does not document {prometheus}");
+            assert!(guide.contains(&format!("`{prometheus}`")), "docs/operations.md does not document {prometheus}");
         }
-        assert!(readme.contains("`jwt_authz_denied_total{status, reason, policy}`"));
-        let codes = every_reason_code();
-        let distinct: std::collections::HashSet<_> = codes.iter().collect();
-        assert_eq!(distinct.len(), codes.len(), "reason codes must be unique: {codes:?}");
-        for code in codes {
-            assert!(readme.contains(&format!("`{code}`")), "README does not document reason {code}");
+        assert!(guide.contains("`jwt_authz_denied_total{status, reason, policy}`"));
+        for codes in [every_reason_code(), every_fetch_failure_code()] {
+            let distinct: std::collections::HashSet<_> = codes.iter().collect();
+            assert_eq!(distinct.len(), codes.len(), "reason codes must be unique: {codes:?}");
+            for code in codes {
+                assert!(guide.contains(&format!("`{code}`")), "docs/operations.md does not document reason {code}");
+            }
         }
     }
 

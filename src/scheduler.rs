@@ -29,7 +29,7 @@ use crate::metrics::{self, Counter, KeyLookups};
 use std::collections::HashMap;
 
 /// A request re-parked this many times (each after a finished fetch) gets the keys there are.
-pub const MAX_PARKS: u32 = 3;
+const MAX_PARKS: u32 = 3;
 
 /// How loud a log line is; the host maps it to its own levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,8 +12,11 @@ use serde_json::{Map, Value};
 pub enum ClaimsError {
     /// No `exp`. Envoy accepts such tokens forever; we do not (a leaked token must die).
     MissingExpiration,
+    /// `exp` is more than the clock skew in the past.
     Expired,
+    /// `nbf` is more than the clock skew in the future.
     NotYetValid,
+    /// The issuer's rule lists audiences and `aud` names none of them.
     AudienceNotAllowed,
 }
 

@@ -14,7 +14,7 @@ use std::fmt;
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Deepest nesting of the header or payload JSON accepted (default of `limits.maxClaimDepth`); the
 /// top-level object is depth 1. Keycloak's `resource_access.<client>.roles` is depth 4.
-pub const MAX_JSON_DEPTH: usize = 16;
+const MAX_JSON_DEPTH: usize = 16;
 
 /// Size and shape bounds applied to a token before anything else looks at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,16 +31,22 @@ impl Default for TokenLimits {
 
 /// The only signature algorithm accepted. Checked before any key is looked at, so `none`, `HS256`
 /// signed with the public key as secret, and other algorithm confusions never reach a verifier.
-pub const ALLOWED_ALGORITHM: &str = "RS256";
+const ALLOWED_ALGORITHM: &str = "RS256";
 
 /// Why a token could not be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtError {
+    /// Longer than `TokenLimits::max_token_bytes`: refused before any decoding.
     TooLarge,
+    /// Not three dot-separated segments.
     BadFormat,
+    /// A segment is not unpadded base64url.
     BadBase64,
+    /// The header or payload is not a JSON object (or the header lacks a string `alg`).
     BadJson,
+    /// `alg` is not RS256: `none`, HMAC with a public key and every other confusion end here.
     AlgorithmNotAllowed,
+    /// A `crit` header names extensions we do not understand (RFC 7515 §4.1.11).
     CriticalHeader,
     /// The same member name twice in one JSON object of the header or payload.
     DuplicateMember,

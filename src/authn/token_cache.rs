@@ -31,10 +31,10 @@ use std::rc::Rc;
 /// Tokens whose verification is remembered (about 100 bytes each).
 pub const VERIFIED_CAPACITY: usize = 10_000;
 /// Tokens whose parsed identity is remembered too (the token plus its parsed claims: a few KB).
-pub const IDENTITY_CAPACITY: usize = 256;
+const IDENTITY_CAPACITY: usize = 256;
 /// Longer tokens are not kept in the identity tier (which stores them and their claims whole): its
 /// worst case stays within about 3 MB. They still get the verified tier.
-pub const MAX_IDENTITY_TOKEN_BYTES: usize = 4096;
+const MAX_IDENTITY_TOKEN_BYTES: usize = 4096;
 
 /// `SHA-256(SHA-256(header.payload) ‖ signature bytes)`: what a verification depends on. The inner
 /// digest is the one RS256 verification needs anyway, so a new token costs one SHA-256 pass over
@@ -95,7 +95,7 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 
 /// Passes the one `u64` a `TokenDigest` or fingerprint writes straight through.
 #[derive(Default)]
-pub struct DigestHasher(u64);
+struct DigestHasher(u64);
 
 impl Hasher for DigestHasher {
     fn finish(&self) -> u64 {

@@ -25,34 +25,39 @@ pub(super) fn compile_provider(
             return Err(ConfigError::new(format!("{field}.audiences[{i}]"), "must not be empty"));
         }
     }
-    let timeout_ms = duration_field(&rule.timeout, &format!("{field}.timeout"), DEFAULT_FETCH_TIMEOUT_MS, 1, HOUR_MS)?;
-    let cache_duration_ms = duration_field(
-        &rule.cache_duration,
-        &format!("{field}.cacheDuration"),
-        DEFAULT_CACHE_DURATION_MS,
-        SECOND_MS,
-        DAY_MS,
-    )?;
-    let stale_if_error_ms = duration_field(
-        &rule.stale_if_error,
-        &format!("{field}.staleIfError"),
-        DEFAULT_STALE_IF_ERROR_MS,
-        0,
-        7 * DAY_MS,
-    )?;
-    let unknown_kid_refetch_interval_ms = duration_field(
-        &rule.unknown_kid_refetch_interval,
-        &format!("{field}.unknownKidRefetchInterval"),
-        DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS,
-        SECOND_MS,
-        HOUR_MS,
-    )?;
-    let keys = match (&rule.jwks, &rule.jwks_uri) {
+    let keys = key_source(&rule, field, limits)?;
+    let locations = locations(&rule, field, token_locations)?;
+    let output_payload_to_header = match &rule.output_payload_to_header {
+        Some(header) => Some(validate_header_name(header, &format!("{field}.outputPayloadToHeader"))?),
+        None => None,
+    };
+    let mut output_claim_to_headers = Vec::new();
+    for (i, output) in rule.output_claim_to_headers.iter().enumerate() {
+        let header = validate_header_name(&output.header, &format!("{field}.outputClaimToHeaders[{i}].header"))?;
+        if output.claim.is_empty() {
+            return Err(ConfigError::new(format!("{field}.outputClaimToHeaders[{i}].claim"), "must not be empty"));
+        }
+        // Istio's outputClaimToHeaders takes a claim name; dots reach into nested claims as in
+        // its `claim` field of ClaimToHeader.
+        output_claim_to_headers.push(ClaimToHeader { header, claim: ClaimPath::dotted(&output.claim) });
+    }
+    Ok(Provider {
+        issuer: rule.issuer,
+        audiences: rule.audiences,
+        keys,
+        locations,
+        forward_original_token: rule.forward_original_token,
+        output_payload_to_header,
+        output_claim_to_headers,
+    })
+}
+
+/// Inline `jwks`, `jwksUri`, or (with neither) the issuer's OIDC discovery document, with the
+/// fetch settings of the last two.
+fn key_source(rule: &RawJwtRule, field: &str, limits: &Limits) -> Result<KeySource, ConfigError> {
+    match (&rule.jwks, &rule.jwks_uri) {
         (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                format!("{field}.jwks"),
-                "give either jwks (inline keys) or jwksUri, not both",
-            ))
+            Err(ConfigError::new(format!("{field}.jwks"), "give either jwks (inline keys) or jwksUri, not both"))
         }
         (Some(inline), None) => {
             // Inline keys are never fetched: fetch settings would silently do nothing.
@@ -71,68 +76,92 @@ pub(super) fn compile_provider(
             }
             let parsed = jwks::parse_with_limit(inline.as_bytes(), limits.max_jwks_bytes)
                 .map_err(|err| ConfigError::new(format!("{field}.jwks"), err.to_string()))?;
-            KeySource::Inline(parsed.key_set)
+            Ok(KeySource::Inline(parsed.key_set))
         }
-        (None, jwks_uri) => {
-            // Without jwksUri the issuer's OIDC discovery document names the key set.
-            let (uri, uri_field, discovery) = match jwks_uri {
-                Some(uri) => (uri.clone(), format!("{field}.jwksUri"), false),
-                None => {
-                    let discovery_uri = format!("{}{DISCOVERY_PATH}", rule.issuer.trim_end_matches('/'));
-                    if HttpTarget::parse(&discovery_uri).is_none() {
-                        return Err(ConfigError::new(
-                            format!("{field}.jwksUri"),
-                            format!(
-                                "required (or give the keys inline in jwks): the issuer {:?} is not an http(s) URL, \
-                                 so its OIDC discovery document cannot be read",
-                                rule.issuer
-                            ),
-                        ));
-                    }
-                    (discovery_uri, format!("{field}.issuer"), true)
-                }
-            };
-            let target = HttpTarget::parse(&uri).ok_or_else(|| {
-                ConfigError::new(uri_field, format!("{uri:?} is not an absolute http:// or https:// URI"))
-            })?;
-            if let Some(name) = &rule.jwks_cluster {
-                if name.trim().is_empty() {
-                    return Err(ConfigError::new(format!("{field}.jwksCluster"), "must not be empty"));
-                }
+        (None, jwks_uri) => remote_jwks(rule, jwks_uri.as_deref(), field).map(KeySource::Remote),
+    }
+}
+
+fn remote_jwks(rule: &RawJwtRule, jwks_uri: Option<&str>, field: &str) -> Result<RemoteJwks, ConfigError> {
+    // Without jwksUri the issuer's OIDC discovery document names the key set.
+    let (uri, uri_field, discovery) = match jwks_uri {
+        Some(uri) => (uri.to_string(), format!("{field}.jwksUri"), false),
+        None => {
+            let discovery_uri = format!("{}{DISCOVERY_PATH}", rule.issuer.trim_end_matches('/'));
+            if HttpTarget::parse(&discovery_uri).is_none() {
+                return Err(ConfigError::new(
+                    format!("{field}.jwksUri"),
+                    format!(
+                        "required (or give the keys inline in jwks): the issuer {:?} is not an http(s) URL, \
+                         so its OIDC discovery document cannot be read",
+                        rule.issuer
+                    ),
+                ));
             }
-            KeySource::Remote(RemoteJwks {
-                cluster: target.cluster(rule.jwks_cluster.as_deref()),
-                uri,
-                authority: target.authority,
-                path: target.path,
-                discovery,
-                cluster_override: rule.jwks_cluster.clone(),
-                timeout_ms,
-                cache_duration_ms,
-                stale_if_error_ms,
-                unknown_kid_refetch_interval_ms,
-            })
+            (discovery_uri, format!("{field}.issuer"), true)
         }
     };
+    let target = HttpTarget::parse(&uri)
+        .ok_or_else(|| ConfigError::new(uri_field, format!("{uri:?} is not an absolute http:// or https:// URI")))?;
+    if let Some(name) = &rule.jwks_cluster {
+        if name.trim().is_empty() {
+            return Err(ConfigError::new(format!("{field}.jwksCluster"), "must not be empty"));
+        }
+    }
+    let duration = |text: &Option<String>, name: &str, default_ms: u64, min_ms: u64, max_ms: u64| {
+        duration_field(text, &format!("{field}.{name}"), default_ms, min_ms, max_ms)
+    };
+    Ok(RemoteJwks {
+        cluster: target.cluster(rule.jwks_cluster.as_deref()),
+        uri,
+        authority: target.authority,
+        path: target.path,
+        discovery,
+        cluster_override: rule.jwks_cluster.clone(),
+        timeout_ms: duration(&rule.timeout, "timeout", DEFAULT_FETCH_TIMEOUT_MS, 1, HOUR_MS)?,
+        cache_duration_ms: duration(
+            &rule.cache_duration,
+            "cacheDuration",
+            DEFAULT_CACHE_DURATION_MS,
+            SECOND_MS,
+            DAY_MS,
+        )?,
+        stale_if_error_ms: duration(&rule.stale_if_error, "staleIfError", DEFAULT_STALE_IF_ERROR_MS, 0, 7 * DAY_MS)?,
+        unknown_kid_refetch_interval_ms: duration(
+            &rule.unknown_kid_refetch_interval,
+            "unknownKidRefetchInterval",
+            DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS,
+            SECOND_MS,
+            HOUR_MS,
+        )?,
+    })
+}
 
-    let mut locations = Vec::new();
+/// Where the issuer's tokens are accepted, as ids into the configuration-wide `token_locations`
+/// (adding the ones not seen before): its `fromHeaders`, `fromParams` and `fromCookies`, or
+/// Istio's defaults when none is given.
+fn locations(
+    rule: &RawJwtRule,
+    field: &str,
+    token_locations: &mut Vec<TokenLocation>,
+) -> Result<Vec<LocationId>, ConfigError> {
     let explicit = !(rule.from_headers.is_empty() && rule.from_params.is_empty() && rule.from_cookies.is_empty());
     let wanted: Vec<(String, TokenLocation)> = if explicit {
         let headers = rule
             .from_headers
-            .into_iter()
+            .iter()
             .enumerate()
             .map(|(i, h)| (format!("{field}.fromHeaders[{i}].name"), TokenLocation::header(&h.name, &h.prefix)));
         let params = rule
             .from_params
-            .into_iter()
+            .iter()
             .enumerate()
-            .map(|(i, p)| (format!("{field}.fromParams[{i}]"), TokenLocation::Param(p)));
+            .map(|(i, p)| (format!("{field}.fromParams[{i}]"), TokenLocation::Param(p.clone())));
         let cookies = rule
             .from_cookies
-            .into_iter()
+            .iter()
             .enumerate()
-            .map(|(i, c)| (format!("{field}.fromCookies[{i}]"), TokenLocation::Cookie(c)));
+            .map(|(i, c)| (format!("{field}.fromCookies[{i}]"), TokenLocation::Cookie(c.clone())));
         headers.chain(params).chain(cookies).collect()
     } else {
         // Istio's defaults: the Authorization bearer token, then the access_token parameter.
@@ -141,6 +170,7 @@ pub(super) fn compile_provider(
             (field.to_string(), TokenLocation::Param("access_token".to_string())),
         ]
     };
+    let mut locations = Vec::new();
     for (location_field, location) in wanted {
         if location.name().trim().is_empty() {
             return Err(ConfigError::new(location_field, "must not be empty"));
@@ -156,31 +186,7 @@ pub(super) fn compile_provider(
             locations.push(index);
         }
     }
-
-    let output_payload_to_header = match rule.output_payload_to_header {
-        Some(header) => Some(validate_header_name(&header, &format!("{field}.outputPayloadToHeader"))?),
-        None => None,
-    };
-    let mut output_claim_to_headers = Vec::new();
-    for (i, output) in rule.output_claim_to_headers.into_iter().enumerate() {
-        let header = validate_header_name(&output.header, &format!("{field}.outputClaimToHeaders[{i}].header"))?;
-        if output.claim.is_empty() {
-            return Err(ConfigError::new(format!("{field}.outputClaimToHeaders[{i}].claim"), "must not be empty"));
-        }
-        // Istio's outputClaimToHeaders takes a claim name; dots reach into nested claims as in
-        // its `claim` field of ClaimToHeader.
-        output_claim_to_headers.push(ClaimToHeader { header, claim: ClaimPath::dotted(&output.claim) });
-    }
-
-    Ok(Provider {
-        issuer: rule.issuer,
-        audiences: rule.audiences,
-        keys,
-        locations,
-        forward_original_token: rule.forward_original_token,
-        output_payload_to_header,
-        output_claim_to_headers,
-    })
+    Ok(locations)
 }
 
 fn validate_header_name(name: &str, field: &str) -> Result<String, ConfigError> {

@@ -514,12 +514,22 @@ fn policy_level_settings_and_their_defaults() {
     assert_eq!(policies.allow[0].name, "policies[2]");
 }
 
+/// The first JSON block of a document.
+fn first_json_example(document: &str) -> &str {
+    document.split("```json").nth(1).and_then(|rest| rest.split("```").next()).expect("a ```json block")
+}
+
 #[test]
-fn the_readme_policy_reference_example_compiles() {
-    let readme = include_str!("../../README.md");
-    let section = readme.split("## Authorization policy reference").nth(1).expect("section");
-    let example = section.split("```json").nth(1).and_then(|rest| rest.split("```").next()).expect("example");
-    let config = Config::parse(example.as_bytes()).expect("the README example is valid");
+fn the_readme_example_compiles() {
+    let config = Config::parse(first_json_example(include_str!("../../README.md")).as_bytes())
+        .expect("the README example is valid");
+    assert!(!config.issuers.providers.is_empty() && !config.policies.allow.is_empty());
+}
+
+#[test]
+fn the_policy_reference_example_compiles() {
+    let example = first_json_example(include_str!("../../docs/authorization.md"));
+    let config = Config::parse(example.as_bytes()).expect("the docs/authorization.md example is valid");
     assert_eq!((config.policies.deny.len(), config.policies.allow.len(), config.policies.audit.len()), (2, 1, 1));
     assert_eq!(config.token_requirements.len(), 2);
     assert_eq!(config.num_trusted_proxies, 1);

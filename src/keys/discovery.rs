@@ -9,24 +9,26 @@ use serde_json::Value;
 use std::fmt;
 
 /// Larger discovery documents are refused before parsing (real ones are a few KB).
-pub const MAX_DISCOVERY_BYTES: usize = MAX_JWKS_BYTES;
+const MAX_DISCOVERY_BYTES: usize = MAX_JWKS_BYTES;
 
 /// Why a discovery document was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiscoveryError {
+    /// The document is larger than the JWKS size limit (bytes).
     TooLarge(usize),
+    /// The body is not a JSON object (the parser's message).
     NotJson(String),
     /// The document's `issuer` is not the configured issuer (Discovery 1.0 §4.3 requires them to be
     /// identical: anything else could be a document for another tenant or an impostor).
-    IssuerMismatch {
-        expected: String,
-        found: Option<String>,
-    },
+    IssuerMismatch { expected: String, found: Option<String> },
+    /// No string `jwks_uri` in the document.
     NoJwksUri,
+    /// `jwks_uri` is not an absolute http(s) URI we can fetch.
     BadJwksUri(String),
 }
 
 impl DiscoveryError {
+    /// Stable reason code, for the fetch-failure log line.
     pub fn code(&self) -> &'static str {
         match self {
             DiscoveryError::TooLarge(_) => "discovery_too_large",

@@ -70,12 +70,16 @@ pub struct ParsedJwks {
 pub enum JwksError {
     /// `(size, limit)` in bytes.
     TooLarge(usize, usize),
+    /// The body is not JSON (the parser's message).
     NotJson(String),
+    /// The document has no `keys` array.
     NoKeysArray,
+    /// No key is an RS256 verification key we accept; why each was skipped.
     NoUsableKey(Vec<String>),
 }
 
 impl JwksError {
+    /// Stable reason code, for the fetch-failure log line.
     pub fn code(&self) -> &'static str {
         match self {
             JwksError::TooLarge(..) => "jwks_too_large",

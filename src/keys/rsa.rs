@@ -27,7 +27,9 @@ const SHA256_DIGEST_INFO: [u8; 19] =
 /// Why a JWK's modulus and exponent do not make a usable RS256 key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyError {
+    /// Fewer bits than `MIN_MODULUS_BITS`.
     ModulusTooSmall(usize),
+    /// More bits than `MAX_MODULUS_BITS`.
     ModulusTooLarge(usize),
     /// An even modulus is not an RSA modulus (and has no Montgomery form).
     EvenModulus,
@@ -146,7 +148,7 @@ impl RsaVerifyKey {
     /// RSAVP1 and I2OSP: `signature^e mod n` as a big-endian block of `size()` bytes, or `None`
     /// when the signature has the wrong length or is not below `n` (RFC 8017 §8.2.2 step 1 and
     /// §5.2.2 step 1: such values are refused, never reduced).
-    pub fn public_operation(&self, signature: &[u8]) -> Option<Vec<u8>> {
+    fn public_operation(&self, signature: &[u8]) -> Option<Vec<u8>> {
         if signature.len() != self.size_bytes {
             return None;
         }

@@ -55,13 +55,18 @@ pub enum FetchResult<'a> {
 /// Why a fetch failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchError {
+    /// No response: timeout, reset, or the cluster does not exist.
     NoResponse { uri: String, cluster: String },
+    /// A response other than 200.
     HttpStatus { uri: String, status: u32 },
+    /// A 200 whose key set is refused.
     Jwks(JwksError),
+    /// A 200 whose discovery document is refused.
     Discovery(DiscoveryError),
 }
 
 impl FetchError {
+    /// Stable reason code, for the fetch-failure log line.
     pub fn code(&self) -> &'static str {
         match self {
             FetchError::NoResponse { .. } => "jwks_fetch_no_response",

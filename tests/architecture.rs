@@ -1,0 +1,176 @@
+//! The layering rules of ARCHITECTURE.md, checked on the source tree: which layer may name which
+//! (`crate::…` paths outside test code), that only the host layer touches `proxy_wasm`, and the
+//! size bounds that keep files to one concept and the host thin.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The layers, bottom to top. A layer may name itself and the layers its rule lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Layer {
+    /// `identity`, `ids`: the vocabulary every layer shares.
+    Shared,
+    Keys,
+    Authn,
+    Authz,
+    Config,
+    /// `engine`, `scheduler`, `deny`, `metrics`.
+    Core,
+    Host,
+    /// `fakes`, `testkeys`: compiled only for tests.
+    TestSupport,
+    /// `lib.rs`: declares the modules.
+    Root,
+}
+
+fn layer_of_module(name: &str) -> Option<Layer> {
+    Some(match name {
+        "identity" | "ids" => Layer::Shared,
+        "keys" => Layer::Keys,
+        "authn" => Layer::Authn,
+        "authz" => Layer::Authz,
+        "config" => Layer::Config,
+        "engine" | "scheduler" | "deny" | "metrics" => Layer::Core,
+        "host" => Layer::Host,
+        "fakes" | "testkeys" => Layer::TestSupport,
+        _ => return None,
+    })
+}
+
+fn may_name(from: Layer, to: Layer) -> bool {
+    use Layer::*;
+    from == to
+        || match from {
+            Shared | Root => false,
+            Keys => to == Shared,
+            // Authentication verifies with keys; it never sees policies or the configuration.
+            Authn => matches!(to, Shared | Keys),
+            // Authorization reads an identity, never how it was made.
+            Authz => to == Shared,
+            // The configuration compiles into every domain's types.
+            Config => matches!(to, Shared | Keys | Authn | Authz),
+            Core => matches!(to, Shared | Keys | Authn | Authz | Config),
+            Host => matches!(to, Shared | Keys | Authn | Authz | Config | Core),
+            TestSupport => matches!(to, Shared | Keys | Authn | Authz | Config | Core),
+        }
+}
+
+fn src_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).expect("readable source dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The library's files (not the CLI in src/bin) with the layer each belongs to.
+fn library_files() -> Vec<(PathBuf, Layer)> {
+    let src = src_dir();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .filter(|path| !path.starts_with(src.join("bin")))
+        .map(|path| {
+            let relative = path.strip_prefix(&src).expect("under src");
+            let first = relative.components().next().expect("a component").as_os_str().to_string_lossy();
+            let module = first.trim_end_matches(".rs").to_string();
+            let layer = if module == "lib" {
+                Layer::Root
+            } else {
+                layer_of_module(&module).unwrap_or_else(|| panic!("{relative:?}: module {module} has no layer"))
+            };
+            (path, layer)
+        })
+        .collect()
+}
+
+/// The file's code without its test module: a `tests.rs` file is all test code; otherwise
+/// everything from `#[cfg(test)]` on is.
+fn code_before_tests(path: &Path) -> String {
+    if path.file_name().is_some_and(|name| name == "tests.rs") {
+        return String::new();
+    }
+    let text = fs::read_to_string(path).expect("readable source");
+    match text.find("\n#[cfg(test)]\nmod tests") {
+        Some(end) => text[..end].to_string(),
+        None => text,
+    }
+}
+
+/// Every module named by a `crate::<module>` path in `code`, comments excluded.
+fn named_modules(code: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in code.lines() {
+        let line = line.split("//").next().unwrap_or_default();
+        let mut rest = line;
+        while let Some(at) = rest.find("crate::") {
+            let after = &rest[at + "crate::".len()..];
+            let name: String = after.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() {
+                names.insert(name);
+            }
+            rest = after;
+        }
+    }
+    names
+}
+
+#[test]
+fn every_layer_names_only_the_layers_below_it() {
+    let mut violations = Vec::new();
+    for (path, layer) in library_files() {
+        for module in named_modules(&code_before_tests(&path)) {
+            let Some(target) = layer_of_module(&module) else { continue };
+            if !may_name(layer, target) {
+                violations.push(format!("{}: {layer:?} names crate::{module} ({target:?})", path.display()));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "layering rules broken:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn only_the_host_layer_touches_proxy_wasm() {
+    let offenders: Vec<String> = library_files()
+        .into_iter()
+        .filter(|(path, layer)| *layer != Layer::Host && code_before_tests(path).contains("proxy_wasm"))
+        .map(|(path, _)| path.display().to_string())
+        .collect();
+    assert!(offenders.is_empty(), "proxy_wasm outside src/host: {offenders:?}");
+    let host = library_files().into_iter().filter(|(_, layer)| *layer == Layer::Host).count();
+    assert!(host > 0, "the host layer exists");
+}
+
+#[test]
+fn the_rules_catch_what_they_are_for() {
+    // The checker itself: a path into authz from authn is found, comments are not.
+    let code = "use crate::authz::Policies;\n// crate::config is only mentioned\nlet x = crate::ids::ProviderId(0);";
+    let names: Vec<String> = named_modules(code).into_iter().collect();
+    assert_eq!(names, ["authz", "ids"]);
+    assert!(!may_name(Layer::Authn, Layer::Authz) && !may_name(Layer::Authz, Layer::Authn));
+    assert!(!may_name(Layer::Keys, Layer::Authn) && !may_name(Layer::Keys, Layer::Config));
+    assert!(!may_name(Layer::Core, Layer::Host) && may_name(Layer::Host, Layer::Core));
+}
+
+#[test]
+fn files_stay_one_concept_long_and_the_host_stays_thin() {
+    let mut host_lines = 0;
+    for (path, layer) in library_files() {
+        let lines = code_before_tests(&path).lines().count();
+        assert!(lines <= 900, "{}: {lines} lines before its tests (at most 900)", path.display());
+        if layer == Layer::Host {
+            host_lines += lines;
+        }
+    }
+    assert!(host_lines <= 450, "src/host has {host_lines} lines (at most 450)");
+}
