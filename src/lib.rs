@@ -1,17 +1,27 @@
 //! jwt-authz: JWT authentication and Istio-style authorization inside Envoy, as a Proxy-Wasm filter.
 //!
 //! Everything but `host` is the pure core: bytes, headers and `now` in, decisions and descriptions
-//! of I/O out. `host` is the only module that talks to the proxy.
+//! of I/O out. `host` is the only module that talks to the proxy. The layers, bottom to top:
+//! `identity`/`ids` (shared vocabulary), `keys`, `authn` and `authz` (never each other), `config`
+//! (compiles into all of them), `engine`/`scheduler`/`deny`/`metrics`, `host`. ARCHITECTURE.md
+//! has the rules; tests/architecture.rs keeps them.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
-pub mod authn;
-pub mod authz;
-pub mod config;
-pub mod deny;
-pub mod engine;
+// Shared vocabulary.
 pub mod identity;
 pub mod ids;
+
+// Domains.
+pub mod authn;
+pub mod authz;
 pub mod keys;
+
+// Configuration, compiled once into the domains' types.
+pub mod config;
+
+// The core's top: one request's decision, the per-VM scheduler, denials, metrics.
+pub mod deny;
+pub mod engine;
 pub mod metrics;
 pub mod scheduler;
 

@@ -1,3 +1,5 @@
+//! Unit tests of policy evaluation: every Istio field, the order of DENY/ALLOW/AUDIT, dry-run.
+
 use super::*;
 use crate::identity::Identity;
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! Reads the configuration JSON into the `Raw*` structs of config.rs while tracking the JSON path
+//! Reads the configuration JSON into the `Raw*` structs of `raw.rs` while tracking the JSON path
 //! (`jwtRules[0].issuer`), so an invalid configuration names the field that is wrong.
 //!
 //! The document is parsed once into a `serde_json::Value` (refusing duplicate members, which a

@@ -1,3 +1,5 @@
+//! Unit tests of configuration compiling: every field, its defaults, and every refusal with its path.
+
 use super::*;
 use crate::authn::extract::LocationId;
 use crate::authz::RequirementAction;

@@ -1,3 +1,5 @@
+//! Unit tests of the scheduler: parking, deadlines, fetches across workers, and what gets reported.
+
 use super::*;
 use crate::fakes::MemoryStore;
 use crate::testkeys;

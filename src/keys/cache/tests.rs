@@ -1,3 +1,5 @@
+//! Unit tests of the JWKS cache state machine: leases, refresh, retries, stale keys, discovery, races.
+
 use super::fetch::refresh_jitter_ms;
 use super::shared::Lease;
 use super::*;
