@@ -34,6 +34,11 @@ impl StringMatch {
         }))
     }
 
+    /// `*`: any value at all. Whether that includes the empty string depends on the attribute.
+    pub fn is_presence(&self) -> bool {
+        self.0 == Pattern::Present
+    }
+
     pub fn matches(&self, value: &str) -> bool {
         match &self.0 {
             Pattern::Exact(exact) => value == exact,

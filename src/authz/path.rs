@@ -153,8 +153,12 @@ fn is_unreserved(byte: u8) -> bool {
 /// `{*}` matches one non-empty path segment; `{**}` matches zero or more characters including
 /// `/` (so `/files/{**}` matches `/files/` and `/files/a/b`, not `/files`), and must be the last
 /// operator. After the last operator a suffix may follow in the same segment (`/{**}.css`).
-/// Operators match only the characters RFC 3986 allows unencoded in a segment, except `*` and `=`
-/// (Envoy's choice, kept so the two agree). Matching is against the normalized path.
+/// Operators match what Envoy 1.40's `uri_template` matcher matches behind Istio's path
+/// normalization (measured side by side in tests/envoy/test_differential.py): every character RFC
+/// 3986 allows in a segment, `=` and `*` included, and the characters Envoy's normalization
+/// percent-encodes before matching (`"` `<` `>` `` ` `` `{` `}` `|` `^`), which reach its matcher as
+/// `%XX`. A narrower class would let `/admin/a=b` past a DENY on `/admin/{*}`. `[` and `]` match in
+/// neither. Matching is against the normalized path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
     parts: Vec<TemplatePart>,
@@ -260,7 +264,7 @@ impl PathTemplate {
                     for position in 0..next.len() {
                         if position > 0 {
                             let byte = bytes.get(position - 1).copied().unwrap_or_default();
-                            let in_class = is_template_literal(byte) || (crosses_slashes && byte == b'/');
+                            let in_class = is_operator_char(byte) || (crosses_slashes && byte == b'/');
                             run = in_class && (run || reachable.get(position - 1).copied().unwrap_or(false));
                         }
                         let empty_match = crosses_slashes && reachable.get(position).copied().unwrap_or(false);
@@ -287,9 +291,14 @@ fn push_literal(parts: &mut Vec<TemplatePart>, text: &str) {
     }
 }
 
-/// Envoy's `uri_template` literal characters: unreserved, `%`, sub-delims except `*` and `=`, `:`, `@`.
+/// Envoy's `uri_template` literal characters: unreserved, `%`, sub-delims except `*`, `:`, `@`.
 fn is_template_literal(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@".contains(&byte)
+    byte.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@=".contains(&byte)
+}
+
+/// What `{*}` matches in one segment (and `{**}` besides `/`): see `PathTemplate`.
+fn is_operator_char(byte: u8) -> bool {
+    is_template_literal(byte) || b"*\"<>`{}|^".contains(&byte)
 }
 
 #[cfg(test)]
@@ -399,8 +408,14 @@ mod tests {
             ("/img/{*}.png", "/img/a/logo.png", false),
             ("/a/{*}/b/{*}", "/a/1/b/2", true),
             ("/a/{*}/b/{**}", "/a/1/b/2/3", true),
-            // Operators match RFC 3986 segment characters only, without `*` and `=` (as Envoy).
-            ("/api/{*}", "/api/x=1", false),
+            // Operators match what Envoy's matcher matches behind its normalization: RFC 3986
+            // segment characters with `=` and `*`, and what the normalization percent-encodes.
+            ("/api/{*}", "/api/x=1", true),
+            ("/api/{*}", "/api/a*b", true),
+            ("/api/{*}", "/api/a:b@c!d$e&f'g(h)i+j,k;l~m", true),
+            ("/api/{*}", "/api/a\"b<c>d`e{f}g|h^i", true),
+            ("/files/{**}/x", "/files/a*/b=/x", true),
+            ("/api/{*}", "/api/a[b]", false),
             ("/api/{*}", "/api/caf\u{e9}", false),
             ("/api/{*}", "/api/a%20b", true),
         ];
@@ -421,7 +436,7 @@ mod tests {
             ("/a/{id}", "only {*} and {**} are supported"),
             ("/a/*/{*}", "write {*} for one segment"),
             ("/a//{*}", "empty segment"),
-            ("/a/{*}/b=c", "'=' is not allowed"),
+            ("/a/{*}/b[c", "'[' is not allowed"),
             ("/a/}", "only {*} and {**}"),
             ("/a/{*}{*}", "'{' is not allowed"),
         ];

@@ -179,6 +179,8 @@ impl Operation {
 /// One value of an attribute, as conditions compare it.
 enum Attribute<'a> {
     Text(String),
+    /// A request header's value, whole or one comma-separated element.
+    Header(String),
     Identity(&'a Identity),
     Address(IpAddr),
     Port(u16),
@@ -188,6 +190,9 @@ impl ValueMatch {
     fn matches(&self, attribute: &Attribute<'_>) -> bool {
         match (self, attribute) {
             (ValueMatch::String(m), Attribute::Text(text)) => m.matches(text),
+            // Istio translates `*` for a header into Envoy's `present_match`: a header sent with an
+            // empty value is present. Elsewhere `*` is `.+` (non-empty), as in Istio.
+            (ValueMatch::String(m), Attribute::Header(text)) => m.is_presence() || m.matches(text),
             (ValueMatch::Principal(m), Attribute::Identity(identity)) => m.matches(identity),
             (ValueMatch::Address(block), Attribute::Address(address)) => block.contains(*address),
             (ValueMatch::Port(want), Attribute::Port(got)) => want == got,
@@ -224,7 +229,9 @@ impl Condition {
                     })
                     .unwrap_or_default(),
             ),
-            ConditionKey::Header(name) => texts(header_values(input.headers, name)),
+            ConditionKey::Header(name) => {
+                header_values(input.headers, name).into_iter().map(Attribute::Header).collect()
+            }
             ConditionKey::SourceIp => input.source_ip.map(Attribute::Address).into_iter().collect(),
             ConditionKey::RemoteIp => input.remote_ip.map(Attribute::Address).into_iter().collect(),
             ConditionKey::DestinationPort => input.port.map(Attribute::Port).into_iter().collect(),

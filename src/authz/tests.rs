@@ -388,6 +388,12 @@ fn when_keys() {
         (when("request.headers[x-env]", json!(["pr*"])), req(), true),
         (when("request.headers[x-missing]", json!(["*"])), req(), false),
         (when_not("request.headers[x-missing]", json!(["*"])), req(), true),
+        // A header's `*` is presence (Istio's present_match): an empty value is present.
+        (when("request.headers[x-debug]", json!(["*"])), req().header("x-debug", ""), true),
+        (when_not("request.headers[x-debug]", json!(["*"])), req().header("x-debug", ""), false),
+        (when("request.headers[x-debug]", json!(["de*"])), req().header("x-debug", ""), false),
+        // Elsewhere `*` stays non-empty (`.+`), as Istio translates it.
+        (when("request.auth.claims[empty]", json!(["*"])), req().who(Some(identity(json!({"empty": ""})))), false),
         // Every occurrence and every comma-separated element counts (no DENY sidestep).
         (
             when("request.headers[x-role]", json!(["admin"])),

@@ -36,6 +36,12 @@ def policy_config(idp, main_ports):
             ]},
             {"name": "deny-blocked", "action": "DENY", "rules": [
                 {"when": [{"key": "request.headers[x-block]", "values": ["yes", "true*"]}]}]},
+            # `*` on a header is presence: an empty value is present (Istio's present_match).
+            {"name": "deny-debug-header", "action": "DENY", "rules": [
+                {"when": [{"key": "request.headers[x-debug]", "values": ["*"]}]}]},
+            # Templates match what Envoy's uri_template matches: `=`, `*` and sub-delims included.
+            {"name": "deny-locked", "action": "DENY", "rules": [
+                {"to": [{"operation": {"paths": ["/public/locked/{*}", "/public/tree/{**}/end", "/public/files/{*}.txt"]}}]}]},
             {"name": "trial-deny-deletes", "action": "DENY", "dryRun": True, "rules": [
                 {"to": [{"operation": {"methods": ["DELETE"]}}]}]},
             {"name": "shop", "action": "ALLOW", "rules": [
@@ -190,6 +196,19 @@ REQUESTS = [
     ("GET", "/env/x", None, {"x-env": "staging-old"}, "ingress"),
     ("GET", "/env/x", None, {"x-env": "dev"}, "ingress"),
     ("GET", "/env/x", None, {}, "ingress"),
+    ("GET", "/public/x", None, {"x-debug": ""}, "ingress"),
+    ("GET", "/public/x", None, {"x-debug": "1"}, "ingress"),
+    ("GET", "/public/x", "alice", {"x-debug": ""}, "ingress"),
+    *[("GET", f"/public/locked/{segment}", who, {}, "ingress") for who in [None, "alice"]
+      for segment in ["a", "a=b", "a*b", "=", "*", "a:b@c", "a!b$c&d'e", "a(b)c+d,e;f~g", "a%20b", "a%3Db",
+                      'a"b', "a|b", "a^b", "a`b", "a{b}", "a<b>", "a[b]"]],
+    ("GET", "/public/locked/a/b", None, {}, "ingress"),
+    ("GET", "/public/tree/a=b/c*d/end", None, {}, "ingress"),
+    ("GET", "/public/tree/end", None, {}, "ingress"),
+    ("GET", "/public/tree/x/end/more", None, {}, "ingress"),
+    ("GET", "/public/files/a=b.txt", None, {}, "ingress"),
+    ("GET", "/public/files/*.txt", None, {}, "ingress"),
+    ("GET", "/public/files/a.txt.bak2", None, {}, "ingress"),
     ("GET", "/nothing-allows-this", "alice", {}, "ingress"),
     ("GET", "/nothing-allows-this", None, {}, "ingress"),
 ]
