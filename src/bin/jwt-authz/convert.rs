@@ -8,6 +8,7 @@
 //! namespaces, service accounts) are Istio's to enforce: such policies stay AuthorizationPolicies.
 
 use crate::documents::Document;
+use crate::scope::{Scope, Workload};
 use serde_json::{json, Map, Value};
 
 /// The converted configuration, and for each `jwtRules` / `policies` entry where it came from.
@@ -40,17 +41,36 @@ const PEER_SOURCE_FIELDS: [&str; 6] =
     ["principals", "notPrincipals", "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts"];
 const OPERATION_FIELDS: [&str; 8] =
     ["paths", "notPaths", "methods", "notMethods", "hosts", "notHosts", "ports", "notPorts"];
+/// The annotation that makes an AuthorizationPolicy a dry run in Istio.
+const DRY_RUN: &str = "istio.io/dry-run";
 /// Fields that only say where a resource applies; the WasmPlugin's selector decides that here.
 const TARGETING_FIELDS: [&str; 3] = ["selector", "targetRef", "targetRefs"];
 
-/// Converts every RequestAuthentication and AuthorizationPolicy among the documents.
-pub fn convert(documents: &[Document]) -> Result<Converted, String> {
+/// Converts every RequestAuthentication and AuthorizationPolicy among the documents that applies
+/// to `target` (all of them without one, provided they all apply to the same workloads).
+pub fn convert(documents: &[Document], target: Option<&Workload>, root_namespace: &str) -> Result<Converted, String> {
     let mut converted =
         Converted { config: Value::Null, jwt_rule_origins: Vec::new(), policy_origins: Vec::new(), notes: Vec::new() };
     let mut jwt_rules = Vec::new();
     let mut policies = Vec::new();
+    // The first resource of each scope, to name a conflict.
+    let mut scopes: Vec<(Scope, String)> = Vec::new();
     for document in documents {
         let origin = format!("{}: {}", document.file, document.describe());
+        if matches!(document.kind(), Some("RequestAuthentication" | "AuthorizationPolicy")) {
+            let scope = Scope::of(document, root_namespace).map_err(|why| format!("{}: {why}", document.file))?;
+            match target {
+                Some(workload) => match scope.applies_to(workload, root_namespace) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        converted.notes.push(format!("{origin}: skipped, it applies to {}", scope.describe()));
+                        continue;
+                    }
+                    Err(why) => return Err(format!("{origin}: {why}; convert it on its own")),
+                },
+                None => scopes.push((scope, origin.clone())),
+            }
+        }
         match document.kind() {
             Some("RequestAuthentication") => {
                 let spec = spec(document, &origin)?;
@@ -82,6 +102,12 @@ pub fn convert(documents: &[Document]) -> Result<Converted, String> {
     if jwt_rules.is_empty() && policies.is_empty() {
         return Err("no RequestAuthentication or AuthorizationPolicy found".to_string());
     }
+    if let Some(narrowest) = common_workloads(&scopes)? {
+        converted.notes.push(format!(
+            "the configuration is what Istio applies to {narrowest}: deploy the WasmPlugin there (the same \
+             namespace and selector)"
+        ));
+    }
     let mut config = Map::new();
     if !jwt_rules.is_empty() {
         config.insert("jwtRules".into(), Value::Array(jwt_rules));
@@ -91,6 +117,44 @@ pub fn convert(documents: &[Document]) -> Result<Converted, String> {
     }
     converted.config = Value::Object(config);
     Ok(converted)
+}
+
+/// Without a target workload, the resources convert together only if Istio applies all of them to
+/// one set of workloads: mesh-wide ones anywhere, namespace-wide ones of one namespace, and at most
+/// one selector (or set of target references) there. The narrowest scope, when there is one.
+fn common_workloads(scopes: &[(Scope, String)]) -> Result<Option<String>, String> {
+    let mut namespace: Option<&(Scope, String)> = None;
+    let mut narrowest: Option<&(Scope, String)> = None;
+    for entry in scopes {
+        let (scope, origin) = entry;
+        let Scope::Namespaced { namespace: ns, selector, targets } = scope else { continue };
+        let conflict = |other: &(Scope, String)| {
+            format!(
+                "{origin} applies to {} but {} applies to {}: one configuration would let each act on the \
+                 other's workloads; convert them separately, or give --namespace and --labels of the workload \
+                 the configuration is for",
+                scope.describe(),
+                other.1,
+                other.0.describe()
+            )
+        };
+        match namespace {
+            Some(first @ (Scope::Namespaced { namespace: first_ns, .. }, _)) if first_ns != ns => {
+                return Err(conflict(first))
+            }
+            None => namespace = Some(entry),
+            _ => {}
+        }
+        if selector.is_empty() && targets.is_empty() {
+            continue;
+        }
+        match narrowest {
+            Some(other) if other.0 != *scope => return Err(conflict(other)),
+            None => narrowest = Some(entry),
+            _ => {}
+        }
+    }
+    Ok(narrowest.or(namespace).map(|(scope, _)| scope.describe()))
 }
 
 fn spec<'a>(document: &'a Document, origin: &str) -> Result<&'a Map<String, Value>, String> {
@@ -104,7 +168,8 @@ fn note_targeting(spec: &Map<String, Value>, origin: &str, notes: &mut Vec<Strin
     for field in TARGETING_FIELDS {
         if spec.contains_key(field) {
             notes.push(format!(
-                "{origin}: spec.{field} not carried over: the WasmPlugin's selector decides which workloads run the filter"
+                "{origin}: spec.{field} not carried over: deploy the WasmPlugin with the same {field}, which decides \
+                 where the filter runs"
             ));
         }
     }
@@ -151,8 +216,29 @@ fn policy(document: &Document, origin: &str, notes: &mut Vec<String>) -> Result<
             _ => return Err(format!("{field}: unknown field")),
         }
     }
+    if dry_run(document, origin)? {
+        result.insert("dryRun".into(), json!(true));
+    }
     // Istio: an ALLOW policy without rules matches nothing; the plugin reads a missing list the same way.
     Ok(Value::Object(result))
+}
+
+/// Istio's `istio.io/dry-run` annotation, read as Istio reads it (Go's `strconv.ParseBool`). A
+/// value Istio would not read as a boolean is an error here: guessing either way would turn a
+/// trial policy into an enforcing one, or an enforcing one into a trial.
+fn dry_run(document: &Document, origin: &str) -> Result<bool, String> {
+    let annotation = document.value.get("metadata").and_then(|m| m.get("annotations")).and_then(|a| a.get(DRY_RUN));
+    let field = format!("{origin} metadata.annotations[{DRY_RUN}]");
+    match annotation {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::String(text)) => match text.as_str() {
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+            other => Err(format!("{field}: {other:?} is not a boolean (\"true\" or \"false\")")),
+        },
+        // YAML without quotes: Kubernetes would refuse a non-string annotation; be as strict.
+        Some(_) => Err(format!("{field}: annotations are strings; write \"true\" or \"false\"")),
+    }
 }
 
 fn rule(value: &Value, path: &str) -> Result<Value, String> {
@@ -253,7 +339,7 @@ mod tests {
     use crate::documents::parse;
 
     fn convert_yaml(yaml: &str) -> Result<Converted, String> {
-        convert(&parse("in.yaml", yaml).map_err(|e| e.0)?)
+        convert(&parse("in.yaml", yaml).map_err(|e| e.0)?, None, "istio-system")
     }
 
     const REQUEST_AUTHENTICATION: &str = "
@@ -344,6 +430,97 @@ metadata: {{name: backend}}
         let converted =
             convert_yaml("kind: AuthorizationPolicy\nmetadata: {name: deny-all}\nspec: {}\n").expect("converts");
         assert_eq!(converted.config, json!({"policies": [{"name": "deny-all"}]}));
+    }
+
+    const MULTI_NAMESPACE: &str = "
+kind: AuthorizationPolicy
+metadata: {name: mesh-deny-debug, namespace: istio-system}
+spec: {action: DENY, rules: [{to: [{operation: {paths: [/debug/*]}}]}]}
+---
+kind: AuthorizationPolicy
+metadata: {name: shop-wide, namespace: shop}
+spec: {action: DENY, rules: [{to: [{operation: {methods: [TRACE]}}]}]}
+---
+kind: AuthorizationPolicy
+metadata: {name: cart-allow, namespace: shop}
+spec: {selector: {matchLabels: {app: cart}}, rules: [{to: [{operation: {paths: [/cart/*]}}]}]}
+---
+kind: AuthorizationPolicy
+metadata: {name: web-allow, namespace: shop}
+spec: {selector: {matchLabels: {app: web}}, rules: [{to: [{operation: {paths: ['*']}}]}]}
+---
+kind: AuthorizationPolicy
+metadata: {name: billing-allow, namespace: billing}
+spec: {rules: [{to: [{operation: {paths: ['*']}}]}]}
+";
+
+    fn names(converted: &Converted) -> Vec<String> {
+        let policies = converted.config["policies"].as_array().cloned().unwrap_or_default();
+        policies.iter().map(|p| p["name"].as_str().unwrap_or_default().to_string()).collect()
+    }
+
+    #[test]
+    fn policies_for_different_workloads_are_never_merged() {
+        let documents = parse("in.yaml", MULTI_NAMESPACE).expect("parses");
+        let error = convert(&documents, None, "istio-system").err().expect("refused");
+        assert!(error.contains("cart-allow") && error.contains("web-allow"), "{error}");
+        assert!(error.contains("--namespace"), "{error}");
+        // Two namespaces are two sets of workloads too.
+        let two_namespaces: Vec<Document> = documents
+            .iter()
+            .filter(|d| ["shop-wide", "billing-allow"].contains(&d.name().unwrap_or("")))
+            .cloned()
+            .collect();
+        let error = convert(&two_namespaces, None, "istio-system").err().expect("refused");
+        assert!(error.contains("billing") && error.contains("shop"), "{error}");
+        // Mesh-wide, namespace-wide and one selector nest: exact for the selected workloads.
+        let nested: Vec<Document> = documents
+            .iter()
+            .filter(|d| ["mesh-deny-debug", "shop-wide", "cart-allow"].contains(&d.name().unwrap_or("")))
+            .cloned()
+            .collect();
+        let converted = convert(&nested, None, "istio-system").expect("converts");
+        assert_eq!(names(&converted), ["mesh-deny-debug", "shop-wide", "cart-allow"]);
+        assert!(converted.notes.iter().any(|n| n.contains("workloads labelled app=cart")), "{:?}", converted.notes);
+    }
+
+    #[test]
+    fn a_target_workload_takes_what_istio_applies_to_it() {
+        let documents = parse("in.yaml", MULTI_NAMESPACE).expect("parses");
+        let cart = Workload { namespace: "shop".into(), labels: Workload::parse_labels("app=cart").expect("labels") };
+        let converted = convert(&documents, Some(&cart), "istio-system").expect("converts");
+        assert_eq!(names(&converted), ["mesh-deny-debug", "shop-wide", "cart-allow"]);
+        assert!(converted.notes.iter().any(|n| n.contains("web-allow") && n.contains("skipped")));
+        let billing = Workload { namespace: "billing".into(), labels: Default::default() };
+        let converted = convert(&documents, Some(&billing), "istio-system").expect("converts");
+        assert_eq!(names(&converted), ["mesh-deny-debug", "billing-allow"]);
+        // A resource attached by targetRefs cannot be placed by labels.
+        let gateway = "kind: AuthorizationPolicy\nmetadata: {name: gw, namespace: shop}\n\
+                       spec: {targetRefs: [{kind: Gateway, name: ingress}], rules: [{}]}\n";
+        let error = convert(&parse("gw.yaml", gateway).expect("parses"), Some(&cart), "istio-system").err();
+        assert!(error.is_some_and(|e| e.contains("targetRefs")));
+    }
+
+    #[test]
+    fn the_dry_run_annotation_survives_conversion() {
+        let policy = |annotation: &str| {
+            convert_yaml(&format!(
+                "kind: AuthorizationPolicy\nmetadata: {{name: p, annotations: {{{annotation}}}}}\n\
+                 spec: {{action: DENY, rules: [{{to: [{{operation: {{paths: [/admin/*]}}}}]}}]}}\n"
+            ))
+        };
+        for yes in ["istio.io/dry-run: 'true'", "istio.io/dry-run: 'True'", "istio.io/dry-run: '1'"] {
+            let converted = policy(yes).expect("converts");
+            assert_eq!(converted.config["policies"][0]["dryRun"], json!(true), "{yes}");
+        }
+        for no in ["istio.io/dry-run: 'false'", "other: 'true'"] {
+            let converted = policy(no).expect("converts");
+            assert_eq!(converted.config["policies"][0].get("dryRun"), None, "{no}");
+        }
+        for bad in ["istio.io/dry-run: 'yes'", "istio.io/dry-run: true"] {
+            let error = policy(bad).err().expect("refused");
+            assert!(error.contains("metadata.annotations[istio.io/dry-run]"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod convert;
 mod documents;
+mod scope;
 
 use documents::Document;
 use jwt_authz::config::Config;
@@ -20,8 +21,12 @@ const USAGE: &str = "\
 usage:
   jwt-authz check FILE        validate a plugin configuration (JSON), or the pluginConfig of every
                               WasmPlugin in a YAML file; FILE may be - for standard input
-  jwt-authz convert FILE...   print the plugin configuration equivalent to the Istio
-                              RequestAuthentication and AuthorizationPolicy resources in the files
+  jwt-authz convert [--namespace NS [--labels K=V,...]] [--root-namespace NS] FILE...
+                              print the plugin configuration equivalent to the Istio
+                              RequestAuthentication and AuthorizationPolicy resources in the files;
+                              with --namespace, only those Istio applies to that workload (the root
+                              namespace, istio-system by default, holds the mesh-wide ones); without
+                              it, every resource must apply to the same workloads
 
 Exit status: 0 when valid (or converted), 1 on an invalid or unconvertible input, 2 on usage errors.";
 
@@ -31,7 +36,17 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.split_first() {
         Some((command, [file])) if command == "check" => check(file),
-        Some((command, files)) if command == "convert" && !files.is_empty() => convert(files),
+        Some((command, rest)) if command == "convert" => match convert_arguments(rest) {
+            Ok((files, target, root)) if !files.is_empty() => convert(&files, target.as_ref(), &root),
+            Ok(_) => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+            Err(why) => {
+                eprintln!("error: {why}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         Some((command, _)) if ["-h", "--help", "help"].contains(&command.as_str()) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -191,13 +206,35 @@ fn summary(config: &Config) -> String {
     lines.join("\n")
 }
 
-fn convert(files: &[String]) -> Result<(), Vec<String>> {
+/// `convert`'s options and files: `(files, target workload, root namespace)`.
+fn convert_arguments(args: &[String]) -> Result<(Vec<String>, Option<scope::Workload>, String), String> {
+    let mut files = Vec::new();
+    let (mut namespace, mut labels, mut root) = (None, None, "istio-system".to_string());
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--namespace" => namespace = Some(value("--namespace")?),
+            "--labels" => labels = Some(scope::Workload::parse_labels(&value("--labels")?)?),
+            "--root-namespace" => root = value("--root-namespace")?,
+            _ => files.push(arg.clone()),
+        }
+    }
+    let target = match (namespace, labels) {
+        (Some(namespace), labels) => Some(scope::Workload { namespace, labels: labels.unwrap_or_default() }),
+        (None, Some(_)) => return Err("--labels goes with --namespace".to_string()),
+        (None, None) => None,
+    };
+    Ok((files, target, root))
+}
+
+fn convert(files: &[String], target: Option<&scope::Workload>, root_namespace: &str) -> Result<(), Vec<String>> {
     let mut docs = Vec::new();
     for file in files {
         let text = documents::read_text(file).map_err(|e| vec![e.0])?;
         docs.extend(documents::parse(file, &text).map_err(|e| vec![e.0])?);
     }
-    let converted = convert::convert(&docs).map_err(|e| vec![e])?;
+    let converted = convert::convert(&docs, target, root_namespace).map_err(|e| vec![e])?;
     for note in &converted.notes {
         eprintln!("note: {note}");
     }
