@@ -210,6 +210,12 @@ impl Scheduler {
         }
     }
 
+    /// A parked request's decision is being carried out (`Effect::Settle`): its log lines and
+    /// counters, as for a request decided on arrival.
+    pub fn settled(&mut self, decision: &Decision) {
+        self.report(decision);
+    }
+
     /// The request's stream ended: it no longer waits.
     pub fn on_done(&mut self, context_id: u32) {
         self.waiting.remove(&context_id);
@@ -344,10 +350,7 @@ impl Scheduler {
     fn settle(&mut self, context_id: u32, may_wait: bool, now_ms: u64) {
         let Some(parked) = self.waiting.remove(&context_id) else { return };
         match self.evaluate(&parked.request, may_wait, false, now_ms) {
-            Outcome::Decided(decision) => {
-                self.report(&decision);
-                self.effects.push(Effect::Settle { context_id, decision });
-            }
+            Outcome::Decided(decision) => self.effects.push(Effect::Settle { context_id, decision }),
             Outcome::AwaitKeys(provider) => self.park(context_id, provider, parked.request, parked.parks + 1, now_ms),
         }
     }

@@ -29,7 +29,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        // A fixed key and a token it signed (for `NOW`), made once with tests/envoy's harness:
+        // A fixed key and a token it signed (for `NOW`), made once with tools/testbed:
         // generating RSA keys per fuzz process would dominate the run.
         let fixed: serde_json::Value = serde_json::from_str(include_str!("engine_fixture.json")).expect("fixture");
         let jwks = fixed["jwks"].to_string();

@@ -52,7 +52,6 @@ impl AuthnError {
     }
 
     /// The `error_description` of the challenge: Envoy's jwt_authn wording, which clients match on.
-    /// The `error_description` of the challenge: Envoy's jwt_authn wording, which clients match on.
     pub fn message(self) -> &'static str {
         match self {
             AuthnError::Token(err) => err.message(),

@@ -1,6 +1,6 @@
 //! Signature verification: checks an RS256 signature against the issuer's keys.
 //!
-//! The RSA arithmetic is `rsa_verify` (keys prepared at JWKS load), not jwt-compact's `Algorithm`
+//! The RSA arithmetic is `keys::rsa` (keys prepared at JWKS load), not jwt-compact's `Algorithm`
 //! trait: jwt-compact still parses the token and its claims (`jwt.rs`), but its `Algorithm` needs a
 //! signing half and a key type per call, and its validation path would deserialize the claims a
 //! second time. Here the signing input is hashed once (by the caller, who also keys the token cache

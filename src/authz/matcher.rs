@@ -54,8 +54,14 @@ fn check_pattern(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty".to_string());
     }
-    let inner = value.get(1..value.len().saturating_sub(1)).unwrap_or_default();
-    if value != "*" && (inner.contains('*') || (value.len() > 1 && value.starts_with('*') && value.ends_with('*'))) {
+    if value == "*" {
+        return Ok(());
+    }
+    // By characters, not byte offsets: a multi-byte first or last character must not hide a `*`.
+    let both_ends = value.len() > 1 && value.starts_with('*') && value.ends_with('*');
+    let core = value.strip_prefix('*').unwrap_or(value);
+    let core = core.strip_suffix('*').unwrap_or(core);
+    if both_ends || core.contains('*') {
         return Err(format!(
             "{value:?}: `*` is only allowed as a whole value, a prefix (`*.html`) or a suffix (`/api/*`)"
         ));
@@ -72,6 +78,8 @@ pub struct HostMatch(StringMatch);
 
 impl HostMatch {
     pub fn parse(value: &str) -> Result<HostMatch, String> {
+        // Checked as written, so that an error quotes the value the user wrote.
+        check_pattern(value)?;
         StringMatch::parse(&value.to_ascii_lowercase()).map(HostMatch)
     }
 

@@ -25,7 +25,9 @@ pub(super) fn compile_provider(
             return Err(ConfigError::new(format!("{field}.audiences[{i}]"), "must not be empty"));
         }
     }
-    let keys = key_source(&rule, field, limits)?;
+    // Durations first, whatever the key source: a malformed one is reported as such.
+    let timings = FetchTimings::of(&rule, field)?;
+    let keys = key_source(&rule, field, limits, timings)?;
     let locations = locations(&rule, field, token_locations)?;
     let output_payload_to_header = match &rule.output_payload_to_header {
         Some(header) => Some(validate_header_name(header, &format!("{field}.outputPayloadToHeader"))?),
@@ -54,7 +56,53 @@ pub(super) fn compile_provider(
 
 /// Inline `jwks`, `jwksUri`, or (with neither) the issuer's OIDC discovery document, with the
 /// fetch settings of the last two.
-fn key_source(rule: &RawJwtRule, field: &str, limits: &Limits) -> Result<KeySource, ConfigError> {
+/// The fetch durations of a `jwtRules` entry, each defaulted and range-checked.
+#[derive(Clone, Copy)]
+struct FetchTimings {
+    timeout_ms: u64,
+    cache_duration_ms: u64,
+    stale_if_error_ms: u64,
+    unknown_kid_refetch_interval_ms: u64,
+}
+
+impl FetchTimings {
+    fn of(rule: &RawJwtRule, field: &str) -> Result<FetchTimings, ConfigError> {
+        let duration = |text: &Option<String>, name: &str, default_ms: u64, min_ms: u64, max_ms: u64| {
+            duration_field(text, &format!("{field}.{name}"), default_ms, min_ms, max_ms)
+        };
+        Ok(FetchTimings {
+            timeout_ms: duration(&rule.timeout, "timeout", DEFAULT_FETCH_TIMEOUT_MS, 1, HOUR_MS)?,
+            cache_duration_ms: duration(
+                &rule.cache_duration,
+                "cacheDuration",
+                DEFAULT_CACHE_DURATION_MS,
+                SECOND_MS,
+                DAY_MS,
+            )?,
+            stale_if_error_ms: duration(
+                &rule.stale_if_error,
+                "staleIfError",
+                DEFAULT_STALE_IF_ERROR_MS,
+                0,
+                7 * DAY_MS,
+            )?,
+            unknown_kid_refetch_interval_ms: duration(
+                &rule.unknown_kid_refetch_interval,
+                "unknownKidRefetchInterval",
+                DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS,
+                SECOND_MS,
+                HOUR_MS,
+            )?,
+        })
+    }
+}
+
+fn key_source(
+    rule: &RawJwtRule,
+    field: &str,
+    limits: &Limits,
+    timings: FetchTimings,
+) -> Result<KeySource, ConfigError> {
     match (&rule.jwks, &rule.jwks_uri) {
         (Some(_), Some(_)) => {
             Err(ConfigError::new(format!("{field}.jwks"), "give either jwks (inline keys) or jwksUri, not both"))
@@ -78,11 +126,16 @@ fn key_source(rule: &RawJwtRule, field: &str, limits: &Limits) -> Result<KeySour
                 .map_err(|err| ConfigError::new(format!("{field}.jwks"), err.to_string()))?;
             Ok(KeySource::Inline(parsed.key_set))
         }
-        (None, jwks_uri) => remote_jwks(rule, jwks_uri.as_deref(), field).map(KeySource::Remote),
+        (None, jwks_uri) => remote_jwks(rule, jwks_uri.as_deref(), field, timings).map(KeySource::Remote),
     }
 }
 
-fn remote_jwks(rule: &RawJwtRule, jwks_uri: Option<&str>, field: &str) -> Result<RemoteJwks, ConfigError> {
+fn remote_jwks(
+    rule: &RawJwtRule,
+    jwks_uri: Option<&str>,
+    field: &str,
+    timings: FetchTimings,
+) -> Result<RemoteJwks, ConfigError> {
     // Without jwksUri the issuer's OIDC discovery document names the key set.
     let (uri, uri_field, discovery) = match jwks_uri {
         Some(uri) => (uri.to_string(), format!("{field}.jwksUri"), false),
@@ -108,9 +161,6 @@ fn remote_jwks(rule: &RawJwtRule, jwks_uri: Option<&str>, field: &str) -> Result
             return Err(ConfigError::new(format!("{field}.jwksCluster"), "must not be empty"));
         }
     }
-    let duration = |text: &Option<String>, name: &str, default_ms: u64, min_ms: u64, max_ms: u64| {
-        duration_field(text, &format!("{field}.{name}"), default_ms, min_ms, max_ms)
-    };
     Ok(RemoteJwks {
         cluster: target.cluster(rule.jwks_cluster.as_deref()),
         uri,
@@ -118,22 +168,10 @@ fn remote_jwks(rule: &RawJwtRule, jwks_uri: Option<&str>, field: &str) -> Result
         path: target.path,
         discovery,
         cluster_override: rule.jwks_cluster.clone(),
-        timeout_ms: duration(&rule.timeout, "timeout", DEFAULT_FETCH_TIMEOUT_MS, 1, HOUR_MS)?,
-        cache_duration_ms: duration(
-            &rule.cache_duration,
-            "cacheDuration",
-            DEFAULT_CACHE_DURATION_MS,
-            SECOND_MS,
-            DAY_MS,
-        )?,
-        stale_if_error_ms: duration(&rule.stale_if_error, "staleIfError", DEFAULT_STALE_IF_ERROR_MS, 0, 7 * DAY_MS)?,
-        unknown_kid_refetch_interval_ms: duration(
-            &rule.unknown_kid_refetch_interval,
-            "unknownKidRefetchInterval",
-            DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS,
-            SECOND_MS,
-            HOUR_MS,
-        )?,
+        timeout_ms: timings.timeout_ms,
+        cache_duration_ms: timings.cache_duration_ms,
+        stale_if_error_ms: timings.stale_if_error_ms,
+        unknown_kid_refetch_interval_ms: timings.unknown_kid_refetch_interval_ms,
     })
 }
 

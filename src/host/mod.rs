@@ -183,47 +183,58 @@ impl HttpContext for RequestContext {
 /// Performs what the scheduler asked, in order, until it asks for nothing more (a failed
 /// dispatch or wake-up is reported back and may produce more).
 fn perform_effects(vm: &SharedVm) {
-    let root = vm.borrow().root_context_id;
     loop {
         let effects = vm.borrow_mut().scheduler.take_effects();
         if effects.is_empty() {
             break;
         }
         for effect in effects {
-            match effect {
-                Effect::Settle { context_id, decision } => {
-                    // The stream may have ended while it waited; then there is nothing to settle.
-                    if hostcalls::set_effective_context(context_id).is_ok() {
-                        perform(&decision, true);
-                    }
-                    // Host calls made after settling would otherwise be attributed to that request.
-                    let _ = hostcalls::set_effective_context(root);
+            perform_effect(vm, effect);
+        }
+    }
+}
+
+fn perform_effect(vm: &SharedVm, effect: Effect) {
+    let root = vm.borrow().root_context_id;
+    match effect {
+        Effect::Settle { context_id, decision } => {
+            // The stream may have ended while it waited; then there is nothing to settle.
+            if hostcalls::set_effective_context(context_id).is_ok() {
+                // Its log lines and counters first, from its own context, as on arrival.
+                let report = {
+                    let mut vm = vm.borrow_mut();
+                    vm.scheduler.settled(&decision);
+                    vm.scheduler.take_effects()
+                };
+                report.into_iter().for_each(|effect| perform_effect(vm, effect));
+                perform(&decision, true);
+            }
+            // Host calls made after settling would otherwise be attributed to that request.
+            let _ = hostcalls::set_effective_context(root);
+        }
+        Effect::Dispatch(fetch) => {
+            let _ = hostcalls::set_effective_context(root);
+            match calls::dispatch(&fetch) {
+                Ok(token) => vm.borrow_mut().scheduler.dispatched(token, fetch),
+                Err(status) => {
+                    let why = format!("{status:?}");
+                    vm.borrow_mut().scheduler.dispatch_failed(&mut HostStore, fetch, &why, now_millis());
                 }
-                Effect::Dispatch(fetch) => {
-                    let _ = hostcalls::set_effective_context(root);
-                    match calls::dispatch(&fetch) {
-                        Ok(token) => vm.borrow_mut().scheduler.dispatched(token, fetch),
-                        Err(status) => {
-                            let why = format!("{status:?}");
-                            vm.borrow_mut().scheduler.dispatch_failed(&mut HostStore, fetch, &why, now_millis());
-                        }
-                    }
-                }
-                Effect::Kick(token) => {
-                    if hostcalls::enqueue_shared_queue(token, Some(b"kick")).is_err() {
-                        vm.borrow_mut().scheduler.kick_failed();
-                    }
-                }
-                // A worker that went away has no queue any more; nothing to wake there.
-                Effect::Wake(token) => {
-                    let _ = hostcalls::enqueue_shared_queue(token, Some(b"jwks"));
-                }
-                Effect::Log(level, message) => log(calls::level(level), &message),
-                Effect::Count(counter, amount) => vm.borrow().stats.add(counter, amount),
-                Effect::CountNamed(name) => vm.borrow_mut().stats.increment_named(name),
-                Effect::KeysInUse(provider, count) => vm.borrow().stats.record_keys_in_use(provider, count),
             }
         }
+        Effect::Kick(token) => {
+            if hostcalls::enqueue_shared_queue(token, Some(b"kick")).is_err() {
+                vm.borrow_mut().scheduler.kick_failed();
+            }
+        }
+        // A worker that went away has no queue any more; nothing to wake there.
+        Effect::Wake(token) => {
+            let _ = hostcalls::enqueue_shared_queue(token, Some(b"jwks"));
+        }
+        Effect::Log(level, message) => log(calls::level(level), &message),
+        Effect::Count(counter, amount) => vm.borrow().stats.add(counter, amount),
+        Effect::CountNamed(name) => vm.borrow_mut().stats.increment_named(name),
+        Effect::KeysInUse(provider, count) => vm.borrow().stats.record_keys_in_use(provider, count),
     }
 }
 
