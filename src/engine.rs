@@ -108,13 +108,15 @@ pub fn evaluate_cached(
             return deny(request, "", denial, Vec::new());
         }
     };
+    // Envoy's `source.address` is the client address its connection manager computed (from
+    // X-Forwarded-For per its settings), which is what Istio's `remote.ip` is; it is the TCP peer
+    // (`source.ip`) only where the configuration says the connection manager makes it so.
     let (source_ip, remote_ip) = match config.connection_reads.source_address {
         true => {
-            let source_ip = request.source_address.as_deref().and_then(cidr::parse_address);
-            let forwarded_for = request.header_values("x-forwarded-for");
-            (source_ip, cidr::remote_address(forwarded_for, source_ip, config.num_trusted_proxies))
+            let address = request.source_address.as_deref().and_then(cidr::parse_address);
+            (address.filter(|_| config.peer_is_source_address), address)
         }
-        // No rule reads them (and the host did not fetch the peer's address).
+        // No rule reads them (and the host did not fetch the address).
         false => (None, None),
     };
     let mut input = MatchInput {

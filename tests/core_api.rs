@@ -427,68 +427,74 @@ fn with_connection(mut req: Request, peer: &str, port: u16) -> Request {
 }
 
 #[test]
-fn addresses_and_ports_come_from_the_connection_and_trusted_hops() {
+fn remote_ip_is_envoys_client_address_and_the_filter_never_reads_x_forwarded_for() {
+    // remote.ip is Envoy's `source.address` (its connection manager already applied
+    // X-Forwarded-For and its trusted hops); a header the client writes changes nothing here.
     let config = two_issuer_config(json!({
-        "numTrustedProxies": 1,
         "tokenRequirements": [],
         "policies": [
             {"name": "office-only", "action": "DENY", "rules": [
                 {"to": [{"operation": {"paths": ["/office/*"]}}], "when": [{"key": "remote.ip", "notValues": ["198.51.100.0/24"]}]}
             ]},
-            {"name": "lb-only", "action": "DENY", "rules": [{"from": [{"source": {"notIpBlocks": ["10.0.0.0/8"]}}]}]},
             {"name": "admin-port", "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin/*"], "notPorts": ["9443"]}}]}]}
         ]
     }));
+    assert!(!config.peer_is_source_address);
     let cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
     let bearer = format!("Bearer {}", token(json!({})));
     let auth = ("authorization", bearer.as_str());
+    let office = |xff: &str, address: &str| {
+        with_connection(request("GET", "/office/x", &[auth, ("x-forwarded-for", xff)]), address, 8443)
+    };
     let cases = [
-        // The load balancer (10.0.0.2) appended the office client, then Envoy appended the load
-        // balancer itself (use_remote_address): allowed.
-        (
-            with_connection(
-                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4, 10.0.0.2")]),
-                "10.0.0.2:5555",
-                8443,
-            ),
-            200,
-        ),
-        // A client-written entry left of the trusted one changes nothing.
-        (
-            with_connection(
-                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4, 203.0.113.9, 10.0.0.2")]),
-                "10.0.0.2:5555",
-                8443,
-            ),
-            403,
-        ),
-        // Fewer entries than the trusted chain (here only Envoy's own): the peer is the client.
-        (
-            with_connection(
-                request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4")]),
-                "10.0.0.2:5555",
-                8443,
-            ),
-            403,
-        ),
-        // Not through the load balancer at all.
-        (with_connection(request("GET", "/shop", &[auth]), "192.168.1.1:5555", 8443), 403),
-        (with_connection(request("GET", "/shop", &[auth]), "[::ffff:10.1.1.1]:5555", 8443), 200),
-        // Unknown peer: notIpBlocks holds, so the DENY applies.
-        (request("GET", "/shop", &[auth]), 403),
+        (office("203.0.113.9", "198.51.100.4:5555"), 200),
+        (office("198.51.100.4", "203.0.113.9:5555"), 403),
+        // As Envoy's CidrRange: an IPv4-mapped address is not in an IPv4 block.
+        (office("198.51.100.4", "[::ffff:198.51.100.4]:0"), 403),
+        (request("GET", "/office/x", &[auth, ("x-forwarded-for", "198.51.100.4")]), 403),
         // The admin area only on the admin listener, whatever the Host header says.
         (with_connection(request("GET", "/admin/x", &[auth]), "10.0.0.2:1", 9443), 200),
         (with_connection(request("GET", "/admin/x", &[auth, ("host", "shop.example:9443")]), "10.0.0.2:1", 8443), 403),
     ];
     for (req, want) in cases {
-        assert_eq!(
-            status(&decide(&config, &cache.at(NOW * 1000), &req)),
-            want,
-            "{} {:?} {:?}",
-            req.path,
-            req.headers,
-            req.source_address
-        );
+        let got = status(&decide(&config, &cache.at(NOW * 1000), &req));
+        assert_eq!(got, want, "{} {:?} {:?}", req.path, req.headers, req.source_address);
+    }
+}
+
+#[test]
+fn source_ip_is_read_only_behind_a_connection_manager_that_shows_the_peer() {
+    let policies = json!([{"name": "lb-only", "action": "DENY", "rules": [{"from": [{"source": {"notIpBlocks": ["10.0.0.0/8"]}}]}]}]);
+    let parse = |extra: Value| {
+        let mut config = json!({"jwtRules": [], "policies": policies});
+        config.as_object_mut().expect("object").extend(extra.as_object().cloned().unwrap_or_default());
+        Config::parse(config.to_string().as_bytes())
+    };
+    // No statement, or a connection manager that takes the address from X-Forwarded-For: refused,
+    // never guessed.
+    for extra in [
+        json!({}),
+        json!({"connectionManager": {"useRemoteAddress": false}}),
+        json!({"connectionManager": {"useRemoteAddress": true, "xffNumTrustedHops": 1}}),
+    ] {
+        let err = parse(extra.clone()).expect_err("refused");
+        assert_eq!(err.field, "policies[0].rules[0].from[0].source.notIpBlocks", "{extra}");
+        assert!(err.reason.contains("use_remote_address"), "{err}");
+    }
+    assert_eq!(parse(json!({"numTrustedProxies": 1})).expect_err("refused").field, "numTrustedProxies");
+    let config = parse(json!({"connectionManager": {"useRemoteAddress": true}})).expect("valid");
+    let cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
+    let cases = [
+        (with_connection(request("GET", "/shop", &[]), "10.0.0.2:5555", 8443), 200),
+        // Denied (401: no token either); the header the client wrote changes nothing.
+        (with_connection(request("GET", "/shop", &[("x-forwarded-for", "10.0.0.2")]), "192.168.1.1:5555", 8443), 401),
+        (with_connection(request("GET", "/shop", &[]), "10.1.1.1:5555", 8443), 200),
+        // Unknown peer: notIpBlocks holds, so the DENY applies.
+        (request("GET", "/shop", &[]), 401),
+    ];
+    for (req, want) in cases {
+        let got = status(&decide(&config, &cache.at(NOW * 1000), &req));
+        assert_eq!(got, want, "{:?} {:?}", req.headers, req.source_address);
     }
 }
 

@@ -1,5 +1,4 @@
-//! IP addresses and CIDR blocks for `source.ip`, `remote.ip`, `ipBlocks` and `remoteIpBlocks`, and
-//! the client address derived from `X-Forwarded-For`.
+//! IP addresses and CIDR blocks for `source.ip`, `remote.ip`, `ipBlocks` and `remoteIpBlocks`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -31,17 +30,14 @@ impl Cidr {
                 .ok_or_else(|| format!("{text:?}: the prefix length must be between 0 and {max}"))?,
             Some(_) => return Err(format!("{text:?}: the prefix length must be a number between 0 and {max}")),
         };
-        // An IPv4-mapped block (`::ffff:10.0.0.0/104`) is the IPv4 block it maps.
-        if let (IpAddr::V6(v6), true) = (network, prefix_len >= 96) {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return Ok(Cidr { network: IpAddr::V4(v4), prefix_len: prefix_len - 96 });
-            }
-        }
         Ok(Cidr { network, prefix_len })
     }
 
     pub fn contains(&self, address: IpAddr) -> bool {
-        match (self.network, canonical(address)) {
+        // As Envoy's CidrRange: an IPv6 address is never in an IPv4 block, IPv4-mapped or not.
+        // Envoy itself reports a dual-stack listener's IPv4 peers as IPv4; a mapped address can
+        // only come from X-Forwarded-For, which Envoy keeps as written.
+        match (self.network, address) {
             (IpAddr::V4(network), IpAddr::V4(address)) => prefix_equal(
                 u128::from(u32::from(network)) << 96,
                 u128::from(u32::from(address)) << 96,
@@ -63,55 +59,17 @@ fn prefix_equal(network: u128, address: u128, prefix_len: u8) -> bool {
     network & mask == address & mask
 }
 
-/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, as dual-stack listeners report IPv4 peers) are
-/// their IPv4 address, so `10.0.0.0/8` matches them.
-fn canonical(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V6(v6) => v6.to_canonical(),
-        v4 => v4,
-    }
-}
-
-/// An address as Envoy or a proxy writes it: `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]:80`, `[::1]`.
+/// An address as Envoy writes `source.address`: `1.2.3.4:80`, `[::1]:80` (or without the port).
 pub fn parse_address(text: &str) -> Option<IpAddr> {
     let text = text.trim();
     if let Ok(address) = text.parse::<IpAddr>() {
-        return Some(canonical(address));
+        return Some(address);
     }
     if let Ok(socket) = text.parse::<SocketAddr>() {
-        return Some(canonical(socket.ip()));
+        return Some(socket.ip());
     }
     let bracketed = text.strip_prefix('[')?.strip_suffix(']')?;
-    bracketed.parse::<IpAddr>().ok().map(canonical)
-}
-
-/// The client address `remote.ip` stands for.
-///
-/// Envoy is expected to run with `use_remote_address: true` (its recommended edge setting, and
-/// Istio's on gateways): it then appends one entry to `X-Forwarded-For` for the connection (the
-/// peer, or its own address when the peer is loopback) before this filter runs. That entry is not
-/// a hop of its own and is skipped. Each of the `trusted_proxies` proxies in front of Envoy
-/// appended the address it saw, so the client is the remaining entry `trusted_proxies` places from
-/// the right; everything left of it is whatever the client chose to send. With 0 the peer itself
-/// is the client and the header is ignored. Too few entries fall back to the peer (as Envoy does);
-/// an entry that is not an address means no remote address.
-pub fn remote_address<'a>(
-    forwarded_for: impl Iterator<Item = &'a str>,
-    peer: Option<IpAddr>,
-    trusted_proxies: u32,
-) -> Option<IpAddr> {
-    if trusted_proxies == 0 {
-        return peer;
-    }
-    let mut hops: Vec<&str> =
-        forwarded_for.flat_map(|header| header.split(',')).map(str::trim).filter(|hop| !hop.is_empty()).collect();
-    // Envoy's own entry.
-    hops.pop();
-    let wanted = usize::try_from(trusted_proxies).unwrap_or(usize::MAX);
-    if hops.len() < wanted {
-        return peer;
-    }
-    hops.get(hops.len() - wanted).and_then(|hop| parse_address(hop))
+    bracketed.parse::<IpAddr>().ok()
 }
 
 #[cfg(test)]
@@ -139,8 +97,10 @@ mod tests {
             ("2001:db8::/32", "2001:db8:ffff::1", true),
             ("2001:db8::/32", "2001:db9::1", false),
             ("::1", "::1", true),
-            ("10.0.0.0/8", "::ffff:10.0.0.1", true),
-            ("::ffff:10.0.0.0/104", "10.0.0.1", true),
+            // Envoy's CidrRange: the IP versions must agree (no IPv4-mapped equivalence).
+            ("10.0.0.0/8", "::ffff:10.0.0.1", false),
+            ("::ffff:10.0.0.0/104", "10.0.0.1", false),
+            ("::ffff:10.0.0.0/104", "::ffff:10.0.0.1", true),
         ];
         for (block, address, want) in cases {
             assert_eq!(Cidr::parse(block).expect(block).contains(ip(address)), want, "{block} {address}");
@@ -162,39 +122,9 @@ mod tests {
         assert_eq!(parse_address(" 10.0.0.1 "), Some(ip("10.0.0.1")));
         assert_eq!(parse_address("[::1]:80"), Some(ip("::1")));
         assert_eq!(parse_address("[2001:db8::1]"), Some(ip("2001:db8::1")));
-        assert_eq!(parse_address("::ffff:10.0.0.1"), Some(ip("10.0.0.1")));
+        assert_eq!(parse_address("::ffff:10.0.0.1"), Some(ip("::ffff:10.0.0.1")));
         for bad in ["", "unknown", "1.2.3.4:port", "_hidden"] {
             assert_eq!(parse_address(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn remote_address_counts_trusted_proxies_from_the_right() {
-        let peer = Some(ip("10.0.0.9"));
-        // Every header ends with the entry Envoy appended itself (the peer, or for a loopback
-        // peer its own address, 192.0.2.2 here).
-        let cases: [(&[&str], u32, Option<&str>); 12] = [
-            // No trusted proxy: the header is the client's own text and is ignored.
-            (&["6.6.6.6, 10.0.0.9"], 0, Some("10.0.0.9")),
-            // One trusted proxy (a load balancer) appended the client it saw.
-            (&["6.6.6.6, 203.0.113.7, 10.0.0.9"], 1, Some("203.0.113.7")),
-            (&["203.0.113.7, 192.0.2.2"], 1, Some("203.0.113.7")),
-            // Two trusted proxies, headers split over several lines.
-            (&["6.6.6.6, 203.0.113.7", "192.168.0.1", "10.0.0.9"], 2, Some("203.0.113.7")),
-            (&["203.0.113.7:4711, 10.0.0.9"], 1, Some("203.0.113.7")),
-            (&["[2001:db8::7]:443, 10.0.0.9"], 1, Some("2001:db8::7")),
-            (&["6.6.6.6,, 203.0.113.7,10.0.0.9"], 1, Some("203.0.113.7")),
-            // Fewer entries than trusted proxies: fall back to the peer.
-            (&[], 1, Some("10.0.0.9")),
-            (&["10.0.0.9"], 1, Some("10.0.0.9")),
-            (&["203.0.113.7, 10.0.0.9"], 2, Some("10.0.0.9")),
-            // Garbage where the client address should be: no remote address at all.
-            (&["6.6.6.6, unknown, 10.0.0.9"], 1, None),
-            (&["unknown, 10.0.0.9"], 1, None),
-        ];
-        for (headers, trusted, want) in cases {
-            assert_eq!(remote_address(headers.iter().copied(), peer, trusted), want.map(ip), "{headers:?} {trusted}");
-        }
-        assert_eq!(remote_address(["1.2.3.4"].into_iter(), None, 0), None);
     }
 }

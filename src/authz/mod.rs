@@ -19,7 +19,7 @@ mod reads;
 mod requirement;
 mod rule;
 
-pub use cidr::{parse_address, remote_address, Cidr};
+pub use cidr::{parse_address, Cidr};
 pub use matcher::{HostMatch, PathMatch, PrincipalMatch, StringMatch};
 pub use path::{PathError, PathTemplate, UnsafePathAction};
 pub use reads::ConnectionReads;

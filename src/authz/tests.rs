@@ -98,7 +98,12 @@ impl Req {
     }
 }
 
-fn policies(json: Value) -> Policies {
+/// Compiled as the filter compiles them, behind a connection manager that shows the TCP peer (so
+/// `source.ip` rules are accepted).
+fn policies(mut json: Value) -> Policies {
+    if let Some(config) = json.as_object_mut() {
+        config.entry("connectionManager").or_insert(json!({"useRemoteAddress": true}));
+    }
     crate::config::Config::parse(json.to_string().as_bytes()).expect("valid config").policies
 }
 
@@ -182,6 +187,11 @@ fn a_matcher_whose_meaning_is_in_doubt_cannot_be_made() {
         assert!(PathMatch::parse(value).is_err(), "{value:?}");
     }
     assert!(PrincipalMatch::parse("/alice").is_err(), "an empty issuer");
+    // A multi-byte character at either end must not hide a `*` in the middle.
+    for value in ["/a*b\u{e9}", "\u{e9}a*b", "\u{e9}*\u{e9}", "*\u{e9}*"] {
+        assert!(StringMatch::parse(value).is_err(), "{value:?}");
+    }
+    assert!(StringMatch::parse("*\u{e9}").is_ok() && StringMatch::parse("\u{e9}*").is_ok());
     assert!(PathMatch::parse("/a/{*}/b").is_ok() && PathMatch::parse("/a/{x}").is_err());
     assert!(HostMatch::parse("Shop.Example").expect("valid").matches("shop.example"));
 }

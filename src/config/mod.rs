@@ -16,9 +16,10 @@ use crate::authn::jwt::TokenLimits;
 use crate::authn::{Issuers, Provider};
 use crate::authz::{ConnectionReads, Policies, TokenRequirement, UnsafePathAction};
 use crate::keys::{jwks, KeySource};
+use policy::first_source_ip_field;
 use policy::{compile_policies, compile_token_requirements};
 use provider::compile_provider;
-use raw::{RawConfig, RawLimits};
+use raw::{RawConfig, RawConnectionManager, RawLimits};
 use std::fmt;
 
 /// A configuration error: the JSON path of the offending field and why it is wrong.
@@ -54,8 +55,9 @@ pub struct Config {
     pub output_headers: Vec<String>,
     /// Per-path token requirements, first match wins.
     pub token_requirements: Vec<TokenRequirement>,
-    /// Proxies in front of Envoy that append to `X-Forwarded-For` (`remote.ip`).
-    pub num_trusted_proxies: u32,
+    /// Envoy's `source.address` is the TCP peer (the operator stated a connection manager with
+    /// `use_remote_address: true` and `xff_num_trusted_hops: 0`), so `source.ip` may be read.
+    pub peer_is_source_address: bool,
     pub unsafe_paths: UnsafePathAction,
     /// `limits.maxJwksBytes`: fetched key sets and discovery documents above it are refused.
     pub max_jwks_bytes: usize,
@@ -126,7 +128,11 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     output_headers.sort();
     output_headers.dedup();
 
+    // Where a rule first reads source.ip, checked once the values themselves are known to be valid.
+    let source_ip_field = first_source_ip_field(&raw.policies);
     let policies = compile_policies(raw.policies, raw.space_delimited_claims)?;
+    let peer_is_source_address =
+        peer_is_source_address(raw.num_trusted_proxies, raw.connection_manager.as_ref(), source_ip_field)?;
     let token_requirements = compile_token_requirements(raw.token_requirements, &providers)?;
     let unsafe_paths = match raw.unsafe_paths.as_deref() {
         None | Some("REJECT") => UnsafePathAction::Reject,
@@ -141,10 +147,55 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         policies,
         output_headers,
         token_requirements,
-        num_trusted_proxies: raw.num_trusted_proxies,
+        peer_is_source_address,
         unsafe_paths,
         max_jwks_bytes: limits.max_jwks_bytes,
     })
+}
+
+/// Whether `source.ip` (`ipBlocks`, `notIpBlocks`, the `source.ip` key) can be known: Istio means
+/// the TCP peer, and Envoy hands a Wasm filter only its downstream remote address
+/// (`source.address`), which the connection manager takes from `X-Forwarded-For` unless it runs
+/// with `use_remote_address: true` and `xff_num_trusted_hops: 0`. In an Istio sidecar
+/// (`use_remote_address: false`) that is the last entry the client wrote; on a gateway with
+/// trusted proxies, the client they reported. Rather than guess, a rule that reads `source.ip`
+/// needs the operator to state that setup (`connectionManager`); `remote.ip` is Envoy's address in
+/// every setup, exactly as Istio's `remoteIpBlocks` is.
+fn peer_is_source_address(
+    num_trusted_proxies: Option<u32>,
+    connection_manager: Option<&RawConnectionManager>,
+    source_ip_field: Option<String>,
+) -> Result<bool, ConfigError> {
+    if num_trusted_proxies.is_some() {
+        return Err(ConfigError::new(
+            "numTrustedProxies",
+            "no longer used: remote.ip is Envoy's own client address, which its connection manager computes from \
+             X-Forwarded-For with xff_num_trusted_hops (in Istio: gatewayTopology.numTrustedProxies); remove this \
+             field and state that setting in connectionManager.xffNumTrustedHops",
+        ));
+    }
+    let peer =
+        matches!(connection_manager, Some(RawConnectionManager { use_remote_address: true, xff_num_trusted_hops: 0 }));
+    match (peer, source_ip_field) {
+        (false, Some(field)) => Err(ConfigError::new(
+            field,
+            match connection_manager {
+                None => "source.ip is the TCP peer, and Envoy shows this filter the peer only when its connection \
+                         manager runs with use_remote_address: true and xff_num_trusted_hops: 0 (an Istio sidecar runs \
+                         use_remote_address: false, where the address comes from X-Forwarded-For, which the client \
+                         writes): state that setup with \"connectionManager\": {\"useRemoteAddress\": true}, or use \
+                         remoteIpBlocks / remote.ip for the client's address"
+                    .to_string(),
+                Some(stated) => format!(
+                    "source.ip is the TCP peer, which Envoy does not show this filter with use_remote_address: {} and \
+                     xff_num_trusted_hops: {} (its address is taken from X-Forwarded-For): use remoteIpBlocks / \
+                     remote.ip, or keep this rule in an Istio AuthorizationPolicy",
+                    stated.use_remote_address, stated.xff_num_trusted_hops
+                ),
+            },
+        )),
+        _ => Ok(peer),
+    }
 }
 
 /// Each limit must lie in a range where it still protects: a token limit above Envoy's largest

@@ -10,6 +10,28 @@ use crate::authz::{
 };
 use crate::ids::ProviderId;
 
+/// The field path of the first rule part that reads `source.ip` (the TCP peer).
+pub(super) fn first_source_ip_field(policies: &[RawPolicy]) -> Option<String> {
+    for (p, policy) in policies.iter().enumerate() {
+        for (r, rule) in policy.rules.iter().enumerate() {
+            let rule_field = format!("policies[{p}].rules[{r}]");
+            for (s, from) in rule.from.iter().enumerate() {
+                for (name, blocks) in
+                    [("ipBlocks", &from.source.ip_blocks), ("notIpBlocks", &from.source.not_ip_blocks)]
+                {
+                    if !blocks.is_empty() {
+                        return Some(format!("{rule_field}.from[{s}].source.{name}"));
+                    }
+                }
+            }
+            if let Some(c) = rule.when.iter().position(|condition| condition.key == "source.ip") {
+                return Some(format!("{rule_field}.when[{c}].key"));
+            }
+        }
+    }
+    None
+}
+
 pub(super) fn compile_policies(
     raw: Vec<RawPolicy>,
     extra_space_delimited: Vec<String>,
@@ -192,12 +214,13 @@ fn non_empty(values: Vec<String>, field: &str) -> Result<Vec<String>, ConfigErro
 }
 
 /// Each value parsed into its matcher; a value that means none is refused with its field path.
+/// An empty value anywhere in the list is reported first, as it always was.
 fn parsed<T>(
     values: Vec<String>,
     field: &str,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Vec<T>, ConfigError> {
-    values
+    non_empty(values, field)?
         .iter()
         .enumerate()
         .map(|(i, value)| parse(value).map_err(|reason| ConfigError::new(format!("{field}[{i}]"), reason)))
@@ -209,6 +232,9 @@ fn string_matches(values: Vec<String>, field: &str) -> Result<Vec<StringMatch>, 
 }
 
 fn principal_matches(values: Vec<String>, field: &str) -> Result<Vec<PrincipalMatch>, ConfigError> {
+    // Every value's `*` first, then the principal's own rule (the order of the errors before).
+    let values = non_empty(values, field)?;
+    parsed(values.clone(), field, StringMatch::parse)?;
     parsed(values, field, PrincipalMatch::parse)
 }
 

@@ -14,12 +14,23 @@ pub(super) struct RawConfig {
     pub(super) policies: Vec<RawPolicy>,
     #[serde(default)]
     pub(super) token_requirements: Vec<RawTokenRequirement>,
-    #[serde(default)]
-    pub(super) num_trusted_proxies: u32,
+    /// Refused: `remote.ip` is Envoy's own client address now (see `RawConnectionManager`).
+    pub(super) num_trusted_proxies: Option<u32>,
+    pub(super) connection_manager: Option<RawConnectionManager>,
     pub(super) unsafe_paths: Option<String>,
     #[serde(default)]
     pub(super) space_delimited_claims: Vec<String>,
     pub(super) limits: Option<RawLimits>,
+}
+
+/// The operator's statement of the HTTP connection manager's settings the filter runs behind,
+/// with Envoy's field names: they decide what Envoy reports as the client's address.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawConnectionManager {
+    pub(super) use_remote_address: bool,
+    #[serde(default)]
+    pub(super) xff_num_trusted_hops: u32,
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,7 @@ use crate::keys::{
     KeySource, DEFAULT_CACHE_DURATION_MS, DEFAULT_FETCH_TIMEOUT_MS, DEFAULT_STALE_IF_ERROR_MS,
     DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS, DISCOVERY_PATH,
 };
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn error(config: serde_json::Value) -> ConfigError {
     Config::parse(config.to_string().as_bytes()).expect_err("config must be refused")
@@ -17,7 +17,8 @@ fn error(config: serde_json::Value) -> ConfigError {
 #[test]
 fn connection_attributes_are_read_only_where_a_rule_needs_them() {
     let reads = |policies: serde_json::Value, requirements: serde_json::Value| {
-        let config = json!({"policies": policies, "tokenRequirements": requirements});
+        let config = json!({"policies": policies, "tokenRequirements": requirements,
+                            "connectionManager": {"useRemoteAddress": true}});
         Config::parse(config.to_string().as_bytes()).expect("valid").connection_reads
     };
     let neither = ConnectionReads::default();
@@ -480,14 +481,14 @@ fn errors_name_the_field_and_the_reason() {
 #[test]
 fn policy_level_settings_and_their_defaults() {
     let defaults = Config::parse(json!({"policies": [{"action": "DENY"}]}).to_string().as_bytes()).expect("valid");
-    assert_eq!(defaults.num_trusted_proxies, 0);
+    assert!(!defaults.peer_is_source_address);
     assert_eq!(defaults.unsafe_paths, UnsafePathAction::Reject);
     assert!(defaults.token_requirements.is_empty());
     assert_eq!(defaults.policies.space_delimited_claims, vec!["scope", "permission"]);
     let config = Config::parse(
         json!({
             "jwtRules": [{"issuer": "a", "jwksUri": "http://a/c"}, {"issuer": "b", "jwksUri": "http://b/c"}],
-            "numTrustedProxies": 2,
+            "connectionManager": {"useRemoteAddress": true},
             "unsafePaths": "DENY",
             "spaceDelimitedClaims": ["roles", "scope"],
             "tokenRequirements": [
@@ -504,7 +505,7 @@ fn policy_level_settings_and_their_defaults() {
         .as_bytes(),
     )
     .expect("valid");
-    assert_eq!((config.num_trusted_proxies, config.unsafe_paths), (2, UnsafePathAction::Deny));
+    assert_eq!((config.peer_is_source_address, config.unsafe_paths), (true, UnsafePathAction::Deny));
     assert_eq!(config.policies.space_delimited_claims, vec!["scope", "permission", "roles"]);
     let names: Vec<&str> = config.token_requirements.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, vec!["probes", "tokenRequirements[1]"]);
@@ -534,7 +535,7 @@ fn the_policy_reference_example_compiles() {
     let config = Config::parse(example.as_bytes()).expect("the docs/authorization.md example is valid");
     assert_eq!((config.policies.deny.len(), config.policies.allow.len(), config.policies.audit.len()), (2, 1, 1));
     assert_eq!(config.token_requirements.len(), 2);
-    assert_eq!(config.num_trusted_proxies, 1);
+    assert!(config.peer_is_source_address);
 }
 
 #[test]
@@ -594,4 +595,31 @@ fn inline_jwks_obeys_the_jwks_size_limit() {
     let err = error(json!({"jwtRules": [{"issuer": "i", "jwks": inline}], "limits": limits}));
     assert_eq!(err.field, "jwtRules[0].jwks");
     assert!(err.reason.contains("exceeds the 1024-byte limit"), "{}", err.reason);
+}
+
+#[test]
+fn errors_keep_their_order_across_a_list() {
+    let rule = json!({"issuer": "i", "jwksUri": "http://x/c"});
+    let policy =
+        |operation: Value| json!({"jwtRules": [rule], "policies": [{"rules": [{"to": [{"operation": operation}]}]}]});
+    // An empty value anywhere in a list is reported before a misplaced `*`.
+    let err = error(policy(json!({"methods": ["a*b", ""]})));
+    assert_eq!(
+        (err.field.as_str(), err.reason.as_str()),
+        ("policies[0].rules[0].to[0].operation.methods[1]", "must not be empty")
+    );
+    // Host errors quote the value as written.
+    let err = error(policy(json!({"hosts": ["*A*"]})));
+    assert!(err.reason.starts_with("\"*A*\""), "{err}");
+    // Every principal's `*` before any principal's empty issuer.
+    let from = json!({"jwtRules": [rule], "policies": [{"rules": [{"from": [{"source": {"requestPrincipals": ["/x", "a*b"]}}]}]}]});
+    let err = error(from);
+    assert_eq!(err.field, "policies[0].rules[0].from[0].source.requestPrincipals[1]");
+    // A malformed duration is reported as such, whatever the key source.
+    let key = json!({"keys": [crate::testkeys::jwk(crate::testkeys::key(0), "a")]}).to_string();
+    let err = error(json!({"jwtRules": [{"issuer": "i", "jwks": key, "timeout": "bogus"}]}));
+    assert_eq!(err.field, "jwtRules[0].timeout");
+    assert!(err.reason.contains("is not a duration"), "{err}");
+    let err = error(json!({"jwtRules": [{"issuer": "i", "jwksUri": "ftp://x", "timeout": "bogus"}]}));
+    assert_eq!(err.field, "jwtRules[0].timeout");
 }
