@@ -1,0 +1,114 @@
+"""`jwt-authz convert` end to end: Istio resources in, the printed configuration enforced in real
+Envoy. What convert must never do is change who gets in: turn a dry-run policy into an enforcing
+one, or merge policies meant for different workloads into one configuration."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from testbed.envoy import start_envoy
+from testbed.paths import REPO_ROOT
+
+CLI = Path(os.environ.get("JWT_AUTHZ_CLI", REPO_ROOT / "dist" / "jwt-authz"))
+
+DRY_RUN = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: trial-deny-deletes
+  namespace: shop
+  annotations: {istio.io/dry-run: "true"}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-all, namespace: shop}
+spec:
+  rules: [{}]
+"""
+
+# A mesh-wide DENY, a namespace-wide DENY, and ALLOW policies for two different workloads of that
+# namespace: Istio applies web-allow to web's pods only.
+MESH = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-deny-debug, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/debug/*]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: shop-deny-trace, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: [TRACE]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: cart-allow, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  rules: [{to: [{operation: {paths: [/cart/*, /debug/*]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-allow, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules: [{to: [{operation: {paths: ["*"]}}]}]
+"""
+
+
+def convert(tmp_path, text, *options):
+    assert CLI.exists(), f"{CLI} is missing: run `make cli`"
+    source = tmp_path / "policies.yaml"
+    source.write_text(text)
+    return subprocess.run([str(CLI), "convert", *options, str(source)], capture_output=True, text=True)
+
+
+def converted(tmp_path, text, *options):
+    result = convert(tmp_path, text, *options)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), result.stderr
+
+
+def dry_run_denials(envoy):
+    counts = [value for key, value in envoy.stats().items() if key.endswith("jwt_authz.dry_run_denied_total")]
+    assert len(counts) == 1
+    return counts[0]
+
+
+def test_a_dry_run_policy_stays_a_dry_run(tmp_path, backend):
+    config, _ = converted(tmp_path, DRY_RUN)
+    assert config["policies"][0]["dryRun"] is True
+    with start_envoy(config, backend=backend) as envoy:
+        before = dry_run_denials(envoy)
+        # Istio does not enforce a dry-run DENY: the request passes, and what it would have
+        # denied is counted.
+        assert envoy.get("/orders/1", method="DELETE")[0] == 200
+        assert dry_run_denials(envoy) == before + 1
+
+
+def test_policies_for_different_workloads_are_refused_together(tmp_path):
+    result = convert(tmp_path, MESH)
+    assert result.returncode == 1, result.stdout
+    assert "cart-allow" in result.stderr and "web-allow" in result.stderr, result.stderr
+    assert "--namespace" in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_configuration_for_one_workload_is_what_istio_applies_to_it(tmp_path, backend):
+    config, notes = converted(tmp_path, MESH, "--namespace", "shop", "--labels", "app=cart")
+    assert [p["name"] for p in config["policies"]] == ["mesh-deny-debug", "shop-deny-trace", "cart-allow"]
+    assert "web-allow" in notes and "skipped" in notes
+    with start_envoy(config, backend=backend) as envoy:
+        assert envoy.get("/cart/items")[0] == 200
+        # Only web-allow admits these; it is not cart's policy, so cart's filter denies them.
+        assert envoy.get("/web/index.html")[0] in (401, 403)
+        # The mesh-wide DENY applies to cart too, ALLOW or not.
+        assert envoy.get("/debug/vars")[0] in (401, 403)
+        assert envoy.get("/cart/items", method="TRACE")[0] in (401, 403)
