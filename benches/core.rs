@@ -147,6 +147,9 @@ fn main() {
             port: Some(8080),
             source_ip: None,
             remote_ip: None,
+            peer: None,
+            sni: None,
+            destination_ip: None,
             headers: &headers,
             identity: Some(&alice),
         };

@@ -7,7 +7,7 @@ use crate::authn::extract::{self, HeaderSource, LocationId, TokenLocation};
 use crate::authn::token_cache::TokenCache;
 use crate::authn::{self, Authenticated, AuthnOutcome};
 use crate::authz::path::{self, UnsafePathAction};
-use crate::authz::{cidr, MatchInput, PolicyDecision, PolicyNote, RequirementAction};
+use crate::authz::{cidr, ConnectionReads, MatchInput, Peer, PolicyDecision, PolicyNote, RequirementAction};
 use crate::config::Config;
 use crate::deny::Denial;
 use crate::identity::claim_values;
@@ -28,6 +28,12 @@ pub struct Request {
     pub destination_port: Option<u16>,
     /// The connection's peer as Envoy reports it (`source.address`, `ip:port`), when known.
     pub source_address: Option<String>,
+    /// The mTLS peer certificate's names, when the connection has one (`connection.mtls`).
+    pub peer: Option<Peer>,
+    /// The TLS server name the client asked for (`connection.requested_server_name`).
+    pub requested_server_name: Option<String>,
+    /// The address the connection came in on (`destination.address`, `ip:port`).
+    pub destination_address: Option<String>,
 }
 
 impl Request {
@@ -49,6 +55,85 @@ impl Request {
             }
         }
         request
+    }
+}
+
+/// A connection property a rule may read, and where Envoy keeps it. The host fetches the ones
+/// `read_by` names (every read is a call out of the VM and a copy) and hands the raw bytes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Property {
+    DestinationPort,
+    SourceAddress,
+    /// Whether the connection is TLS with a peer certificate; read before the certificate's names.
+    Mtls,
+    /// Envoy's RBAC compares a principal with the URI SAN, the DNS SAN and the subject; Wasm is
+    /// shown the first of each.
+    PeerUriSan,
+    PeerDnsSan,
+    PeerSubject,
+    RequestedServerName,
+    DestinationAddress,
+}
+
+impl Property {
+    /// The properties the configured rules read, in the order they must be set.
+    pub fn read_by(reads: ConnectionReads) -> Vec<Property> {
+        let mut properties = Vec::new();
+        if reads.destination_port {
+            properties.push(Property::DestinationPort);
+        }
+        if reads.source_address {
+            properties.push(Property::SourceAddress);
+        }
+        if reads.peer_certificate {
+            properties.extend([Property::Mtls, Property::PeerUriSan, Property::PeerDnsSan, Property::PeerSubject]);
+        }
+        if reads.requested_server_name {
+            properties.push(Property::RequestedServerName);
+        }
+        if reads.destination_address {
+            properties.push(Property::DestinationAddress);
+        }
+        properties
+    }
+
+    pub fn path(self) -> &'static [&'static str] {
+        match self {
+            Property::DestinationPort => &["destination", "port"],
+            Property::SourceAddress => &["source", "address"],
+            Property::Mtls => &["connection", "mtls"],
+            Property::PeerUriSan => &["connection", "uri_san_peer_certificate"],
+            Property::PeerDnsSan => &["connection", "dns_san_peer_certificate"],
+            Property::PeerSubject => &["connection", "subject_peer_certificate"],
+            Property::RequestedServerName => &["connection", "requested_server_name"],
+            Property::DestinationAddress => &["destination", "address"],
+        }
+    }
+}
+
+impl Request {
+    /// Takes in a property's value as Envoy serializes it: integers as 8 little-endian bytes, a
+    /// boolean as one byte, strings as their bytes. Anything else leaves the attribute unknown.
+    pub fn set_property(&mut self, property: Property, value: &[u8]) {
+        let text = || std::str::from_utf8(value).ok().map(str::to_string);
+        let non_empty = || text().filter(|text| !text.is_empty());
+        match property {
+            Property::DestinationPort => {
+                let raw: Option<[u8; 8]> = value.try_into().ok();
+                self.destination_port = raw.and_then(|raw| u16::try_from(i64::from_le_bytes(raw)).ok());
+            }
+            Property::SourceAddress => self.source_address = non_empty(),
+            // No certificate, no peer: not even an empty one, so `*` cannot match a plaintext caller.
+            Property::Mtls if value == [1] => self.peer = Some(Peer::default()),
+            Property::Mtls => self.peer = None,
+            Property::PeerUriSan | Property::PeerDnsSan | Property::PeerSubject => {
+                if let (Some(peer), Some(name)) = (self.peer.as_mut(), non_empty()) {
+                    peer.names.push(name);
+                }
+            }
+            Property::RequestedServerName => self.requested_server_name = text(),
+            Property::DestinationAddress => self.destination_address = non_empty(),
+        }
     }
 }
 
@@ -126,6 +211,9 @@ pub fn evaluate_cached(
         port: request.destination_port,
         source_ip,
         remote_ip,
+        peer: request.peer.as_ref(),
+        sni: request.requested_server_name.as_deref(),
+        destination_ip: request.destination_address.as_deref().and_then(cidr::parse_address),
         headers: &request.headers,
         identity: None,
     };
@@ -233,4 +321,35 @@ fn upstream_changes(config: &Config, authenticated: Option<&Authenticated>, unre
         }
     }
     changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_arrive_as_envoy_serializes_them() {
+        let reads = ConnectionReads { peer_certificate: true, destination_port: true, ..ConnectionReads::default() };
+        let properties = Property::read_by(reads);
+        assert_eq!(properties.first(), Some(&Property::DestinationPort));
+        // The certificate's names only count after mTLS is known.
+        let mtls = properties.iter().position(|p| *p == Property::Mtls).expect("mtls");
+        assert!(properties.iter().skip(mtls + 1).any(|p| *p == Property::PeerUriSan));
+        let mut request = Request::default();
+        request.set_property(Property::DestinationPort, &8443i64.to_le_bytes());
+        request.set_property(Property::PeerUriSan, b"spiffe://td/ns/a/sa/b");
+        assert_eq!((request.destination_port, request.peer.clone()), (Some(8443), None), "no mTLS, no peer");
+        request.set_property(Property::Mtls, &[1]);
+        request.set_property(Property::PeerUriSan, b"spiffe://td/ns/a/sa/b");
+        request.set_property(Property::PeerDnsSan, b"");
+        request.set_property(Property::PeerSubject, b"CN=workload");
+        assert_eq!(
+            request.peer.clone().map(|p| p.names),
+            Some(vec!["spiffe://td/ns/a/sa/b".into(), "CN=workload".into()])
+        );
+        request.set_property(Property::DestinationPort, b"short");
+        assert_eq!(request.destination_port, None);
+        request.set_property(Property::Mtls, &[0]);
+        assert_eq!(request.peer, None);
+    }
 }

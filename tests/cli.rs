@@ -201,7 +201,7 @@ spec:
 metadata: {name: by-ip, namespace: shop}
 spec:
   rules:
-  - when: [{key: source.namespace, values: [shop]}]
+  - when: [{key: 'experimental.envoy.filters.a.b[c]', values: [shop]}]
 ",
     );
     let output = run(&["convert", bad_when.to_str().unwrap_or_default()]);
@@ -218,9 +218,19 @@ spec:
         "peer.yaml",
         "kind: AuthorizationPolicy\nmetadata: {name: mtls}\nspec:\n  rules: [{from: [{source: {principals: [cluster.local/ns/a/sa/b]}}]}]\n",
     );
+    // mTLS peer identities convert (the plugin reads the peer certificate); a bare service account
+    // without a namespace to place it in does not.
     let output = run(&["convert", peer.to_str().unwrap_or_default()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("cluster.local/ns/a/sa/b"));
+    let bare = scratch(
+        "convert",
+        "bare-sa.yaml",
+        "kind: AuthorizationPolicy\nmetadata: {name: mtls}\nspec:\n  rules: [{from: [{source: {serviceAccounts: [b]}}]}]\n",
+    );
+    let output = run(&["convert", bare.to_str().unwrap_or_default()]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("spec.rules[0].from[0].source.principals: is about the mTLS peer"));
+    assert!(text(&output.stderr).contains("spec.rules[0].from[0].source.serviceAccounts[0]: a bare service account"));
 
     let duplicate_issuer = run(&["convert", authn.to_str().unwrap_or_default(), authn.to_str().unwrap_or_default()]);
     assert_eq!(duplicate_issuer.status.code(), Some(1));

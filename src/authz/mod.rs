@@ -10,11 +10,9 @@
 //! An attribute the request does not have (no token, no port) matches no value and no `not*`.
 
 pub mod cidr;
-
 mod matcher;
-
 pub mod path;
-
+mod peer;
 mod reads;
 mod requirement;
 mod rule;
@@ -22,6 +20,7 @@ mod rule;
 pub use cidr::{parse_address, Cidr};
 pub use matcher::{HostMatch, PathMatch, PrincipalMatch, StringMatch};
 pub use path::{PathError, PathTemplate, UnsafePathAction};
+pub use peer::{Peer, PeerMatch};
 pub use reads::ConnectionReads;
 pub use requirement::{RequirementAction, TokenRequirement};
 pub use rule::{Condition, ConditionKey, Operation, Rule, Source, ValueKind, ValueMatch};
@@ -65,6 +64,12 @@ pub struct MatchInput<'a> {
     pub source_ip: Option<IpAddr>,
     /// The client address (`remote.ip`).
     pub remote_ip: Option<IpAddr>,
+    /// The mTLS peer's certificate names; `None` without mTLS.
+    pub peer: Option<&'a Peer>,
+    /// The TLS server name the client asked for (`connection.sni`).
+    pub sni: Option<&'a str>,
+    /// The address the connection came in on (`destination.ip`).
+    pub destination_ip: Option<IpAddr>,
     pub headers: &'a [(String, String)],
     pub identity: Option<&'a Identity>,
 }

@@ -11,6 +11,13 @@ pub struct ConnectionReads {
     /// `source.address` (`ipBlocks`, `remoteIpBlocks` and their keys: without `X-Forwarded-For`
     /// the remote address is the peer's).
     pub source_address: bool,
+    /// The peer certificate's names (`principals`, `namespaces`, `serviceAccounts`,
+    /// `trustDomains` and the `source.principal` / `source.namespace` keys).
+    pub peer_certificate: bool,
+    /// `connection.sni`.
+    pub requested_server_name: bool,
+    /// `destination.ip` (`destination.address`).
+    pub destination_address: bool,
 }
 
 impl ConnectionReads {
@@ -33,6 +40,14 @@ impl ConnectionReads {
         let Source {
             request_principals: _,
             not_request_principals: _,
+            principals,
+            not_principals,
+            namespaces,
+            not_namespaces,
+            service_accounts,
+            not_service_accounts,
+            trust_domains,
+            not_trust_domains,
             ip_blocks,
             not_ip_blocks,
             remote_ip_blocks,
@@ -40,6 +55,18 @@ impl ConnectionReads {
         } = source;
         self.source_address |=
             [ip_blocks, not_ip_blocks, remote_ip_blocks, not_remote_ip_blocks].iter().any(|blocks| !blocks.is_empty());
+        self.peer_certificate |= [
+            principals,
+            not_principals,
+            namespaces,
+            not_namespaces,
+            service_accounts,
+            not_service_accounts,
+            trust_domains,
+            not_trust_domains,
+        ]
+        .iter()
+        .any(|matches| !matches.is_empty());
     }
 
     fn add_operation(&mut self, operation: &Operation) {
@@ -52,6 +79,9 @@ impl ConnectionReads {
         match key {
             ConditionKey::SourceIp | ConditionKey::RemoteIp => self.source_address = true,
             ConditionKey::DestinationPort => self.destination_port = true,
+            ConditionKey::SourcePrincipal | ConditionKey::SourceNamespace => self.peer_certificate = true,
+            ConditionKey::ConnectionSni => self.requested_server_name = true,
+            ConditionKey::DestinationIp => self.destination_address = true,
             ConditionKey::Claim(_)
             | ConditionKey::Principal
             | ConditionKey::Audiences

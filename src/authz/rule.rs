@@ -1,7 +1,7 @@
 //! Istio's `Rule`: its `from` sources, `to` operations and `when` conditions, and how each matches.
 
 use super::{included_and_not_excluded, Context, MatchInput};
-use super::{Cidr, HostMatch, PathMatch, PrincipalMatch, StringMatch};
+use super::{Cidr, HostMatch, PathMatch, Peer, PeerMatch, PrincipalMatch, StringMatch};
 use crate::identity::{claim_values, token_audiences, ClaimPath, Identity};
 use std::net::IpAddr;
 
@@ -12,12 +12,20 @@ pub struct Rule {
     pub when: Vec<Condition>,
 }
 
-/// Istio's `Source`, for what a request carries: its JWT identity and its addresses. (Peer
-/// certificate identities, `principals` and `namespaces`, need mTLS and are refused by config.)
+/// Istio's `Source`: the JWT identity, the mTLS peer's identity and the addresses. Each field is
+/// its own condition, and all must hold.
 #[derive(Debug, Default)]
 pub struct Source {
     pub request_principals: Vec<PrincipalMatch>,
     pub not_request_principals: Vec<PrincipalMatch>,
+    pub principals: Vec<PeerMatch>,
+    pub not_principals: Vec<PeerMatch>,
+    pub namespaces: Vec<PeerMatch>,
+    pub not_namespaces: Vec<PeerMatch>,
+    pub service_accounts: Vec<PeerMatch>,
+    pub not_service_accounts: Vec<PeerMatch>,
+    pub trust_domains: Vec<PeerMatch>,
+    pub not_trust_domains: Vec<PeerMatch>,
     pub ip_blocks: Vec<Cidr>,
     pub not_ip_blocks: Vec<Cidr>,
     pub remote_ip_blocks: Vec<Cidr>,
@@ -57,6 +65,14 @@ pub enum ConditionKey {
     Presenter,
     /// `request.headers[name]`.
     Header(String),
+    /// `source.principal`: the mTLS peer, matched as `principals` are.
+    SourcePrincipal,
+    /// `source.namespace`: the mTLS peer's namespace, matched as `namespaces` are.
+    SourceNamespace,
+    /// `connection.sni`: the TLS server name the client asked for.
+    ConnectionSni,
+    /// `destination.ip`: the address the connection came in on.
+    DestinationIp,
     /// `source.ip`: the connection's peer.
     SourceIp,
     /// `remote.ip`: the client, from `X-Forwarded-For` and `numTrustedProxies`.
@@ -70,6 +86,10 @@ pub enum ConditionKey {
 pub enum ValueKind {
     String,
     Principal,
+    /// `source.principal`: written as `principals` are.
+    PeerPrincipal,
+    /// `source.namespace`: written as `namespaces` are.
+    PeerNamespace,
     Address,
     Port,
 }
@@ -84,6 +104,10 @@ impl ConditionKey {
             "source.ip" => return Ok(ConditionKey::SourceIp),
             "remote.ip" => return Ok(ConditionKey::RemoteIp),
             "destination.port" => return Ok(ConditionKey::DestinationPort),
+            "source.principal" => return Ok(ConditionKey::SourcePrincipal),
+            "source.namespace" => return Ok(ConditionKey::SourceNamespace),
+            "connection.sni" => return Ok(ConditionKey::ConnectionSni),
+            "destination.ip" => return Ok(ConditionKey::DestinationIp),
             _ => {}
         }
         if let Some(rest) = key.strip_prefix("request.auth.claims") {
@@ -99,26 +123,25 @@ impl ConditionKey {
                 _ => Err(format!("{key:?}: expected request.headers[name]")),
             };
         }
-        let why = match key {
-            "source.principal" | "source.namespace" => " (it is the mTLS peer identity, which this filter cannot see)",
-            "destination.ip" | "connection.sni" => " (not available to this filter)",
-            _ => "",
-        };
         Err(format!(
-            "unsupported key {key:?}{why}: supported are request.auth.claims[...], request.auth.principal, \
-             request.auth.audiences, request.auth.presenter, request.headers[...], source.ip, remote.ip and \
-             destination.port"
+            "unsupported key {key:?}: supported are request.auth.claims[...], request.auth.principal, \
+             request.auth.audiences, request.auth.presenter, request.headers[...], source.ip, remote.ip, \
+             source.principal, source.namespace, connection.sni, destination.ip and destination.port"
         ))
     }
 
     pub fn value_kind(&self) -> ValueKind {
         match self {
             ConditionKey::Principal => ValueKind::Principal,
-            ConditionKey::SourceIp | ConditionKey::RemoteIp => ValueKind::Address,
+            ConditionKey::SourcePrincipal => ValueKind::PeerPrincipal,
+            ConditionKey::SourceNamespace => ValueKind::PeerNamespace,
+            ConditionKey::SourceIp | ConditionKey::RemoteIp | ConditionKey::DestinationIp => ValueKind::Address,
             ConditionKey::DestinationPort => ValueKind::Port,
-            ConditionKey::Claim(_) | ConditionKey::Audiences | ConditionKey::Presenter | ConditionKey::Header(_) => {
-                ValueKind::String
-            }
+            ConditionKey::Claim(_)
+            | ConditionKey::Audiences
+            | ConditionKey::Presenter
+            | ConditionKey::Header(_)
+            | ConditionKey::ConnectionSni => ValueKind::String,
         }
     }
 }
@@ -128,6 +151,7 @@ impl ConditionKey {
 pub enum ValueMatch {
     String(StringMatch),
     Principal(PrincipalMatch),
+    Peer(PeerMatch),
     Address(Cidr),
     Port(u16),
 }
@@ -146,13 +170,20 @@ impl Source {
         let identity = input.identity.as_slice();
         let source_ip = input.source_ip.as_slice();
         let remote_ip = input.remote_ip.as_slice();
+        let peer = input.peer.as_slice();
+        let peer_matches = |m: &PeerMatch, p: &&Peer| m.matches(p);
         included_and_not_excluded(&self.request_principals, &self.not_request_principals, identity, |m, id| {
             m.matches(id)
-        }) && included_and_not_excluded(&self.ip_blocks, &self.not_ip_blocks, source_ip, |block, ip| {
-            block.contains(*ip)
-        }) && included_and_not_excluded(&self.remote_ip_blocks, &self.not_remote_ip_blocks, remote_ip, |block, ip| {
-            block.contains(*ip)
-        })
+        }) && included_and_not_excluded(&self.principals, &self.not_principals, peer, peer_matches)
+            && included_and_not_excluded(&self.namespaces, &self.not_namespaces, peer, peer_matches)
+            && included_and_not_excluded(&self.service_accounts, &self.not_service_accounts, peer, peer_matches)
+            && included_and_not_excluded(&self.trust_domains, &self.not_trust_domains, peer, peer_matches)
+            && included_and_not_excluded(&self.ip_blocks, &self.not_ip_blocks, source_ip, |block, ip| {
+                block.contains(*ip)
+            })
+            && included_and_not_excluded(&self.remote_ip_blocks, &self.not_remote_ip_blocks, remote_ip, |block, ip| {
+                block.contains(*ip)
+            })
     }
 }
 
@@ -182,6 +213,7 @@ enum Attribute<'a> {
     /// A request header's value, whole or one comma-separated element.
     Header(String),
     Identity(&'a Identity),
+    Peer(&'a Peer),
     Address(IpAddr),
     Port(u16),
 }
@@ -194,6 +226,7 @@ impl ValueMatch {
             // empty value is present. Elsewhere `*` is `.+` (non-empty), as in Istio.
             (ValueMatch::String(m), Attribute::Header(text)) => m.is_presence() || m.matches(text),
             (ValueMatch::Principal(m), Attribute::Identity(identity)) => m.matches(identity),
+            (ValueMatch::Peer(m), Attribute::Peer(peer)) => m.matches(peer),
             (ValueMatch::Address(block), Attribute::Address(address)) => block.contains(*address),
             (ValueMatch::Port(want), Attribute::Port(got)) => want == got,
             _ => false,
@@ -235,6 +268,11 @@ impl Condition {
             ConditionKey::SourceIp => input.source_ip.map(Attribute::Address).into_iter().collect(),
             ConditionKey::RemoteIp => input.remote_ip.map(Attribute::Address).into_iter().collect(),
             ConditionKey::DestinationPort => input.port.map(Attribute::Port).into_iter().collect(),
+            ConditionKey::SourcePrincipal | ConditionKey::SourceNamespace => {
+                input.peer.map(Attribute::Peer).into_iter().collect()
+            }
+            ConditionKey::ConnectionSni => input.sni.map(|sni| Attribute::Text(sni.to_string())).into_iter().collect(),
+            ConditionKey::DestinationIp => input.destination_ip.map(Attribute::Address).into_iter().collect(),
         }
     }
 }

@@ -43,6 +43,9 @@ struct Req {
     port: Option<u16>,
     source_ip: Option<IpAddr>,
     remote_ip: Option<IpAddr>,
+    peer: Option<Peer>,
+    sni: Option<&'static str>,
+    destination_ip: Option<IpAddr>,
     headers: Vec<(String, String)>,
     who: Option<Identity>,
 }
@@ -55,6 +58,9 @@ fn req() -> Req {
         port: Some(8080),
         source_ip: Some("10.0.0.5".parse().expect("ip")),
         remote_ip: Some("203.0.113.7".parse().expect("ip")),
+        peer: Some(Peer { names: vec!["spiffe://cluster.local/ns/shop/sa/cart".into()] }),
+        sni: Some("shop.example"),
+        destination_ip: Some("10.1.0.9".parse().expect("ip")),
         headers: vec![("x-env".into(), "prod".into())],
         who: Some(alice()),
     }
@@ -115,6 +121,9 @@ fn evaluate(p: &Policies, r: &Req) -> Evaluation {
         port: r.port,
         source_ip: r.source_ip,
         remote_ip: r.remote_ip,
+        peer: r.peer.as_ref(),
+        sni: r.sni,
+        destination_ip: r.destination_ip,
         headers: &r.headers,
         identity: r.who.as_ref(),
     })
@@ -573,6 +582,9 @@ fn token_requirement_matchers_are_operations() {
         port: r.port,
         source_ip: None,
         remote_ip: None,
+        peer: None,
+        sni: None,
+        destination_ip: None,
         headers: &[],
         identity: None,
     };

@@ -130,7 +130,8 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
 
     // Where a rule first reads source.ip, checked once the values themselves are known to be valid.
     let source_ip_field = first_source_ip_field(&raw.policies);
-    let policies = compile_policies(raw.policies, raw.space_delimited_claims)?;
+    let trust_domains = trust_domains(raw.trust_domain, raw.trust_domain_aliases)?;
+    let policies = compile_policies(raw.policies, raw.space_delimited_claims, &trust_domains)?;
     let peer_is_source_address =
         peer_is_source_address(raw.num_trusted_proxies, raw.connection_manager.as_ref(), source_ip_field)?;
     let token_requirements = compile_token_requirements(raw.token_requirements, &providers)?;
@@ -151,6 +152,25 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         unsafe_paths,
         max_jwks_bytes: limits.max_jwks_bytes,
     })
+}
+
+/// The mesh's trust domain and its aliases, when it has aliases (without aliases a principal
+/// means its own trust domain only, and nothing needs expanding).
+fn trust_domains(trust_domain: Option<String>, aliases: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    let domain = trust_domain.unwrap_or_else(|| "cluster.local".to_string());
+    for (field, value) in std::iter::once(("trustDomain".to_string(), &domain))
+        .chain(aliases.iter().enumerate().map(|(i, a)| (format!("trustDomainAliases[{i}]"), a)))
+    {
+        if value.is_empty() || value.contains(['/', '*']) || value.chars().any(char::is_whitespace) {
+            return Err(ConfigError::new(field, format!("{value:?} is not a trust domain")));
+        }
+    }
+    if aliases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut domains = vec![domain.clone()];
+    domains.extend(aliases.into_iter().filter(|alias| *alias != domain));
+    Ok(domains)
 }
 
 /// Whether `source.ip` (`ipBlocks`, `notIpBlocks`, the `source.ip` key) can be known: Istio means

@@ -4,7 +4,7 @@ use super::raw::{RawOperation, RawPolicy, RawPort, RawRule, RawSource, RawTokenR
 use super::ConfigError;
 use crate::authn::Provider;
 use crate::authz::{
-    Cidr, Condition, ConditionKey, HostMatch, Operation, PathMatch, Policies, Policy, PrincipalMatch,
+    Cidr, Condition, ConditionKey, HostMatch, Operation, PathMatch, PeerMatch, Policies, Policy, PrincipalMatch,
     RequirementAction, Rule, Source, StringMatch, TokenRequirement, ValueKind, ValueMatch,
     DEFAULT_SPACE_DELIMITED_CLAIMS,
 };
@@ -32,16 +32,19 @@ pub(super) fn first_source_ip_field(policies: &[RawPolicy]) -> Option<String> {
     None
 }
 
+/// `trust_domains`: the mesh's trust domain and its aliases, when there are aliases (a principal
+/// in one of them matches the same identity in each); empty otherwise.
 pub(super) fn compile_policies(
     raw: Vec<RawPolicy>,
     extra_space_delimited: Vec<String>,
+    trust_domains: &[String],
 ) -> Result<Policies, ConfigError> {
     let mut policies = Policies::default();
     for (index, policy) in raw.into_iter().enumerate() {
         let field = format!("policies[{index}]");
         let action = policy.action.as_deref().unwrap_or("ALLOW");
         let name = if policy.name.is_empty() { field.clone() } else { policy.name };
-        let rules = compile_rules(policy.rules, &field)?;
+        let rules = compile_rules(policy.rules, &field, trust_domains)?;
         let compiled = Policy { name, rules, dry_run: policy.dry_run };
         match action {
             "ALLOW" => policies.allow.push(compiled),
@@ -83,13 +86,13 @@ pub(super) fn compile_policies(
     Ok(policies)
 }
 
-fn compile_rules(raw_rules: Vec<RawRule>, field: &str) -> Result<Vec<Rule>, ConfigError> {
+fn compile_rules(raw_rules: Vec<RawRule>, field: &str, trust_domains: &[String]) -> Result<Vec<Rule>, ConfigError> {
     let mut rules = Vec::with_capacity(raw_rules.len());
     for (r, rule) in raw_rules.into_iter().enumerate() {
         let rule_field = format!("{field}.rules[{r}]");
         let mut from = Vec::new();
         for (s, raw) in rule.from.into_iter().enumerate() {
-            from.push(compile_source(raw.source, &format!("{rule_field}.from[{s}].source"))?);
+            from.push(compile_source(raw.source, &format!("{rule_field}.from[{s}].source"), trust_domains)?);
         }
         let mut to = Vec::new();
         for (o, raw) in rule.to.into_iter().enumerate() {
@@ -105,8 +108,8 @@ fn compile_rules(raw_rules: Vec<RawRule>, field: &str) -> Result<Vec<Rule>, Conf
             let kind = key.value_kind();
             when.push(Condition {
                 key,
-                values: value_matches(raw.values, kind, &format!("{f}.values"))?,
-                not_values: value_matches(raw.not_values, kind, &format!("{f}.notValues"))?,
+                values: value_matches(raw.values, kind, &format!("{f}.values"), trust_domains)?,
+                not_values: value_matches(raw.not_values, kind, &format!("{f}.notValues"), trust_domains)?,
             });
         }
         rules.push(Rule { from, to, when });
@@ -114,21 +117,22 @@ fn compile_rules(raw_rules: Vec<RawRule>, field: &str) -> Result<Vec<Rule>, Conf
     Ok(rules)
 }
 
-fn compile_source(raw: RawSource, field: &str) -> Result<Source, ConfigError> {
-    for (name, value) in [
-        ("principals", &raw.principals),
-        ("notPrincipals", &raw.not_principals),
-        ("namespaces", &raw.namespaces),
-        ("notNamespaces", &raw.not_namespaces),
-    ] {
-        if value.is_some() {
-            return Err(ConfigError::new(
-                format!("{field}.{name}"),
-                "peer (mTLS) identities are not visible to this filter: use requestPrincipals for JWT identities",
-            ));
-        }
-    }
+fn compile_source(raw: RawSource, field: &str, trust_domains: &[String]) -> Result<Source, ConfigError> {
+    let principals = |values: Vec<String>, name: &str| {
+        parsed(values, &format!("{field}.{name}"), |v| PeerMatch::principal(v, trust_domains))
+    };
+    let peers = |values: Vec<String>, name: &str, parse: fn(&str) -> Result<PeerMatch, String>| {
+        parsed(values, &format!("{field}.{name}"), parse)
+    };
     Ok(Source {
+        principals: principals(raw.principals, "principals")?,
+        not_principals: principals(raw.not_principals, "notPrincipals")?,
+        namespaces: peers(raw.namespaces, "namespaces", namespace_match)?,
+        not_namespaces: peers(raw.not_namespaces, "notNamespaces", namespace_match)?,
+        service_accounts: peers(raw.service_accounts, "serviceAccounts", PeerMatch::service_account)?,
+        not_service_accounts: peers(raw.not_service_accounts, "notServiceAccounts", PeerMatch::service_account)?,
+        trust_domains: peers(raw.trust_domains, "trustDomains", PeerMatch::trust_domain)?,
+        not_trust_domains: peers(raw.not_trust_domains, "notTrustDomains", PeerMatch::trust_domain)?,
         request_principals: principal_matches(raw.request_principals, &format!("{field}.requestPrincipals"))?,
         not_request_principals: principal_matches(
             raw.not_request_principals,
@@ -139,6 +143,15 @@ fn compile_source(raw: RawSource, field: &str) -> Result<Source, ConfigError> {
         remote_ip_blocks: cidrs(raw.remote_ip_blocks, &format!("{field}.remoteIpBlocks"))?,
         not_remote_ip_blocks: cidrs(raw.not_remote_ip_blocks, &format!("{field}.notRemoteIpBlocks"))?,
     })
+}
+
+/// A namespace is a Kubernetes name (Istio quotes everything else into its expression literally;
+/// nothing else can name a namespace).
+fn namespace_match(value: &str) -> Result<PeerMatch, String> {
+    if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'*') {
+        return Err(format!("{value:?} is not a Kubernetes namespace (lower-case letters, digits and -, or *)"));
+    }
+    PeerMatch::namespace(value)
 }
 
 fn compile_operation(raw: RawOperation, field: &str) -> Result<Operation, ConfigError> {
@@ -273,8 +286,18 @@ fn ports(values: Vec<RawPort>, field: &str) -> Result<Vec<u16>, ConfigError> {
         .collect()
 }
 
-fn value_matches(values: Vec<String>, kind: ValueKind, field: &str) -> Result<Vec<ValueMatch>, ConfigError> {
+fn value_matches(
+    values: Vec<String>,
+    kind: ValueKind,
+    field: &str,
+    trust_domains: &[String],
+) -> Result<Vec<ValueMatch>, ConfigError> {
     Ok(match kind {
+        ValueKind::PeerPrincipal => parsed(values, field, |v| PeerMatch::principal(v, trust_domains))?
+            .into_iter()
+            .map(ValueMatch::Peer)
+            .collect(),
+        ValueKind::PeerNamespace => parsed(values, field, namespace_match)?.into_iter().map(ValueMatch::Peer).collect(),
         ValueKind::String => string_matches(values, field)?.into_iter().map(ValueMatch::String).collect(),
         ValueKind::Principal => principal_matches(values, field)?.into_iter().map(ValueMatch::Principal).collect(),
         ValueKind::Address => cidrs(values, field)?.into_iter().map(ValueMatch::Address).collect(),

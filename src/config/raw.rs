@@ -17,6 +17,12 @@ pub(super) struct RawConfig {
     /// Refused: `remote.ip` is Envoy's own client address now (see `RawConnectionManager`).
     pub(super) num_trusted_proxies: Option<u32>,
     pub(super) connection_manager: Option<RawConnectionManager>,
+    /// The mesh's trust domain (Istio's meshConfig `trustDomain`), for `trustDomainAliases`.
+    pub(super) trust_domain: Option<String>,
+    /// Istio's meshConfig `trustDomainAliases`: a principal in the trust domain or one of these
+    /// matches the same identity in each.
+    #[serde(default)]
+    pub(super) trust_domain_aliases: Vec<String>,
     pub(super) unsafe_paths: Option<String>,
     #[serde(default)]
     pub(super) space_delimited_claims: Vec<String>,
@@ -140,11 +146,22 @@ pub(super) struct RawSource {
     pub(super) remote_ip_blocks: Vec<String>,
     #[serde(default)]
     pub(super) not_remote_ip_blocks: Vec<String>,
-    // Istio fields for the mTLS peer: named so the error can say why they are refused.
-    pub(super) principals: Option<serde_json::Value>,
-    pub(super) not_principals: Option<serde_json::Value>,
-    pub(super) namespaces: Option<serde_json::Value>,
-    pub(super) not_namespaces: Option<serde_json::Value>,
+    #[serde(default)]
+    pub(super) principals: Vec<String>,
+    #[serde(default)]
+    pub(super) not_principals: Vec<String>,
+    #[serde(default)]
+    pub(super) namespaces: Vec<String>,
+    #[serde(default)]
+    pub(super) not_namespaces: Vec<String>,
+    #[serde(default)]
+    pub(super) service_accounts: Vec<String>,
+    #[serde(default)]
+    pub(super) not_service_accounts: Vec<String>,
+    #[serde(default)]
+    pub(super) trust_domains: Vec<String>,
+    #[serde(default)]
+    pub(super) not_trust_domains: Vec<String>,
 }
 
 #[derive(Deserialize)]

@@ -22,8 +22,8 @@ fn connection_attributes_are_read_only_where_a_rule_needs_them() {
         Config::parse(config.to_string().as_bytes()).expect("valid").connection_reads
     };
     let neither = ConnectionReads::default();
-    let port = ConnectionReads { destination_port: true, source_address: false };
-    let address = ConnectionReads { destination_port: false, source_address: true };
+    let port = ConnectionReads { destination_port: true, ..ConnectionReads::default() };
+    let address = ConnectionReads { source_address: true, ..ConnectionReads::default() };
     let rule = |rule: serde_json::Value| json!([{"rules": [rule]}]);
     let when = |key: &str, value: &str| rule(json!({"when": [{"key": key, "values": [value]}]}));
     let cases = [
@@ -46,7 +46,7 @@ fn connection_attributes_are_read_only_where_a_rule_needs_them() {
             json!([{"action": "AUDIT", "rules": [{"from": [{"source": {"remoteIpBlocks": ["1.2.3.4"]}}],
                                                   "to": [{"operation": {"ports": ["80"]}}]}]}]),
             json!([]),
-            ConnectionReads { destination_port: true, source_address: true },
+            ConnectionReads { destination_port: true, source_address: true, ..ConnectionReads::default() },
         ),
     ];
     for (policies, requirements, expected) in cases {
@@ -337,14 +337,24 @@ fn errors_name_the_field_and_the_reason() {
             "not an IP address or CIDR block",
         ),
         (
-            json!({"policies": [{"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/a/sa/b"]}}]}]}]}),
-            "policies[0].rules[0].from[0].source.principals",
-            "mTLS",
+            json!({"policies": [{"rules": [{"from": [{"source": {"principals": ["cluster.local/*/sa/b"]}}]}]}]}),
+            "policies[0].rules[0].from[0].source.principals[0]",
+            "only allowed",
         ),
         (
-            json!({"policies": [{"rules": [{"from": [{"source": {"namespaces": ["a"]}}]}]}]}),
-            "policies[0].rules[0].from[0].source.namespaces",
-            "mTLS",
+            json!({"policies": [{"rules": [{"from": [{"source": {"namespaces": ["a", "Shop_1"]}}]}]}]}),
+            "policies[0].rules[0].from[0].source.namespaces[1]",
+            "not a Kubernetes namespace",
+        ),
+        (
+            json!({"policies": [{"rules": [{"from": [{"source": {"serviceAccounts": ["cart"]}}]}]}]}),
+            "policies[0].rules[0].from[0].source.serviceAccounts[0]",
+            "namespace/name",
+        ),
+        (
+            json!({"policies": [{"action": "DENY"}], "trustDomainAliases": ["old/td"]}),
+            "trustDomainAliases[0]",
+            "not a trust domain",
         ),
         (
             json!({"policies": [{"rules": [{"from": [{"source": {"requestPrincipals": ["/alice"]}}]}]}]}),
@@ -357,9 +367,9 @@ fn errors_name_the_field_and_the_reason() {
             "only allowed",
         ),
         (
-            json!({"policies": [{"rules": [{"when": [{"key": "source.principal", "values": ["x"]}]}]}]}),
-            "policies[0].rules[0].when[0].key",
-            "mTLS peer identity",
+            json!({"policies": [{"rules": [{"when": [{"key": "source.principal", "values": ["x", "a*b"]}]}]}]}),
+            "policies[0].rules[0].when[0].values[1]",
+            "only allowed",
         ),
         (
             json!({"policies": [{"rules": [{"when": [{"key": "request.auth.claim[a]", "values": ["x"]}]}]}]}),

@@ -49,10 +49,9 @@ pub(super) fn seed() -> u64 {
     hasher.finish()
 }
 
-/// Envoy encodes integer properties as 8 little-endian bytes.
-pub(super) fn property_port(bytes: &[u8]) -> Option<u16> {
-    let raw: [u8; 8] = bytes.try_into().ok()?;
-    u16::try_from(i64::from_le_bytes(raw)).ok()
+/// A property of the current stream (`["connection", "mtls"]`): Envoy's serialized value.
+pub(super) fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
 }
 
 pub(super) fn level(level: Level) -> LogLevel {

@@ -7,7 +7,7 @@ mod calls;
 mod stats;
 
 use crate::config::Config;
-use crate::engine::{Decision, HeaderChange, Request};
+use crate::engine::{Decision, HeaderChange, Property, Request};
 use crate::keys::cache::{FetchResult, Worker};
 use crate::scheduler::{Effect, Random, Scheduler};
 use calls::{debug_logging, log, now_millis, HostStore};
@@ -160,15 +160,10 @@ impl HttpContext for RequestContext {
         let mut request = Request::from_header_pairs(self.get_http_request_headers());
         // Every property read is a call out of the VM and a copy: only those some rule reads.
         let reads = self.vm.borrow().scheduler.config().connection_reads;
-        if reads.destination_port {
-            request.destination_port =
-                self.get_property(vec!["destination", "port"]).as_deref().and_then(calls::property_port);
-        }
-        if reads.source_address {
-            request.source_address = self
-                .get_property(vec!["source", "address"])
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .filter(|address| !address.is_empty());
+        for property in Property::read_by(reads) {
+            if let Some(value) = calls::property(property.path()) {
+                request.set_property(property, &value);
+            }
         }
         let decision = self.vm.borrow_mut().scheduler.on_request(&HostStore, self.context_id, request, now_millis());
         // Log and count before acting, as the core reported them.

@@ -182,8 +182,8 @@ def test_token_requirements(reporting_envoy, idp):
 # --- Configuration refusal ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("policy, fragments", [
-    ({"rules": [{"when": [{"key": "source.principal", "values": ["x"]}]}]},
-     ["policies[0].rules[0].when[0].key", "mTLS peer identity"]),
+    ({"rules": [{"when": [{"key": "source.principal", "values": ["cluster.local/*/sa/x"]}]}]},
+     ["policies[0].rules[0].when[0].values[0]", "only allowed as a whole value"]),
     ({"rules": [{"from": [{"source": {"remoteIpBlocks": ["10.0.0.0/33"]}}]}]},
      ["policies[0].rules[0].from[0].source.remoteIpBlocks[0]", "prefix length"]),
     ({"rules": [{"to": [{"operation": {"paths": ["/a/{**}/{*}"]}}]}]},

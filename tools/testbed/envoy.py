@@ -64,7 +64,7 @@ def wasm_filter(plugin_config, wasm_path, *, name="jwt-authz", vm_id="jwt-authz"
 
 
 def bootstrap(http_filters, clusters, normalize_path, listeners=None, use_remote_address=False,
-              xff_num_trusted_hops=0, merge_slashes=False, runtime=None, stats_config=None):
+              xff_num_trusted_hops=0, merge_slashes=False, runtime=None, stats_config=None, listener_tls=None):
     """Envoy v3 bootstrap: admin on a free loopback port, listeners (name -> port, 0 for any free
     one; default one "ingress") sharing one connection manager, everything routed to backend."""
     any_port = {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
@@ -92,10 +92,15 @@ def bootstrap(http_filters, clusters, normalize_path, listeners=None, use_remote
             "listeners": [{
                 "name": name,
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": manager,
-                }]}],
+                # A TLS listener reads the client's server name the way Istio's do (tls_inspector).
+                **({"listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]}
+                   if name in (listener_tls or {}) else {}),
+                "filter_chains": [{
+                    "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}],
+                    **({"transport_socket": downstream_tls((listener_tls or {})[name])}
+                       if name in (listener_tls or {}) else {}),
+                }],
             } for name, port in (listeners or {"ingress": 0}).items()],
             "clusters": [static_cluster(name, port) for name, port in clusters.items()],
         },
@@ -103,6 +108,21 @@ def bootstrap(http_filters, clusters, normalize_path, listeners=None, use_remote
     if stats_config is not None:
         config["stats_config"] = stats_config
     return config
+
+
+def downstream_tls(tls):
+    """A listener's TLS: tls is a testbed.tls.ServerTls (certificate, key, the CA clients are
+    checked against, and whether a client certificate is required)."""
+    context = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {
+            "tls_certificates": [{"certificate_chain": {"filename": str(tls.cert)},
+                                  "private_key": {"filename": str(tls.key)}}],
+            "validation_context": {"trusted_ca": {"filename": str(tls.ca)}},
+        },
+        "require_client_certificate": tls.require_client_certificate,
+    }
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 class Envoy:
@@ -188,7 +208,7 @@ class Envoy:
 def start_envoy(plugin_config, *, backend, idp=None, concurrency=1, clusters=None,
                 normalize_path=True, expect_failure=False, wasm=True, wasm_path=None,
                 filters=None, listeners=None, use_remote_address=False, xff_num_trusted_hops=0,
-                merge_slashes=False, runtime=None, stats_config=None):
+                merge_slashes=False, runtime=None, stats_config=None, listener_tls=None):
     """Run Envoy with the jwt-authz filter (unless wasm=False) in front of backend.
 
     Clusters: backend, idp (when idp is given) and any extra name -> port. stats_config is the
@@ -197,7 +217,7 @@ def start_envoy(plugin_config, *, backend, idp=None, concurrency=1, clusters=Non
     filters: HTTP filters to run (before the router) instead of jwt-authz, e.g. Envoy's native
     jwt_authn and rbac. listeners: name -> port ("ingress" must be one). The connection manager
     settings (use_remote_address, xff_num_trusted_hops, merge_slashes) are Envoy's; runtime is a
-    static runtime layer (feature flags).
+    static runtime layer (feature flags). listener_tls: listener name -> testbed.tls.ServerTls.
     """
     workdir = Path(tempfile.mkdtemp(prefix="envoy-", dir=WORK_ROOT))
     wasm_path = Path(wasm_path or WASM_PATH)
@@ -216,7 +236,7 @@ def start_envoy(plugin_config, *, backend, idp=None, concurrency=1, clusters=Non
     })
     config_file = workdir / "envoy.json"
     config = bootstrap(filters, all_clusters, normalize_path, listeners, use_remote_address,
-                       xff_num_trusted_hops, merge_slashes, runtime, stats_config)
+                       xff_num_trusted_hops, merge_slashes, runtime, stats_config, listener_tls)
     config_file.write_text(json.dumps(config, indent=2))
     command = [
         str(ENVOY_BIN), "-c", str(config_file),

@@ -117,6 +117,55 @@ def host_permissions(value):
     ]
 
 
+REGEX_SPECIAL = set(r"\.+*?()|[]{}^$")
+
+
+def quote_meta(text):
+    """Go's regexp.QuoteMeta, which Istio applies to the user's text before widening `*`."""
+    return "".join(f"\\{c}" if c in REGEX_SPECIAL else c for c in text)
+
+
+def authenticated(matcher):
+    return {"authenticated": {"principal_name": matcher}}
+
+
+def peer_principal(value):
+    """Istio's srcPrincipalGenerator: the SPIFFE URI, with matcher.StringMatcherWithPrefix."""
+    if value == "*":
+        return [authenticated(dict(MATCH_ANY))]
+    if value.startswith("*"):
+        return [authenticated({"safe_regex": {"regex": "spiffe://.*" + quote_meta(value[1:])}})]
+    if value.endswith("*"):
+        return [authenticated({"prefix": "spiffe://" + value[:-1]})]
+    return [authenticated({"exact": "spiffe://" + value})]
+
+
+def peer_namespace(value):
+    regex = ".*/ns/" + quote_meta(value).replace("\\*", ".*") + "/.*"
+    return [authenticated({"safe_regex": {"regex": regex}})]
+
+
+def peer_service_account(value):
+    namespace, name = value.split("/", 1)
+    regex = f"spiffe://.+/ns/{quote_meta(namespace)}/(.+/|)sa/{quote_meta(name)}(/.+)?"
+    return [authenticated({"safe_regex": {"regex": regex}})]
+
+
+def peer_trust_domain(value):
+    if "*" not in value:
+        return [authenticated({"prefix": f"spiffe://{value}/"})]
+    regex = "spiffe://" + quote_meta(value).replace("\\*", "[^/]*") + "/.*"
+    return [authenticated({"safe_regex": {"regex": regex}})]
+
+
+PEER_FIELDS = {
+    "principals": peer_principal,
+    "namespaces": peer_namespace,
+    "serviceAccounts": peer_service_account,
+    "trustDomains": peer_trust_domain,
+}
+
+
 def values_and_not(values, not_values, make, either, negate):
     """Istio's rule.permission/principal: OR of values, NOT(OR of notValues)."""
     out = []
@@ -153,8 +202,12 @@ def source_parts(source):
                             lambda v: [{"direct_remote_ip": cidr(v)}], or_principals, principal_not)
     parts += values_and_not(source.get("remoteIpBlocks"), source.get("notRemoteIpBlocks"),
                             lambda v: [{"remote_ip": cidr(v)}], or_principals, principal_not)
+    for field, make in PEER_FIELDS.items():
+        not_field = "not" + field[0].upper() + field[1:]
+        parts += values_and_not(source.get(field), source.get(not_field), make, or_principals, principal_not)
     unknown = set(source) - {"requestPrincipals", "notRequestPrincipals", "ipBlocks", "notIpBlocks",
-                             "remoteIpBlocks", "notRemoteIpBlocks"}
+                             "remoteIpBlocks", "notRemoteIpBlocks"} - set(PEER_FIELDS) - {
+        "not" + f[0].upper() + f[1:] for f in PEER_FIELDS}
     if unknown:
         raise NotImplementedError(f"source fields {unknown}")
     return parts
@@ -167,7 +220,17 @@ def condition_parts(condition):
     if key == "destination.port":
         return values_and_not(values, not_values, lambda v: [{"destination_port": int(v)}], or_permissions,
                               lambda p: {"not_rule": p}), []
-    if key == "source.ip":
+    if key == "connection.sni":
+        return values_and_not(values, not_values, lambda v: [{"requested_server_name": string_matcher(v)}],
+                              or_permissions, lambda p: {"not_rule": p}), []
+    if key == "destination.ip":
+        return values_and_not(values, not_values, lambda v: [{"destination_ip": cidr(v)}], or_permissions,
+                              lambda p: {"not_rule": p}), []
+    if key == "source.principal":
+        make = peer_principal
+    elif key == "source.namespace":
+        make = peer_namespace
+    elif key == "source.ip":
         make = lambda v: [{"direct_remote_ip": cidr(v)}]  # noqa: E731
     elif key == "remote.ip":
         make = lambda v: [{"remote_ip": cidr(v)}]  # noqa: E731

@@ -4,8 +4,8 @@
 //! The plugin's JSON shape is Istio's (`jwtRules`, policy `rules`), so most of the work is
 //! choosing what carries over. Anything that cannot be expressed is an error naming the field, never
 //! dropped: leaving out a `from`, `to` or `when` of an ALLOW rule widens who gets in, and leaving
-//! out part of a DENY rule changes what it denies. Sources about the mTLS peer (principals,
-//! namespaces, service accounts) are Istio's to enforce: such policies stay AuthorizationPolicies.
+//! out part of a DENY rule changes what it denies. A bare service account (`serviceAccounts:
+//! [cart]`) is in the policy's namespace for Istio, so it is written `namespace/cart` here.
 
 use crate::documents::Document;
 use crate::scope::{Scope, Workload};
@@ -35,10 +35,22 @@ impl Converted {
     }
 }
 
-const SOURCE_FIELDS: [&str; 6] =
-    ["requestPrincipals", "notRequestPrincipals", "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"];
-const PEER_SOURCE_FIELDS: [&str; 6] =
-    ["principals", "notPrincipals", "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts"];
+const SOURCE_FIELDS: [&str; 14] = [
+    "requestPrincipals",
+    "notRequestPrincipals",
+    "ipBlocks",
+    "notIpBlocks",
+    "remoteIpBlocks",
+    "notRemoteIpBlocks",
+    "principals",
+    "notPrincipals",
+    "namespaces",
+    "notNamespaces",
+    "serviceAccounts",
+    "notServiceAccounts",
+    "trustDomains",
+    "notTrustDomains",
+];
 const OPERATION_FIELDS: [&str; 8] =
     ["paths", "notPaths", "methods", "notMethods", "hosts", "notHosts", "ports", "notPorts"];
 /// The annotation that makes an AuthorizationPolicy a dry run in Istio.
@@ -184,6 +196,7 @@ fn policy(document: &Document, origin: &str, notes: &mut Vec<String>) -> Result<
     };
     let path = format!("{origin} spec");
     note_targeting(spec, origin, notes);
+    let namespace = document.value.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str);
     let mut result = Map::new();
     if let Some(name) = document.name() {
         result.insert("name".into(), json!(name));
@@ -209,7 +222,7 @@ fn policy(document: &Document, origin: &str, notes: &mut Vec<String>) -> Result<
             "rules" => {
                 let rules = array(value, &field)?;
                 let converted: Result<Vec<Value>, String> =
-                    rules.iter().enumerate().map(|(i, r)| rule(r, &format!("{field}[{i}]"))).collect();
+                    rules.iter().enumerate().map(|(i, r)| rule(r, &format!("{field}[{i}]"), namespace)).collect();
                 result.insert("rules".into(), Value::Array(converted?));
             }
             _ if TARGETING_FIELDS.contains(&key.as_str()) => {}
@@ -241,13 +254,13 @@ fn dry_run(document: &Document, origin: &str) -> Result<bool, String> {
     }
 }
 
-fn rule(value: &Value, path: &str) -> Result<Value, String> {
+fn rule(value: &Value, path: &str, namespace: Option<&str>) -> Result<Value, String> {
     let mut result = Map::new();
     for (key, value) in object(value, path)? {
         let field = format!("{path}.{key}");
         let converted = match key.as_str() {
-            "from" => wrapped_list(value, &field, "source", source)?,
-            "to" => wrapped_list(value, &field, "operation", operation)?,
+            "from" => wrapped_list(value, &field, "source", &|fields, path| source(fields, path, namespace))?,
+            "to" => wrapped_list(value, &field, "operation", &operation)?,
             // `when` keys are checked by the plugin's own parser, which names what it supports.
             "when" => value.clone(),
             _ => return Err(format!("{field}: unknown field")),
@@ -257,13 +270,11 @@ fn rule(value: &Value, path: &str) -> Result<Value, String> {
     Ok(Value::Object(result))
 }
 
+/// Converts the inside of one `source` or `operation` entry, given its field path.
+type EntryConverter<'a> = dyn Fn(&Map<String, Value>, &str) -> Result<Value, String> + 'a;
+
 /// A list of `{source: {...}}` or `{operation: {...}}` entries.
-fn wrapped_list(
-    value: &Value,
-    path: &str,
-    inner: &str,
-    convert: fn(&Map<String, Value>, &str) -> Result<Value, String>,
-) -> Result<Value, String> {
+fn wrapped_list(value: &Value, path: &str, inner: &str, convert: &EntryConverter<'_>) -> Result<Value, String> {
     let entries: Result<Vec<Value>, String> = array(value, path)?
         .iter()
         .enumerate()
@@ -273,12 +284,7 @@ fn wrapped_list(
 }
 
 /// `{source: {...}}` / `{operation: {...}}`.
-fn wrapped(
-    value: &Value,
-    path: &str,
-    inner: &str,
-    convert: fn(&Map<String, Value>, &str) -> Result<Value, String>,
-) -> Result<Value, String> {
+fn wrapped(value: &Value, path: &str, inner: &str, convert: &EntryConverter<'_>) -> Result<Value, String> {
     let outer = object(value, path)?;
     let mut result = Map::new();
     for (key, value) in outer {
@@ -291,14 +297,21 @@ fn wrapped(
     Ok(Value::Object(result))
 }
 
-fn source(fields: &Map<String, Value>, path: &str) -> Result<Value, String> {
-    checked_copy(
-        fields,
-        path,
-        &SOURCE_FIELDS,
-        &PEER_SOURCE_FIELDS,
-        "is about the mTLS peer's identity, which the plugin does not see; keep this policy in Istio",
-    )
+fn source(fields: &Map<String, Value>, path: &str, namespace: Option<&str>) -> Result<Value, String> {
+    let mut copied = checked_copy(fields, path, &SOURCE_FIELDS, &[], "")?;
+    for field in ["serviceAccounts", "notServiceAccounts"] {
+        let Some(Value::Array(accounts)) = copied.get_mut(field) else { continue };
+        for (i, account) in accounts.iter_mut().enumerate() {
+            let Some(name) = account.as_str().filter(|name| !name.contains('/')) else { continue };
+            let namespace = namespace.ok_or_else(|| {
+                format!(
+                    "{path}.{field}[{i}]: a bare service account is in the policy's namespace, and this one names none"
+                )
+            })?;
+            *account = json!(format!("{namespace}/{name}"));
+        }
+    }
+    Ok(copied)
 }
 
 fn operation(fields: &Map<String, Value>, path: &str) -> Result<Value, String> {
@@ -524,15 +537,30 @@ spec: {rules: [{to: [{operation: {paths: ['*']}}]}]}
     }
 
     #[test]
+    fn mtls_sources_carry_over_and_bare_service_accounts_get_the_policy_namespace() {
+        let converted = convert_yaml(
+            "kind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {rules: [{from: [{source: \
+             {principals: [cluster.local/ns/web/sa/web], namespaces: [web], serviceAccounts: [cart, billing/pay], \
+             notTrustDomains: [old]}}]}]}\n",
+        )
+        .expect("converts");
+        assert_eq!(
+            converted.config["policies"][0]["rules"][0]["from"][0]["source"],
+            json!({"principals": ["cluster.local/ns/web/sa/web"], "namespaces": ["web"],
+                   "serviceAccounts": ["shop/cart", "billing/pay"], "notTrustDomains": ["old"]})
+        );
+    }
+
+    #[test]
     fn what_cannot_be_expressed_is_an_error_naming_the_field() {
         let cases = [
             (
-                "spec: {rules: [{from: [{source: {namespaces: [shop]}}]}]}",
-                "AuthorizationPolicy p spec.rules[0].from[0].source.namespaces: is about the mTLS peer",
+                "spec: {rules: [{from: [{source: {requestPrincipals: ['*'], serviceAccounts: [a]}}]}]}",
+                "spec.rules[0].from[0].source.serviceAccounts[0]: a bare service account is in the policy's namespace",
             ),
             (
-                "spec: {rules: [{from: [{source: {requestPrincipals: ['*'], serviceAccounts: [a]}}]}]}",
-                "spec.rules[0].from[0].source.serviceAccounts: is about the mTLS peer",
+                "spec: {rules: [{from: [{source: {principals: [a], peers: [b]}}]}]}",
+                "spec.rules[0].from[0].source.peers: unknown field",
             ),
             ("spec: {action: CUSTOM, provider: {name: opa}}", "spec.action: CUSTOM delegates"),
             (
