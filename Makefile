@@ -149,10 +149,14 @@ endif
 	@test -x /usr/bin/clippy-driver || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq rust-web-clippy; }
 	@mkdir -p .stamps && touch $@
 
+# The fuzz targets are only type-checked here (on stable: building them needs nightly, see `fuzz`),
+# so that an API change cannot leave them behind unnoticed, as it did twice.
 lint: $(LINT_DEPS)
 	cargo fmt --check
+	(cd fuzz && cargo fmt --check)
 	cargo clippy --features test-support,cli --all-targets -- -D warnings
 	$(WASM_CLIPPY)
+	cargo check --manifest-path fuzz/Cargo.toml --bins --target-dir target/fuzz-check
 
 # Fuzzing: libFuzzer via cargo-fuzz on nightly (its sanitizer flags need it). Not part of `make
 # test`: a fresh machine would first build cargo-fuzz and the instrumented targets (~10 min on two

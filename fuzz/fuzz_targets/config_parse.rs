@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(config) => {
             for provider in &config.issuers.providers {
                 assert!(!provider.issuer.trim().is_empty());
-                assert!(provider.locations.iter().all(|&i| i < config.issuers.locations.len()));
+                assert!(provider.locations.iter().all(|&i| config.issuers.location(i).is_some()));
             }
         }
         Err(err) => assert!(!err.reason.is_empty()),

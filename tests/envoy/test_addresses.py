@@ -62,6 +62,8 @@ def remote_policies():
             {"from": [{"source": {"remoteIpBlocks": [OFFICE]}}], "to": [{"operation": {"paths": ["/office/*"]}}]},
             {"to": [{"operation": {"paths": ["/office/public"]}}],
              "when": [{"key": "remote.ip", "notValues": [BLOCKED]}]},
+            {"from": [{"source": {"notRemoteIpBlocks": [OFFICE, "10.0.0.0/8"]}}],
+             "to": [{"operation": {"paths": ["/office/visitors"]}}]},
         ]},
     ]
 
@@ -106,7 +108,7 @@ def test_remote_ip_is_envoys_client_address_in_every_setup(idp, backend, setup):
     with side_by_side(idp, backend, setup, config) as (ours, native):
         outcomes = set()
         for forwarded_for in FORWARDED_FOR:
-            for path in ["/office/x", "/office/public"]:
+            for path in ["/office/x", "/office/public", "/office/visitors"]:
                 ours_allowed = allowed(ours, path, forwarded_for)
                 assert ours_allowed == allowed(native, path, forwarded_for), (setup, path, forwarded_for)
                 outcomes.add(ours_allowed)

@@ -30,6 +30,8 @@ def policies():
             {"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/cart"]}}], "to": [{"operation": {"paths": ["/cart/*"]}}]},
             {"from": [{"source": {"namespaces": ["web-*"]}}], "to": [{"operation": {"paths": ["/web/*"]}}]},
             {"from": [{"source": {"serviceAccounts": ["billing/pay"]}}], "to": [{"operation": {"paths": ["/pay/*"]}}]},
+            {"from": [{"source": {"principals": ["*"], "notServiceAccounts": ["shop/cart", "billing/pay"]}}],
+             "to": [{"operation": {"paths": ["/not-sa"]}}]},
             {"from": [{"source": {"principals": ["*"]}}], "to": [{"operation": {"paths": ["/any-peer"]}}]},
             {"from": [{"source": {"notPrincipals": ["*"]}}], "to": [{"operation": {"paths": ["/no-peer"]}}]},
             {"from": [{"source": {"principals": ["*/sa/web"], "notNamespaces": ["shop"]}}],
@@ -45,7 +47,7 @@ def policies():
     ]
 
 
-PATHS = ["/cart/x", "/web/x", "/pay/x", "/any-peer", "/no-peer", "/web-sa", "/foreign", "/by-ns", "/not-cart",
+PATHS = ["/cart/x", "/web/x", "/pay/x", "/not-sa", "/any-peer", "/no-peer", "/web-sa", "/foreign", "/by-ns", "/not-cart",
          "/sni", "/dest", "/not-dest"]
 
 
@@ -105,9 +107,10 @@ def test_same_decision_as_istio_native_rbac(envoys, authority, who, listener):
     # What each caller may reach, so the table cannot agree by allowing or denying everything.
     expected = {
         ("cart", "mtls"): {"/cart/x", "/any-peer", "/by-ns", "/sni", "/dest"},
-        ("web", "mtls"): {"/web/x", "/any-peer", "/web-sa", "/not-cart", "/sni", "/dest"},
+        ("web", "mtls"): {"/web/x", "/not-sa", "/any-peer", "/web-sa", "/not-cart", "/sni", "/dest"},
         ("pay", "mtls"): {"/pay/x", "/any-peer", "/by-ns", "/not-cart", "/sni", "/dest"},
         ("evil", "mtls"): set(),
+        # serviceAccounts match in any trust domain: old.td/.../sa/cart is shop/cart to Istio too.
         ("old", "mtls"): {"/any-peer", "/foreign", "/by-ns", "/not-cart", "/sni", "/dest"},
         ("cart", "tls"): {"/cart/x", "/any-peer", "/by-ns", "/sni", "/dest"},
         # Without a peer certificate only negative conditions hold (notPrincipals, notTrustDomains,
