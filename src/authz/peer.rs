@@ -39,17 +39,11 @@ enum Token {
 const SPIFFE: &str = "spiffe://";
 
 impl PeerMatch {
-    /// `principals` / `source.principal`: `td/ns/n/sa/s`, `prefix*`, `*suffix` or `*`. With
-    /// `aliases`, a principal in one of these trust domains matches the same identity in each.
+    /// `principals` / `source.principal`: `td/ns/n/sa/s`, `prefix*`, `*suffix` or `*`, in the
+    /// mesh's `trust_domains` (its trust domain first, then its aliases) as istiod rewrites them.
     pub fn principal(value: &str, trust_domains: &[String]) -> Result<PeerMatch, String> {
         StringMatch::parse(value)?;
-        let mut values = vec![value.to_string()];
-        if let Some((domain, rest)) = value.split_once('/') {
-            if trust_domains.iter().any(|d| d == domain) {
-                values = trust_domains.iter().map(|d| format!("{d}/{rest}")).collect();
-            }
-        }
-        let alternatives = values
+        let alternatives = with_trust_domains(value, trust_domains)
             .iter()
             .map(|value| {
                 if value == "*" {
@@ -108,28 +102,77 @@ impl PeerMatch {
         Ok(PeerMatch { alternatives })
     }
 
-    /// `trustDomains`: `spiffe://<domain>/...`, `*` within the domain only.
-    pub fn trust_domain(value: &str) -> Result<PeerMatch, String> {
+    /// `trustDomains`: `spiffe://<domain>/...`, `*` within the domain only; the mesh's trust
+    /// domain or one of its aliases stands for all of them (istiod's ExpandTrustDomainAliases).
+    pub fn trust_domain(value: &str, trust_domains: &[String]) -> Result<PeerMatch, String> {
         StringMatch::parse(value)?;
         if value.contains('/') {
             return Err(format!("{value:?}: a trust domain has no /"));
         }
-        let mut tokens = vec![Token::Literal(SPIFFE.into())];
-        for (i, part) in value.split('*').enumerate() {
-            if i > 0 {
-                tokens.push(Token::AnyInSegment);
-            }
-            if !part.is_empty() {
-                tokens.push(Token::Literal(part.into()));
-            }
-        }
-        tokens.extend([Token::Literal("/".into()), Token::Any]);
-        Ok(PeerMatch { alternatives: vec![tokens] })
+        let domains = match trust_domains.iter().any(|domain| domain == value) {
+            true => trust_domains.to_vec(),
+            false => vec![value.to_string()],
+        };
+        let alternatives = domains
+            .iter()
+            .map(|domain| {
+                let mut tokens = vec![Token::Literal(SPIFFE.into())];
+                for (i, part) in domain.split('*').enumerate() {
+                    if i > 0 {
+                        tokens.push(Token::AnyInSegment);
+                    }
+                    if !part.is_empty() {
+                        tokens.push(Token::Literal(part.into()));
+                    }
+                }
+                tokens.extend([Token::Literal("/".into()), Token::Any]);
+                tokens
+            })
+            .collect();
+        Ok(PeerMatch { alternatives })
     }
 
     pub fn matches(&self, peer: &Peer) -> bool {
         peer.names.iter().any(|name| self.alternatives.iter().any(|tokens| full_match(tokens, name.as_bytes())))
     }
+}
+
+/// istiod's `ReplaceTrustDomainAliases` for one principal: a `td/ns/n/sa/s` principal whose trust
+/// domain is enforced (not `*`) and is one of `trust_domains` (by Istio's two-way wildcard match)
+/// or `cluster.local` (which stands for the local trust domain) becomes one principal per trust
+/// domain; anything else stays as written. Without this, `cluster.local/...` in a mesh whose trust
+/// domain is another name would match no workload there, and a DENY on it nothing.
+pub fn with_trust_domains(principal: &str, trust_domains: &[String]) -> Vec<String> {
+    let parts: Vec<&str> = principal.split('/').collect();
+    let (Some(domain), 5) = (parts.first().copied(), parts.len()) else { return vec![principal.to_string()] };
+    let rest = parts.get(1..).unwrap_or_default().join("/");
+    let in_bundle = trust_domains.iter().any(|known| domains_match(domain, known));
+    if domain == "*" || !(in_bundle || domain == "cluster.local") {
+        return vec![principal.to_string()];
+    }
+    let mut principals = Vec::new();
+    for known in trust_domains {
+        // A wildcard domain that covers this trust domain is kept as written.
+        let principal = if suffix_match(known, domain) { principal.to_string() } else { format!("{known}/{rest}") };
+        if !principals.contains(&principal) {
+            principals.push(principal);
+        }
+    }
+    principals
+}
+
+/// istiod's `stringMatch` of two trust domains: equal, or either a `*` / prefix / suffix pattern of
+/// the other.
+fn domains_match(a: &str, b: &str) -> bool {
+    a == b || b == "*" || prefix_match(a, b) || prefix_match(b, a) || suffix_match(a, b) || suffix_match(b, a)
+}
+
+fn prefix_match(text: &str, pattern: &str) -> bool {
+    pattern.strip_suffix('*').is_some_and(|prefix| text.starts_with(prefix))
+}
+
+fn suffix_match(text: &str, pattern: &str) -> bool {
+    pattern.strip_prefix('*').is_some_and(|suffix| text.ends_with(suffix))
 }
 
 /// Literal text with each `*` a run of anything.
@@ -191,6 +234,10 @@ fn full_match(tokens: &[Token], text: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn local() -> Vec<String> {
+        vec!["cluster.local".to_string()]
+    }
+
     fn peer(name: &str) -> Peer {
         Peer { names: vec![name.to_string()] }
     }
@@ -201,20 +248,46 @@ mod tests {
 
     #[test]
     fn principals_are_spiffe_uris() {
-        let exact = PeerMatch::principal("cluster.local/ns/foo/sa/bar", &[]).expect("valid");
+        let exact = PeerMatch::principal("cluster.local/ns/foo/sa/bar", &local()).expect("valid");
         assert!(matches(&exact, "spiffe://cluster.local/ns/foo/sa/bar"));
         assert!(!matches(&exact, "spiffe://cluster.local/ns/foo/sa/barx"));
         assert!(!matches(&exact, "cluster.local/ns/foo/sa/bar"));
-        let prefix = PeerMatch::principal("cluster.local/ns/foo/*", &[]).expect("valid");
+        let prefix = PeerMatch::principal("cluster.local/ns/foo/*", &local()).expect("valid");
         assert!(matches(&prefix, "spiffe://cluster.local/ns/foo/sa/any"));
         assert!(!matches(&prefix, "spiffe://cluster.local/ns/foobar/sa/any"));
-        let suffix = PeerMatch::principal("*/sa/bar", &[]).expect("valid");
+        let suffix = PeerMatch::principal("*/sa/bar", &local()).expect("valid");
         assert!(matches(&suffix, "spiffe://td/ns/x/sa/bar"));
         assert!(!matches(&suffix, "https://td/ns/x/sa/bar"));
-        let any = PeerMatch::principal("*", &[]).expect("valid");
+        let any = PeerMatch::principal("*", &local()).expect("valid");
         assert!(matches(&any, "spiffe://td/ns/x/sa/y") && !matches(&any, ""));
         // No certificate, no principal: nothing to match, not even `*`.
         assert!(!any.matches(&Peer::default()));
+    }
+
+    #[test]
+    fn principals_are_rewritten_into_the_mesh_trust_domains_as_istiod_does() {
+        let td = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        // cluster.local stands for the local trust domain.
+        assert_eq!(with_trust_domains("cluster.local/ns/shop/sa/cart", &td(&["foo.td"])), ["foo.td/ns/shop/sa/cart"]);
+        let m = PeerMatch::principal("cluster.local/ns/shop/sa/cart", &td(&["foo.td"])).expect("valid");
+        assert!(matches(&m, "spiffe://foo.td/ns/shop/sa/cart"));
+        assert!(!matches(&m, "spiffe://cluster.local/ns/shop/sa/cart"));
+        let bundle = td(&["cluster.local", "old.td"]);
+        // Only five-part principals with an enforced trust domain are rewritten.
+        assert_eq!(with_trust_domains("cluster.local/ns/foo/*", &bundle), ["cluster.local/ns/foo/*"]);
+        assert_eq!(with_trust_domains("*/ns/foo/sa/bar", &bundle), ["*/ns/foo/sa/bar"]);
+        assert_eq!(with_trust_domains("a/b/ns/foo/sa/bar", &bundle), ["a/b/ns/foo/sa/bar"]);
+        assert_eq!(with_trust_domains("other/ns/foo/sa/bar", &bundle), ["other/ns/foo/sa/bar"]);
+        // A wildcard domain covering a trust domain stays, the others are added.
+        assert_eq!(
+            with_trust_domains("*.local/ns/foo/sa/bar", &bundle),
+            ["*.local/ns/foo/sa/bar", "old.td/ns/foo/sa/bar"]
+        );
+        let m = PeerMatch::principal("*.local/ns/foo/sa/bar", &bundle).expect("valid");
+        assert!(matches(&m, "spiffe://old.td/ns/foo/sa/bar") && matches(&m, "spiffe://x.local/ns/foo/sa/bar"));
+        // trustDomains: the mesh's domain or an alias stands for all of them.
+        let m = PeerMatch::trust_domain("old.td", &bundle).expect("valid");
+        assert!(matches(&m, "spiffe://cluster.local/ns/a/sa/b") && !matches(&m, "spiffe://other/ns/a/sa/b"));
     }
 
     #[test]
@@ -225,6 +298,7 @@ mod tests {
         assert!(matches(&m, "spiffe://cluster.local/ns/foo/sa/bar"));
         assert!(!matches(&m, "spiffe://other/ns/foo/sa/bar"));
         let other = PeerMatch::principal("other/ns/foo/sa/bar", &domains).expect("valid");
+        assert!(matches(&other, "spiffe://other/ns/foo/sa/bar"));
         assert!(!matches(&other, "spiffe://cluster.local/ns/foo/sa/bar"));
     }
 
@@ -243,7 +317,7 @@ mod tests {
             assert!(!matches(&sa, name), "{name}");
         }
         assert!(PeerMatch::service_account("cart").is_err() && PeerMatch::service_account("shop/c*").is_err());
-        let td = PeerMatch::trust_domain("bad*").expect("valid");
+        let td = PeerMatch::trust_domain("bad*", &["cluster.local".to_string()]).expect("valid");
         assert!(matches(&td, "spiffe://bad.example/ns/x/sa/y"));
         assert!(!matches(&td, "spiffe://good/ns/bad/sa/y"));
     }

@@ -154,8 +154,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-/// The mesh's trust domain and its aliases, when it has aliases (without aliases a principal
-/// means its own trust domain only, and nothing needs expanding).
+/// The mesh's trust domain and its aliases (istiod's trust domain bundle), in that order.
 fn trust_domains(trust_domain: Option<String>, aliases: Vec<String>) -> Result<Vec<String>, ConfigError> {
     let domain = trust_domain.unwrap_or_else(|| "cluster.local".to_string());
     for (field, value) in std::iter::once(("trustDomain".to_string(), &domain))
@@ -164,9 +163,6 @@ fn trust_domains(trust_domain: Option<String>, aliases: Vec<String>) -> Result<V
         if value.is_empty() || value.contains(['/', '*']) || value.chars().any(char::is_whitespace) {
             return Err(ConfigError::new(field, format!("{value:?} is not a trust domain")));
         }
-    }
-    if aliases.is_empty() {
-        return Ok(Vec::new());
     }
     let mut domains = vec![domain.clone()];
     domains.extend(aliases.into_iter().filter(|alias| *alias != domain));

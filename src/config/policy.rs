@@ -32,8 +32,8 @@ pub(super) fn first_source_ip_field(policies: &[RawPolicy]) -> Option<String> {
     None
 }
 
-/// `trust_domains`: the mesh's trust domain and its aliases, when there are aliases (a principal
-/// in one of them matches the same identity in each); empty otherwise.
+/// `trust_domains`: the mesh's trust domain and its aliases (a principal in one of them, or in
+/// `cluster.local`, matches the same identity in each, as istiod rewrites it).
 pub(super) fn compile_policies(
     raw: Vec<RawPolicy>,
     extra_space_delimited: Vec<String>,
@@ -131,8 +131,12 @@ fn compile_source(raw: RawSource, field: &str, trust_domains: &[String]) -> Resu
         not_namespaces: peers(raw.not_namespaces, "notNamespaces", namespace_match)?,
         service_accounts: peers(raw.service_accounts, "serviceAccounts", PeerMatch::service_account)?,
         not_service_accounts: peers(raw.not_service_accounts, "notServiceAccounts", PeerMatch::service_account)?,
-        trust_domains: peers(raw.trust_domains, "trustDomains", PeerMatch::trust_domain)?,
-        not_trust_domains: peers(raw.not_trust_domains, "notTrustDomains", PeerMatch::trust_domain)?,
+        trust_domains: parsed(raw.trust_domains, &format!("{field}.trustDomains"), |v| {
+            PeerMatch::trust_domain(v, trust_domains)
+        })?,
+        not_trust_domains: parsed(raw.not_trust_domains, &format!("{field}.notTrustDomains"), |v| {
+            PeerMatch::trust_domain(v, trust_domains)
+        })?,
         request_principals: principal_matches(raw.request_principals, &format!("{field}.requestPrincipals"))?,
         not_request_principals: principal_matches(
             raw.not_request_principals,

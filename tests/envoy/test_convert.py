@@ -101,6 +101,14 @@ def test_policies_for_different_workloads_are_refused_together(tmp_path):
     assert result.stdout == ""
 
 
+def test_a_namespace_without_the_workloads_labels_is_refused(tmp_path):
+    """A namespace alone would read as a workload without labels and skip its selector DENYs."""
+    result = convert(tmp_path, MESH, "--namespace", "shop")
+    assert result.returncode == 2 and "--labels" in result.stderr, result.stderr
+    config, notes = converted(tmp_path, MESH, "--namespace", "shop", "--labels", "")
+    assert [p["name"] for p in config["policies"]] == ["mesh-deny-debug", "shop-deny-trace"]
+
+
 def test_the_configuration_for_one_workload_is_what_istio_applies_to_it(tmp_path, backend):
     config, notes = converted(tmp_path, MESH, "--namespace", "shop", "--labels", "app=cart")
     assert [p["name"] for p in config["policies"]] == ["mesh-deny-debug", "shop-deny-trace", "cart-allow"]

@@ -21,6 +21,7 @@ WEB = "spiffe://cluster.local/ns/web-1/sa/web"
 PAY = "spiffe://cluster.local/ns/billing/team/sa/pay"
 EVIL = "spiffe://evil.td/ns/shop/sa/cart"
 OLD = "spiffe://old.td/ns/shop/sa/cart"
+FOO = "spiffe://foo.td/ns/shop/sa/cart"
 
 
 def policies():
@@ -55,7 +56,7 @@ PATHS = ["/cart/x", "/web/x", "/pay/x", "/not-sa", "/any-peer", "/no-peer", "/we
 def authority(tmp_path_factory):
     ca = Authority(tmp_path_factory.mktemp("pki"))
     clients = {name: ca.spiffe_client(uri) for name, uri in
-               {"cart": CART, "web": WEB, "pay": PAY, "evil": EVIL, "old": OLD}.items()}
+               {"cart": CART, "web": WEB, "pay": PAY, "evil": EVIL, "old": OLD, "foo": FOO}.items()}
     return ca, clients
 
 
@@ -135,3 +136,12 @@ def test_trust_domain_aliases_make_a_principal_match_in_each_domain(idp, backend
         assert not allowed(ours, authority, "web", "mtls", "/cart/x")
         # The evil domain is no alias: its certificate for the same workload gets nothing.
         assert not allowed(ours, authority, "evil", "mtls", "/cart/x")
+
+
+def test_cluster_local_stands_for_the_mesh_trust_domain(idp, backend, authority):
+    """As istiod rewrites it: in a mesh whose trust domain is foo.td, cluster.local/ns/shop/sa/cart
+    is spiffe://foo.td/ns/shop/sa/cart, and the literal cluster.local identity is no longer it."""
+    config = {"jwtRules": [jwt_rule(idp)], "policies": policies(), "trustDomain": "foo.td"}
+    with start(idp, backend, authority, config, native=False) as ours:
+        assert allowed(ours, authority, "foo", "mtls", "/cart/x")
+        assert not allowed(ours, authority, "cart", "mtls", "/cart/x")

@@ -114,6 +114,15 @@ pub fn convert(documents: &[Document], target: Option<&Workload>, root_namespace
     if jwt_rules.is_empty() && policies.is_empty() {
         return Err("no RequestAuthentication or AuthorizationPolicy found".to_string());
     }
+    // istiod rewrites principals into the mesh's trust domain; the plugin needs to be told it.
+    let text = Value::Array(policies.clone()).to_string();
+    if ["\"principals\"", "\"notPrincipals\"", "source.principal"].iter().any(|field| text.contains(field)) {
+        converted.notes.push(
+            "principals are matched in trustDomain (default cluster.local) and trustDomainAliases: add both to the \
+             configuration as your meshConfig sets them"
+                .to_string(),
+        );
+    }
     if let Some(narrowest) = common_workloads(&scopes)? {
         converted.notes.push(format!(
             "the configuration is what Istio applies to {narrowest}: deploy the WasmPlugin there (the same \

@@ -21,7 +21,7 @@ const USAGE: &str = "\
 usage:
   jwt-authz check FILE        validate a plugin configuration (JSON), or the pluginConfig of every
                               WasmPlugin in a YAML file; FILE may be - for standard input
-  jwt-authz convert [--namespace NS [--labels K=V,...]] [--root-namespace NS] FILE...
+  jwt-authz convert [--namespace NS --labels K=V,...] [--root-namespace NS] FILE...
                               print the plugin configuration equivalent to the Istio
                               RequestAuthentication and AuthorizationPolicy resources in the files;
                               with --namespace, only those Istio applies to that workload (the root
@@ -220,8 +220,14 @@ fn convert_arguments(args: &[String]) -> Result<(Vec<String>, Option<scope::Work
             _ => files.push(arg.clone()),
         }
     }
+    // Both or neither: a namespace alone would read as a workload without labels and skip every
+    // selector policy of that namespace, DENY ones included.
     let target = match (namespace, labels) {
-        (Some(namespace), labels) => Some(scope::Workload { namespace, labels: labels.unwrap_or_default() }),
+        (Some(namespace), Some(labels)) => Some(scope::Workload { namespace, labels }),
+        (Some(_), None) => {
+            return Err("--namespace needs --labels, the workload's labels (--labels '' for a workload without any)"
+                .to_string())
+        }
         (None, Some(_)) => return Err("--labels goes with --namespace".to_string()),
         (None, None) => None,
     };
