@@ -12,9 +12,8 @@ import pytest
 from testbed.config import jwt_rule
 from testbed.envoy import start_envoy
 from testbed.istio import native_filters
-from testbed.net import free_ports
+from testbed.net import free_ports, http_request
 from testbed.tls import Authority, https_request
-from testbed.net import http_request
 
 CART = "spiffe://cluster.local/ns/shop/sa/cart"
 WEB = "spiffe://cluster.local/ns/web-1/sa/web"

@@ -3,6 +3,7 @@ certificates carrying SPIFFE URI SANs as Istio's workload certificates do; and a
 
 import datetime
 import http.client
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,18 @@ class Authority:
         return ClientCert(*self._issue(stem, "workload", [x509.UniformResourceIdentifier(spiffe_id)]))
 
 
+class _ServerNameConnection(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1 asking for `server_name` (SNI), which http.client would take from the host."""
+
+    def __init__(self, port, context, server_name):
+        super().__init__("127.0.0.1", port, timeout=10, context=context)
+        self._server_name = server_name
+
+    def connect(self):
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self._server_name)
+
+
 def https_request(port, path, client=None, ca=None, server_name="shop.example", headers=None):
     """GET over TLS with SNI `server_name`, presenting `client` (a ClientCert) when given;
     returns (status, headers, body)."""
@@ -84,20 +97,11 @@ def https_request(port, path, client=None, ca=None, server_name="shop.example", 
     context.check_hostname = False
     if client is not None:
         context.load_cert_chain(str(client.cert), str(client.key))
-    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
-    # SNI is the host given to wrap_socket; http.client passes its host, so set it explicitly.
-    connection._context = context
+    connection = _ServerNameConnection(port, context, server_name)
     try:
-        connection.connect = lambda: _connect(connection, context, server_name)
         connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
         body = response.read().decode("utf-8", errors="replace")
         return response.status, {k.lower(): v for k, v in response.getheaders()}, body
     finally:
         connection.close()
-
-
-def _connect(connection, context, server_name):
-    import socket
-    sock = socket.create_connection((connection.host, connection.port), connection.timeout)
-    connection.sock = context.wrap_socket(sock, server_hostname=server_name)
