@@ -64,7 +64,7 @@ impl PeerMatch {
     pub fn namespace(value: &str) -> Result<PeerMatch, String> {
         StringMatch::parse(value)?;
         let mut tokens = vec![Token::Any, Token::Literal("/ns/".into())];
-        push_glob(&mut tokens, value);
+        push_glob(&mut tokens, value, Token::Any);
         tokens.extend([Token::Literal("/".into()), Token::Any]);
         Ok(PeerMatch { alternatives: vec![tokens] })
     }
@@ -117,14 +117,7 @@ impl PeerMatch {
             .iter()
             .map(|domain| {
                 let mut tokens = vec![Token::Literal(SPIFFE.into())];
-                for (i, part) in domain.split('*').enumerate() {
-                    if i > 0 {
-                        tokens.push(Token::AnyInSegment);
-                    }
-                    if !part.is_empty() {
-                        tokens.push(Token::Literal(part.into()));
-                    }
-                }
+                push_glob(&mut tokens, domain, Token::AnyInSegment);
                 tokens.extend([Token::Literal("/".into()), Token::Any]);
                 tokens
             })
@@ -175,11 +168,11 @@ fn suffix_match(text: &str, pattern: &str) -> bool {
     pattern.strip_prefix('*').is_some_and(|suffix| text.ends_with(suffix))
 }
 
-/// Literal text with each `*` a run of anything.
-fn push_glob(tokens: &mut Vec<Token>, value: &str) {
+/// Literal text with each `*` as `wildcard`.
+fn push_glob(tokens: &mut Vec<Token>, value: &str, wildcard: Token) {
     for (i, part) in value.split('*').enumerate() {
         if i > 0 {
-            tokens.push(Token::Any);
+            tokens.push(wildcard.clone());
         }
         if !part.is_empty() {
             tokens.push(Token::Literal(part.into()));
