@@ -1,14 +1,16 @@
-"""Side-by-side benchmark: one Envoy, four listeners, the same route and policy.
+"""Side-by-side benchmark: one Envoy, five listeners, the same route and policy.
 
   no-auth        no auth filter at all (the ceiling)
   native         jwt_authn + rbac as Istio configures them (no token cache)
   native-cached  the same with jwt_authn's jwt_cache_config
-  jwt-authz      dist/plugin.wasm
+  jwt-authz      dist/plugin.wasm (signatureBackend auto: Envoy's verify_signature for RS*/ES*)
+  jwt-authz-vm   the same with signatureBackend vm: every signature verified inside the VM
 
 Each listener answers with a direct response, so only the filters differ. wrk drives each in
-interleaved rounds, for a hot workload (one token, again and again) and a cold workload (a distinct
-pre-minted token per request, never reused within a run). Prints req/s medians, ratios and
-latencies, and the plugin VM's memory. Not a test: nothing here fails on speed.
+interleaved rounds, for a hot workload (one token, again and again) and cold workloads (a distinct
+pre-minted token per request, never reused within a run): RS256 on every listener, ES256 and PS256
+on native and both jwt-authz backends. Prints req/s medians, ratios and latencies, and the plugin
+VM's memory. Not a test: nothing here fails on speed.
 
 Usage: python tools/bench.py [--duration 3] [--rounds 3] [--connections 32]
 """
@@ -26,7 +28,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 # The test bed shared with the tests (tools/testbed, found beside this script): token minting, the
 # Wasm filter's Envoy config, the hand-made no-op module and the process helpers.
@@ -40,8 +44,10 @@ from testbed.wasm import noop_module
 ISSUER = "https://idp.bench.example/realms/shop"
 AUDIENCE = "shop"
 KID = "bench-key"
+# One key id per algorithm: the RSA key is published twice, bound to RS256 and to PS256.
+KIDS = {"RS256": KID, "PS256": "bench-key-ps256", "ES256": "bench-key-es256"}
 PATH = "/api/admin/orders"
-LISTENERS = ("no-auth", "native", "native-cached", "jwt-authz")
+LISTENERS = ("no-auth", "native", "native-cached", "jwt-authz", "jwt-authz-vm")
 # Not compared, only reported: jwt-authz with no jwtRules and one allow-all policy, i.e. about what
 # any Proxy-Wasm filter costs in this Envoy before it does real work. Hot workload only.
 FLOOR = "wasm-floor"
@@ -53,6 +59,9 @@ NOOP = "wasm-noop"
 SDK_EMPTY, SDK_HEADERS = "sdk-empty", "sdk-headers"
 BASELINES = (FLOOR, NOOP)
 HOT, COLD = "hot", "cold"
+# Cold workloads besides RS256 (named cold-<alg>), on these listeners only.
+OTHER_ALGS = ("ES256", "PS256")
+ALG_LISTENERS = ("native", "jwt-authz", "jwt-authz-vm")
 # Cold tokens per run: more than a listener that verifies every token can serve in one run.
 COLD_TOKENS_PER_SECOND = 10_000
 
@@ -103,25 +112,44 @@ def keycloak_claims(username, jti):
     return claims
 
 
-def mint(private_key, username, jti):
-    header = {"alg": "RS256", "typ": "JWT", "kid": KID}
+def sign(alg, signing_input, keys):
+    data = signing_input.encode("ascii")
+    if alg == "RS256":
+        return sign_rs256(signing_input, keys["rsa"])
+    if alg == "PS256":
+        return keys["rsa"].sign(data, padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
+    # ES256: JOSE's raw r || s, not the DER cryptography produces.
+    r, s = decode_dss_signature(keys["ec"].sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def mint(alg, keys, username, jti):
+    header = {"alg": alg, "typ": "JWT", "kid": KIDS[alg]}
     signing_input = f"{json_segment(header)}.{json_segment(keycloak_claims(username, jti))}"
-    return f"{signing_input}.{b64url(sign_rs256(signing_input, private_key))}"
+    return f"{signing_input}.{b64url(sign(alg, signing_input, keys))}"
+
+
+def _pem(key):
+    from cryptography.hazmat.primitives import serialization
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _load_keys(pems):
+    from cryptography.hazmat.primitives import serialization
+    return {name: serialization.load_pem_private_key(pem, password=None) for name, pem in pems.items()}
 
 
 def _mint_batch(args):
-    pem, start, count = args
-    from cryptography.hazmat.primitives import serialization
-    key = serialization.load_pem_private_key(pem, password=None)
-    return [mint(key, "alice", f"bench-{start + i}") for i in range(count)]
+    alg, pems, start, count = args
+    keys = _load_keys(pems)
+    return [mint(alg, keys, "alice", f"bench-{alg}-{start + i}") for i in range(count)]
 
 
-def mint_many(private_key, count, workers):
-    from cryptography.hazmat.primitives import serialization
-    pem = private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+def mint_many(alg, keys, count, workers):
+    pems = {name: _pem(key) for name, key in keys.items()}
     batch = 2_000
-    jobs = [(pem, start, min(batch, count - start)) for start in range(0, count, batch)]
+    jobs = [(alg, pems, start, min(batch, count - start)) for start in range(0, count, batch)]
     tokens = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for part in pool.map(_mint_batch, jobs):
@@ -130,41 +158,52 @@ def mint_many(private_key, count, workers):
 
 
 def load_or_mint(count):
-    """(private key, hot token, cold tokens), reusing stored ones while enough are valid."""
-    from cryptography.hazmat.primitives import serialization
-    key_file, hot_file, cold_file = (TOKEN_STORE / name for name in ("key.pem", "hot.txt", "cold.txt"))
-    if key_file.exists() and hot_file.exists() and cold_file.exists():
-        cold = cold_file.read_text().split()
+    """(keys, hot token, {alg: cold tokens}), reusing stored ones while enough are valid."""
+    key_files = {"rsa": TOKEN_STORE / "key.pem", "ec": TOKEN_STORE / "ec.pem"}
+    hot_file = TOKEN_STORE / "hot.txt"
+    cold_files = {alg: TOKEN_STORE / ("cold.txt" if alg == "RS256" else f"cold-{alg}.txt") for alg in KIDS}
+    if all(f.exists() for f in [*key_files.values(), hot_file, *cold_files.values()]):
+        cold = {alg: f.read_text().split() for alg, f in cold_files.items()}
         hot_token = hot_file.read_text().strip()
-        if len(cold) >= count and token_payload(hot_token)["exp"] > time.time() + 86_400:
-            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-            return key, hot_token, cold[:count]
+        if all(len(tokens) >= count for tokens in cold.values()) and token_payload(hot_token)["exp"] > time.time() + 86_400:
+            keys = _load_keys({name: f.read_bytes() for name, f in key_files.items()})
+            return keys, hot_token, {alg: tokens[:count] for alg, tokens in cold.items()}
     started = time.monotonic()
-    print(f"minting {count} cold tokens (RS256, Keycloak-shaped; kept in {TOKEN_STORE}) ...", flush=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cold = mint_many(key, count, workers=os.cpu_count() or 1)
-    hot_token = mint(key, "alice", "bench-hot")
+    print(f"minting {count} cold tokens per algorithm ({', '.join(KIDS)}; Keycloak-shaped; kept in {TOKEN_STORE}) ...",
+          flush=True)
+    keys = {"rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            "ec": ec.generate_private_key(ec.SECP256R1())}
+    cold = {alg: mint_many(alg, keys, count, workers=os.cpu_count() or 1) for alg in KIDS}
+    hot_token = mint("RS256", keys, "alice", "bench-hot")
     TOKEN_STORE.mkdir(parents=True, exist_ok=True)
-    key_file.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    for name, f in key_files.items():
+        f.write_bytes(_pem(keys[name]))
     hot_file.write_text(hot_token + "\n")
-    cold_file.write_text("\n".join(cold) + "\n")
+    for alg, f in cold_files.items():
+        f.write_text("\n".join(cold[alg]) + "\n")
     print(f"minted in {time.monotonic() - started:.0f}s", flush=True)
-    return key, hot_token, cold
+    return keys, hot_token, cold
 
 
-def jwks_of(private_key):
-    numbers = private_key.public_key().public_numbers()
-    def b64_int(value):
-        return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
-    return {"keys": [{"kid": KID, "kty": "RSA", "alg": "RS256", "use": "sig",
-                      "n": b64_int(numbers.n), "e": b64_int(numbers.e)}]}
+def jwks_of(keys):
+    numbers = keys["rsa"].public_key().public_numbers()
+    point = keys["ec"].public_key().public_numbers()
+    def b64_int(value, size=None):
+        return b64url(value.to_bytes(size or (value.bit_length() + 7) // 8, "big"))
+    rsa_jwk = {"kty": "RSA", "use": "sig", "n": b64_int(numbers.n), "e": b64_int(numbers.e)}
+    return {"keys": [
+        {"kid": KIDS["RS256"], "alg": "RS256", **rsa_jwk},
+        {"kid": KIDS["PS256"], "alg": "PS256", **rsa_jwk},
+        {"kid": KIDS["ES256"], "alg": "ES256", "kty": "EC", "use": "sig", "crv": "P-256",
+         "x": b64_int(point.x, 32), "y": b64_int(point.y, 32)},
+    ]}
 
 
 # --- Envoy configuration ------------------------------------------------------------------------
 
-def plugin_config(jwks):
+def plugin_config(jwks, backend="auto"):
     return {
+        "signatureBackend": backend,
         "jwtRules": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": json.dumps(jwks)}],
         "policies": [
             {"name": "deny-debug", "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/debug*"]}}]}]},
@@ -263,6 +302,8 @@ def envoy_bootstrap(jwks, wasm_path, workdir, sdk_baseline):
         "native": [jwt_authn_filter(jwks, cached=False)] + rbac_filters(),
         "native-cached": [jwt_authn_filter(jwks, cached=True)] + rbac_filters(),
         "jwt-authz": [wasm_filter(plugin_config(jwks), wasm_path)],
+        # Its own VM, so that the first one's memory gauge describes one plugin.
+        "jwt-authz-vm": [wasm_filter(plugin_config(jwks, "vm"), wasm_path, name="jwt-authz-vm", vm_id="jwt-authz-vm")],
         FLOOR: [floor_filter(wasm_path)],
         NOOP: [noop_filter(workdir)],
     }
@@ -354,9 +395,15 @@ def run_wrk(port, script, token_file, first, limit, duration, connections):
     return result
 
 
-def check_listeners(envoy, hot_token):
-    """Each listener answers 200 to the admin token; the auth listeners refuse a forged one."""
+def check_listeners(envoy, hot_token, cold):
+    """Each listener answers 200 to the admin token (and to a token of each algorithm); the auth
+    listeners refuse a forged one."""
     forged = hot_token.rsplit(".", 1)[0] + "." + b64url(b"\x00" * 256)
+    for alg in OTHER_ALGS:
+        for name in ALG_LISTENERS:
+            status, _, _ = http_request(envoy.ports[name], "GET", PATH, {"Authorization": f"Bearer {cold[alg][-1]}"})
+            if status != 200:
+                raise RuntimeError(f"{name}: {alg} token {status}")
     for name in LISTENERS:
         status, _, _ = http_request(envoy.ports[name], "GET", PATH, {"Authorization": f"Bearer {hot_token}"})
         bad, _, _ = http_request(envoy.ports[name], "GET", PATH, {"Authorization": f"Bearer {forged}"})
@@ -385,9 +432,11 @@ def main():
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="jwt-authz-bench-"))
     per_run = COLD_TOKENS_PER_SECOND * args.duration
-    private_key, hot_token, cold = load_or_mint(per_run * args.rounds)
-    jwks = jwks_of(private_key)
-    (workdir / "cold.txt").write_text("\n".join(cold) + "\n")
+    keys, hot_token, cold = load_or_mint(per_run * args.rounds)
+    jwks = jwks_of(keys)
+    workloads = {COLD: "RS256", **{f"cold-{alg}": alg for alg in OTHER_ALGS}}
+    for workload, alg in workloads.items():
+        (workdir / f"{workload}.txt").write_text("\n".join(cold[alg]) + "\n")
     (workdir / "hot.txt").write_text(hot_token + "\n")
     script = workdir / "tokens.lua"
     script.write_text(WRK_SCRIPT)
@@ -396,28 +445,32 @@ def main():
     sdk_baseline = Path(args.sdk_baseline).resolve() if args.sdk_baseline else None
     envoy = BenchEnvoy(workdir, jwks, Path(args.wasm).resolve(), baselines, sdk_baseline)
     try:
-        check_listeners(envoy, hot_token)
+        check_listeners(envoy, hot_token, cold)
         for name in LISTENERS + baselines:  # warm-up: connections, caches, V8 tiering
             run_wrk(envoy.ports[name], script, workdir / "hot.txt", 0, 1, 1, args.connections)
-        results = {(name, workload): [] for name in LISTENERS for workload in (HOT, COLD)}
+        def listeners_of(workload):
+            return LISTENERS if workload in (HOT, COLD) else ALG_LISTENERS
+        results = {(name, workload): [] for workload in (HOT, *workloads) for name in listeners_of(workload)}
         results.update({(name, HOT): [] for name in baselines})
         for round_index in range(args.rounds):
-            # Rotate the order each round so no listener always runs first or last.
-            order = LISTENERS[round_index % 4:] + LISTENERS[:round_index % 4]
-            for workload in (HOT, COLD):
+            for workload in (HOT, *workloads):
+                # Rotate the order each round so no listener always runs first or last.
+                names = listeners_of(workload)
+                shift = round_index % len(names)
+                order = names[shift:] + names[:shift]
                 for name in order + (baselines if workload == HOT else ()):
                     if workload == HOT:
                         token_file, first, limit = workdir / "hot.txt", 0, 1
                     else:
-                        token_file, first, limit = workdir / "cold.txt", round_index * per_run, per_run
+                        token_file, first, limit = workdir / f"{workload}.txt", round_index * per_run, per_run
                     result = run_wrk(envoy.ports[name], script, token_file, first, limit, args.duration, args.connections)
                     results[(name, workload)].append(result)
                     flags = []
                     if result["non2xx"] or result["socket_errors"]:
                         flags.append(f"{result['non2xx']} non-2xx, {result['socket_errors']} socket errors")
-                    if workload == COLD and result["wrapped"] and name != "no-auth":
+                    if workload != HOT and result["wrapped"] and name != "no-auth":
                         flags.append("ran out of fresh tokens: some were reused")
-                    print(f"round {round_index + 1} {workload:4} {name:13} {result['rps']:9.0f} req/s  "
+                    print(f"round {round_index + 1} {workload:10} {name:13} {result['rps']:9.0f} req/s  "
                           f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms"
                           + (f"  [{'; '.join(flags)}]" if flags else ""), flush=True)
         time.sleep(1.2)  # the plugin refreshes its gauges every 500 ms
@@ -441,18 +494,19 @@ def main():
     print()
     print("| workload | listener | req/s | p50 ms | p99 ms |")
     print("|---|---|---:|---:|---:|")
-    for workload in (HOT, COLD):
-        for name in LISTENERS:
+    for workload in (HOT, *workloads):
+        for name in listeners_of(workload):
             row = summary[workload][name]
             print(f"| {workload} | {name} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |")
     print()
-    print("| workload | jwt-authz / native | jwt-authz / native-cached | jwt-authz / no-auth |")
-    print("|---|---:|---:|---:|")
-    for workload in (HOT, COLD):
+    def ratio(workload, ours, theirs):
         row = summary[workload]
-        ours = row["jwt-authz"]["rps"]
-        print(f"| {workload} | {ours / row['native']['rps']:.2f} | {ours / row['native-cached']['rps']:.2f} | "
-              f"{ours / row['no-auth']['rps']:.2f} |")
+        return f"{row[ours]['rps'] / row[theirs]['rps']:.2f}" if ours in row and theirs in row else "–"
+    print("| workload | jwt-authz / native | jwt-authz-vm / native | jwt-authz / native-cached | jwt-authz / no-auth |")
+    print("|---|---:|---:|---:|---:|")
+    for workload in (HOT, *workloads):
+        print(f"| {workload} | {ratio(workload, 'jwt-authz', 'native')} | {ratio(workload, 'jwt-authz-vm', 'native')} | "
+              f"{ratio(workload, 'jwt-authz', 'native-cached')} | {ratio(workload, 'jwt-authz', 'no-auth')} |")
     floor, noop, no_auth = (summary[HOT][name]["rps"] for name in (FLOOR, NOOP, "no-auth"))
     print(f"Proxy-Wasm floors (hot): a no-op Wasm module {noop:.0f} req/s = {noop / no_auth:.2f} of no-auth; "
           f"jwt-authz without jwtRules (one allow-all policy) {floor:.0f} req/s = {floor / no_auth:.2f}; "

@@ -5,8 +5,7 @@
 
 use crate::keys::alg::Algorithm;
 use chrono::{DateTime, TimeZone, Utc};
-use jwt_compact::{Claims, UntrustedToken};
-use serde::Deserialize;
+use jwt_compact::Claims;
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -87,14 +86,6 @@ impl fmt::Display for JwtError {
     }
 }
 
-/// Header fields jwt-compact does not model that we must look at.
-#[derive(Debug, Clone, Default, Deserialize)]
-struct ExtraHeader {
-    /// RFC 7515 §4.1.11: a recipient must reject a token whose critical extensions it does not
-    /// understand. We understand none.
-    crit: Option<Value>,
-}
-
 /// A syntactically valid token of an algorithm we verify, not yet verified.
 #[derive(Debug)]
 pub struct ParsedToken<'a> {
@@ -128,30 +119,36 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
         return Err(JwtError::TooLarge);
     }
     let mut parts = token.split('.');
-    let (Some(header_segment), Some(payload_segment), Some(_), None) =
+    let (Some(header_segment), Some(payload_segment), Some(signature_segment), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::BadFormat);
     };
-    // Before jwt-compact reads it: its header struct would refuse a duplicate `alg` only as
-    // malformed, and a 10,000-level header must not reach a recursive parser.
-    strict_json::parse(&decode_segment(header_segment)?, limits.max_json_depth)?;
-    let untrusted = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|err| match err {
-        jwt_compact::ParseError::InvalidTokenStructure => JwtError::BadFormat,
-        jwt_compact::ParseError::InvalidBase64Encoding => JwtError::BadBase64,
-        _ if header_lacks_string_alg(token) => JwtError::AlgorithmNotAllowed,
-        _ => JwtError::BadJson,
-    })?;
-    let Some(alg) = Algorithm::from_name(untrusted.algorithm()) else {
+    // The header is decoded and parsed once, strictly (a duplicate `alg` is refused as such, and a
+    // 10,000-level header never reaches a recursive parser), and read here: jwt-compact's
+    // `UntrustedToken` would decode and parse it, and decode the payload, a second time.
+    let header = strict_json::parse(&decode_segment(header_segment)?, limits.max_json_depth)?;
+    let payload = decode_segment(payload_segment)?;
+    let signature = decode_segment(signature_segment)?;
+    let Value::Object(header) = header else { return Err(JwtError::BadJson) };
+    let Some(Value::String(alg)) = header.get("alg") else { return Err(JwtError::AlgorithmNotAllowed) };
+    // Registered header parameters we do not act on must still have their registered type, as
+    // jwt-compact's header required: a malformed header is not silently accepted.
+    for name in ["kid", "typ", "cty", "jku", "x5u", "x5t", "x5t#S256"] {
+        if header.get(name).is_some_and(|value| !value.is_string()) {
+            return Err(JwtError::BadJson);
+        }
+    }
+    let Some(alg) = Algorithm::from_name(alg) else {
         return Err(JwtError::AlgorithmNotAllowed);
     };
-    if untrusted.header().other_fields.crit.is_some() {
+    if header.contains_key("crit") {
         return Err(JwtError::CriticalHeader);
     }
+    let kid = header.get("kid").and_then(Value::as_str).map(str::to_string);
     // One strict pass builds the claims: jwt-compact's own `Claims` deserialization goes through
     // serde's `flatten`, which buffers every value and parses it a second time.
-    let Value::Object(mut custom) = strict_json::parse(&decode_segment(payload_segment)?, limits.max_json_depth)?
-    else {
+    let Value::Object(mut custom) = strict_json::parse(&payload, limits.max_json_depth)? else {
         return Err(JwtError::BadJson);
     };
     let mut claims = Claims::new(Map::new());
@@ -160,14 +157,7 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
     claims.issued_at = take_timestamp(&mut custom, "iat")?;
     claims.custom = custom;
     let signing_input = token.rsplit_once('.').map(|(input, _)| input).ok_or(JwtError::BadFormat)?;
-    Ok(ParsedToken {
-        alg,
-        kid: untrusted.header().key_id.clone(),
-        claims,
-        signing_input,
-        payload_segment,
-        signature: untrusted.signature_bytes().to_vec(),
-    })
+    Ok(ParsedToken { alg, kid, claims, signing_input, payload_segment, signature })
 }
 
 /// Removes a NumericDate claim from `claims`, read as jwt-compact reads it (an integer, or a
@@ -303,20 +293,6 @@ mod strict_json {
     }
 }
 
-/// jwt-compact refuses a header without a string `alg` as malformed; for the caller that is an
-/// algorithm problem, not a JSON one. Only consulted on the error path.
-fn header_lacks_string_alg(token: &str) -> bool {
-    use base64::Engine as _;
-    let header = token.split('.').next().unwrap_or_default();
-    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
-        return false;
-    };
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(fields)) => !fields.get("alg").is_some_and(Value::is_string),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +340,12 @@ mod tests {
             (format!("{}.{payload}.AA", b64(br#"{"typ":"JWT"}"#)), JwtError::AlgorithmNotAllowed),
             (format!("{}.{payload}.AA", b64(br#"{"alg":256}"#)), JwtError::AlgorithmNotAllowed),
             (format!("{}.{payload}.AA", b64(br#"{"alg":"RS256","kid":5}"#)), JwtError::BadJson),
+            (format!("{}.{payload}.AA", b64(br#"{"alg":"RS256","typ":["JWT"]}"#)), JwtError::BadJson),
+            (format!("{}.{payload}.AA", b64(br#"{"alg":"RS256","jku":{}}"#)), JwtError::BadJson),
+            (format!("{}.{payload}.AA", b64(br#"{"alg":"RS256","x5t#S256":1}"#)), JwtError::BadJson),
+            (format!("{}.{payload}.A", b64(br#"{"alg":"RS256"}"#)), JwtError::BadBase64),
+            (format!("{}.{payload}.AA", b64(br#"{"alg":["RS256"]}"#)), JwtError::AlgorithmNotAllowed),
+            (format!("{}.{payload}.AA", b64(br#"["RS256"]"#)), JwtError::BadJson),
             (format!("{}.{payload}.AA", b64(br#"{"alg":"RS256","crit":["exp"]}"#)), JwtError::CriticalHeader),
             ("a".repeat(MAX_TOKEN_BYTES + 1), JwtError::TooLarge),
             (format!("{}.{payload}.AA", b64(br#"{"alg":"none","alg":"RS256"}"#)), JwtError::DuplicateMember),
@@ -459,7 +441,7 @@ mod tests {
         for payload in payloads {
             let token = format!("{}.{}.AA", b64(br#"{"alg":"RS256"}"#), b64(payload));
             let ours = parse(&token).map(|parsed| parsed.claims);
-            let theirs = UntrustedToken::<ExtraHeader>::try_from(token.as_str())
+            let theirs = jwt_compact::UntrustedToken::new(token.as_str())
                 .expect("well-formed")
                 .deserialize_claims_unchecked::<Map<String, Value>>()
                 .map_err(|_| JwtError::BadJson);
