@@ -147,6 +147,25 @@ def test_realm_export_has_the_shapes_keycloak_imports():
     assert any("serviceAccountClientId" in user for user in realm["users"])
 
 
+def test_realm_export_has_a_key_for_every_algorithm_a_client_signs_with():
+    import devidp
+    realm = realm_export()
+    providers = realm["components"]["org.keycloak.keys.KeyProvider"]
+    # An export with any key provider gets none of Keycloak's default providers at import, so it
+    # must name them itself: without hmac-generated HS512 Keycloak has no key for its own refresh
+    # tokens, without rsa-enc-generated none for encryption.
+    named = {(p["providerId"], p["config"].get("algorithm", [None])[0]) for p in providers}
+    assert {("rsa-enc-generated", "RSA-OAEP"), ("hmac-generated", "HS512"), ("aes-generated", None)} <= named
+    assert len({p["name"] for p in providers}) == len(providers), "Keycloak names each provider once"
+    served = devidp.key_provider_algorithms(realm)
+    assert served == ["RS256", "PS256", "ES256", "EdDSA"]
+    chosen = {client["clientId"]: client.get("attributes", {}).get("access.token.signed.response.alg")
+              for client in realm["clients"]}
+    assert chosen["shop-mobile"] == "ES256"
+    assert realm["defaultSignatureAlgorithm"] in served
+    assert {alg for alg in chosen.values() if alg} <= set(served)
+
+
 def test_realm_export_is_the_realm_of_make_run():
     """tools/devidp.py reads the export into the same realm it serves by default."""
     import devidp
@@ -155,7 +174,7 @@ def test_realm_export_is_the_realm_of_make_run():
     def normalized(realm):
         users = {name: {**user, "clientRoles": user.get("clientRoles", {})} for name, user in realm["users"].items()}
         clients = {name: {"publicClient": False, **client} for name, client in realm["clients"].items()}
-        return realm["realm"], users, clients
+        return realm["realm"], realm["signatureAlgorithms"], realm["defaultSignatureAlgorithm"], users, clients
 
     assert normalized(converted) == normalized(devidp.DEFAULT_REALM)
 
