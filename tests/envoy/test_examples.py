@@ -19,6 +19,7 @@ from testbed.envoy import start_envoy
 from testbed.expect import bearer
 from testbed.paths import REPO_ROOT
 from testbed.services import Idp, run_tool, user_id
+from testbed.tokens import b64url_decode
 
 WASM_PLUGIN = REPO_ROOT / "wasm-plugin.yaml"
 ISTIO = REPO_ROOT / "examples" / "istio"
@@ -230,11 +231,15 @@ def test_walkthrough_curl_lines(walkthrough):
     bob = keycloak.password_token("bob", "bob", client_id="shop-web")
     alice = keycloak.password_token("alice", "alice", client_id="shop-web")
     service = keycloak.client_credentials_token("shop-backend", "shop-backend-secret")
+    mobile = keycloak.password_token("testuser", "testuser", client_id="shop-mobile")
+    assert json.loads(b64url_decode(mobile.split(".")[0]))["alg"] == "ES256"
     expectations = [
         ("GET", "/healthz", None, 200),
         ("GET", "/api/items", None, 401),
         ("GET", "/api/items", testuser, 200),
         ("POST", "/api/items", testuser, 200),
+        ("GET", "/api/items", mobile, 200),
+        ("GET", "/api/items", mobile[:-6] + "AAAAAA", 401),
         ("GET", "/api/items", bob, 403),
         ("GET", "/api/items", alice, 403),
         ("GET", "/api/items", service, 200),
@@ -259,3 +264,4 @@ def test_walkthrough_readme_uses_every_example_and_shows_each_outcome():
         assert example in readme, example
     curl_outcomes = re.findall(r"^(?:call|curl) .*# (\d{3})", readme, re.M)
     assert {"200", "401", "403"} <= set(curl_outcomes), curl_outcomes
+
