@@ -265,3 +265,30 @@ def test_walkthrough_readme_uses_every_example_and_shows_each_outcome():
     curl_outcomes = re.findall(r"^(?:call|curl) .*# (\d{3})", readme, re.M)
     assert {"200", "401", "403"} <= set(curl_outcomes), curl_outcomes
 
+
+# --- make run's curl lines ---------------------------------------------------------------------------
+
+CURL_STATUS = re.compile(r"^\s*curl -i .*# (\d{3}):", re.M)
+
+
+def test_the_curl_lines_make_run_prints_answer_as_their_comments_say(idp, backend, tmp_path):
+    """tools/run_local.py's "Try it yourself" lines, run by bash as printed, against the example
+    plugin configuration and the dev IdP's default realm (the one `make run` serves)."""
+    import run_local
+    plugin_config = json.loads((REPO_ROOT / "examples" / "envoy" / "plugin-config.json").read_text())
+    local = f"http://127.0.0.1:{idp.port}"
+    config = json.loads(json.dumps(plugin_config).replace("http://127.0.0.1:8180", local))
+    assert config != plugin_config, "the example no longer names make run's IdP address"
+    with start_envoy(config, backend=backend, clusters={"keycloak": idp.port}) as envoy:
+        lines = run_local.try_it(idp.issuer, f"http://127.0.0.1:{envoy.port}", f"http://127.0.0.1:{envoy.admin_port}")
+        expected = CURL_STATUS.findall(lines)
+        # Every `curl -i` says what it answers, and the lines show all three outcomes.
+        assert len(expected) == lines.count("curl -i ") and {"200", "401", "403"} <= set(expected), lines
+        script = tmp_path / "try-it.sh"
+        script.write_text("set -euo pipefail\n" + lines + "\n")
+        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # A status line follows the previous answer's body, which need not end in a newline.
+    answered = re.findall(r"HTTP/1\.1 (\d{3}) ", result.stdout)
+    assert answered == expected, result.stdout[-3000:]
+    assert re.search(r"^jwt_authz_allowed_total\S* [1-9]", result.stdout, re.M), "the counters line shows none"
