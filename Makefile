@@ -119,7 +119,7 @@ cli:
 	cp target/release/jwt-authz $(CLI)
 
 unit-test:
-	cargo test --features test-support,cli
+	cargo test --features test-support,cli,conformance
 
 envoy-test: build cli .stamps/venv .stamps/node
 	$(PYTHON) -m pytest tests/envoy -q -p no:cacheprovider
@@ -154,7 +154,7 @@ endif
 lint: $(LINT_DEPS)
 	cargo fmt --check
 	(cd fuzz && cargo fmt --check)
-	cargo clippy --features test-support,cli --all-targets -- -D warnings
+	cargo clippy --features test-support,cli,conformance --all-targets -- -D warnings
 	$(WASM_CLIPPY)
 	cargo check --manifest-path fuzz/Cargo.toml --bins --target-dir target/fuzz-check
 

@@ -25,6 +25,9 @@ pub mod engine;
 pub mod metrics;
 pub mod scheduler;
 
+#[cfg(feature = "conformance")]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+pub mod conformance;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fakes;
 #[cfg(any(test, feature = "test-support"))]
