@@ -306,7 +306,7 @@ def hostile_cases(idp):
         "other-key-types": (
             json.dumps({"keys": [{"kty": "EC", "kid": "ec", "crv": "P-256", "x": "AA", "y": "AA"},
                                  {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}]}),
-            'kty "EC" is not RSA'),
+            'kty "oct" is not RSA, EC or OKP'),
         "encryption-only": (json.dumps({"keys": [{**good, "use": "enc"}]}), 'use "enc" is not "sig"'),
         "duplicate-kids": (
             json.dumps({"keys": [good, {**small_rsa_jwk(good["kid"], 2048), "kid": good["kid"]}]}),
