@@ -101,9 +101,12 @@ def provider(tmp_path_factory):
         yield running
 
 
-@pytest.fixture(scope="module")
-def envoy(provider, backend):
+# Both signature backends: with "auto" Envoy's verify_signature checks RS256 and ES256, with "vm" the
+# filter's own code checks all four, so each meets tokens it did not make either way.
+@pytest.fixture(scope="module", params=["auto", "vm"], ids=lambda backend: f"backend-{backend}")
+def envoy(provider, backend, request):
     config = {
+        "signatureBackend": request.param,
         "jwtRules": [{
             "issuer": provider.issuer,
             "audiences": ["shop"],
