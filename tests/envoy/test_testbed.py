@@ -24,7 +24,8 @@ JWK_SHAPES = {
     "ES256": ("EC", {"crv", "x", "y"}),
     "EdDSA": ("OKP", {"crv", "x"}),
 }
-ALGORITHMS = list(JWK_SHAPES)
+# The dev IdP's algorithms, in the order its JWKS lists their keys.
+IDP_ALGORITHMS = list(JWK_SHAPES)
 
 
 def jwk_integer(jwk, member):
@@ -113,7 +114,7 @@ def test_certs_publish_a_signing_key_per_algorithm_and_an_encryption_key(idp):
     [encryption] = [key for key in jwks["keys"] if key["use"] == "enc"]
     assert len(signing) + 1 == len(jwks["keys"])
     # One key per algorithm, as Keycloak's providers make them: PS256 shares nothing with RS256.
-    assert [key["alg"] for key in signing] == ALGORITHMS
+    assert [key["alg"] for key in signing] == IDP_ALGORITHMS
     kids = [key["kid"] for key in jwks["keys"]]
     assert len(set(kids)) == len(kids)
     assert len({key.get("n") for key in signing if key["kty"] == "RSA"}) == 2
@@ -184,7 +185,7 @@ def idp_with_a_client_per_algorithm(tmp_path_factory):
     the IdP's own JSON shape."""
     workdir = tmp_path_factory.mktemp("idp-per-algorithm")
     clients = {f"app-{alg}": {"publicClient": True, "directAccessGrants": True,
-                              "accessTokenSignatureAlgorithm": alg} for alg in ALGORITHMS}
+                              "accessTokenSignatureAlgorithm": alg} for alg in IDP_ALGORITHMS}
     realm = {**devidp.DEFAULT_REALM, "clients": {**devidp.DEFAULT_REALM["clients"], **clients}}
     realm_file = workdir / "realm.json"
     realm_file.write_text(json.dumps(realm))
@@ -192,7 +193,7 @@ def idp_with_a_client_per_algorithm(tmp_path_factory):
         yield server
 
 
-@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("alg", IDP_ALGORITHMS)
 def test_each_algorithm_signs_tokens_that_verify_with_its_published_key(idp_with_a_client_per_algorithm, alg):
     idp = idp_with_a_client_per_algorithm
     token = idp.password_token("bob", "bob", client_id=f"app-{alg}")
