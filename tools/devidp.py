@@ -1,4 +1,8 @@
-"""A small Keycloak-shaped OpenID Connect identity provider for local development and tests."""
+"""A small Keycloak-shaped OpenID Connect identity provider for local development and tests.
+
+Like a Keycloak realm with a key provider per algorithm, it signs with an RS256, PS256, ES256 (P-256)
+and EdDSA (Ed25519) key, publishes them all, and signs a client's access tokens with the algorithm
+the client names (Keycloak's access.token.signed.response.alg), by default the realm's (RS256)."""
 
 import argparse
 import base64
@@ -11,13 +15,20 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 DEFAULT_REALM = {
     "realm": "shop",
+    # One signing key per algorithm, as the realm's key providers make them in Keycloak
+    # (rsa-generated twice, RS256 and PS256; ecdsa-generated P-256; eddsa-generated Ed25519).
+    "signatureAlgorithms": ["RS256", "PS256", "ES256", "EdDSA"],
+    # What a client's access tokens are signed with unless it names its own algorithm.
+    "defaultSignatureAlgorithm": "RS256",
     "users": {
         "alice": {
             "password": "alice",
@@ -43,6 +54,8 @@ DEFAULT_REALM = {
     },
     "clients": {
         "shop-web": {"publicClient": True, "directAccessGrants": True},
+        # Keycloak's client attribute access.token.signed.response.alg.
+        "shop-mobile": {"publicClient": True, "directAccessGrants": True, "accessTokenSignatureAlgorithm": "ES256"},
         "shop-backend": {
             "secret": "shop-backend-secret",
             "directAccessGrants": True,
@@ -73,40 +86,118 @@ def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def b64url_uint(number):
-    return b64url(number.to_bytes((number.bit_length() + 7) // 8, "big"))
+def b64url_uint(number, length=None):
+    """A JWK integer: big-endian, in `length` bytes where the field has a fixed size (EC
+    coordinates, RFC 7518 §6.2.1.2), else the fewest that hold it (RSA n and e)."""
+    return b64url(number.to_bytes(length or (number.bit_length() + 7) // 8, "big"))
 
 
 def key_id(public_key):
+    """Keycloak's kid for a generated key of any type: the SHA-256 of its SubjectPublicKeyInfo."""
     der = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return b64url(hashlib.sha256(der).digest())[:43]
 
 
+# JWK crv names of the curves cryptography names after SEC 2.
+EC_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+
+
 def jwk(private_key, use, alg):
-    numbers = private_key.public_key().public_numbers()
-    return {
-        "kid": key_id(private_key.public_key()),
-        "kty": "RSA",
-        "alg": alg,
-        "use": use,
-        "n": b64url_uint(numbers.n),
-        "e": b64url_uint(numbers.e),
-    }
-
-
-def sign_rs256(claims, private_key):
-    header = {"alg": "RS256", "typ": "JWT", "kid": key_id(private_key.public_key())}
-    signing_input = ".".join(
-        b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
-    )
-    signature = private_key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
-    return signing_input + "." + b64url(signature)
+    """The public JWK of private_key as Keycloak 26 publishes it: kid, kty, alg, use, then the key's
+    own members (RSA n and e; EC crv, x and y; OKP crv and x)."""
+    public_key = private_key.public_key()
+    head = {"kid": key_id(public_key)}
+    if isinstance(public_key, rsa.RSAPublicKey):
+        numbers = public_key.public_numbers()
+        return {**head, "kty": "RSA", "alg": alg, "use": use,
+                "n": b64url_uint(numbers.n), "e": b64url_uint(numbers.e)}
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        numbers = public_key.public_numbers()
+        size = (public_key.curve.key_size + 7) // 8
+        return {**head, "kty": "EC", "alg": alg, "use": use, "crv": EC_CURVES[public_key.curve.name],
+                "x": b64url_uint(numbers.x, size), "y": b64url_uint(numbers.y, size)}
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return {**head, "kty": "OKP", "alg": alg, "use": use, "crv": "Ed25519", "x": b64url(raw)}
+    raise TypeError(f"no JWK for a {type(public_key).__name__}")
 
 
 def new_rsa_key():
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def new_p256_key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def sign_pkcs1v15_sha256(private_key, data):
+    return private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+
+def sign_pss_sha256(private_key, data):
+    # RFC 7518 §3.5: MGF1 with the message's hash, and a salt as long as that hash.
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
+    return private_key.sign(data, pss, hashes.SHA256())
+
+
+def sign_ecdsa_sha256(private_key, data):
+    # cryptography answers with a DER SEQUENCE of two INTEGERs; a JWS carries r || s instead, each
+    # left-padded to the size of the curve (RFC 7518 §3.4). A verifier given DER refuses it.
+    r, s = decode_dss_signature(private_key.sign(data, ec.ECDSA(hashes.SHA256())))
+    size = (private_key.curve.key_size + 7) // 8
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+
+def sign_ed25519(private_key, data):
+    return private_key.sign(data)
+
+
+class SigningAlgorithm(NamedTuple):
+    """One JWS algorithm the IdP signs with: the key it needs and how a signature is made."""
+
+    generate: Callable  # () -> a new private key
+    holds: Callable  # private key -> whether it is a key for this algorithm (a key file's check)
+    sign: Callable  # (private key, signing input bytes) -> the JWS signature bytes
+
+
+def is_rsa(key):
+    return isinstance(key, rsa.RSAPrivateKey)
+
+
+SIGNING_ALGORITHMS = {
+    "RS256": SigningAlgorithm(new_rsa_key, is_rsa, sign_pkcs1v15_sha256),
+    # Keycloak's rsa-generated provider with algorithm PS256 has a key of its own, never the RS256 one.
+    "PS256": SigningAlgorithm(new_rsa_key, is_rsa, sign_pss_sha256),
+    "ES256": SigningAlgorithm(
+        new_p256_key,
+        lambda key: isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1",
+        sign_ecdsa_sha256),
+    # JWS alg EdDSA with an Ed25519 key (RFC 8037), as Keycloak's eddsa-generated provider signs.
+    "EdDSA": SigningAlgorithm(
+        ed25519.Ed25519PrivateKey.generate, lambda key: isinstance(key, ed25519.Ed25519PrivateKey), sign_ed25519),
+}
+
+
+def sign_jwt(claims, private_key, alg):
+    """A compact JWS of claims, with the header Keycloak writes (alg, typ, kid)."""
+    header = {"alg": alg, "typ": "JWT", "kid": key_id(private_key.public_key())}
+    signing_input = ".".join(
+        b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
+    )
+    signature = SIGNING_ALGORITHMS[alg].sign(private_key, signing_input.encode("ascii"))
+    return signing_input + "." + b64url(signature)
+
+
+def key_path(key_file, alg):
+    """Where the key for alg is kept: key_file itself for RS256 (the file the tests and `make run`
+    have always read), and beside it, named after the algorithm, for the others
+    (idp-key.pem -> idp-key.es256.pem). None: keys live in memory only."""
+    if not key_file or alg == "RS256":
+        return key_file
+    root, extension = os.path.splitext(key_file)
+    return f"{root}.{alg.lower()}{extension or '.pem'}"
 
 
 def write_key(path, private_key):
@@ -118,11 +209,16 @@ def write_key(path, private_key):
     write_atomically(path, pem)
 
 
-def load_or_create_key(path):
+def load_or_create_key(path, alg="RS256"):
+    """The key for alg from path, or a new one (written to path if given)."""
+    algorithm = SIGNING_ALGORITHMS[alg]
     if path and os.path.exists(path):
         with open(path, "rb") as handle:
-            return serialization.load_pem_private_key(handle.read(), password=None)
-    key = new_rsa_key()
+            key = serialization.load_pem_private_key(handle.read(), password=None)
+        if not algorithm.holds(key):
+            raise ValueError(f"{path} holds a {type(key).__name__}, not a key for {alg}")
+        return key
+    key = algorithm.generate()
     if path:
         write_key(path, key)
     return key
@@ -141,7 +237,8 @@ def user_id(realm_name, username):
 
 def realm_from_keycloak_export(export):
     """Realm data from a Keycloak realm export (the JSON of `kc.sh export` and `--import-realm`):
-    enabled users with their password and roles, enabled clients, and service-account roles."""
+    enabled users with their password and roles, enabled clients with their access-token algorithm,
+    service-account roles, and the algorithms the realm's key providers have keys for."""
     name = export["realm"]
     # Keycloak's own composite and built-in roles; the tokens here add them by themselves.
     builtin = {f"default-roles-{name}", "offline_access", "uma_authorization"}
@@ -177,8 +274,56 @@ def realm_from_keycloak_export(export):
             entry["secret"] = client["secret"]
         if client.get("serviceAccountsEnabled"):
             entry["serviceAccount"] = service_accounts.get(client["clientId"], {"realmRoles": [], "clientRoles": {}})
+        # Clients → Advanced → "Access token signature algorithm"; empty means the realm's default.
+        algorithm = client.get("attributes", {}).get("access.token.signed.response.alg")
+        if algorithm:
+            entry["accessTokenSignatureAlgorithm"] = algorithm
         clients[client["clientId"]] = entry
-    return {"realm": name, "users": users, "clients": clients}
+    return {
+        "realm": name,
+        "signatureAlgorithms": key_provider_algorithms(export),
+        "defaultSignatureAlgorithm": export.get("defaultSignatureAlgorithm") or "RS256",
+        "users": users,
+        "clients": clients,
+    }
+
+
+KEY_PROVIDER_TYPE = "org.keycloak.keys.KeyProvider"
+ECDSA_CURVE_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+
+
+def key_provider_algorithms(export):
+    """The signature algorithms the export's key providers (`components` →
+    org.keycloak.keys.KeyProvider) have active keys for, in their order.
+
+    As Keycloak's import does: an export without any key provider gets Keycloak's defaults, whose
+    only signing key is RS256. Providers of other keys (hmac-generated, aes-generated,
+    rsa-enc-generated) sign no access token a resource server verifies, and are not signing keys here.
+    """
+    providers = export.get("components", {}).get(KEY_PROVIDER_TYPE)
+    if not providers:
+        return ["RS256"]
+    algorithms = []
+    for provider in providers:
+        config = {name: values[0] for name, values in provider.get("config", {}).items() if values}
+        if config.get("enabled", "true") == "false" or config.get("active", "true") == "false":
+            continue
+        provider_id = provider.get("providerId")
+        if provider_id == "rsa-generated":
+            algorithm = config.get("algorithm", "RS256")
+        elif provider_id == "ecdsa-generated":
+            algorithm = ECDSA_CURVE_ALGORITHMS.get(config.get("ecdsaEllipticCurveKey", "P-256"))
+        elif provider_id == "eddsa-generated":
+            curve = config.get("eddsaEllipticCurveKey", "Ed25519")
+            algorithm = "EdDSA" if curve == "Ed25519" else f"EdDSA with {curve}"
+        else:
+            continue
+        if algorithm not in SIGNING_ALGORITHMS:
+            raise ValueError(f"key provider {provider.get('name', provider_id)!r}: devidp signs with "
+                             f"{', '.join(SIGNING_ALGORITHMS)}, not {algorithm}")
+        if algorithm not in algorithms:
+            algorithms.append(algorithm)
+    return algorithms
 
 
 class Realm:
@@ -190,6 +335,26 @@ class Realm:
         self.clients = data["clients"]
         self.issuer = issuer
         self.token_lifetime = token_lifetime
+        # A realm without key providers of its own has Keycloak's defaults: one RS256 signing key.
+        self.algorithms = list(data.get("signatureAlgorithms") or ["RS256"])
+        self.default_algorithm = data.get("defaultSignatureAlgorithm") or "RS256"
+        unknown = [alg for alg in self.algorithms if alg not in SIGNING_ALGORITHMS]
+        if unknown:
+            raise ValueError(f"realm {self.name}: no signing with {', '.join(unknown)} here "
+                             f"(devidp signs with {', '.join(SIGNING_ALGORITHMS)})")
+        # Keycloak refuses to issue a token it has no active key for; refusing the realm at start
+        # says so before the first token request does.
+        wanted = {"the realm default": self.default_algorithm}
+        wanted.update({f"client {name}": self.access_token_algorithm(name) for name in self.clients})
+        for who, alg in wanted.items():
+            if alg not in self.algorithms:
+                raise ValueError(f"realm {self.name}: {who} signs with {alg}, but the realm has "
+                                 f"keys for {', '.join(self.algorithms)} only")
+
+    def access_token_algorithm(self, client_id):
+        """What the client's access tokens are signed with: its own algorithm (Keycloak's client
+        attribute access.token.signed.response.alg), or the realm's default."""
+        return self.clients[client_id].get("accessTokenSignatureAlgorithm") or self.default_algorithm
 
     def authenticate_client(self, client_id, secret):
         client = self.clients.get(client_id or "")
@@ -264,9 +429,10 @@ class IdpState:
         self.realm = realm
         self.key_file = key_file
         self.test_endpoints = test_endpoints
-        self.signing_key = load_or_create_key(key_file)
+        # The active signing key of each of the realm's algorithms, each persisted in its own file.
+        self.signing_keys = {alg: load_or_create_key(key_path(key_file, alg), alg) for alg in realm.algorithms}
         # Keys rotated out but still published for verification (Keycloak's passive keys).
-        self.passive_keys = []
+        self.passive_keys = {alg: [] for alg in realm.algorithms}
         self.encryption_key = new_rsa_key()
         self.hits = {"certs": 0, "discovery": 0, "token": 0}
         self.certs_mode = dict(CERTS_MODE_DEFAULTS)
@@ -278,24 +444,30 @@ class IdpState:
 
     def jwks(self):
         with self.lock:
-            signing_key, passive = self.signing_key, list(self.passive_keys)
-        signing = [jwk(key, "sig", "RS256") for key in [signing_key, *passive]]
+            published = [(alg, key) for alg in self.realm.algorithms
+                         for key in [self.signing_keys[alg], *self.passive_keys[alg]]]
+        signing = [jwk(key, "sig", alg) for alg, key in published]
         return {"keys": [*signing, jwk(self.encryption_key, "enc", "RSA-OAEP")]}
 
-    def sign(self, claims):
+    def sign(self, claims, alg):
         with self.lock:
-            signing_key = self.signing_key
-        return sign_rs256(claims, signing_key)
+            signing_key = self.signing_keys[alg]
+        return sign_jwt(claims, signing_key, alg)
 
-    def rotate(self, keep_previous=False):
-        """A new active signing key. The old one is dropped, or with keep_previous published as a
-        passive key (as Keycloak does during a rotation) so tokens it signed still verify."""
-        key = new_rsa_key()
-        if self.key_file:
-            write_key(self.key_file, key)
+    def rotate(self, keep_previous=False, alg="RS256"):
+        """A new active signing key for alg. The old one is dropped, or with keep_previous
+        published as a passive key (as Keycloak does during a rotation) so tokens it signed still
+        verify."""
+        if alg not in self.signing_keys:
+            raise ValueError(f"the realm has no {alg} key to rotate")
+        key = SIGNING_ALGORITHMS[alg].generate()
+        path = key_path(self.key_file, alg)
+        if path:
+            write_key(path, key)
         with self.lock:
-            self.passive_keys = [self.signing_key, *self.passive_keys] if keep_previous else []
-            self.signing_key = key
+            previous = self.signing_keys[alg]
+            self.passive_keys[alg] = [previous, *self.passive_keys[alg]] if keep_previous else []
+            self.signing_keys[alg] = key
         return key_id(key.public_key())
 
     def set_certs_mode(self, changes):
@@ -349,7 +521,8 @@ class Handler(BaseHTTPRequestHandler):
             "grant_types_supported": ["password", "client_credentials"],
             "response_types_supported": ["token"],
             "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"],
+            # The algorithms of the keys /certs serves (Keycloak lists every one it could sign with).
+            "id_token_signing_alg_values_supported": list(self.state.realm.algorithms),
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "scopes_supported": SCOPE.split(),
             "claims_supported": ["aud", "sub", "iss", "auth_time", "name", "given_name",
@@ -383,12 +556,13 @@ class Handler(BaseHTTPRequestHandler):
                 claims = realm.password_grant(client_id, client, form.get("username"), form.get("password"))
             else:
                 claims = realm.client_credentials_grant(client_id, client, self.client_address[0])
+            access_token = self.state.sign(claims, realm.access_token_algorithm(client_id))
         except OAuthError as error:
             return self._send_json(error.status, {"error": error.error, "error_description": error.description})
         except (UnicodeDecodeError, binascii.Error, ValueError):
             return self._send_json(400, {"error": "invalid_request", "error_description": "Malformed request"})
         response = {
-            "access_token": self.state.sign(claims),
+            "access_token": access_token,
             "expires_in": claims["exp"] - claims["iat"],
             "refresh_expires_in": 0,
             "token_type": "Bearer",
@@ -419,7 +593,12 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send_json(400, {"error": str(error)})
         if method == "POST" and path == "/_test/rotate":
             options = json.loads(body or b"{}") if body else {}
-            return self._send_json(200, {"kid": self.state.rotate(bool(options.get("keepPrevious")))})
+            alg = options.get("alg", "RS256")
+            try:
+                kid = self.state.rotate(bool(options.get("keepPrevious")), alg)
+            except ValueError as error:
+                return self._send_json(400, {"error": str(error)})
+            return self._send_json(200, {"kid": kid, "alg": alg})
         return self._send_json(404, {"error": "unknown test endpoint"})
 
     def _read_body(self):
@@ -447,7 +626,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8180, help="0 picks a free port")
-    parser.add_argument("--key-file", help="RSA private key PEM; generated and written if missing")
+    parser.add_argument("--key-file",
+                        help="the RS256 private key PEM, generated and written if missing; the keys of the "
+                             "other algorithms are kept beside it (KEY.es256.pem, KEY.ps256.pem, ...)")
     parser.add_argument("--port-file", help="write the bound port here once listening")
     parser.add_argument("--token-lifetime", type=int, default=300, help="access token lifetime, seconds")
     parser.add_argument("--realm-file",
@@ -459,16 +640,22 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     realm_data = DEFAULT_REALM
-    if args.realm_file:
-        with open(args.realm_file, encoding="utf-8") as handle:
-            realm_data = json.load(handle)
-        if isinstance(realm_data.get("users"), list):
-            realm_data = realm_from_keycloak_export(realm_data)
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     port = server.server_address[1]
-    issuer = f"http://{args.host}:{port}/realms/{realm_data['realm']}"
-    Handler.state = IdpState(Realm(realm_data, issuer, args.token_lifetime), args.key_file, args.test_endpoints)
+    # A realm the IdP cannot serve (an algorithm without a key, a key file of the wrong type) stops
+    # it here, with the reason, rather than at the first token request.
+    try:
+        if args.realm_file:
+            with open(args.realm_file, encoding="utf-8") as handle:
+                realm_data = json.load(handle)
+            if isinstance(realm_data.get("users"), list):
+                realm_data = realm_from_keycloak_export(realm_data)
+        issuer = f"http://{args.host}:{port}/realms/{realm_data['realm']}"
+        Handler.state = IdpState(Realm(realm_data, issuer, args.token_lifetime), args.key_file, args.test_endpoints)
+    except ValueError as error:
+        server.server_close()
+        sys.exit(f"devidp: {error}")
     if args.port_file:
         write_atomically(args.port_file, str(port).encode())
     sys.stderr.write(f"devidp listening, issuer {issuer}\n")

@@ -14,6 +14,7 @@ RUN_DIR = ROOT / ".run"
 EXAMPLE = ROOT / "examples" / "envoy"
 IDP = "http://127.0.0.1:8180/realms/shop"
 ENVOY_URL = "http://127.0.0.1:8080"
+ADMIN_URL = "http://127.0.0.1:9901"
 
 
 def wait_for(url, what, timeout=20.0):
@@ -29,11 +30,32 @@ def wait_for(url, what, timeout=20.0):
     sys.exit(f"{what} did not become ready at {url}; see the logs in {RUN_DIR}")
 
 
-def token(username):
-    form = urllib.parse.urlencode({"grant_type": "password", "client_id": "shop-web",
+def token(username, client_id="shop-web"):
+    form = urllib.parse.urlencode({"grant_type": "password", "client_id": client_id,
                                    "username": username, "password": username}).encode()
     with urllib.request.urlopen(f"{IDP}/protocol/openid-connect/token", form, timeout=5) as response:
         return json.load(response)["access_token"]
+
+
+def try_it(idp, envoy_url, admin_url):
+    """The shell lines `make run` prints to try it by hand (tests/envoy/test_examples.py runs them).
+    Every `curl -i` ends with `# <status>: why`, the status it answers."""
+    get_token = "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')"
+    return f"""\
+  TOKEN=$(curl -s -d grant_type=password -d client_id=shop-web -d username=alice -d password=alice \\
+      {idp}/protocol/openid-connect/token {get_token}
+  curl -i {envoy_url}/healthz                                                # 200: no token needed
+  curl -i {envoy_url}/api/admin/users                                        # 401: who are you?
+  curl -i -H "Authorization: Bearer $TOKEN" {envoy_url}/api/admin/users      # 200: alice has the admin role
+  curl -i -H "Authorization: Bearer $TOKEN" {envoy_url}/debug/vars           # 403: DENY policy
+  BOB=$(curl -s -d grant_type=password -d client_id=shop-web -d username=bob -d password=bob \\
+      {idp}/protocol/openid-connect/token {get_token}
+  curl -i -H "Authorization: Bearer $BOB" {envoy_url}/api/admin/users        # 403: bob is not an admin
+  curl -i "{envoy_url}/api/public/items?access_token=$BOB"                   # 200: token from the query
+  MOBILE=$(curl -s -d grant_type=password -d client_id=shop-mobile -d username=alice -d password=alice \\
+      {idp}/protocol/openid-connect/token {get_token}
+  curl -i -H "Authorization: Bearer $MOBILE" {envoy_url}/api/admin/users     # 200: alice again, ES256-signed
+  curl -s {admin_url}/stats/prometheus | grep jwt_authz              # the filter's counters"""
 
 
 def status(path, bearer=None):
@@ -73,14 +95,17 @@ def main():
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     wait_for(f"{IDP}/.well-known/openid-configuration", "identity provider")
-    wait_for("http://127.0.0.1:9901/ready", "Envoy")
+    wait_for(f"{ADMIN_URL}/ready", "Envoy")
 
     alice, bob = token("alice"), token("bob")
+    # The same user through shop-mobile, whose access tokens the realm signs with ES256.
+    alice_es256 = token("alice", client_id="shop-mobile")
     checks = [("GET /healthz, no token", status("/healthz"), 200),
               ("GET /api/admin/users, no token", status("/api/admin/users"), 401),
               ("GET /api/admin/users, alice (admin)", status("/api/admin/users", alice), 200),
               ("GET /api/admin/users, bob (no admin role)", status("/api/admin/users", bob), 403),
               ("GET /api/public/items, bob", status("/api/public/items", bob), 200),
+              ("GET /api/admin/users, alice via shop-mobile (ES256)", status("/api/admin/users", alice_es256), 200),
               ("GET /api/public/items, tampered token", status("/api/public/items", alice[:-4] + "AAAA"), 401)]
     print("\njwt-authz is running: Envoy on :8080 (admin :9901), identity provider on :8180, backend on :8081")
     print(f"Logs: {RUN_DIR}/envoy.log, idp.log, backend.log\n")
@@ -89,17 +114,7 @@ def main():
     print(f"""
 Try it yourself:
 
-  TOKEN=$(curl -s -d grant_type=password -d client_id=shop-web -d username=alice -d password=alice \\
-      {IDP}/protocol/openid-connect/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-  curl -i {ENVOY_URL}/healthz                                                # 200: no token needed
-  curl -i {ENVOY_URL}/api/admin/users                                        # 401: who are you?
-  curl -i -H "Authorization: Bearer $TOKEN" {ENVOY_URL}/api/admin/users      # 200: alice has the admin role
-  curl -i -H "Authorization: Bearer $TOKEN" {ENVOY_URL}/debug/vars           # 403: DENY policy
-  BOB=$(curl -s -d grant_type=password -d client_id=shop-web -d username=bob -d password=bob \\
-      {IDP}/protocol/openid-connect/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-  curl -i -H "Authorization: Bearer $BOB" {ENVOY_URL}/api/admin/users        # 403: bob is not an admin
-  curl -i "{ENVOY_URL}/api/public/items?access_token=$BOB"                   # 200: token from the query
-  curl -s http://127.0.0.1:9901/stats/prometheus | grep jwt_authz              # the filter's counters
+{try_it(IDP, ENVOY_URL, ADMIN_URL)}
 
 Ctrl-C stops everything.""")
     if any(got != want for _, got, want in checks):

@@ -19,6 +19,7 @@ from testbed.envoy import start_envoy
 from testbed.expect import bearer
 from testbed.paths import REPO_ROOT
 from testbed.services import Idp, run_tool, user_id
+from testbed.tokens import b64url_decode
 
 WASM_PLUGIN = REPO_ROOT / "wasm-plugin.yaml"
 ISTIO = REPO_ROOT / "examples" / "istio"
@@ -147,6 +148,25 @@ def test_realm_export_has_the_shapes_keycloak_imports():
     assert any("serviceAccountClientId" in user for user in realm["users"])
 
 
+def test_realm_export_has_a_key_for_every_algorithm_a_client_signs_with():
+    import devidp
+    realm = realm_export()
+    providers = realm["components"]["org.keycloak.keys.KeyProvider"]
+    # An export with any key provider gets none of Keycloak's default providers at import, so it
+    # must name them itself: without hmac-generated HS512 Keycloak has no key for its own refresh
+    # tokens, without rsa-enc-generated none for encryption.
+    named = {(p["providerId"], p["config"].get("algorithm", [None])[0]) for p in providers}
+    assert {("rsa-enc-generated", "RSA-OAEP"), ("hmac-generated", "HS512"), ("aes-generated", None)} <= named
+    assert len({p["name"] for p in providers}) == len(providers), "Keycloak names each provider once"
+    served = devidp.key_provider_algorithms(realm)
+    assert served == ["RS256", "PS256", "ES256", "EdDSA"]
+    chosen = {client["clientId"]: client.get("attributes", {}).get("access.token.signed.response.alg")
+              for client in realm["clients"]}
+    assert chosen["shop-mobile"] == "ES256"
+    assert realm["defaultSignatureAlgorithm"] in served
+    assert {alg for alg in chosen.values() if alg} <= set(served)
+
+
 def test_realm_export_is_the_realm_of_make_run():
     """tools/devidp.py reads the export into the same realm it serves by default."""
     import devidp
@@ -155,7 +175,7 @@ def test_realm_export_is_the_realm_of_make_run():
     def normalized(realm):
         users = {name: {**user, "clientRoles": user.get("clientRoles", {})} for name, user in realm["users"].items()}
         clients = {name: {"publicClient": False, **client} for name, client in realm["clients"].items()}
-        return realm["realm"], users, clients
+        return realm["realm"], realm["signatureAlgorithms"], realm["defaultSignatureAlgorithm"], users, clients
 
     assert normalized(converted) == normalized(devidp.DEFAULT_REALM)
 
@@ -211,11 +231,15 @@ def test_walkthrough_curl_lines(walkthrough):
     bob = keycloak.password_token("bob", "bob", client_id="shop-web")
     alice = keycloak.password_token("alice", "alice", client_id="shop-web")
     service = keycloak.client_credentials_token("shop-backend", "shop-backend-secret")
+    mobile = keycloak.password_token("testuser", "testuser", client_id="shop-mobile")
+    assert json.loads(b64url_decode(mobile.split(".")[0]))["alg"] == "ES256"
     expectations = [
         ("GET", "/healthz", None, 200),
         ("GET", "/api/items", None, 401),
         ("GET", "/api/items", testuser, 200),
         ("POST", "/api/items", testuser, 200),
+        ("GET", "/api/items", mobile, 200),
+        ("GET", "/api/items", mobile[:-6] + "AAAAAA", 401),
         ("GET", "/api/items", bob, 403),
         ("GET", "/api/items", alice, 403),
         ("GET", "/api/items", service, 200),
@@ -240,3 +264,31 @@ def test_walkthrough_readme_uses_every_example_and_shows_each_outcome():
         assert example in readme, example
     curl_outcomes = re.findall(r"^(?:call|curl) .*# (\d{3})", readme, re.M)
     assert {"200", "401", "403"} <= set(curl_outcomes), curl_outcomes
+
+
+# --- make run's curl lines ---------------------------------------------------------------------------
+
+CURL_STATUS = re.compile(r"^\s*curl -i .*# (\d{3}):", re.M)
+
+
+def test_the_curl_lines_make_run_prints_answer_as_their_comments_say(idp, backend, tmp_path):
+    """tools/run_local.py's "Try it yourself" lines, run by bash as printed, against the example
+    plugin configuration and the dev IdP's default realm (the one `make run` serves)."""
+    import run_local
+    plugin_config = json.loads((REPO_ROOT / "examples" / "envoy" / "plugin-config.json").read_text())
+    local = f"http://127.0.0.1:{idp.port}"
+    config = json.loads(json.dumps(plugin_config).replace("http://127.0.0.1:8180", local))
+    assert config != plugin_config, "the example no longer names make run's IdP address"
+    with start_envoy(config, backend=backend, clusters={"keycloak": idp.port}) as envoy:
+        lines = run_local.try_it(idp.issuer, f"http://127.0.0.1:{envoy.port}", f"http://127.0.0.1:{envoy.admin_port}")
+        expected = CURL_STATUS.findall(lines)
+        # Every `curl -i` says what it answers, and the lines show all three outcomes.
+        assert len(expected) == lines.count("curl -i ") and {"200", "401", "403"} <= set(expected), lines
+        script = tmp_path / "try-it.sh"
+        script.write_text("set -euo pipefail\n" + lines + "\n")
+        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # A status line follows the previous answer's body, which need not end in a newline.
+    answered = re.findall(r"HTTP/1\.1 (\d{3}) ", result.stdout)
+    assert answered == expected, result.stdout[-3000:]
+    assert re.search(r"^jwt_authz_allowed_total\S* [1-9]", result.stdout, re.M), "the counters line shows none"

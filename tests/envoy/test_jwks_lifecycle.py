@@ -33,6 +33,8 @@ def lifecycle_idp(tmp_path_factory):
 def own_idp(lifecycle_idp):
     """The module's IdP in its normal mode, with hit counts taken from here."""
     lifecycle_idp.reset_certs_mode()
+    # Counted before the hit counts are: the test itself must not fetch the key set.
+    lifecycle_idp.signing_key_count = len(lifecycle_idp.signing_jwks())
     hits = lifecycle_idp.hits()
     lifecycle_idp.certs_hits_before = hits["certs"]
     lifecycle_idp.discovery_hits_before = hits["discovery"]
@@ -87,6 +89,12 @@ def gauge_name(idp):
     return "jwks_keys_in_use." + re.sub(r"[^A-Za-z0-9]", "_", idp.issuer)
 
 
+def signing_keys(idp):
+    """How many keys the filter holds for the IdP once it has its key set: every signing key the IdP
+    published when the test began (one per algorithm), not the encryption key."""
+    return idp.signing_key_count
+
+
 def certs_hits(idp):
     """Key-set fetches since the test began."""
     return idp.hits()["certs"] - idp.certs_hits_before
@@ -124,7 +132,7 @@ def test_a_burst_of_first_requests_on_every_worker_makes_one_fetch(own_idp, back
         assert stat(envoy, "jwks_fetch_success") == 1
         assert stat(envoy, "jwks_fetch_failure") == 0
         assert stat(envoy, "requests_waited_for_keys") >= 1
-        assert stat(envoy, gauge_name(own_idp)) == 1
+        assert stat(envoy, gauge_name(own_idp)) == signing_keys(own_idp)
         # Later requests need no fetch at all.
         assert all_allowed(burst(envoy, [mint(own_idp, "alice") for _ in range(16)]))
         assert certs_hits(own_idp) == 1
@@ -135,7 +143,7 @@ def test_inline_keys_need_no_fetch_on_any_worker(own_idp, backend):
     before = certs_hits(own_idp)  # certs_text() was one
     with start_envoy(inline, backend=backend, concurrency=WORKERS) as envoy:
         assert all_allowed(burst(envoy, [mint(own_idp, "bob") for _ in range(16)]))
-        assert stat(envoy, gauge_name(own_idp)) == 1
+        assert stat(envoy, gauge_name(own_idp)) == signing_keys(own_idp)
         assert stat(envoy, "requests_waited_for_keys") == 0
     assert certs_hits(own_idp) == before
 
@@ -163,7 +171,7 @@ def test_a_rotated_key_is_accepted_on_first_use_and_the_old_one_dropped(own_idp,
         assert all_allowed(burst(envoy, [old_token] * 8))
         assert certs_hits(own_idp) == 1
         old_kid = own_idp.kid
-        new_kid = own_idp.rotate()  # the IdP now publishes only the new signing key
+        new_kid = own_idp.rotate()  # the IdP now publishes the new RS256 key, not the old one
         assert new_kid != old_kid
 
         first_use = call(envoy, mint(own_idp, "alice"))
@@ -219,7 +227,7 @@ def test_an_outage_loses_no_request_the_cached_keys_can_verify(own_idp, backend)
                 assert time.monotonic() - started < 5, f"no failed fetch during {outage}"
                 answers += burst(envoy, [token] * 4, parallel=4)
             assert all_allowed(answers)
-            assert stat(envoy, gauge_name(own_idp)) == 1
+            assert stat(envoy, gauge_name(own_idp)) == signing_keys(own_idp)
         assert logged(envoy, "answered HTTP 503; keeping the previous keys")
         assert logged(envoy, "JWKS is not valid JSON")
         # Envoy answers a timed-out call itself, with 504.
@@ -248,7 +256,7 @@ def test_without_keys_requests_fail_fast_and_traffic_recovers_by_itself(own_idp,
         own_idp.reset_certs_mode()
         assert wait_for(lambda: allowed(call(envoy, token)), timeout=8), envoy.log_tail()
         assert all_allowed(burst(envoy, [token] * 8))
-        assert stat(envoy, gauge_name(own_idp)) == 1
+        assert stat(envoy, gauge_name(own_idp)) == signing_keys(own_idp)
 
 
 # --- OIDC discovery ---------------------------------------------------------------------------------
@@ -285,7 +293,7 @@ def small_rsa_jwk(kid, bits=1024):
 
 
 def signing_jwk(idp):
-    return next(key for key in idp.certs()["keys"] if key["use"] == "sig")
+    return idp.signing_jwk("RS256")
 
 
 def hostile_cases(idp):
@@ -298,7 +306,7 @@ def hostile_cases(idp):
         "other-key-types": (
             json.dumps({"keys": [{"kty": "EC", "kid": "ec", "crv": "P-256", "x": "AA", "y": "AA"},
                                  {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}]}),
-            'kty "EC" is not RSA'),
+            'kty "oct" is not RSA, EC or OKP'),
         "encryption-only": (json.dumps({"keys": [{**good, "use": "enc"}]}), 'use "enc" is not "sig"'),
         "duplicate-kids": (
             json.dumps({"keys": [good, {**small_rsa_jwk(good["kid"], 2048), "kid": good["kid"]}]}),

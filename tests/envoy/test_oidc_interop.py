@@ -1,5 +1,7 @@
 """Interop with a real OpenID Provider: node-oidc-provider (OpenID-certified) issues client_credentials
-JWT access tokens; the filter in real Envoy fetches its JWKS and accepts them, and rejects tampered ones.
+JWT access tokens signed with RS256, PS256, ES256 and EdDSA (one resource server per algorithm, each
+algorithm with its own key); the filter in real Envoy fetches its JWKS and accepts them, and rejects
+tampered ones.
 
 jwksUri is given explicitly (read here from the provider's discovery document); the filter's own
 OIDC discovery is tested where it is built.
@@ -25,6 +27,17 @@ from testbed.tokens import b64url, b64url_decode
 
 SERVER = Path(__file__).with_name("oidc_provider.mjs")
 CLIENT_ID, CLIENT_SECRET = "shop-service", "shop-service-secret"
+# The resource indicator (RFC 8707) whose access tokens oidc_provider.mjs signs with each algorithm;
+# None: no indicator, the provider's default resource (RS256).
+RESOURCES = {
+    "RS256": None,
+    "PS256": "https://shop.example/api/ps256",
+    "ES256": "https://shop.example/api/es256",
+    "EdDSA": "https://shop.example/api/eddsa",
+}
+ALGORITHMS = list(RESOURCES)
+# What a key of each algorithm is in the provider's JWKS.
+KEY_TYPES = {"RS256": ("RSA", None), "PS256": ("RSA", None), "ES256": ("EC", "P-256"), "EdDSA": ("OKP", "Ed25519")}
 
 
 class OpenIdProvider:
@@ -40,12 +53,21 @@ class OpenIdProvider:
         assert (url.hostname, url.port) == ("127.0.0.1", self.port), url
         return url.path
 
-    def client_credentials_token(self):
+    def jwks(self):
+        status, _, text = http_request(self.port, "GET", self.path_of("jwks_uri"))
+        assert status == 200, text
+        return json.loads(text)
+
+    def client_credentials_token(self, alg="RS256"):
+        """An access token for the resource server whose tokens are signed with alg."""
         credentials = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        form = {"grant_type": "client_credentials", "scope": "orders:read"}
+        if RESOURCES[alg]:
+            form["resource"] = RESOURCES[alg]
         status, _, text = http_request(
             self.port, "POST", self.path_of("token_endpoint"),
             {"Authorization": f"Basic {credentials}", "Content-Type": "application/x-www-form-urlencoded"},
-            urlencode({"grant_type": "client_credentials", "scope": "orders:read"}),
+            urlencode(form),
         )
         assert status == 200, text
         answer = json.loads(text)
@@ -79,9 +101,12 @@ def provider(tmp_path_factory):
         yield running
 
 
-@pytest.fixture(scope="module")
-def envoy(provider, backend):
+# Both signature backends: with "auto" Envoy's verify_signature checks RS256 and ES256, with "vm" the
+# filter's own code checks all four, so each meets tokens it did not make either way.
+@pytest.fixture(scope="module", params=["auto", "vm"], ids=lambda backend: f"backend-{backend}")
+def envoy(provider, backend, request):
     config = {
+        "signatureBackend": request.param,
         "jwtRules": [{
             "issuer": provider.issuer,
             "audiences": ["shop"],
@@ -98,17 +123,33 @@ def envoy(provider, backend):
         yield running
 
 
-def test_the_provider_issues_rs256_jwt_access_tokens(provider):
-    header, payload, _ = provider.client_credentials_token().split(".")
-    header, payload = json.loads(b64url_decode(header)), json.loads(b64url_decode(payload))
-    assert (header["alg"], header["typ"]) == ("RS256", "at+jwt")
+def decode(segment):
+    return json.loads(b64url_decode(segment))
+
+
+def test_the_provider_publishes_one_key_per_algorithm_bound_to_it(provider):
+    keys = [key for key in provider.jwks()["keys"] if key.get("use") == "sig"]
+    assert sorted(key["alg"] for key in keys) == sorted(ALGORITHMS)
+    for key in keys:
+        kty, crv = KEY_TYPES[key["alg"]]
+        assert (key["kty"], key.get("crv")) == (kty, crv), key
+        assert "d" not in key, "a private key in the JWKS"
+    assert len({key["kid"] for key in keys}) == len(keys)
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_the_provider_issues_jwt_access_tokens_with_each_algorithm(provider, alg):
+    header, payload, _ = provider.client_credentials_token(alg).split(".")
+    header, payload = decode(header), decode(payload)
+    assert (header["alg"], header["typ"]) == (alg, "at+jwt")
     assert (payload["iss"], payload["aud"], payload["client_id"]) == (provider.issuer, "shop", CLIENT_ID)
-    status, _, jwks = http_request(provider.port, "GET", provider.path_of("jwks_uri"))
-    assert status == 200 and header["kid"] in [key["kid"] for key in json.loads(jwks)["keys"]]
+    [key] = [key for key in provider.jwks()["keys"] if key["kid"] == header["kid"]]
+    assert key["alg"] == alg
 
 
-def test_a_token_from_the_provider_is_accepted(provider, envoy):
-    status, headers, body = envoy.get("/orders", bearer(provider.client_credentials_token()))
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_a_token_from_the_provider_is_accepted(provider, envoy, alg):
+    status, headers, body = envoy.get("/orders", bearer(provider.client_credentials_token(alg)))
     assert (status, headers.get("x-backend")) == (200, "demo"), body
     echo = json.loads(body)
     forwarded = {name.lower(): value for name, value in echo["headers"].items()}
@@ -116,14 +157,28 @@ def test_a_token_from_the_provider_is_accepted(provider, envoy):
     assert "authorization" not in forwarded, "the token must not reach the backend"
 
 
-def test_tampered_tokens_are_rejected(provider, envoy):
-    header, payload, signature = provider.client_credentials_token().split(".")
-    claims = json.loads(b64url_decode(payload))
+def other_algorithm(alg):
+    return ALGORITHMS[(ALGORITHMS.index(alg) + 1) % len(ALGORITHMS)]
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_tampered_tokens_are_rejected(provider, envoy, alg):
+    header, payload, signature = provider.client_credentials_token(alg).split(".")
+    claims, head = decode(payload), decode(header)
     raised = b64url(json.dumps({**claims, "scope": "orders:read orders:write"}))
     other_client = b64url(json.dumps({**claims, "client_id": "intruder", "sub": "intruder"}))
     flipped = signature[:-4] + ("AAAA" if not signature.endswith("AAAA") else "BBBB")
+    # The provider's own signature over these claims, with another algorithm named for the key
+    # (its JWK's alg binds the key to one algorithm), or another algorithm's key named.
+    other_alg = b64url(json.dumps({**head, "alg": other_algorithm(alg)}))
+    [other_kid] = [key["kid"] for key in provider.jwks()["keys"] if key["alg"] == other_algorithm(alg)]
+    other_key = b64url(json.dumps({**head, "kid": other_kid}))
+    # A signature the provider made with another algorithm's key, over other claims.
+    foreign = provider.client_credentials_token(other_algorithm(alg)).split(".")[2]
     for token in (f"{header}.{raised}.{signature}", f"{header}.{other_client}.{signature}",
-                  f"{header}.{payload}.{flipped}", f"{header}.{payload}."):
+                  f"{header}.{payload}.{flipped}", f"{header}.{payload}.",
+                  f"{other_alg}.{payload}.{signature}", f"{other_key}.{payload}.{signature}",
+                  f"{header}.{payload}.{foreign}"):
         status, headers, body = envoy.get("/orders", bearer(token))
         assert status == 401, (token, body)
         assert 'error="invalid_token"' in headers.get("www-authenticate", ""), headers

@@ -1,36 +1,88 @@
 """Smoke tests of the test bed itself (tools/testbed): the dev IdP, the echo backend, token minting
 and a filterless Envoy."""
 
+import hashlib
 import json
 
 import pytest
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+import devidp
 from testbed.envoy import start_envoy
 from testbed.net import http_request
 from testbed.services import start_idp
-from testbed.tokens import b64url_decode, mint, raw_token, token_payload
+from testbed.tokens import b64url, b64url_decode, mint, raw_token, token_payload
+
+# What each algorithm's key looks like in Keycloak 26's JWKS: kty, and the members beside kid, kty,
+# alg and use (RSA keys there also carry their certificate, x5c, which the dev IdP does not make).
+JWK_SHAPES = {
+    "RS256": ("RSA", {"n", "e"}),
+    "PS256": ("RSA", {"n", "e"}),
+    "ES256": ("EC", {"crv", "x", "y"}),
+    "EdDSA": ("OKP", {"crv", "x"}),
+}
+# The dev IdP's algorithms, in the order its JWKS lists their keys.
+IDP_ALGORITHMS = list(JWK_SHAPES)
+
+
+def jwk_integer(jwk, member):
+    return int.from_bytes(b64url_decode(jwk[member]), "big")
 
 
 def public_key_from_jwk(jwk):
-    number = lambda field: int.from_bytes(b64url_decode(jwk[field]), "big")  # noqa: E731
-    return rsa.RSAPublicNumbers(number("e"), number("n")).public_key()
+    """The public key a JWK describes, read back by cryptography (independently of the IdP's code)."""
+    if jwk["kty"] == "RSA":
+        return rsa.RSAPublicNumbers(jwk_integer(jwk, "e"), jwk_integer(jwk, "n")).public_key()
+    if jwk["kty"] == "EC":
+        assert jwk["crv"] == "P-256", jwk
+        # RFC 7518 §6.2.1.2: each coordinate is exactly as long as the curve's field, zeros kept.
+        assert len(b64url_decode(jwk["x"])) == len(b64url_decode(jwk["y"])) == 32, jwk
+        return ec.EllipticCurvePublicNumbers(jwk_integer(jwk, "x"), jwk_integer(jwk, "y"), ec.SECP256R1()).public_key()
+    if jwk["kty"] == "OKP":
+        assert jwk["crv"] == "Ed25519", jwk
+        return ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"]))
+    raise AssertionError(f"unexpected kty in {jwk}")
+
+
+def verify_signature(alg, public_key, signature, data):
+    """Raises InvalidSignature unless signature is alg's JWS signature of data by public_key."""
+    if alg == "RS256":
+        public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+    elif alg == "PS256":
+        public_key.verify(signature, data, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+                          hashes.SHA256())
+    elif alg == "ES256":
+        # A JWS carries r || s (RFC 7518 §3.4); a DER signature (about 70 bytes) is not one.
+        assert len(signature) == 64, f"ES256 signature of {len(signature)} bytes is not r || s"
+        r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        public_key.verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
+    elif alg == "EdDSA":
+        public_key.verify(signature, data)
+    else:
+        raise AssertionError(f"unexpected alg {alg}")
 
 
 def verify_with_jwks(token, jwks):
-    """Header and payload of token after checking its RS256 signature against the JWKS key of its kid."""
+    """Header and payload of token after checking its signature against the JWKS key of its kid,
+    with the algorithm the key is bound to (which must be the one the header names)."""
     header_segment, payload_segment, signature = token.split(".")
     header = json.loads(b64url_decode(header_segment))
     jwk = next(key for key in jwks["keys"] if key["kid"] == header["kid"])
-    public_key_from_jwk(jwk).verify(
-        b64url_decode(signature),
-        f"{header_segment}.{payload_segment}".encode(),
-        padding.PKCS1v15(),
-        hashes.SHA256(),
-    )
+    assert (jwk["use"], jwk["alg"]) == ("sig", header["alg"]), (jwk, header)
+    verify_signature(header["alg"], public_key_from_jwk(jwk), b64url_decode(signature),
+                     f"{header_segment}.{payload_segment}".encode())
     return header, json.loads(b64url_decode(payload_segment))
+
+
+def signing_kids(idp):
+    """alg -> the kids of its published signing keys, active first."""
+    kids = {}
+    for key in idp.signing_jwks():
+        kids.setdefault(key["alg"], []).append(key["kid"])
+    return kids
 
 
 def get_json(port, path):
@@ -44,7 +96,8 @@ def test_discovery_document(idp):
     assert document["issuer"] == idp.issuer
     assert document["jwks_uri"] == idp.jwks_uri
     assert document["token_endpoint"] == idp.token_url
-    assert document["id_token_signing_alg_values_supported"] == ["RS256"]
+    # Exactly the algorithms of the keys the JWKS serves.
+    assert document["id_token_signing_alg_values_supported"] == list(signing_kids(idp))
     assert set(document["grant_types_supported"]) == {"password", "client_credentials"}
 
 
@@ -53,19 +106,31 @@ def test_unknown_realm_is_404(idp):
     assert status == 404
 
 
-def test_certs_publish_a_signing_key_and_an_encryption_key(idp):
+def test_certs_publish_a_signing_key_per_algorithm_and_an_encryption_key(idp):
     status, headers, jwks = get_json(idp.port, "/realms/shop/protocol/openid-connect/certs")
     assert status == 200
     assert headers["cache-control"] == "no-cache"
-    by_use = {key["use"]: key for key in jwks["keys"]}
-    assert set(by_use) == {"sig", "enc"}
-    assert by_use["sig"]["alg"] == "RS256" and by_use["enc"]["alg"] == "RSA-OAEP"
-    assert by_use["sig"]["kid"] == idp.kid != by_use["enc"]["kid"]
+    signing = [key for key in jwks["keys"] if key["use"] == "sig"]
+    [encryption] = [key for key in jwks["keys"] if key["use"] == "enc"]
+    assert len(signing) + 1 == len(jwks["keys"])
+    # One key per algorithm, as Keycloak's providers make them: PS256 shares nothing with RS256.
+    assert [key["alg"] for key in signing] == IDP_ALGORITHMS
+    kids = [key["kid"] for key in jwks["keys"]]
+    assert len(set(kids)) == len(kids)
+    assert len({key.get("n") for key in signing if key["kty"] == "RSA"}) == 2
+    assert (encryption["kty"], encryption["alg"]) == ("RSA", "RSA-OAEP")
     for key in jwks["keys"]:
-        assert key["kty"] == "RSA"
-        assert "=" not in key["n"] + key["e"]
+        kty, members = JWK_SHAPES.get(key["alg"], ("RSA", {"n", "e"}))
+        assert key["kty"] == kty and set(key) == {"kid", "kty", "alg", "use"} | members, key
+        assert all("=" not in key[member] for member in members - {"crv"}), key
+        # Keycloak's kid: the SHA-256 of the key's SubjectPublicKeyInfo, which only a JWK read back
+        # to the very same public key reproduces.
+        spki = public_key_from_jwk(key).public_bytes(serialization.Encoding.DER,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+        assert key["kid"] == b64url(hashlib.sha256(spki).digest()), key
+    assert signing[0]["kid"] == idp.kid
     own = idp.private_key.public_key().public_numbers()
-    assert public_key_from_jwk(by_use["sig"]).public_numbers() == own
+    assert public_key_from_jwk(signing[0]).public_numbers() == own
 
 
 def test_password_grant_issues_a_keycloak_shaped_token(idp):
@@ -97,6 +162,49 @@ def test_password_grant_token_response_fields(idp):
     assert answer["refresh_expires_in"] == 0
     assert answer["not-before-policy"] == 0
     assert answer["scope"] == "openid profile email"
+
+
+def test_a_client_s_tokens_are_signed_with_its_own_algorithm(idp):
+    """shop-mobile names ES256 (Keycloak's access.token.signed.response.alg); the other clients get
+    the realm's default, RS256."""
+    mobile = idp.password_token("alice", "alice", client_id="shop-mobile")
+    header, claims = verify_with_jwks(mobile, idp.certs())
+    assert header == {"alg": "ES256", "typ": "JWT", "kid": idp.signing_jwk("ES256")["kid"]}
+    assert (claims["azp"], claims["preferred_username"]) == ("shop-mobile", "alice")
+    web = idp.password_token("alice", "alice", client_id="shop-web")
+    assert verify_with_jwks(web, idp.certs())[0]["alg"] == "RS256"
+    # A signature of the same key over other claims does not verify these.
+    other = idp.password_token("bob", "bob", client_id="shop-mobile")
+    with pytest.raises(InvalidSignature):
+        verify_with_jwks(".".join(mobile.split(".")[:2] + other.split(".")[2:]), idp.certs())
+
+
+@pytest.fixture(scope="module")
+def idp_with_a_client_per_algorithm(tmp_path_factory):
+    """A dev IdP whose realm has one public client per algorithm (`app-<alg>`), from a realm file in
+    the IdP's own JSON shape."""
+    workdir = tmp_path_factory.mktemp("idp-per-algorithm")
+    clients = {f"app-{alg}": {"publicClient": True, "directAccessGrants": True,
+                              "accessTokenSignatureAlgorithm": alg} for alg in IDP_ALGORITHMS}
+    realm = {**devidp.DEFAULT_REALM, "clients": {**devidp.DEFAULT_REALM["clients"], **clients}}
+    realm_file = workdir / "realm.json"
+    realm_file.write_text(json.dumps(realm))
+    with start_idp(workdir, "--realm-file", str(realm_file)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("alg", IDP_ALGORITHMS)
+def test_each_algorithm_signs_tokens_that_verify_with_its_published_key(idp_with_a_client_per_algorithm, alg):
+    idp = idp_with_a_client_per_algorithm
+    token = idp.password_token("bob", "bob", client_id=f"app-{alg}")
+    header, claims = verify_with_jwks(token, idp.certs())
+    assert header == {"alg": alg, "typ": "JWT", "kid": idp.signing_jwk(alg)["kid"]}
+    assert claims["azp"] == f"app-{alg}"
+    head, payload, signature = token.split(".")
+    raw = bytearray(b64url_decode(signature))
+    raw[len(raw) // 2] ^= 1
+    with pytest.raises(InvalidSignature):
+        verify_with_jwks(f"{head}.{payload}.{b64url(bytes(raw))}", idp.certs())
 
 
 @pytest.mark.parametrize("basic", [False, True], ids=["form", "basic-auth"])
@@ -156,14 +264,94 @@ def test_certs_mode_changes_and_restores_certs(idp):
 
 def test_rotate_serves_only_the_new_signing_key(tmp_path):
     with start_idp(tmp_path) as own_idp:
+        before = signing_kids(own_idp)
         old_kid = own_idp.kid
         new_kid = own_idp.rotate()
         assert new_kid != old_kid
-        kids = {key["use"]: key["kid"] for key in own_idp.certs()["keys"]}
-        assert kids["sig"] == new_kid and len(kids) == 2
+        after = signing_kids(own_idp)
+        assert after == {**before, "RS256": [new_kid]}, "only the RS256 key changes"
+        assert own_idp.signing_jwk("RS256")["n"] == devidp.jwk(own_idp.private_key, "sig", "RS256")["n"], \
+            "the key file holds the new key"
         _, claims = verify_with_jwks(own_idp.password_token("bob", "bob"), own_idp.certs())
         assert claims["preferred_username"] == "bob"
         verify_with_jwks(mint(own_idp, "bob"), own_idp.certs())
+
+
+def test_rotate_keeps_the_previous_key_of_any_algorithm_when_asked(tmp_path):
+    with start_idp(tmp_path) as own_idp:
+        before = signing_kids(own_idp)
+        old_token = own_idp.password_token("bob", "bob", client_id="shop-mobile")
+        new_kid = own_idp.rotate(keep_previous=True, alg="ES256")
+        assert signing_kids(own_idp) == {**before, "ES256": [new_kid, *before["ES256"]]}
+        new_token = own_idp.password_token("bob", "bob", client_id="shop-mobile")
+        assert verify_with_jwks(new_token, own_idp.certs())[0]["kid"] == new_kid
+        assert verify_with_jwks(old_token, own_idp.certs())[0]["kid"] == before["ES256"][0]
+        # Persisted like the RS256 key, beside it.
+        kept = devidp.load_or_create_key(str(tmp_path / "idp-key.es256.pem"), "ES256")
+        assert devidp.key_id(kept.public_key()) == new_kid
+        status, _, body = http_request(own_idp.port, "POST", "/_test/rotate",
+                                       {"Content-Type": "application/json"}, json.dumps({"alg": "HS256"}))
+        assert status == 400 and "HS256" in body
+
+
+def test_every_signing_key_survives_a_restart(tmp_path):
+    """Keys are kept in files beside --key-file (Keycloak keeps them in its database)."""
+    with start_idp(tmp_path) as first:
+        kids = signing_kids(first)
+    assert sorted(path.name for path in tmp_path.glob("idp-key*.pem")) == [
+        "idp-key.eddsa.pem", "idp-key.es256.pem", "idp-key.pem", "idp-key.ps256.pem"]
+    with start_idp(tmp_path) as second:
+        assert signing_kids(second) == kids
+        assert second.kid == kids["RS256"][0]
+
+
+def test_a_key_file_of_the_wrong_type_is_refused(tmp_path):
+    rsa_file = tmp_path / "rsa.pem"
+    devidp.write_key(str(rsa_file), devidp.new_rsa_key())
+    assert devidp.load_or_create_key(str(rsa_file), "PS256")
+    for alg in ("ES256", "EdDSA"):
+        with pytest.raises(ValueError, match=f"not a key for {alg}"):
+            devidp.load_or_create_key(str(rsa_file), alg)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"signatureAlgorithms": ["RS256", "ES384"]}, "no signing with ES384"),
+    ({"defaultSignatureAlgorithm": "PS256", "signatureAlgorithms": ["RS256"]}, "the realm default signs with PS256"),
+    ({"clients": {"app": {"accessTokenSignatureAlgorithm": "EdDSA"}}, "signatureAlgorithms": ["RS256", "ES256"]},
+     "client app signs with EdDSA"),
+])
+def test_a_realm_whose_clients_need_a_key_it_lacks_is_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        devidp.Realm({**devidp.DEFAULT_REALM, **change}, "http://127.0.0.1/realms/shop", 300)
+
+
+def key_provider(provider_id, **config):
+    return {"name": provider_id, "providerId": provider_id, "subComponents": {},
+            "config": {name: [value] for name, value in config.items()}}
+
+
+@pytest.mark.parametrize("providers, algorithms", [
+    # No key provider: Keycloak's import creates its defaults, whose one signing key is RS256.
+    (None, ["RS256"]),
+    ([key_provider("hmac-generated", algorithm="HS512"), key_provider("rsa-generated")], ["RS256"]),
+    ([key_provider("ecdsa-generated", ecdsaEllipticCurveKey="P-256"), key_provider("eddsa-generated")],
+     ["ES256", "EdDSA"]),
+    ([key_provider("rsa-generated", algorithm="PS256"), key_provider("rsa-generated", algorithm="RS256", enabled="false"),
+      key_provider("rsa-enc-generated", algorithm="RSA-OAEP"), key_provider("ecdsa-generated", active="false")],
+     ["PS256"]),
+])
+def test_key_providers_of_a_keycloak_export_give_the_realm_s_algorithms(providers, algorithms):
+    export = {"realm": "r", "users": [], "clients": []}
+    if providers is not None:
+        export["components"] = {"org.keycloak.keys.KeyProvider": providers}
+    assert devidp.realm_from_keycloak_export(export)["signatureAlgorithms"] == algorithms
+
+
+def test_an_export_with_a_key_the_idp_cannot_make_is_refused():
+    export = {"realm": "r", "users": [], "clients": [], "components": {
+        "org.keycloak.keys.KeyProvider": [key_provider("ecdsa-generated", ecdsaEllipticCurveKey="P-384")]}}
+    with pytest.raises(ValueError, match="not ES384"):
+        devidp.realm_from_keycloak_export(export)
 
 
 def test_mint_signs_with_the_idp_key_and_applies_overrides(idp):

@@ -62,7 +62,7 @@ class Idp:
         self.token_url = f"{self.issuer}/protocol/openid-connect/token"
         self.certs_mode_changed = False
         self.private_key = self._load_key()
-        self.kid = next(key["kid"] for key in self.certs()["keys"] if key["use"] == "sig")
+        self.kid = self.signing_jwk("RS256")["kid"]
 
     def _load_key(self):
         return serialization.load_pem_private_key(self.key_file.read_bytes(), password=None)
@@ -82,6 +82,15 @@ class Idp:
     def certs(self):
         return json.loads(self.certs_text())
 
+    def signing_jwk(self, alg):
+        """The JWK of the active signing key for alg (the IdP publishes each algorithm's active key
+        ahead of its passive ones)."""
+        return next(key for key in self.certs()["keys"] if key["use"] == "sig" and key["alg"] == alg)
+
+    def signing_jwks(self):
+        """Every signing key the IdP publishes, active and passive, of all its algorithms."""
+        return [key for key in self.certs()["keys"] if key["use"] == "sig"]
+
     def hits(self):
         return self._json("GET", "/_test/hits")
 
@@ -95,12 +104,14 @@ class Idp:
         self.certs_mode_changed = False
         return self._json("POST", "/_test/certs-mode", {})
 
-    def rotate(self, keep_previous=False):
-        """New signing key at the IdP (the old one kept as a passive key if asked); private_key and
-        kid follow it."""
-        self.kid = self._json("POST", "/_test/rotate", {"keepPrevious": keep_previous})["kid"]
-        self.private_key = self._load_key()
-        return self.kid
+    def rotate(self, keep_previous=False, alg="RS256"):
+        """New signing key for alg at the IdP (the old one kept as a passive key if asked); returns
+        its kid. private_key and kid are the RS256 key's, and follow its rotation."""
+        kid = self._json("POST", "/_test/rotate", {"keepPrevious": keep_previous, "alg": alg})["kid"]
+        if alg == "RS256":
+            self.kid = kid
+            self.private_key = self._load_key()
+        return kid
 
     def token_request(self, form, basic_auth=None):
         """POST a form to the token endpoint; returns (status, JSON answer)."""
@@ -127,10 +138,10 @@ class Idp:
 
 
 @contextmanager
-def start_idp(workdir):
-    """Run tools/devidp.py with test endpoints and a key file in workdir; yields an Idp."""
+def start_idp(workdir, *args):
+    """Run tools/devidp.py with test endpoints, a key file in workdir and args; yields an Idp."""
     key_file = Path(workdir) / "idp-key.pem"
-    with run_tool("devidp.py", workdir, "--key-file", str(key_file), "--test-endpoints") as (_, port):
+    with run_tool("devidp.py", workdir, "--key-file", str(key_file), "--test-endpoints", *args) as (_, port):
         yield Idp(port, key_file)
 
 
