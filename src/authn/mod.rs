@@ -14,15 +14,13 @@ pub use provider::{ClaimToHeader, Provider};
 
 use crate::identity::Identity;
 use crate::ids::ProviderId;
-use crate::keys::public_key::SignedBytes;
 use crate::keys::{KeyState, KeyStore};
 use claims::{ClaimsError, CLOCK_SKEW_SECONDS};
 use extract::{FoundToken, LocationId, TokenLocation};
 use jwt::{JwtError, ParsedToken, TokenLimits};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::rc::Rc;
-use token_cache::{TokenCache, TokenDigest, Verification};
+use token_cache::{TokenCache, Verification};
 use verify::{Verifier, VerifyError};
 
 /// Why a presented token was rejected.
@@ -208,8 +206,7 @@ fn verify_token(
         Ok(parsed) => parsed,
         Err(error) => return AuthnError::Token(error).into(),
     };
-    let signing_input_digest = Sha256::digest(parsed.signing_input.as_bytes());
-    let digest = TokenDigest::of_signed(&signing_input_digest, &parsed.signature);
+    let digest = cache.digest(&found.token);
     if let Some(verification) = cache.verification(&digest, holds) {
         if keys_ready(keys, verification.provider) {
             // Verified before, but its identity is no longer cached: skip the RSA, not the parsing.
@@ -238,8 +235,9 @@ fn verify_token(
     };
     // Read before verifying: a key set replaced after this point must not vouch for this result.
     let keys_version = keys.keys_version(provider_id);
-    let signed = SignedBytes { input: parsed.signing_input.as_bytes(), sha256: &signing_input_digest };
-    if let Err(error) = verifier.verify(key_set, parsed.kid.as_deref(), parsed.alg, signed, &parsed.signature) {
+    if let Err(error) =
+        verifier.verify(key_set, parsed.kid.as_deref(), parsed.alg, parsed.signing_input.as_bytes(), &parsed.signature)
+    {
         return AuthnError::Signature(error).into();
     }
     if let Err(error) = claims::validate(&parsed.claims, &provider.audiences, now_seconds) {

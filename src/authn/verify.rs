@@ -3,14 +3,11 @@
 //! BoringSSL) or the VM's own (`PublicKey::verify_in_vm`).
 //!
 //! jwt-compact's `Algorithm` trait is not used: it needs a signing half and a key type per call,
-//! and its validation path would deserialize the claims a second time. Here the signing input is
-//! hashed once with SHA-256 (by the caller, who also keys the token cache with that digest), and
-//! RS256, PS256 and ES256 in the VM reuse it.
+//! and its validation path would deserialize the claims a second time.
 
 use crate::keys::alg::{Algorithm, AlgorithmSet};
 use crate::keys::host_crypto::HostCrypto;
 use crate::keys::jwks::KeySet;
-use crate::keys::public_key::SignedBytes;
 
 /// Why a signature was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +68,7 @@ impl Verifier {
         self.host.as_ref().map_or(AlgorithmSet::NONE, HostCrypto::algorithms)
     }
 
-    /// Verifies `signature` over `signed` with a key of `keys` named by `kid` (any key when the
+    /// Verifies `signature` over `message` (the JWS signing input) with a key of `keys` named by `kid` (any key when the
     /// token names none) that accepts `alg`. The algorithm was allow-listed before, and binding it
     /// to the key happens here, before any key is used.
     pub fn verify(
@@ -79,17 +76,16 @@ impl Verifier {
         keys: &KeySet,
         kid: Option<&str>,
         alg: Algorithm,
-        signed: SignedBytes<'_>,
+        message: &[u8],
         signature: &[u8],
     ) -> Result<(), VerifyError> {
         let mut found_key = false;
         for candidate in keys.candidates(kid, alg) {
             found_key = true;
-            let host_answer =
-                self.host.as_ref().and_then(|host| host.verify(alg, &candidate.key, signed.input, signature));
+            let host_answer = self.host.as_ref().and_then(|host| host.verify(alg, &candidate.key, message, signature));
             let verified = match host_answer {
                 Some(verified) => verified,
-                None => candidate.key.verify_in_vm(alg, signed, signature),
+                None => candidate.key.verify_in_vm(alg, message, signature),
             };
             if verified {
                 return Ok(());
@@ -116,9 +112,7 @@ mod tests {
     }
 
     fn verify_rs256(keys: &KeySet, kid: Option<&str>, input: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
-        let sha256 = crate::keys::alg::HashAlg::Sha256.digest(&[input]);
-        let signed = SignedBytes { input, sha256: &sha256 };
-        Verifier::in_vm().verify(keys, kid, Algorithm::Rs256, signed, signature)
+        Verifier::in_vm().verify(keys, kid, Algorithm::Rs256, input, signature)
     }
 
     fn split(token: &str) -> (String, Vec<u8>) {

@@ -1,6 +1,5 @@
 use super::*;
 use crate::fakes::{EnvoyVerifySignature, NoForeignFunctions};
-use crate::keys::public_key::SignedBytes;
 use crate::testkeys::signing_key;
 
 fn envoy() -> HostCrypto {
@@ -11,8 +10,7 @@ fn envoy() -> HostCrypto {
 fn probe_vectors_verify_in_the_vm() {
     for alg in CANDIDATES {
         let (key, signature) = probe_vector(alg).expect("vector decodes");
-        let sha256 = crate::keys::alg::HashAlg::Sha256.digest(&[PROBE_MESSAGE]);
-        let signed = SignedBytes { input: PROBE_MESSAGE, sha256: &sha256 };
+        let signed = PROBE_MESSAGE;
         assert!(key.verify_in_vm(alg, signed, &signature), "{alg}");
     }
 }
@@ -94,8 +92,7 @@ fn host_and_vm_agree_on_real_signatures_of_every_host_algorithm() {
         .key_set;
         let message = b"header.payload";
         let signature = key.sign_bytes(alg, message);
-        let sha256 = crate::keys::alg::HashAlg::Sha256.digest(&[message]);
-        let signed = SignedBytes { input: message, sha256: &sha256 };
+        let signed = message;
         let mut truncated = signature.clone();
         truncated.pop();
         let mut flipped = signature.clone();
