@@ -11,8 +11,10 @@ use jwt_authz::config::Config;
 use jwt_authz::engine::{evaluate, evaluate_cached, Outcome, Request};
 use jwt_authz::identity::Identity;
 use jwt_authz::ids::ProviderId;
+use jwt_authz::keys::alg::Algorithm;
 use jwt_authz::keys::cache::JwksCache;
 use jwt_authz::keys::rsa::RsaVerifyKey;
+use jwt_authz::keys::{host_crypto, jwks};
 use jwt_authz::testkeys;
 use rsa::traits::PublicKeyParts;
 use rsa::Pkcs1v15Sign;
@@ -104,6 +106,27 @@ fn main() {
     bench("rs256 verify (rsa crate, for comparison)", || {
         let digest = Sha256::digest(black_box(signing_input.as_bytes()));
         assert!(public.verify(Pkcs1v15Sign::new::<Sha256>(), &digest, black_box(&signature)).is_ok());
+    });
+    // Every other algorithm in the VM (where the host's verify_signature does not take them), and
+    // what handing a signature to the host costs on our side (the foreign call itself is Envoy's).
+    for alg in [Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384, Algorithm::Es512, Algorithm::EdDsa] {
+        let signer = testkeys::signing_key(alg, 0);
+        let jwks = json!({"keys": [signer.jwk("k", None)]}).to_string();
+        let public = jwks::parse(jwks.as_bytes()).expect("jwks").key_set.keys.remove(0).key;
+        let signature = signer.sign_bytes(alg, signing_input.as_bytes());
+        bench(&format!("{alg} verify in the VM"), || {
+            assert!(public.verify_in_vm(alg, black_box(signing_input.as_bytes()), black_box(&signature)));
+        });
+    }
+    let rsa_public = jwks::parse(json!({"keys": [testkeys::jwk(private, "k")]}).to_string().as_bytes())
+        .expect("jwks")
+        .key_set
+        .keys
+        .remove(0)
+        .key;
+    bench("host call arguments for RS256 (SPKI + protobuf)", || {
+        let spki = rsa_public.spki().expect("rsa");
+        black_box(host_crypto::encode_arguments("sha256", &spki, black_box(&signature), signing_input.as_bytes()));
     });
     bench("sha-256 of header.payload (needed by RS256)", || {
         black_box(Sha256::digest(black_box(signing_input.as_bytes())));
