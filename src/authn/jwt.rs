@@ -282,11 +282,14 @@ mod strict_json {
             let mut members = Map::new();
             // Keys arrive unescaped, so `"a"` and `"\u0061"` are recognised as the same name.
             while let Some(name) = map.next_key::<String>()? {
-                if members.contains_key(&name) {
-                    return Err(self.fail(JwtError::DuplicateMember));
-                }
                 let value = map.next_value_seed(inner)?;
-                members.insert(name, value);
+                // One map lookup per member (the duplicate check and the insertion are the same).
+                match members.entry(name) {
+                    serde_json::map::Entry::Vacant(slot) => {
+                        slot.insert(value);
+                    }
+                    serde_json::map::Entry::Occupied(_) => return Err(self.fail(JwtError::DuplicateMember)),
+                }
             }
             Ok(Value::Object(members))
         }
