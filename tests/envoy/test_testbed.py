@@ -14,7 +14,7 @@ from testbed.envoy import start_envoy
 from testbed.keys import ALGORITHMS, jwk, signing_key
 from testbed.keys import public_key_from_jwk as any_public_key_from_jwk
 from testbed.net import http_request
-from testbed.services import start_idp
+from testbed.services import serve_jwks, start_idp
 from testbed.tokens import b64url_decode, der_to_raw, jws, mint, mint_as, raw_to_der, raw_token, sign, token_payload
 
 
@@ -322,3 +322,9 @@ def test_jws_signs_with_the_header_alg_unless_told_otherwise():
     swapped = jws({"alg": "PS256"}, {"a": 1}, key, sign_as="RS256")
     header, payload, signature = swapped.split(".")
     verify_jws("RS256", key.public_key(), b64url_decode(signature), f"{header}.{payload}".encode())
+
+
+def test_serve_jwks_answers_the_given_key_set(tmp_path):
+    document = {"keys": [jwk(signing_key(alg), kid=alg) for alg in ALGORITHMS]}
+    with serve_jwks(tmp_path, document) as server:
+        assert server.certs() == document
