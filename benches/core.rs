@@ -4,6 +4,7 @@
 //! read). Native numbers; inside Envoy's Wasm VM everything is slower by a roughly constant factor.
 
 use jwt_authz::authn::token_cache::{TokenCache, TokenDigest, Verification};
+use jwt_authz::authn::verify::Verifier;
 use jwt_authz::authz::path;
 use jwt_authz::authz::MatchInput;
 use jwt_authz::config::Config;
@@ -164,7 +165,7 @@ fn main() {
     let hot = request(&token);
     let mut tokens = TokenCache::new();
     bench("engine: request with a cached token (hot)", || {
-        let outcome = evaluate_cached(&config, black_box(&hot), &jwks, &mut tokens, NOW);
+        let outcome = evaluate_cached(&config, black_box(&hot), &jwks, &Verifier::in_vm(), &mut tokens, NOW);
         assert!(matches!(outcome, Outcome::Decided(jwt_authz::engine::Decision::Allow { .. })));
     });
     bench("engine: request with a new token (cold: parse + verify)", || {

@@ -5,6 +5,7 @@
 
 use crate::authn::extract::{self, HeaderSource, LocationId, TokenLocation};
 use crate::authn::token_cache::TokenCache;
+use crate::authn::verify::Verifier;
 use crate::authn::{self, Authenticated, AuthnOutcome};
 use crate::authz::path::{self, UnsafePathAction};
 use crate::authz::{cidr, ConnectionReads, MatchInput, Peer, PolicyDecision, PolicyNote, RequirementAction};
@@ -170,8 +171,9 @@ pub enum Outcome {
 
 /// Decides what happens to `request`, with the keys in `keys`, at `now_seconds` (Unix time),
 /// verifying every token afresh.
+/// Signatures are verified inside the VM.
 pub fn evaluate(config: &Config, request: &Request, keys: &dyn KeyStore, now_seconds: u64) -> Outcome {
-    evaluate_cached(config, request, keys, &mut TokenCache::disabled(), now_seconds)
+    evaluate_cached(config, request, keys, &Verifier::in_vm(), &mut TokenCache::disabled(), now_seconds)
 }
 
 /// The same, taking tokens verified before from `tokens` (and remembering new ones there).
@@ -180,6 +182,7 @@ pub fn evaluate_cached(
     config: &Config,
     request: &Request,
     keys: &dyn KeyStore,
+    verifier: &Verifier,
     tokens: &mut TokenCache,
     now_seconds: u64,
 ) -> Outcome {
@@ -242,7 +245,7 @@ pub fn evaluate_cached(
                 }
             }
             let allowed = (!providers.is_empty()).then_some(providers);
-            match authn::authenticate(&config.issuers, &found, keys, tokens, now_seconds, allowed) {
+            match authn::authenticate(&config.issuers, &found, keys, verifier, tokens, now_seconds, allowed) {
                 AuthnOutcome::Anonymous => None,
                 AuthnOutcome::Authenticated(authenticated) => Some(authenticated),
                 AuthnOutcome::Rejected(err) => {

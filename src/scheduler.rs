@@ -15,15 +15,18 @@
 //! wait for it: `Effect::Wake`).
 
 use crate::authn::token_cache::TokenCache;
+use crate::authn::verify::{SignatureBackend, Verifier};
 use crate::authn::AuthnError;
 use crate::authz::PolicyNote;
 use crate::config::Config;
 use crate::deny::Denial;
 use crate::engine::{self, Decision, Outcome, Request};
 use crate::ids::ProviderId;
+use crate::keys::alg::AlgorithmSet;
 use crate::keys::cache::{
     FetchReason, FetchReport, FetchRequest, FetchResult, JwksCache, Plan, SharedStore, Worker, LEASE_GRACE_MS,
 };
+use crate::keys::host_crypto::{ForeignFunction, HostCrypto};
 use crate::keys::KeySource;
 use crate::metrics::{self, Counter, KeyLookups};
 use std::collections::HashMap;
@@ -62,6 +65,8 @@ pub enum Effect {
     CountNamed(String),
     /// The number of usable keys of a provider changed.
     KeysInUse(ProviderId, u64),
+    /// How many algorithms this VM verifies with the host's `verify_signature` (set once).
+    HostCryptoAlgorithms(u64),
 }
 
 struct Parked {
@@ -78,6 +83,8 @@ struct Parked {
 pub struct Scheduler {
     config: Config,
     cache: JwksCache,
+    /// Which backend verifies which signature algorithm in this VM.
+    verifier: Verifier,
     worker: Worker,
     random: Random,
     /// Tokens verified before, per VM: sharing them across workers would cost a copy out of
@@ -106,16 +113,52 @@ impl Scheduler {
     /// yet and loads what other workers fetched; never takes a fetch lease: Envoy also configures a
     /// throwaway copy on its main thread (its configuration canary) and kills it at once, and a
     /// killed VM could not give a lease back.
-    pub fn new(config: Config, worker: Worker, random: Random, store: &mut dyn SharedStore, now_ms: u64) -> Self {
+    ///
+    /// `host` is the host's foreign-function interface: with `signatureBackend: auto` it is
+    /// probed once, here, for the algorithms its `verify_signature` verifies correctly.
+    pub fn new(
+        config: Config,
+        worker: Worker,
+        random: Random,
+        store: &mut dyn SharedStore,
+        host: Box<dyn ForeignFunction>,
+        now_ms: u64,
+    ) -> Self {
+        let (verifier, backend_line) = match config.signature_backend {
+            SignatureBackend::Vm => (
+                Verifier::in_vm(),
+                "signature verification: every algorithm inside the VM (signatureBackend: vm)".to_string(),
+            ),
+            SignatureBackend::Auto => {
+                let (host, report) = HostCrypto::probe(host);
+                let in_vm: AlgorithmSet =
+                    AlgorithmSet::all().iter().filter(|alg| !report.verified_by_host.contains(*alg)).collect();
+                let line = match (report.verified_by_host.is_empty(), &report.why_not) {
+                    (true, why) => format!(
+                        "signature verification: every algorithm inside the VM (the host's verify_signature is not usable: {})",
+                        why.as_deref().unwrap_or("no answer")
+                    ),
+                    (false, why) => format!(
+                        "signature verification: {} by the host's verify_signature; {} inside the VM{}",
+                        report.verified_by_host,
+                        in_vm,
+                        why.as_ref().map(|why| format!(" (host refused {why})")).unwrap_or_default()
+                    ),
+                };
+                (Verifier::with_host(host), line)
+            }
+        };
         let mut cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
         cache.ensure_shared(store);
         for provider in cache.remote_providers() {
             cache.sync(store, provider);
         }
         let providers = config.issuers.providers.len();
+        let host_algorithms = verifier.host_algorithms().len() as u64;
         let mut scheduler = Scheduler {
             config,
             cache,
+            verifier,
             worker,
             random,
             tokens: TokenCache::new(),
@@ -129,6 +172,8 @@ impl Scheduler {
             effects: Vec::new(),
         };
         scheduler.record_keys_in_use(now_ms);
+        scheduler.log(Level::Info, backend_line);
+        scheduler.effects.push(Effect::HostCryptoAlgorithms(host_algorithms));
         scheduler
     }
 
@@ -293,10 +338,18 @@ impl Scheduler {
         let keys = self.cache.at(now_ms);
         let keys = if may_wait { keys } else { keys.without_waiting() };
         if !count_key_lookups {
-            return engine::evaluate_cached(&self.config, request, &keys, &mut self.tokens, now_seconds);
+            return engine::evaluate_cached(
+                &self.config,
+                request,
+                &keys,
+                &self.verifier,
+                &mut self.tokens,
+                now_seconds,
+            );
         }
         let lookups = KeyLookups::new(&keys);
-        let outcome = engine::evaluate_cached(&self.config, request, &lookups, &mut self.tokens, now_seconds);
+        let outcome =
+            engine::evaluate_cached(&self.config, request, &lookups, &self.verifier, &mut self.tokens, now_seconds);
         for (counter, amount) in lookups.tally() {
             self.count(counter, amount);
         }

@@ -2,7 +2,7 @@
 
 use jwt_authz::authn::claims::ClaimsError;
 use jwt_authz::authn::token_cache::TokenCache;
-use jwt_authz::authn::verify::VerifyError;
+use jwt_authz::authn::verify::{Verifier, VerifyError};
 use jwt_authz::authn::AuthnError;
 use jwt_authz::config::Config;
 use jwt_authz::deny::Denial;
@@ -523,7 +523,7 @@ fn audit_and_dry_run_notes_travel_with_the_decision() {
 
 /// The decision with `tokens` as the token cache, at `now` (seconds).
 fn decide_cached(config: &Config, keys: &dyn KeyStore, tokens: &mut TokenCache, req: &Request, now: u64) -> Decision {
-    decided(evaluate_cached(config, req, keys, tokens, now))
+    decided(evaluate_cached(config, req, keys, &Verifier::in_vm(), tokens, now))
 }
 
 fn bearer(token: &str) -> String {

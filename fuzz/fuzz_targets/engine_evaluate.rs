@@ -11,6 +11,7 @@
 
 use jwt_authz::authn::token_cache::TokenCache;
 use jwt_authz::config::Config;
+use jwt_authz::authn::verify::Verifier;
 use jwt_authz::engine::{evaluate, evaluate_cached, Decision, HeaderChange, Outcome, Request};
 use jwt_authz::keys::cache::JwksCache;
 use libfuzzer_sys::fuzz_target;
@@ -112,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
     thread_local! {
         static TOKENS: RefCell<TokenCache> = RefCell::new(TokenCache::new());
     }
-    let cached = TOKENS.with(|tokens| evaluate_cached(&fixture.config, &request, &keys, &mut tokens.borrow_mut(), NOW));
+    let cached = TOKENS.with(|tokens| evaluate_cached(&fixture.config, &request, &keys, &Verifier::in_vm(), &mut tokens.borrow_mut(), NOW));
     assert_eq!(cached, outcome, "the token cache changed a decision");
     match outcome {
         Outcome::Decided(Decision::Allow { changes, principal, .. }) => {

@@ -3,6 +3,7 @@
 //! Nothing here is trusted yet: the result is only used to pick an issuer and a key, and every
 //! claim is checked again after the signature verifies.
 
+use crate::keys::alg::Algorithm;
 use chrono::{DateTime, TimeZone, Utc};
 use jwt_compact::{Claims, UntrustedToken};
 use serde::Deserialize;
@@ -29,10 +30,6 @@ impl Default for TokenLimits {
     }
 }
 
-/// The only signature algorithm accepted. Checked before any key is looked at, so `none`, `HS256`
-/// signed with the public key as secret, and other algorithm confusions never reach a verifier.
-const ALLOWED_ALGORITHM: &str = "RS256";
-
 /// Why a token could not be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtError {
@@ -44,7 +41,8 @@ pub enum JwtError {
     BadBase64,
     /// The header or payload is not a JSON object (or the header lacks a string `alg`).
     BadJson,
-    /// `alg` is not RS256: `none`, HMAC with a public key and every other confusion end here.
+    /// `alg` is not one of the ten asymmetric algorithms we verify (or not one the issuer allows):
+    /// `none`, HMAC with a public key as secret and every other confusion end here.
     AlgorithmNotAllowed,
     /// A `crit` header names extensions we do not understand (RFC 7515 §4.1.11).
     CriticalHeader,
@@ -97,9 +95,10 @@ struct ExtraHeader {
     crit: Option<Value>,
 }
 
-/// A syntactically valid RS256 token, not yet verified.
+/// A syntactically valid token of an algorithm we verify, not yet verified.
 #[derive(Debug)]
 pub struct ParsedToken<'a> {
+    pub alg: Algorithm,
     pub kid: Option<String>,
     pub claims: Claims<Map<String, Value>>,
     /// `header.payload`: the bytes the signature covers.
@@ -120,7 +119,9 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, JwtError> {
     parse_with_limits(token, &TokenLimits::default())
 }
 
-/// Parses a compact JWS, refusing anything but a well-formed RS256 token with JSON-object claims,
+/// Parses a compact JWS, refusing anything but a well-formed token of an asymmetric algorithm we
+/// verify (checked before any key is looked at, so `none`, `HS256` signed with the public key as
+/// secret, and other algorithm confusions never reach a verifier) with JSON-object claims,
 /// no duplicate JSON members, and no nesting deeper than the limit.
 pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<ParsedToken<'a>, JwtError> {
     if token.len() > limits.max_token_bytes {
@@ -141,9 +142,9 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
         _ if header_lacks_string_alg(token) => JwtError::AlgorithmNotAllowed,
         _ => JwtError::BadJson,
     })?;
-    if untrusted.algorithm() != ALLOWED_ALGORITHM {
+    let Some(alg) = Algorithm::from_name(untrusted.algorithm()) else {
         return Err(JwtError::AlgorithmNotAllowed);
-    }
+    };
     if untrusted.header().other_fields.crit.is_some() {
         return Err(JwtError::CriticalHeader);
     }
@@ -160,6 +161,7 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
     claims.custom = custom;
     let signing_input = token.rsplit_once('.').map(|(input, _)| input).ok_or(JwtError::BadFormat)?;
     Ok(ParsedToken {
+        alg,
         kid: untrusted.header().key_id.clone(),
         claims,
         signing_input,
@@ -356,7 +358,9 @@ mod tests {
             (format!("{}.{payload}.", b64(br#"{"alg":"none"}"#)), JwtError::AlgorithmNotAllowed),
             (format!("{}.{payload}.AA", b64(br#"{"alg":"HS256"}"#)), JwtError::AlgorithmNotAllowed),
             (format!("{}.{payload}.AA", b64(br#"{"alg":"rs256"}"#)), JwtError::AlgorithmNotAllowed),
-            (format!("{}.{payload}.AA", b64(br#"{"alg":"PS256"}"#)), JwtError::AlgorithmNotAllowed),
+            (format!("{}.{payload}.AA", b64(br#"{"alg":"HS256"}"#)), JwtError::AlgorithmNotAllowed),
+            (format!("{}.{payload}.AA", b64(br#"{"alg":"ES256K"}"#)), JwtError::AlgorithmNotAllowed),
+            (format!("{}.{payload}.AA", b64(br#"{"alg":"rs256"}"#)), JwtError::AlgorithmNotAllowed),
             (format!("{}.{payload}.AA", b64(br#"{"typ":"JWT"}"#)), JwtError::AlgorithmNotAllowed),
             (format!("{}.{payload}.AA", b64(br#"{"alg":256}"#)), JwtError::AlgorithmNotAllowed),
             (format!("{}.{payload}.AA", b64(br#"{"alg":"RS256","kid":5}"#)), JwtError::BadJson),

@@ -14,6 +14,7 @@ pub use provider::{ClaimToHeader, Provider};
 
 use crate::identity::Identity;
 use crate::ids::ProviderId;
+use crate::keys::public_key::SignedBytes;
 use crate::keys::{KeyState, KeyStore};
 use claims::{ClaimsError, CLOCK_SKEW_SECONDS};
 use extract::{FoundToken, LocationId, TokenLocation};
@@ -22,7 +23,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
 use token_cache::{TokenCache, TokenDigest, Verification};
-use verify::VerifyError;
+use verify::{Verifier, VerifyError};
 
 /// Why a presented token was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,13 +142,14 @@ pub fn authenticate(
     issuers: &Issuers,
     found: &[FoundToken],
     keys: &dyn KeyStore,
+    verifier: &Verifier,
     cache: &mut TokenCache,
     now_seconds: u64,
     allowed: Option<&[ProviderId]>,
 ) -> AuthnOutcome {
     let mut result: Option<Authenticated> = None;
     for token in found {
-        let (provider, identity) = match verify_token(issuers, token, keys, cache, now_seconds, allowed) {
+        let (provider, identity) = match verify_token(issuers, token, keys, verifier, cache, now_seconds, allowed) {
             Verdict::Verified(provider, identity) => (provider, identity),
             Verdict::AwaitKeys(provider) => return AuthnOutcome::AwaitKeys(provider),
             Verdict::Rejected(error) => return AuthnOutcome::Rejected(error),
@@ -189,6 +191,7 @@ fn verify_token(
     issuers: &Issuers,
     found: &FoundToken,
     keys: &dyn KeyStore,
+    verifier: &Verifier,
     cache: &mut TokenCache,
     now_seconds: u64,
     allowed: Option<&[ProviderId]>,
@@ -224,6 +227,10 @@ fn verify_token(
         return AuthnError::UnknownIssuer.into();
     };
     let Some(provider) = issuers.provider(provider_id) else { return AuthnError::UnknownIssuer.into() };
+    // The issuer's own allow-list, before its keys are looked at (or fetched for an unknown kid).
+    if !provider.algorithms.contains(parsed.alg) {
+        return AuthnError::Token(JwtError::AlgorithmNotAllowed).into();
+    }
     let key_set = match keys.key_state(provider_id, parsed.kid.as_deref()) {
         KeyState::Ready(key_set) => key_set,
         KeyState::Pending => return Verdict::AwaitKeys(provider_id),
@@ -231,9 +238,8 @@ fn verify_token(
     };
     // Read before verifying: a key set replaced after this point must not vouch for this result.
     let keys_version = keys.keys_version(provider_id);
-    if let Err(error) =
-        verify::verify_rs256_digest(key_set, parsed.kid.as_deref(), &signing_input_digest, &parsed.signature)
-    {
+    let signed = SignedBytes { input: parsed.signing_input.as_bytes(), sha256: &signing_input_digest };
+    if let Err(error) = verifier.verify(key_set, parsed.kid.as_deref(), parsed.alg, signed, &parsed.signature) {
         return AuthnError::Signature(error).into();
     }
     if let Err(error) = claims::validate(&parsed.claims, &provider.audiences, now_seconds) {

@@ -2,6 +2,7 @@
 
 use super::extract::LocationId;
 use crate::identity::ClaimPath;
+use crate::keys::alg::AlgorithmSet;
 use crate::keys::KeySource;
 
 /// One trusted issuer (a `jwtRules` entry).
@@ -10,6 +11,8 @@ pub struct Provider {
     pub issuer: String,
     pub audiences: Vec<String>,
     pub keys: KeySource,
+    /// `algorithms`: the JWS algorithms its tokens may use.
+    pub algorithms: AlgorithmSet,
     /// Where this issuer's tokens are accepted.
     pub locations: Vec<LocationId>,
     pub forward_original_token: bool,

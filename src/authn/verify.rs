@@ -1,18 +1,21 @@
-//! Signature verification: checks an RS256 signature against the issuer's keys.
+//! Signature verification: picks the issuer's keys that may verify the token's algorithm and
+//! checks the signature with one of two backends, the host's (`keys::host_crypto`, Envoy's
+//! BoringSSL) or the VM's own (`PublicKey::verify_in_vm`).
 //!
-//! The RSA arithmetic is `keys::rsa` (keys prepared at JWKS load), not jwt-compact's `Algorithm`
-//! trait: jwt-compact still parses the token and its claims (`jwt.rs`), but its `Algorithm` needs a
-//! signing half and a key type per call, and its validation path would deserialize the claims a
-//! second time. Here the signing input is hashed once (by the caller, who also keys the token cache
-//! with that digest) and tried against every candidate key.
+//! jwt-compact's `Algorithm` trait is not used: it needs a signing half and a key type per call,
+//! and its validation path would deserialize the claims a second time. Here the signing input is
+//! hashed once with SHA-256 (by the caller, who also keys the token cache with that digest), and
+//! RS256, PS256 and ES256 in the VM reuse it.
 
+use crate::keys::alg::{Algorithm, AlgorithmSet};
+use crate::keys::host_crypto::HostCrypto;
 use crate::keys::jwks::KeySet;
-use sha2::{Digest, Sha256};
+use crate::keys::public_key::SignedBytes;
 
 /// Why a signature was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyError {
-    /// No key in the set has the token's `kid`.
+    /// No key in the set has the token's `kid` and accepts its `alg`.
     KeyNotFound,
     /// A key was found and the signature does not verify with it.
     SignatureInvalid,
@@ -34,39 +37,69 @@ impl VerifyError {
     }
 }
 
-/// Verifies an RS256 (RSASSA-PKCS1-v1_5 with SHA-256) signature over `signing_input` with the key
-/// named by `kid`, or with any key when the token names none.
-pub fn verify_rs256(
-    keys: &KeySet,
-    kid: Option<&str>,
-    signing_input: &[u8],
-    signature: &[u8],
-) -> Result<(), VerifyError> {
-    verify_rs256_digest(keys, kid, &Sha256::digest(signing_input), signature)
+/// `signatureBackend`: may the host verify signatures?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignatureBackend {
+    /// The host's `verify_signature` for the algorithms its probe passes, the VM for the rest.
+    #[default]
+    Auto,
+    /// Everything in the VM (for hosts whose foreign function misbehaves, and for measuring).
+    Vm,
 }
 
-/// The same, given the SHA-256 digest of the signing input (the caller hashed it already).
-pub fn verify_rs256_digest(
-    keys: &KeySet,
-    kid: Option<&str>,
-    signing_input_digest: &[u8],
-    signature: &[u8],
-) -> Result<(), VerifyError> {
-    let mut found_key = false;
-    for candidate in keys.candidates(kid) {
-        found_key = true;
-        // A signature must be exactly as long as the modulus (RFC 8017 §8.2.2 step 1).
-        if signature.len() != candidate.key.size() {
-            continue;
-        }
-        if candidate.key.verify_sha256_digest(signing_input_digest, signature) {
-            return Ok(());
-        }
+/// Which backend verifies which algorithm, for one VM.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    /// The host's verification, for the algorithms its probe passed; `None` keeps every algorithm
+    /// in the VM (`signatureBackend: vm`, or a host without `verify_signature`).
+    host: Option<HostCrypto>,
+}
+
+impl Verifier {
+    /// Everything verified inside the VM.
+    pub fn in_vm() -> Verifier {
+        Verifier { host: None }
     }
-    if found_key {
-        Err(VerifyError::SignatureInvalid)
-    } else {
-        Err(VerifyError::KeyNotFound)
+
+    /// The host verifies what its probe showed it can; the VM verifies the rest.
+    pub fn with_host(host: HostCrypto) -> Verifier {
+        Verifier { host: Some(host) }
+    }
+
+    /// The algorithms the host verifies.
+    pub fn host_algorithms(&self) -> AlgorithmSet {
+        self.host.as_ref().map_or(AlgorithmSet::NONE, HostCrypto::algorithms)
+    }
+
+    /// Verifies `signature` over `signed` with a key of `keys` named by `kid` (any key when the
+    /// token names none) that accepts `alg`. The algorithm was allow-listed before, and binding it
+    /// to the key happens here, before any key is used.
+    pub fn verify(
+        &self,
+        keys: &KeySet,
+        kid: Option<&str>,
+        alg: Algorithm,
+        signed: SignedBytes<'_>,
+        signature: &[u8],
+    ) -> Result<(), VerifyError> {
+        let mut found_key = false;
+        for candidate in keys.candidates(kid, alg) {
+            found_key = true;
+            let host_answer =
+                self.host.as_ref().and_then(|host| host.verify(alg, &candidate.key, signed.input, signature));
+            let verified = match host_answer {
+                Some(verified) => verified,
+                None => candidate.key.verify_in_vm(alg, signed, signature),
+            };
+            if verified {
+                return Ok(());
+            }
+        }
+        if found_key {
+            Err(VerifyError::SignatureInvalid)
+        } else {
+            Err(VerifyError::KeyNotFound)
+        }
     }
 }
 
@@ -80,6 +113,12 @@ mod tests {
     fn key_set(kids: &[(&str, usize)]) -> KeySet {
         let keys: Vec<_> = kids.iter().map(|(kid, index)| testkeys::jwk(testkeys::key(*index), kid)).collect();
         jwks::parse(json!({ "keys": keys }).to_string().as_bytes()).expect("valid").key_set
+    }
+
+    fn verify_rs256(keys: &KeySet, kid: Option<&str>, input: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
+        let sha256 = crate::keys::alg::HashAlg::Sha256.digest(&[input]);
+        let signed = SignedBytes { input, sha256: &sha256 };
+        Verifier::in_vm().verify(keys, kid, Algorithm::Rs256, signed, signature)
     }
 
     fn split(token: &str) -> (String, Vec<u8>) {

@@ -13,6 +13,7 @@ pub use provider::parse_duration_ms;
 
 use crate::authn::extract::TokenLocation;
 use crate::authn::jwt::TokenLimits;
+use crate::authn::verify::SignatureBackend;
 use crate::authn::{Issuers, Provider};
 use crate::authz::{ConnectionReads, Policies, TokenRequirement, UnsafePathAction};
 use crate::keys::{jwks, KeySource};
@@ -59,6 +60,8 @@ pub struct Config {
     /// `use_remote_address: true` and `xff_num_trusted_hops: 0`), so `source.ip` may be read.
     pub peer_is_source_address: bool,
     pub unsafe_paths: UnsafePathAction,
+    /// `signatureBackend`: whether the host's `verify_signature` may verify signatures.
+    pub signature_backend: SignatureBackend,
     /// `limits.maxJwksBytes`: fetched key sets and discovery documents above it are refused.
     pub max_jwks_bytes: usize,
     /// The connection attributes policies and requirements read: the host fetches only these.
@@ -142,7 +145,18 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(ConfigError::new("unsafePaths", format!("{other:?}: expected REJECT (400) or DENY (403)")))
         }
     };
+    let signature_backend = match raw.signature_backend.as_deref() {
+        None | Some("auto") => SignatureBackend::Auto,
+        Some("vm") => SignatureBackend::Vm,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "signatureBackend",
+                format!("{other:?}: expected \"auto\" (the host's verify_signature where it can) or \"vm\""),
+            ))
+        }
+    };
     Ok(Config {
+        signature_backend,
         connection_reads: ConnectionReads::of(&policies, &token_requirements),
         issuers: Issuers { providers, locations: token_locations, limits: limits.token },
         policies,

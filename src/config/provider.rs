@@ -5,6 +5,7 @@ use super::{ConfigError, Limits};
 use crate::authn::extract::{LocationId, TokenLocation};
 use crate::authn::{ClaimToHeader, Provider};
 use crate::identity::ClaimPath;
+use crate::keys::alg::{Algorithm, AlgorithmSet};
 use crate::keys::jwks;
 use crate::keys::{
     HttpTarget, KeySource, RemoteJwks, DEFAULT_CACHE_DURATION_MS, DEFAULT_FETCH_TIMEOUT_MS, DEFAULT_STALE_IF_ERROR_MS,
@@ -25,6 +26,7 @@ pub(super) fn compile_provider(
             return Err(ConfigError::new(format!("{field}.audiences[{i}]"), "must not be empty"));
         }
     }
+    let algorithms = algorithms(rule.algorithms.as_deref(), field)?;
     // Durations first, whatever the key source: a malformed one is reported as such.
     let timings = FetchTimings::of(&rule, field)?;
     let keys = key_source(&rule, field, limits, timings)?;
@@ -47,11 +49,37 @@ pub(super) fn compile_provider(
         issuer: rule.issuer,
         audiences: rule.audiences,
         keys,
+        algorithms,
         locations,
         forward_original_token: rule.forward_original_token,
         output_payload_to_header,
         output_claim_to_headers,
     })
+}
+
+/// `algorithms`: the JWS algorithms this issuer's tokens may use (all ten when absent). Envoy's
+/// jwt_authn has no such list; it exists so that an issuer that signs only with, say, ES256 cannot
+/// have tokens accepted under an RSA key that also sits in its JWKS.
+fn algorithms(names: Option<&[String]>, field: &str) -> Result<AlgorithmSet, ConfigError> {
+    let Some(names) = names else { return Ok(AlgorithmSet::all()) };
+    if names.is_empty() {
+        return Err(ConfigError::new(format!("{field}.algorithms"), "must not be empty (leave it out to allow all)"));
+    }
+    let mut set = AlgorithmSet::NONE;
+    for (i, name) in names.iter().enumerate() {
+        let Some(alg) = Algorithm::from_name(name) else {
+            let why = match name.to_ascii_uppercase().as_str() {
+                "NONE" => "unsigned tokens are never accepted".to_string(),
+                upper if upper.starts_with("HS") => {
+                    "HMAC algorithms are not supported: a JWKS holds public keys, and using one as an HMAC secret is the classic algorithm-confusion attack".to_string()
+                }
+                _ => format!("{name:?} is not one of {}", AlgorithmSet::all()),
+            };
+            return Err(ConfigError::new(format!("{field}.algorithms[{i}]"), why));
+        };
+        set.insert(alg);
+    }
+    Ok(set)
 }
 
 /// Inline `jwks`, `jwksUri`, or (with neither) the issuer's OIDC discovery document, with the

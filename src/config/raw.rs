@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) trust_domain_aliases: Vec<String>,
     pub(super) unsafe_paths: Option<String>,
+    pub(super) signature_backend: Option<String>,
     #[serde(default)]
     pub(super) space_delimited_claims: Vec<String>,
     pub(super) limits: Option<RawLimits>,
@@ -56,6 +57,8 @@ pub(super) struct RawJwtRule {
     pub(super) jwks_uri: Option<String>,
     pub(super) jwks_cluster: Option<String>,
     pub(super) jwks: Option<String>,
+    /// Allow-list of JWS algorithms for this issuer (no Istio/Envoy equivalent); all when absent.
+    pub(super) algorithms: Option<Vec<String>>,
     #[serde(default)]
     pub(super) from_headers: Vec<RawFromHeader>,
     #[serde(default)]

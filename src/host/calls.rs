@@ -1,7 +1,8 @@
-//! Thin wrappers over the host calls the glue makes: shared data, the clock, logs, the fetch
-//! dispatch and property decoding.
+//! Thin wrappers over the host calls the glue makes: shared data, foreign functions, the clock,
+//! logs, the fetch dispatch and property decoding.
 
 use crate::keys::cache::{CasMismatch, FetchRequest, SharedStore};
+use crate::keys::host_crypto::{ForeignCallError, ForeignFunction};
 use crate::scheduler::Level;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, Status};
@@ -21,6 +22,19 @@ impl SharedStore for HostStore {
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
         hostcalls::set_shared_data(key, Some(value), cas).map_err(|_| CasMismatch)
+    }
+}
+
+/// The host's foreign functions (Envoy's `verify_signature`), for the core.
+pub(super) struct HostForeign;
+
+impl ForeignFunction for HostForeign {
+    fn call(&self, name: &str, arguments: &[u8]) -> Result<Vec<u8>, ForeignCallError> {
+        let reply = hostcalls::call_foreign_function(name, Some(arguments));
+        reply.map(Option::unwrap_or_default).map_err(|status| match status {
+            Status::NotFound => ForeignCallError::NotFound,
+            status => ForeignCallError::Failed(format!("{status:?}")),
+        })
     }
 }
 

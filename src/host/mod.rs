@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::engine::{Decision, HeaderChange, Property, Request};
 use crate::keys::cache::{FetchResult, Worker};
 use crate::scheduler::{Effect, Random, Scheduler};
-use calls::{debug_logging, log, now_millis, HostStore};
+use calls::{debug_logging, log, now_millis, HostForeign, HostStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
@@ -85,15 +85,11 @@ impl RootContext for Root {
         };
         let mut random = Random::seeded(calls::seed());
         let id = random.worker_id();
-        let wake_token = match hostcalls::register_shared_queue(&format!("jwt-authz/wake/{id:016x}")) {
-            Ok(token) => Some(token),
-            Err(status) => {
-                log(LogLevel::Warn, &format!("no shared queue ({status:?}): waiting requests are resumed on ticks"));
-                None
-            }
-        };
+        let no_queue = |status| log(LogLevel::Warn, &format!("no shared queue ({status:?}): requests resume on ticks"));
+        let wake_token = hostcalls::register_shared_queue(&format!("jwt-authz/wake/{id:016x}")).map_err(no_queue).ok();
         let stats = Stats::define(&config);
-        let scheduler = Scheduler::new(config, Worker { id, wake_token }, random, &mut HostStore, now_millis());
+        let (worker, host) = (Worker { id, wake_token }, Box::new(HostForeign));
+        let scheduler = Scheduler::new(config, worker, random, &mut HostStore, host, now_millis());
         log(LogLevel::Info, &scheduler.summary());
         let vm = Rc::new(RefCell::new(Vm { scheduler, stats, root_context_id: self.context_id }));
         perform_effects(&vm);
@@ -230,6 +226,7 @@ fn perform_effect(vm: &SharedVm, effect: Effect) {
         Effect::Count(counter, amount) => vm.borrow().stats.add(counter, amount),
         Effect::CountNamed(name) => vm.borrow_mut().stats.increment_named(name),
         Effect::KeysInUse(provider, count) => vm.borrow().stats.record_keys_in_use(provider, count),
+        Effect::HostCryptoAlgorithms(count) => vm.borrow().stats.record_host_crypto(count),
     }
 }
 

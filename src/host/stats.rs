@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::ids::ProviderId;
-use crate::metrics::{keys_in_use_gauge_name, Counter, TOKEN_CACHE_GAUGE, WASM_MEMORY_GAUGE};
+use crate::metrics::{keys_in_use_gauge_name, Counter, HOST_CRYPTO_GAUGE, TOKEN_CACHE_GAUGE, WASM_MEMORY_GAUGE};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
@@ -18,6 +18,8 @@ pub(super) struct Stats {
     memory: Option<u32>,
     /// Tokens in the verified-token cache.
     token_cache: Option<u32>,
+    /// Algorithms verified by the host's `verify_signature`.
+    host_crypto: Option<u32>,
 }
 
 impl Stats {
@@ -39,6 +41,7 @@ impl Stats {
             keys_in_use,
             memory: define(MetricType::Gauge, WASM_MEMORY_GAUGE),
             token_cache: define(MetricType::Gauge, TOKEN_CACHE_GAUGE),
+            host_crypto: define(MetricType::Gauge, HOST_CRYPTO_GAUGE),
         }
     }
 
@@ -75,16 +78,21 @@ impl Stats {
 
     /// Linear memory in use by this VM (pages of 64 KiB), for soak runs and leak spotting.
     pub(super) fn record_memory(&self) {
-        if let Some(id) = self.memory {
-            let pages = core::arch::wasm32::memory_size(0);
-            let bytes = u64::try_from(pages).unwrap_or(u64::MAX).saturating_mul(65_536);
-            let _ = hostcalls::record_metric(id, bytes);
-        }
+        let pages = core::arch::wasm32::memory_size(0);
+        record(self.memory, u64::try_from(pages).unwrap_or(u64::MAX).saturating_mul(65_536));
     }
 
     pub(super) fn record_token_cache(&self, entries: usize) {
-        if let Some(id) = self.token_cache {
-            let _ = hostcalls::record_metric(id, u64::try_from(entries).unwrap_or(u64::MAX));
-        }
+        record(self.token_cache, u64::try_from(entries).unwrap_or(u64::MAX));
+    }
+
+    pub(super) fn record_host_crypto(&self, algorithms: u64) {
+        record(self.host_crypto, algorithms);
+    }
+}
+
+fn record(gauge: Option<u32>, value: u64) {
+    if let Some(id) = gauge {
+        let _ = hostcalls::record_metric(id, value);
     }
 }

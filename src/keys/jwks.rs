@@ -1,8 +1,13 @@
-//! JWKS parsing: turns a JSON Web Key Set into the RSA verification keys it may use.
+//! JWKS parsing: turns a JSON Web Key Set into the verification keys it may use (RSA, EC and
+//! Ed25519), each bound to the algorithms it may verify.
 //!
 //! A key set is attacker-reachable input (a compromised or misconfigured endpoint), so every key is
 //! judged on its own: a bad key is skipped with a reason for the log, never fatal for its siblings.
 
+use crate::keys::alg::{Algorithm, Curve, Family};
+use crate::keys::ec::EcKey;
+use crate::keys::ed25519::Ed25519Key;
+use crate::keys::public_key::PublicKey;
 use crate::keys::rsa::RsaVerifyKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -12,11 +17,22 @@ use std::fmt;
 /// Larger key sets are refused before parsing: real ones are a few KB.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 
-/// One RS256 verification key, prepared for verification once, when the key set is loaded.
+/// One verification key, prepared for verification once, when the key set is loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerificationKey {
     pub kid: Option<String>,
-    pub key: RsaVerifyKey,
+    /// The JWK's `alg`: when present, the one algorithm this key verifies (RFC 7517 §4.4).
+    pub alg: Option<Algorithm>,
+    pub key: PublicKey,
+}
+
+impl VerificationKey {
+    /// Whether this key may verify a token signed with `alg`: the JWK's own `alg` when it has one,
+    /// else any algorithm of the key's family (an RSA key never verifies ES256, a P-256 key never
+    /// ES384). The same rule as jwt_verify_lib's key selection.
+    pub fn accepts(&self, alg: Algorithm) -> bool {
+        self.alg.is_none_or(|own| own == alg) && self.key.family() == alg.family()
+    }
 }
 
 /// The usable keys of one JWKS document.
@@ -26,10 +42,15 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// Keys a token with this `kid` may be verified with: the key with that kid, or every key when
-    /// the token names none (RFC 7515 makes `kid` optional; Envoy tries every key likewise).
-    pub fn candidates<'a>(&'a self, kid: Option<&'a str>) -> impl Iterator<Item = &'a VerificationKey> + 'a {
-        self.keys.iter().filter(move |k| kid.is_none() || k.kid.as_deref() == kid)
+    /// Keys a token with this `kid` and `alg` may be verified with: the keys with that kid (every
+    /// key when the token names none: RFC 7515 makes `kid` optional, and Envoy tries every key
+    /// likewise) that accept `alg`.
+    pub fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a VerificationKey> + 'a {
+        self.keys.iter().filter(move |k| (kid.is_none() || k.kid.as_deref() == kid) && k.accepts(alg))
     }
 
     /// Whether some key carries this `kid`.
@@ -37,20 +58,40 @@ impl KeySet {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
-    /// The keys as a minimal JWKS document (`kty`, `kid`, `n`, `e`) that `parse` reads back to the
-    /// same keys: how one worker hands the keys it fetched to the others.
+    /// The keys as a minimal JWKS document (`kty`, `kid`, `alg`, and the key's numbers) that
+    /// `parse` reads back to the same keys: how one worker hands the keys it fetched to the others.
     pub fn to_jwks_json(&self) -> String {
         let keys: Vec<Value> = self
             .keys
             .iter()
             .map(|k| {
                 let mut jwk = serde_json::Map::new();
-                jwk.insert("kty".into(), Value::from("RSA"));
+                let mut put = |name: &str, value: &str| jwk.insert(name.into(), Value::from(value));
                 if let Some(kid) = &k.kid {
-                    jwk.insert("kid".into(), Value::from(kid.as_str()));
+                    put("kid", kid);
                 }
-                jwk.insert("n".into(), Value::from(URL_SAFE_NO_PAD.encode(k.key.modulus_be_bytes())));
-                jwk.insert("e".into(), Value::from(URL_SAFE_NO_PAD.encode(k.key.exponent_be_bytes())));
+                if let Some(alg) = k.alg {
+                    put("alg", alg.name());
+                }
+                match &k.key {
+                    PublicKey::Rsa(key) => {
+                        put("kty", "RSA");
+                        put("n", &URL_SAFE_NO_PAD.encode(key.modulus_be_bytes()));
+                        put("e", &URL_SAFE_NO_PAD.encode(key.exponent_be_bytes()));
+                    }
+                    PublicKey::Ec(key) => {
+                        let (x, y) = key.coordinates();
+                        put("kty", "EC");
+                        put("crv", key.curve().name());
+                        put("x", &URL_SAFE_NO_PAD.encode(x));
+                        put("y", &URL_SAFE_NO_PAD.encode(y));
+                    }
+                    PublicKey::Ed25519(key) => {
+                        put("kty", "OKP");
+                        put("crv", "Ed25519");
+                        put("x", &URL_SAFE_NO_PAD.encode(key.as_bytes()));
+                    }
+                }
                 Value::Object(jwk)
             })
             .collect();
@@ -74,7 +115,7 @@ pub enum JwksError {
     NotJson(String),
     /// The document has no `keys` array.
     NoKeysArray,
-    /// No key is an RS256 verification key we accept; why each was skipped.
+    /// No key is a signature verification key we accept; why each was skipped.
     NoUsableKey(Vec<String>),
 }
 
@@ -98,7 +139,7 @@ impl fmt::Display for JwksError {
             JwksError::NoKeysArray => f.write_str("JWKS has no \"keys\" array"),
             JwksError::NoUsableKey(skipped) if skipped.is_empty() => f.write_str("JWKS has no keys"),
             JwksError::NoUsableKey(skipped) => {
-                write!(f, "JWKS has no usable RS256 signing key ({})", skipped.join("; "))
+                write!(f, "JWKS has no usable signature verification key ({})", skipped.join("; "))
             }
         }
     }
@@ -109,7 +150,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedJwks, JwksError> {
     parse_with_limit(body, MAX_JWKS_BYTES)
 }
 
-/// Parses a JWKS document, keeping the RSA keys usable for RS256 signatures. Documents over
+/// Parses a JWKS document, keeping the keys usable for signatures we verify. Documents over
 /// `max_bytes` are refused before any parsing.
 pub fn parse_with_limit(body: &[u8], max_bytes: usize) -> Result<ParsedJwks, JwksError> {
     if body.len() > max_bytes {
@@ -128,11 +169,11 @@ pub fn parse_with_limit(body: &[u8], max_bytes: usize) -> Result<ParsedJwks, Jwk
             None => format!("key {index}"),
         };
         match parse_key(entry) {
-            Ok(key) => {
+            Ok((alg, key)) => {
                 if kid.is_some() && keys.iter().any(|k| k.kid == kid) {
                     skipped.push(format!("{label}: duplicate kid, the first key with it is used"));
                 } else {
-                    keys.push(VerificationKey { kid, key });
+                    keys.push(VerificationKey { kid, alg, key });
                 }
             }
             Err(reason) => skipped.push(format!("{label}: {reason}")),
@@ -144,7 +185,7 @@ pub fn parse_with_limit(body: &[u8], max_bytes: usize) -> Result<ParsedJwks, Jwk
     Ok(ParsedJwks { key_set: KeySet { keys }, skipped })
 }
 
-fn parse_key(entry: &Value) -> Result<RsaVerifyKey, String> {
+fn parse_key(entry: &Value) -> Result<(Option<Algorithm>, PublicKey), String> {
     if !entry.is_object() {
         return Err("not a JSON object".into());
     }
@@ -154,39 +195,75 @@ fn parse_key(entry: &Value) -> Result<RsaVerifyKey, String> {
             return Err("kid is not a string".into());
         }
     }
-    match field("kty").and_then(Value::as_str) {
-        Some("RSA") => {}
-        Some(other) => return Err(format!("kty {other:?} is not RSA")),
-        None => return Err("no kty".into()),
-    }
     match field("use") {
         None => {}
         Some(Value::String(usage)) if usage == "sig" => {}
         Some(other) => return Err(format!("use {other} is not \"sig\"")),
     }
-    match field("alg") {
-        None => {}
-        Some(Value::String(alg)) if alg == "RS256" => {}
-        Some(other) => return Err(format!("alg {other} is not RS256")),
-    }
-    let number = |name: &str| -> Result<Vec<u8>, String> {
+    let alg = match field("alg") {
+        None => None,
+        Some(Value::String(name)) => match Algorithm::from_name(name) {
+            Some(alg) => Some(alg),
+            None => return Err(format!("alg {name:?} is not a signature algorithm we verify")),
+        },
+        Some(other) => return Err(format!("alg {other} is not a string")),
+    };
+    let bytes = |name: &str| -> Result<Vec<u8>, String> {
         let text = field(name).and_then(Value::as_str).ok_or_else(|| format!("no {name}"))?;
         URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| format!("{name} is not base64url"))
     };
-    let n = number("n")?;
-    let e = number("e")?;
-    RsaVerifyKey::from_be_bytes(&n, &e).map_err(|err| err.to_string())
+    let crv = || field("crv").and_then(Value::as_str).ok_or_else(|| "no crv".to_string());
+    let key = match field("kty").and_then(Value::as_str) {
+        Some("RSA") => {
+            PublicKey::Rsa(RsaVerifyKey::from_be_bytes(&bytes("n")?, &bytes("e")?).map_err(|e| e.to_string())?)
+        }
+        Some("EC") => {
+            let crv = crv()?;
+            let curve = Curve::from_name(crv).ok_or_else(|| format!("crv {crv:?} is not P-256, P-384 or P-521"))?;
+            PublicKey::Ec(EcKey::from_coordinates(curve, &bytes("x")?, &bytes("y")?).map_err(|e| e.to_string())?)
+        }
+        Some("OKP") => match crv()? {
+            "Ed25519" => PublicKey::Ed25519(
+                Ed25519Key::from_bytes(&bytes("x")?).ok_or("x is not an Ed25519 public key (32 bytes, a point)")?,
+            ),
+            other => return Err(format!("crv {other:?} is not Ed25519")),
+        },
+        Some(other) => return Err(format!("kty {other:?} is not RSA, EC or OKP")),
+        None => return Err("no kty".into()),
+    };
+    // A key whose own `alg` belongs to another family (an RSA key labelled ES256) is inconsistent:
+    // skipped, rather than guessed at.
+    if let Some(alg) = alg {
+        if alg.family() != key.family() {
+            return Err(format!("alg {alg} does not fit a key of this type{}", curve_note(key.family())));
+        }
+    }
+    Ok((alg, key))
+}
+
+fn curve_note(family: Family) -> String {
+    match family {
+        Family::Ec(curve) => format!(" ({})", curve.name()),
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testkeys;
+    use serde_json::json;
 
     #[test]
-    fn keeps_rs256_signing_keys_and_explains_the_rest() {
+    fn keeps_signing_keys_and_explains_the_rest() {
+        use crate::keys::alg::Algorithm;
         let good = testkeys::jwk(testkeys::key(0), "good");
-        let body = serde_json::json!({"keys": [
+        let p256 = testkeys::signing_key(Algorithm::Es256, 0).jwk("p256", Some("ES256"));
+        let ed = testkeys::signing_key(Algorithm::EdDsa, 0).jwk("ed", None);
+        let mut off_curve = p256.clone();
+        off_curve["kid"] = json!("off-curve");
+        off_curve["y"] = json!(URL_SAFE_NO_PAD.encode([0x11u8; 32]));
+        let body = json!({"keys": [
             good,
             {"kid": "enc", "kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "n": good["n"], "e": "AQAB"},
             {"kid": "ec", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"},
@@ -194,36 +271,77 @@ mod tests {
             {"kid": "good", "kty": "RSA", "n": good["n"], "e": "AQAB"},
             {"kid": "bad64", "kty": "RSA", "n": "!!!", "e": "AQAB"},
             {"kid": 7, "kty": "RSA", "n": good["n"], "e": "AQAB"},
-            "not an object"
+            "not an object",
+            p256,
+            ed,
+            off_curve,
+            {"kid": "p192", "kty": "EC", "crv": "P-192", "x": "AA", "y": "AA"},
+            {"kid": "x25519", "kty": "OKP", "crv": "X25519", "x": ed["x"]},
+            {"kid": "short-ed", "kty": "OKP", "crv": "Ed25519", "x": "AAAA"},
+            {"kid": "rsa-as-ec", "kty": "RSA", "alg": "ES256", "n": good["n"], "e": "AQAB"},
+            {"kid": "p256-as-es384", "kty": "EC", "alg": "ES384", "crv": "P-256", "x": p256["x"], "y": p256["y"]},
+            {"kid": "hmac", "kty": "oct", "alg": "HS256", "k": "c2VjcmV0"},
+            {"kid": "none", "kty": "RSA", "alg": "none", "n": good["n"], "e": "AQAB"},
         ]});
-        let parsed = parse(body.to_string().as_bytes()).expect("one good key");
-        assert_eq!(parsed.key_set.keys.len(), 1);
-        assert_eq!(parsed.key_set.keys[0].kid.as_deref(), Some("good"));
+        let parsed = parse(body.to_string().as_bytes()).expect("good keys");
+        let kept: Vec<_> = parsed.key_set.keys.iter().map(|k| k.kid.as_deref()).collect();
+        assert_eq!(kept, [Some("good"), Some("p256"), Some("ed")]);
+        assert_eq!(parsed.key_set.keys[1].alg, Some(Algorithm::Es256));
         let skipped = parsed.skipped.join("\n");
         for expected in [
-            "\"enc\"",
-            "\"EC\" is not RSA",
+            "(kid \"enc\"): use \"enc\"",
+            "(kid \"ec\"): x and y must each be the full coordinate size",
             "below 2048",
             "duplicate kid",
             "not base64url",
             "kid is not a string",
             "not a JSON object",
+            "(kid \"off-curve\"): the point is not on the curve",
+            "(kid \"p192\"): crv \"P-192\" is not P-256",
+            "(kid \"x25519\"): crv \"X25519\" is not Ed25519",
+            "(kid \"short-ed\"): x is not an Ed25519 public key",
+            "(kid \"rsa-as-ec\"): alg ES256 does not fit",
+            "(kid \"p256-as-es384\"): alg ES384 does not fit a key of this type (P-256)",
+            "(kid \"hmac\"): alg \"HS256\" is not a signature algorithm we verify",
+            "(kid \"none\"): alg \"none\" is not",
         ] {
             assert!(skipped.contains(expected), "{expected} missing from {skipped}");
         }
     }
 
     #[test]
+    fn keys_verify_only_the_algorithms_of_their_family_and_alg() {
+        use crate::keys::alg::Algorithm::{self, *};
+        let jwk = |alg: Algorithm, own: Option<&str>| testkeys::signing_key(alg, 0).jwk("k", own);
+        let key =
+            |jwk: Value| parse(json!({"keys": [jwk]}).to_string().as_bytes()).expect("key").key_set.keys.remove(0);
+        let rsa = key(jwk(Rs256, None));
+        assert!([Rs256, Rs384, Rs512, Ps256, Ps384, Ps512].into_iter().all(|alg| rsa.accepts(alg)));
+        assert!(![Es256, Es384, Es512, EdDsa].into_iter().any(|alg| rsa.accepts(alg)));
+        let bound = key(jwk(Rs256, Some("PS384")));
+        assert!(Algorithm::ALL.into_iter().all(|alg| bound.accepts(alg) == (alg == Ps384)));
+        let p384 = key(jwk(Es384, None));
+        assert!(Algorithm::ALL.into_iter().all(|alg| p384.accepts(alg) == (alg == Es384)));
+        let ed = key(jwk(EdDsa, None));
+        assert!(Algorithm::ALL.into_iter().all(|alg| ed.accepts(alg) == (alg == EdDsa)));
+    }
+
+    #[test]
     fn minimal_jwks_reads_back_to_the_same_keys() {
-        let body = serde_json::json!({"keys": [
+        use crate::keys::alg::Algorithm::*;
+        let body = json!({"keys": [
             testkeys::jwk(testkeys::key(0), "a"),
             {"kty": "RSA", "n": testkeys::jwk(testkeys::key(1), "x")["n"], "e": "AQAB"},
+            testkeys::signing_key(Es256, 0).jwk("p256", None),
+            testkeys::signing_key(Es384, 0).jwk("p384", Some("ES384")),
+            testkeys::signing_key(Es512, 0).jwk("p521", None),
+            testkeys::signing_key(EdDsa, 0).jwk("ed", Some("EdDSA")),
         ]});
         let original = parse(body.to_string().as_bytes()).expect("valid").key_set;
         let copy = parse(original.to_jwks_json().as_bytes()).expect("round trip").key_set;
-        assert_eq!(copy.keys.len(), 2);
+        assert_eq!(copy.keys.len(), 6);
         for (a, b) in original.keys.iter().zip(&copy.keys) {
-            assert_eq!((&a.kid, &a.key), (&b.kid, &b.key));
+            assert_eq!((&a.kid, a.alg, &a.key), (&b.kid, b.alg, &b.key));
         }
         assert!(copy.has_kid("a"));
         assert!(!copy.has_kid("x"));

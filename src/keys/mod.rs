@@ -1,8 +1,14 @@
 //! Keys: JWKS parsing, OIDC discovery, RSA public keys, and the JWKS cache shared by worker VMs.
 
+pub mod alg;
 pub mod cache;
+mod der;
 pub mod discovery;
+pub mod ec;
+pub mod ed25519;
+pub mod host_crypto;
 pub mod jwks;
+pub mod public_key;
 pub mod rsa;
 
 mod source;

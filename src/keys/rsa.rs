@@ -1,5 +1,5 @@
-//! RS256 (RSASSA-PKCS1-v1_5 with SHA-256) verification with keys prepared once for Montgomery
-//! arithmetic on 32-bit limbs.
+//! RSA signature verification (RS256/384/512: RSASSA-PKCS1-v1_5; PS256/384/512: RSASSA-PSS) with
+//! keys prepared once for Montgomery arithmetic on 32-bit limbs.
 //!
 //! Why not the `rsa` crate: its generic big-integer code recomputes the Montgomery constants and
 //! allocates on every verification, and inside the Wasm VM (no 64×64→128 multiply) that costs
@@ -9,7 +9,7 @@
 //! allocation but the result block.
 //! Everything here is public data (keys, signatures, messages), so no constant-time care is needed.
 
-use sha2::{Digest, Sha256};
+use crate::keys::alg::HashAlg;
 use std::fmt;
 
 /// Smallest modulus accepted (NIST SP 800-131A; Keycloak's default is 2048).
@@ -19,10 +19,23 @@ pub const MAX_MODULUS_BITS: usize = 4096;
 /// Largest public exponent accepted; the same cap as the `rsa` crate's (2³³ − 1).
 const MAX_EXPONENT: u64 = (1 << 33) - 1;
 
-/// DER of the DigestInfo prefix for SHA-256 (RFC 8017 §9.2 note 1): the 19 bytes that precede the
-/// 32-byte hash at the end of an EMSA-PKCS1-v1_5 block.
+/// DER of the DigestInfo prefix for each hash (RFC 8017 §9.2 note 1): the 19 bytes that precede
+/// the hash at the end of an EMSA-PKCS1-v1_5 block. They differ only in the lengths, the OID's last
+/// arc and the hash length.
 const SHA256_DIGEST_INFO: [u8; 19] =
     [0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20];
+const SHA384_DIGEST_INFO: [u8; 19] =
+    [0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30];
+const SHA512_DIGEST_INFO: [u8; 19] =
+    [0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40];
+
+fn digest_info(hash: HashAlg) -> &'static [u8; 19] {
+    match hash {
+        HashAlg::Sha256 => &SHA256_DIGEST_INFO,
+        HashAlg::Sha384 => &SHA384_DIGEST_INFO,
+        HashAlg::Sha512 => &SHA512_DIGEST_INFO,
+    }
+}
 
 /// Why a JWK's modulus and exponent do not make a usable RS256 key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,19 +143,67 @@ impl RsaVerifyKey {
 
     /// RSASSA-PKCS1-v1_5-VERIFY (RFC 8017 §8.2.2) with SHA-256 over `message`.
     pub fn verify_rs256(&self, message: &[u8], signature: &[u8]) -> bool {
-        let digest = Sha256::digest(message);
-        self.verify_sha256_digest(&digest, signature)
+        self.verify_pkcs1(HashAlg::Sha256, &HashAlg::Sha256.digest(&[message]), signature)
     }
 
-    /// The same, for a SHA-256 digest computed by the caller.
-    pub fn verify_sha256_digest(&self, digest: &[u8], signature: &[u8]) -> bool {
-        if digest.len() != 32 {
+    /// RSASSA-PKCS1-v1_5-VERIFY for a `hash` digest the caller computed.
+    pub fn verify_pkcs1(&self, hash: HashAlg, digest: &[u8], signature: &[u8]) -> bool {
+        if digest.len() != hash.output_len() {
             return false;
         }
         match self.public_operation(signature) {
-            Some(encoded) => self.is_expected_encoding(&encoded, digest),
+            Some(encoded) => self.is_expected_encoding(&encoded, digest_info(hash), digest),
             None => false,
         }
+    }
+
+    /// RSASSA-PSS-VERIFY (RFC 8017 §8.1.2, EMSA-PSS-VERIFY §9.1.2) for a `hash` digest, with MGF1
+    /// over the same hash and a salt exactly as long as the hash: JOSE fixes both (RFC 7518 §3.5),
+    /// so a signature made with any other salt length is refused, as jwt_verify_lib refuses it.
+    pub fn verify_pss(&self, hash: HashAlg, digest: &[u8], signature: &[u8]) -> bool {
+        let h_len = hash.output_len();
+        if digest.len() != h_len {
+            return false;
+        }
+        let Some(block) = self.public_operation(signature) else { return false };
+        // emBits = modBits − 1; when modBits ≡ 1 (mod 8) the encoded message is one byte shorter
+        // than the block, and that leading byte must be zero.
+        let em_bits = self.bits() - 1;
+        let em_len = em_bits.div_ceil(8);
+        let Some((leading, em)) = block.split_at_checked(block.len() - em_len) else { return false };
+        if leading.iter().any(|&b| b != 0) {
+            return false;
+        }
+        let salt_len = h_len;
+        // Step 3 and 4: room for hash, salt and the two marker bytes; the trailer byte is 0xbc.
+        let Some(db_len) = em_len.checked_sub(h_len + 1) else { return false };
+        if em_len < h_len + salt_len + 2 || em.last() != Some(&0xbc) {
+            return false;
+        }
+        let (Some(masked_db), Some(h)) = (em.get(..db_len), em.get(db_len..em_len - 1)) else { return false };
+        // Step 6: the bits above emBits must be zero.
+        let unused_bits = 8 * em_len - em_bits;
+        let top_mask = 0xFFu8.checked_shr(unused_bits as u32).unwrap_or(0);
+        if masked_db.first().is_some_and(|&first| first & !top_mask != 0) {
+            return false;
+        }
+        let mut db = mgf1(hash, h, db_len);
+        db.iter_mut().zip(masked_db).for_each(|(d, m)| *d ^= m);
+        if let Some(first) = db.first_mut() {
+            *first &= top_mask;
+        }
+        // Step 10: DB = PS (zeros) || 0x01 || salt.
+        let padding_len = db_len - salt_len - 1;
+        let (Some(padding), Some(&marker), Some(salt)) =
+            (db.get(..padding_len), db.get(padding_len), db.get(padding_len + 1..))
+        else {
+            return false;
+        };
+        if padding.iter().any(|&b| b != 0) || marker != 0x01 {
+            return false;
+        }
+        // Steps 12–14: H' = Hash(00×8 || mHash || salt) must equal H.
+        hash.digest(&[&[0u8; 8], digest, salt]) == h
     }
 
     /// RSAVP1 and I2OSP: `signature^e mod n` as a big-endian block of `size()` bytes, or `None`
@@ -161,14 +222,14 @@ impl RsaVerifyKey {
     }
 
     /// Compares the whole recovered block with the one true encoding
-    /// `00 01 FF…FF 00 || DigestInfo(SHA-256) || H` (EMSA-PKCS1-v1_5, RFC 8017 §9.2).
+    /// `00 01 FF…FF 00 || DigestInfo(hash) || H` (EMSA-PKCS1-v1_5, RFC 8017 §9.2).
     ///
     /// Building the expected block and comparing every byte, rather than parsing the recovered
     /// one, is what defeats Bleichenbacher's 2006 forgery: lenient parsers that skip the padding
     /// and stop after the hash accept blocks with attacker-chosen garbage after (or inside) it,
     /// and with a small exponent such blocks have easily computed cube roots.
-    fn is_expected_encoding(&self, encoded: &[u8], digest: &[u8]) -> bool {
-        let suffix_len = SHA256_DIGEST_INFO.len() + digest.len();
+    fn is_expected_encoding(&self, encoded: &[u8], prefix: &[u8], digest: &[u8]) -> bool {
+        let suffix_len = prefix.len() + digest.len();
         // At least 8 bytes of 0xFF padding (RFC 8017 §9.2 step 3); always true for ≥ 2048 bits.
         let Some(padding_len) = self.size_bytes.checked_sub(3 + suffix_len).filter(|len| *len >= 8) else {
             return false;
@@ -180,7 +241,7 @@ impl RsaVerifyKey {
             .iter()
             .chain(std::iter::repeat_n(&0xFFu8, padding_len))
             .chain(std::iter::once(&0x00u8))
-            .chain(SHA256_DIGEST_INFO.iter())
+            .chain(prefix.iter())
             .chain(digest.iter());
         // Every byte is compared (no early exit): the lengths match, so this covers the block.
         let mut difference = 0u8;
@@ -396,6 +457,18 @@ impl RsaVerifyKey {
     }
 }
 
+/// MGF1 (RFC 8017 §B.2.1): `len` bytes of Hash(seed || counter) for counters 0, 1, …
+fn mgf1(hash: HashAlg, seed: &[u8], len: usize) -> Vec<u8> {
+    let mut mask = Vec::with_capacity(len + hash.output_len());
+    let mut counter = 0u32;
+    while mask.len() < len {
+        mask.extend(hash.digest(&[seed, &counter.to_be_bytes()]));
+        counter = counter.wrapping_add(1);
+    }
+    mask.truncate(len);
+    mask
+}
+
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
     bytes.get(first..).unwrap_or_default()
@@ -484,6 +557,7 @@ mod tests {
     use crate::testkeys;
     use rsa::traits::PublicKeyParts;
     use rsa::{BigUint, Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
+    use sha2::{Digest, Sha256};
 
     /// A small deterministic generator (xorshift64*): reproducible test inputs without a dependency.
     struct Rng(u64);

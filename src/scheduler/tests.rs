@@ -1,7 +1,7 @@
 //! Unit tests of the scheduler: parking, deadlines, fetches across workers, and what gets reported.
 
 use super::*;
-use crate::fakes::MemoryStore;
+use crate::fakes::{EnvoyVerifySignature, MemoryStore};
 use crate::testkeys;
 use serde_json::{json, Value};
 
@@ -20,7 +20,7 @@ fn worker(id: u64) -> Worker {
 }
 
 fn scheduler(store: &mut MemoryStore, id: u64) -> Scheduler {
-    Scheduler::new(config(), worker(id), Random::seeded(id), store, NOW_MS)
+    Scheduler::new(config(), worker(id), Random::seeded(id), store, Box::new(EnvoyVerifySignature::default()), NOW_MS)
 }
 
 fn jwks(kid: &str) -> String {
@@ -85,7 +85,10 @@ fn start_fetch(s: &mut Scheduler, store: &mut MemoryStore, now_ms: u64, token: u
 fn a_request_parks_for_the_first_fetch_and_is_settled_when_it_lands() {
     let mut store = MemoryStore::default();
     let mut s = scheduler(&mut store, 1);
-    assert_eq!(s.take_effects(), vec![Effect::KeysInUse(ProviderId(0), 0)]);
+    let effects = s.take_effects();
+    assert_eq!(effects.first(), Some(&Effect::KeysInUse(ProviderId(0), 0)));
+    assert_eq!(effects.last(), Some(&Effect::HostCryptoAlgorithms(6)), "the Envoy fake verifies 6 algorithms");
+    assert!(matches!(&effects[1], Effect::Log(Level::Info, line) if line.starts_with("signature verification: RS256")));
     assert_eq!(s.on_request(&store, 7, request(&token("a")), NOW_MS), None, "parked");
     let effects = s.take_effects();
     assert!(effects.contains(&Effect::Kick(101)), "{effects:?}");

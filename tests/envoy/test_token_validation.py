@@ -45,8 +45,10 @@ BAD_TOKENS = {
     "payload-json-array": (lambda idp: raw_token({"alg": "RS256", "kid": idp.kid}, [1, 2], b"sig"), JSON),
     "alg-none": (lambda idp: raw_token({"alg": "none", "typ": "JWT"}, payload_of(idp), b""), ALG),
     "alg-HS256": (lambda idp: mint(idp, header={"alg": "HS256"}), ALG),
-    "alg-RS512": (lambda idp: mint(idp, header={"alg": "RS512"}), ALG),
-    "alg-PS256": (lambda idp: mint(idp, header={"alg": "PS256"}), ALG),
+    # The realm's key is published with `alg: RS256`: it never verifies another algorithm, so an
+    # RS256 signature relabelled RS512 or PS256 finds no key (as in Envoy's jwt_authn).
+    "alg-RS512": (lambda idp: mint(idp, header={"alg": "RS512"}), KID),
+    "alg-PS256": (lambda idp: mint(idp, header={"alg": "PS256"}), KID),
     "alg-missing": (lambda idp: mint(idp, header={"alg": None}), ALG),
     "issuer-unknown": (lambda idp: mint(idp, iss="https://evil.example/realms/shop"), ISSUER),
     "issuer-missing": (lambda idp: mint(idp, iss=None), ISSUER),
