@@ -16,6 +16,7 @@ Every denial is checked by its message and by the reason code of its log line.""
 import hashlib
 import hmac
 import json
+import re
 import time
 
 import pytest
@@ -164,10 +165,15 @@ def jwks_clusters(servers):
     return {f"jwks-{name}": server.port for name, server in servers.items()}
 
 
+WORKERS = 2
+
+
 @pytest.fixture(scope="module", params=["auto", "vm"])
 def envoy(request, backend, servers):
-    """jwt-authz in Envoy with signatureBackend auto, then vm: every test below runs against both."""
-    with start_envoy(plugin_config(servers, request.param), backend=backend, clusters=jwks_clusters(servers)) as proxy:
+    """jwt-authz in Envoy with signatureBackend auto, then vm: every test below runs against both.
+    Two workers: the one that did not fetch a key set uses the keys the other shared."""
+    with start_envoy(plugin_config(servers, request.param), backend=backend, clusters=jwks_clusters(servers),
+                     concurrency=WORKERS) as proxy:
         proxy.signature_backend = request.param
         yield proxy
 
@@ -260,6 +266,26 @@ def swapped_r_and_s(text, alg):
     return with_signature(text, signature[size:] + signature[:size])
 
 
+# Orders of the NIST curves' base points.
+ORDERS = {
+    "ES256": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "ES384": 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973,
+    "ES512": 0x1FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409,
+}
+
+
+def ecdsa_other_s(alg):
+    """A valid alg token with s replaced by n - s: the other valid signature of the same message
+    (RFC 7518 §3.4 does not ask for the low one; jwt_authn takes both). cryptography checks it."""
+    text = token(alg)
+    header, payload, signature = segments(text)
+    size = ecdsa_size(signing_key(alg))
+    s = int.from_bytes(signature[size:], "big")
+    other = signature[:size] + (ORDERS[alg] - s).to_bytes(size, "big")
+    signing_key(alg).public_key().verify(raw_to_der(other), f"{header}.{payload}".encode(), ec.ECDSA(hash_for(alg)))
+    return with_signature(text, other)
+
+
 def pss_token(alg, **options):
     """A PS* token whose PSS differs from RFC 7518 §3.5 as options say."""
     return jws({"alg": alg, "typ": "JWT", "kid": alg}, json.loads(b64url_decode(segments(token(alg))[1])),
@@ -295,6 +321,9 @@ CASES = {
     "payload-tampered": (EVERY, lambda alg: edited(token(alg), "payload", preferred_username="mallory"), SIGNATURE),
     "header-tampered": (EVERY, lambda alg: edited(token(alg), "header", typ="at+jwt"), SIGNATURE),
     "wrong-key": (EVERY, lambda alg: token(alg, key=signing_key(alg, 1)), SIGNATURE),
+    # Without a kid every key of the header's family (and curve) is a candidate.
+    "no-kid": (EVERY, lambda alg: mint_as(alg, signing_key(alg), MAIN), ALLOWED),
+    "no-kid-wrong-key": (EVERY, lambda alg: mint_as(alg, signing_key(alg, 1), MAIN), SIGNATURE),
     "signature-truncated": (EVERY, lambda alg: resigned(alg, lambda signature: signature[:-1]), SIGNATURE),
     "signature-extended": (EVERY, lambda alg: resigned(alg, lambda signature: signature + b"\0"), SIGNATURE),
     "signature-empty": (EVERY, lambda alg: resigned(alg, lambda signature: b""), SIGNATURE),
@@ -314,6 +343,7 @@ CASES = {
     "ecdsa-r-and-s-swapped": (EC_ALGS, lambda alg: swapped_r_and_s(token(alg), alg), SIGNATURE),
     "ecdsa-short-r-padded": (EC_ALGS, lambda alg: ecdsa_with_short_r(alg), ALLOWED),
     "ecdsa-short-r-unpadded": (EC_ALGS, lambda alg: without_r_padding(ecdsa_with_short_r(alg), alg), SIGNATURE),
+    "ecdsa-other-s": (EC_ALGS, ecdsa_other_s, ALLOWED),
     "pss-salt-0": (PS_ALGS, lambda alg: pss_token(alg, pss_salt_length=0), SIGNATURE),
     "pss-mgf1-sha1": (PS_ALGS, pss_mgf1_sha1, SIGNATURE),
     "eddsa-s-not-reduced": ({"EdDSA"}, lambda alg: eddsa_s_plus_order(token(alg)), SIGNATURE),
@@ -405,6 +435,17 @@ def test_key_rules(envoy, rules_keys, case):
     key = signing_key("EdDSA") if case[3:] == ("EdDSA-key",) else rules_keys[kid][0]
     text = mint_as(alg, key, RULES, kid=kid)
     check(envoy, f"/rules/{kid}/{alg}", text, expected)
+
+
+def test_requests_reach_both_workers(envoy):
+    """Every test here runs on whichever worker Envoy picks: both do decide (by the thread ids of the
+    denial lines of 24 fresh connections)."""
+    paths = [f"/workers/{index}" for index in range(24)]
+    for path in paths:
+        check(envoy, path, token("ES256", key=signing_key("ES256", 1)), SIGNATURE)
+    threads = {re.search(r"^\[[^]]*\]\[(\d+)\]", line).group(1) for line in envoy.log_text().splitlines()
+               if "denied 401" in line and any(line.endswith(path) for path in paths)}
+    assert len(threads) == WORKERS, threads
 
 
 def keys_in_use(envoy, issuer):
