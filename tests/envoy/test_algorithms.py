@@ -166,6 +166,7 @@ def jwks_clusters(servers):
 
 
 WORKERS = 2
+LOG_FLUSH_MS = 10  # every denial's log line is read: the default 50 ms would double this file's time
 
 
 @pytest.fixture(scope="module", params=["auto", "vm"])
@@ -173,7 +174,7 @@ def envoy(request, backend, servers):
     """jwt-authz in Envoy with signatureBackend auto, then vm: every test below runs against both.
     Two workers: the one that did not fetch a key set uses the keys the other shared."""
     with start_envoy(plugin_config(servers, request.param), backend=backend, clusters=jwks_clusters(servers),
-                     concurrency=WORKERS) as proxy:
+                     concurrency=WORKERS, log_flush_ms=LOG_FLUSH_MS) as proxy:
         proxy.signature_backend = request.param
         yield proxy
 
