@@ -33,7 +33,7 @@ from testbed.services import serve_jwks
 from testbed.tokens import b64url, b64url_decode, ecdsa_size, hash_for, json_segment, jws, mint_as, raw_to_der
 
 MAIN = "https://main.algorithms.example"  # one key per algorithm, kid = the algorithm's name
-RULES = "https://rules.algorithms.example"  # keys that test the key rules (RULE_KEYS)
+RULES = "https://rules.algorithms.example"  # keys that test the key rules (rule_keys)
 LISTED = "https://listed.algorithms.example"  # MAIN's keys inline, with an `algorithms` allow-list
 UNUSABLE = "https://unusable.algorithms.example"  # a key set whose only key is off its curve
 ALLOW_LIST = ["ES256", "EdDSA"]
