@@ -45,7 +45,7 @@ else
   WASM_DEPS  := .stamps/debian-rust
 endif
 
-.PHONY: setup build image push push-usage cli test unit-test envoy-test oci-test run lint clean fuzz soak bench
+.PHONY: setup build image push push-usage cli test unit-test envoy-test oci-test run lint clean fuzz soak bench harness
 
 setup: $(WASM_DEPS) .stamps/binaryen .stamps/venv .stamps/node .stamps/skopeo .stamps/docker-registry
 
@@ -119,10 +119,17 @@ cli:
 	cp target/release/jwt-authz $(CLI)
 
 unit-test:
-	cargo test --features test-support,cli
+	cargo test --features test-support,cli,conformance
 
-envoy-test: build cli .stamps/venv .stamps/node
-	$(PYTHON) -m pytest tests/envoy -q -p no:cacheprovider
+# Google's Wycheproof vectors inside Envoy, against its verify_signature and the wasm32 build of the
+# in-VM verifiers (tests/envoy/test_wycheproof.py); a test tool, not part of the plugin.
+HARNESS := target/wycheproof-harness/$(WASM_TARGET)/release/wycheproof_harness.wasm
+
+harness: $(WASM_DEPS)
+	$(WASM_BUILD) --manifest-path tools/wycheproof-harness/Cargo.toml --target-dir target/wycheproof-harness
+
+envoy-test: build cli harness .stamps/venv .stamps/node
+	JWT_AUTHZ_HARNESS=$(HARNESS) $(PYTHON) -m pytest tests/envoy -q -p no:cacheprovider
 
 oci-test: build .stamps/venv .stamps/skopeo .stamps/docker-registry
 	$(PYTHON) -m pytest tests/oci -q -p no:cacheprovider
@@ -154,7 +161,8 @@ endif
 lint: $(LINT_DEPS)
 	cargo fmt --check
 	(cd fuzz && cargo fmt --check)
-	cargo clippy --features test-support,cli --all-targets -- -D warnings
+	(cd tools/wycheproof-harness && cargo fmt --check)
+	cargo clippy --features test-support,cli,conformance --all-targets -- -D warnings
 	$(WASM_CLIPPY)
 	cargo check --manifest-path fuzz/Cargo.toml --bins --target-dir target/fuzz-check
 

@@ -18,7 +18,7 @@ enum Layer {
     /// `engine`, `scheduler`, `deny`, `metrics`.
     Core,
     Host,
-    /// `fakes`, `testkeys`: compiled only for tests.
+    /// `fakes`, `testkeys`, `conformance`: compiled only for tests.
     TestSupport,
     /// `lib.rs`: declares the modules.
     Root,
@@ -33,7 +33,7 @@ fn layer_of_module(name: &str) -> Option<Layer> {
         "config" => Layer::Config,
         "engine" | "scheduler" | "deny" | "metrics" => Layer::Core,
         "host" => Layer::Host,
-        "fakes" | "testkeys" => Layer::TestSupport,
+        "fakes" | "testkeys" | "conformance" => Layer::TestSupport,
         _ => return None,
     })
 }
