@@ -1,5 +1,6 @@
 """Smoke tests of the test bed itself (tools/testbed): the dev IdP, the echo backend, token minting
-and a filterless Envoy."""
+(every JWS algorithm, checked with cryptography's verifiers), JWKs, the JWKS server and a filterless
+Envoy."""
 
 import hashlib
 import json
@@ -8,13 +9,16 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 import devidp
 from testbed.envoy import start_envoy
+from testbed.keys import ALGORITHMS, jwk, signing_key
+from testbed.keys import public_key_from_jwk as any_public_key_from_jwk
 from testbed.net import http_request
-from testbed.services import start_idp
-from testbed.tokens import b64url, b64url_decode, mint, raw_token, token_payload
+from testbed.services import serve_jwks, start_idp
+from testbed.tokens import (b64url, b64url_decode, der_to_raw, jws, mint, mint_as, raw_to_der, raw_token, sign,
+                            token_payload)
 
 # What each algorithm's key looks like in Keycloak 26's JWKS: kty, and the members beside kid, kty,
 # alg and use (RSA keys there also carry their certificate, x5c, which the dev IdP does not make).
@@ -410,3 +414,105 @@ def test_envoy_refusing_its_config_is_reported(backend):
                              expect_failure=True) as envoy:
         assert envoy.exit_code == 1
         assert "socket_address.port_value" in envoy.log_text()
+
+
+# --- Every algorithm -----------------------------------------------------------------------------------
+
+# RFC 7518 §3.3-3.5 and RFC 8037 §3.1, written out here rather than taken from testbed.tokens.
+SHA = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}
+ECDSA_SIGNATURE_BYTES = {"ES256": 64, "ES384": 96, "ES512": 132}
+
+
+def verify_jws(alg, public_key, signature, data):
+    """Raises InvalidSignature unless signature is alg's JWS signature of data by public_key."""
+    if alg.startswith("RS"):
+        public_key.verify(signature, data, padding.PKCS1v15(), SHA[alg[2:]])
+    elif alg.startswith("PS"):
+        digest = SHA[alg[2:]]
+        public_key.verify(signature, data, padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size), digest)
+    elif alg.startswith("ES"):
+        if len(signature) != ECDSA_SIGNATURE_BYTES[alg]:
+            raise InvalidSignature(f"{alg} signature of {len(signature)} bytes")
+        half = len(signature) // 2
+        der = encode_dss_signature(int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big"))
+        public_key.verify(der, data, ec.ECDSA(SHA[alg[2:]]))
+    else:
+        assert alg == "EdDSA"
+        public_key.verify(signature, data)
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_every_algorithm_signs_verifiably_with_the_key_of_its_jwk(alg):
+    text = mint_as(alg, signing_key(alg), "https://issuer.example", kid="k1")
+    header, payload, signature = text.split(".")
+    assert json.loads(b64url_decode(header)) == {"alg": alg, "typ": "JWT", "kid": "k1"}
+    data, signature = f"{header}.{payload}".encode(), b64url_decode(signature)
+    public = any_public_key_from_jwk(jwk(signing_key(alg), kid="k1"))
+    verify_jws(alg, public, signature, data)
+    with pytest.raises(InvalidSignature):
+        verify_jws(alg, public, signature, data + b"x")
+    with pytest.raises(InvalidSignature):
+        verify_jws(alg, any_public_key_from_jwk(jwk(signing_key(alg, 1))), signature, data)
+
+
+@pytest.mark.parametrize("alg", ["PS256", "PS384", "PS512"])
+def test_pss_salt_is_as_long_as_the_hash(alg):
+    data = b"header.payload"
+    digest = SHA[alg[2:]]
+    public = signing_key(alg).public_key()
+    signature = sign(alg, data, signing_key(alg))
+    for other in (0, digest.digest_size - 1, digest.digest_size + 1):
+        with pytest.raises(InvalidSignature):
+            public.verify(signature, data, padding.PSS(mgf=padding.MGF1(digest), salt_length=other), digest)
+    unsalted = sign(alg, data, signing_key(alg), pss_salt_length=0)
+    public.verify(unsalted, data, padding.PSS(mgf=padding.MGF1(digest), salt_length=0), digest)
+
+
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "ES512"])
+def test_ecdsa_raw_and_der_forms(alg):
+    key, data = signing_key(alg), b"header.payload"
+    der = sign(alg, data, key, ecdsa_der=True)
+    key.public_key().verify(der, data, ec.ECDSA(SHA[alg[2:]]))
+    raw = der_to_raw(der, ECDSA_SIGNATURE_BYTES[alg] // 2)
+    assert len(raw) == ECDSA_SIGNATURE_BYTES[alg]
+    assert raw_to_der(raw) == der and decode_dss_signature(der)[0] == int.from_bytes(raw[:len(raw) // 2], "big")
+    # Small r and s are left-padded to the curve size, never shortened.
+    small = encode_dss_signature(1, 2)
+    assert der_to_raw(small, ECDSA_SIGNATURE_BYTES[alg] // 2) == (
+        (1).to_bytes(ECDSA_SIGNATURE_BYTES[alg] // 2, "big") + (2).to_bytes(ECDSA_SIGNATURE_BYTES[alg] // 2, "big"))
+
+
+def test_jwks_of_every_key_type():
+    rsa_jwk = jwk(signing_key("RS256"), kid="r", alg="RS256", use="sig")
+    assert set(rsa_jwk) == {"kty", "n", "e", "kid", "alg", "use"} and rsa_jwk["e"] == "AQAB"
+    assert len(b64url_decode(rsa_jwk["n"])) == 256 and "=" not in rsa_jwk["n"]
+    for alg, (crv, size) in {"ES256": ("P-256", 32), "ES384": ("P-384", 48), "ES512": ("P-521", 66)}.items():
+        ec_jwk = jwk(signing_key(alg))
+        assert (ec_jwk["kty"], ec_jwk["crv"]) == ("EC", crv) and set(ec_jwk) == {"kty", "crv", "x", "y"}
+        assert len(b64url_decode(ec_jwk["x"])) == len(b64url_decode(ec_jwk["y"])) == size
+    okp = jwk(signing_key("EdDSA"), use="enc", crv=None)
+    assert set(okp) == {"kty", "x", "use"} and len(b64url_decode(okp["x"])) == 32
+
+
+def test_ec_coordinates_keep_their_leading_zeros():
+    key = next(k for k in (ec.generate_private_key(ec.SECP256R1()) for _ in range(20_000))
+               if k.public_key().public_numbers().x < 2**248)
+    document = jwk(key)
+    assert len(b64url_decode(document["x"])) == 32 and b64url_decode(document["x"])[0] == 0
+    assert any_public_key_from_jwk(document).public_numbers() == key.public_key().public_numbers()
+
+
+def test_jws_signs_with_the_header_alg_unless_told_otherwise():
+    key = signing_key("RS256")
+    as_header = jws({"alg": "PS256"}, {"a": 1}, key)
+    header, payload, signature = as_header.split(".")
+    verify_jws("PS256", key.public_key(), b64url_decode(signature), f"{header}.{payload}".encode())
+    swapped = jws({"alg": "PS256"}, {"a": 1}, key, sign_as="RS256")
+    header, payload, signature = swapped.split(".")
+    verify_jws("RS256", key.public_key(), b64url_decode(signature), f"{header}.{payload}".encode())
+
+
+def test_serve_jwks_answers_the_given_key_set(tmp_path):
+    document = {"keys": [jwk(signing_key(alg), kid=alg) for alg in ALGORITHMS]}
+    with serve_jwks(tmp_path, document) as server:
+        assert server.certs() == document

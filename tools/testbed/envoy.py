@@ -208,7 +208,7 @@ class Envoy:
 def start_envoy(plugin_config, *, backend, idp=None, concurrency=1, clusters=None,
                 normalize_path=True, expect_failure=False, wasm=True, wasm_path=None,
                 filters=None, listeners=None, use_remote_address=False, xff_num_trusted_hops=0,
-                merge_slashes=False, runtime=None, stats_config=None, listener_tls=None):
+                merge_slashes=False, runtime=None, stats_config=None, listener_tls=None, log_flush_ms=50):
     """Run Envoy with the jwt-authz filter (unless wasm=False) in front of backend.
 
     Clusters: backend, idp (when idp is given) and any extra name -> port. stats_config is the
@@ -218,6 +218,7 @@ def start_envoy(plugin_config, *, backend, idp=None, concurrency=1, clusters=Non
     jwt_authn and rbac. listeners: name -> port ("ingress" must be one). The connection manager
     settings (use_remote_address, xff_num_trusted_hops, merge_slashes) are Envoy's; runtime is a
     static runtime layer (feature flags). listener_tls: listener name -> testbed.tls.ServerTls.
+    log_flush_ms: how often Envoy writes its log out (lower for tests that read a line per request).
     """
     workdir = Path(tempfile.mkdtemp(prefix="envoy-", dir=WORK_ROOT))
     wasm_path = Path(wasm_path or WASM_PATH)
@@ -245,7 +246,7 @@ def start_envoy(plugin_config, *, backend, idp=None, concurrency=1, clusters=Non
         "--admin-address-path", str(workdir / "admin.address"),
         "-l", "info", "--component-log-level", "wasm:debug",
         "--log-path", str(workdir / "envoy.log"),
-        "--file-flush-interval-msec", "50",
+        "--file-flush-interval-msec", str(log_flush_ms),
     ]
     with open(workdir / "envoy.out", "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=workdir)

@@ -1,8 +1,11 @@
 """What the filter answers, and the checks the tests make of it: the error messages (the same as
 Envoy's jwt_authn and rbac filters), the bearer header, and expect_allowed / _missing / _rejected /
-_forbidden / _refused."""
+_forbidden / _refused; denial_reason and expect_denied_for read the reason code of a denial from
+the filter's log line."""
 
 import json
+import re
+import time
 
 FORM = "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
 BASE64 = "Jwt is not correctly Base64url encoded"
@@ -18,6 +21,14 @@ VERIFY = "Jwt verification fails"
 FETCH = "Jwks remote fetch is failed"
 MISSING = "Jwt is missing"
 DENIED = "RBAC: access denied"
+
+# The message of each 401 reason code (docs/operations.md) that the tests look for by code.
+REASON_MESSAGES = {
+    "jwt_alg_not_allowed": ALG,
+    "jwks_kid_not_found": KID,
+    "jwt_signature_invalid": VERIFY,
+    "jwks_fetch_failed": FETCH,
+}
 
 
 def bearer(token):
@@ -59,3 +70,24 @@ def expect_refused(envoy, fragments):
         assert status >= 500, f"broken config still served /healthz with {status}"
     elif envoy.exit_code is not None:
         assert envoy.exit_code != 0
+
+
+def denial_reason(envoy, path, timeout=5.0):
+    """The reason code in the filter's log line for the denial of a request for path (`denied
+    <status> reason=<code> policy=<policy> resource=http://<host><path>`), waiting for the log,
+    which Envoy flushes every 50 ms (start_envoy's log_flush_ms); None if there is none. Tests give each request a path of its
+    own, so that the line is that request's."""
+    line = re.compile(rf"denied \d{{3}} reason=(\w+) policy=\S+ resource=http://[^/\s]+{re.escape(path)}$", re.M)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = line.findall(envoy.log_text())
+        if found or time.monotonic() > deadline:
+            assert len(found) <= 1, f"{path} was denied {len(found)} times: give each request its own path"
+            return found[0] if found else None
+        time.sleep(0.01)
+
+
+def expect_denied_for(envoy, response, path, reason):
+    """A 401 for path with the message of reason (REASON_MESSAGES), and reason in its log line."""
+    expect_rejected(envoy, response, path, REASON_MESSAGES[reason])
+    assert denial_reason(envoy, path) == reason, (path, reason)

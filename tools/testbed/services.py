@@ -1,5 +1,6 @@
-"""The services behind Envoy, as processes: tools/devidp.py (a Keycloak-shaped identity provider)
-and tools/backend.py (the echo backend), each with a small client."""
+"""The services behind Envoy, as processes: tools/devidp.py (a Keycloak-shaped identity provider,
+also a plain JWKS server for keys of any type: serve_jwks) and tools/backend.py (the echo
+backend), each with a small client."""
 
 import base64
 import json
@@ -143,6 +144,15 @@ def start_idp(workdir, *args):
     key_file = Path(workdir) / "idp-key.pem"
     with run_tool("devidp.py", workdir, "--key-file", str(key_file), "--test-endpoints", *args) as (_, port):
         yield Idp(port, key_file)
+
+
+@contextmanager
+def serve_jwks(workdir, jwks):
+    """A real HTTP JWKS server: a dev IdP whose certs endpoint (its jwks_uri) answers exactly this
+    key set (a dict, or raw text) instead of its own keys; yields the Idp."""
+    with start_idp(workdir) as server:
+        server.certs_mode(body=jwks if isinstance(jwks, str) else json.dumps(jwks))
+        yield server
 
 
 class Backend:

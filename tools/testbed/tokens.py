@@ -1,5 +1,6 @@
 """JWT encoding and minting: tokens shaped like the dev IdP's (a Keycloak realm), signed with its key
-or any other, and tokens assembled by hand from arbitrary parts."""
+or any other, with any JWS algorithm the filter verifies (RFC 7518 §3: RS*, PS*, ES*; RFC 8037:
+EdDSA), and tokens assembled by hand from arbitrary parts."""
 
 import base64
 import functools
@@ -7,7 +8,8 @@ import json
 import time
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from devidp import DEFAULT_REALM, user_id  # the IdP's realm data is the single source
 
@@ -38,8 +40,71 @@ def raw_token(header, payload, signature=b""):
     return ".".join(segment(part) for part in (header, payload, signature))
 
 
+# The hash of RS*, PS* and ES*, by the number in the algorithm's name.
+HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+
+
+def hash_for(alg):
+    """The hash (an instance) of an RS*, PS* or ES* algorithm."""
+    return HASHES[alg[-3:]]()
+
+
+def ecdsa_size(key):
+    """Bytes of r and of s in a JOSE ECDSA signature by this EC key: 32, 48 or 66 (RFC 7518 §3.4)."""
+    return (key.curve.key_size + 7) // 8
+
+
+def der_to_raw(der, size):
+    """A DER ECDSA signature (what cryptography produces) as JOSE's r || s, each left-padded to size."""
+    r, s = decode_dss_signature(der)
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+
+def raw_to_der(raw):
+    """A JOSE r || s signature as DER, the form JOSE does not use (for tests that send it anyway)."""
+    half = len(raw) // 2
+    return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+
+
+def sign(alg, signing_input, private_key, *, ecdsa_der=False, pss_salt_length=None):
+    """The JWS signature of signing_input (str or bytes) by private_key with alg:
+
+    RS256/384/512  RSASSA-PKCS1-v1_5 with SHA-2 (RFC 7518 §3.3)
+    PS256/384/512  RSASSA-PSS, MGF1 with the same hash, salt as long as the hash (§3.5), unless
+                   pss_salt_length says otherwise
+    ES256/384/512  ECDSA, as raw r || s of the key's curve size (§3.4), or the DER that
+                   cryptography produces with ecdsa_der
+    EdDSA          Ed25519 (RFC 8037 §3.1)
+
+    The hash comes from alg and the ECDSA size from the key, so a key of one curve can sign "as"
+    another algorithm of its family (for algorithm-confusion tests)."""
+    data = signing_input.encode("ascii") if isinstance(signing_input, str) else signing_input
+    if alg[:2] == "RS":
+        return private_key.sign(data, padding.PKCS1v15(), hash_for(alg))
+    if alg[:2] == "PS":
+        digest = hash_for(alg)
+        salt = digest.digest_size if pss_salt_length is None else pss_salt_length
+        return private_key.sign(data, padding.PSS(mgf=padding.MGF1(digest), salt_length=salt), digest)
+    if alg[:2] == "ES":
+        der = private_key.sign(data, ec.ECDSA(hash_for(alg)))
+        return der if ecdsa_der else der_to_raw(der, ecdsa_size(private_key))
+    if alg == "EdDSA":
+        return private_key.sign(data)
+    raise ValueError(f"cannot sign with {alg!r}")
+
+
 def sign_rs256(signing_input, private_key):
-    return private_key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+    return sign("RS256", signing_input, private_key)
+
+
+def jws(header, payload, private_key, *, sign_as=None, **options):
+    """A compact JWS of header and payload (dicts, or exact JSON texts), signed with sign_as or the
+    header's alg; options go to sign()."""
+    head = header if isinstance(header, str) else json.dumps(header, separators=(",", ":"))
+    body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    signing_input = f"{b64url(head)}.{b64url(body)}"
+    alg = sign_as or json.loads(head)["alg"]
+    return f"{signing_input}.{b64url(sign(alg, signing_input, private_key, **options))}"
 
 
 def token_payload(token):
@@ -102,6 +167,16 @@ def mint(idp, user="alice", *, header=None, key=None, claims=None, **overrides):
     head = apply_overrides({"alg": "RS256", "typ": "JWT", "kid": idp.kid}, header or {})
     signing_input = f"{json_segment(head)}.{json_segment(payload)}"
     return f"{signing_input}.{b64url(sign_rs256(signing_input, key or idp.private_key))}"
+
+
+def mint_as(alg, private_key, issuer, user="alice", *, kid=None, header=None, claims=None, sign_as=None,
+            **overrides):
+    """A token for a built-in user of issuer, with alg in the header, signed with private_key (by
+    sign_as instead of alg when given); kid goes in the header when given. header, claims and
+    overrides change fields as in mint()."""
+    payload = apply_overrides(keycloak_payload(issuer, user), {**(claims or {}), **overrides})
+    head = {"alg": alg, "typ": "JWT", **({"kid": kid} if kid is not None else {})}
+    return jws(apply_overrides(head, header or {}), payload, private_key, sign_as=sign_as or alg)
 
 
 @functools.lru_cache(maxsize=None)
