@@ -129,7 +129,7 @@ harness: $(WASM_DEPS)
 	$(WASM_BUILD) --manifest-path tools/wycheproof-harness/Cargo.toml --target-dir target/wycheproof-harness
 
 envoy-test: build cli harness .stamps/venv .stamps/node
-	JWT_AUTHZ_HARNESS=$(HARNESS) $(PYTHON) -m pytest tests/envoy -q -p no:cacheprovider
+	JWT_AUTHZ_HARNESS=$(CURDIR)/$(HARNESS) $(PYTHON) -m pytest tests/envoy -q -p no:cacheprovider
 
 oci-test: build .stamps/venv .stamps/skopeo .stamps/docker-registry
 	$(PYTHON) -m pytest tests/oci -q -p no:cacheprovider

@@ -15,8 +15,9 @@ import pytest
 from testbed.envoy import start_envoy, wasm_filter
 from testbed.paths import REPO_ROOT
 
+# Envoy runs in a work directory of its own: the path it is given must be absolute.
 HARNESS = Path(os.environ.get(
-    "JWT_AUTHZ_HARNESS", REPO_ROOT / "target/wycheproof-harness/wasm32-wasip1/release/wycheproof_harness.wasm"))
+    "JWT_AUTHZ_HARNESS", REPO_ROOT / "target/wycheproof-harness/wasm32-wasip1/release/wycheproof_harness.wasm")).resolve()
 HOST_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
 ALL_ALGORITHMS = HOST_ALGORITHMS + ["PS256", "PS384", "PS512", "EdDSA"]
 
