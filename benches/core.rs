@@ -155,7 +155,14 @@ fn main() {
     bench("token cache hit, identity tier (full-token compare)", || {
         assert!(cache.identity(black_box(&token), |v| v.holds(NOW, Some(0))).is_some());
     });
+    let mut next = 0usize;
+    bench("token cache insertion of a new token (both tiers, full cache)", || {
+        next += 1;
+        let other = &others[next % others.len()];
+        cache.insert(black_box(other), cache.digest(other), verification, identity.clone());
+    });
     let digest = cache.digest(&others[100]);
+    cache.insert(&others[100], digest, verification, identity.clone());
     bench("token cache hit, verified tier (10,000 entries)", || {
         assert!(cache.verification(black_box(&digest), |v| v.holds(NOW, Some(0))).is_some());
     });
