@@ -100,6 +100,15 @@ impl EcKey {
         }
     }
 
+    /// Whether `signature` is a raw `r || s` of this curve's size with `r` and `s` in [1, n − 1].
+    pub fn signature_in_range(&self, signature: &[u8]) -> bool {
+        match self.verifier {
+            Verifier::P256(_) => p256::ecdsa::Signature::from_slice(signature).is_ok(),
+            Verifier::P384(_) => p384::ecdsa::Signature::from_slice(signature).is_ok(),
+            Verifier::P521(_) => p521::ecdsa::Signature::from_slice(signature).is_ok(),
+        }
+    }
+
     /// Verifies a raw `r || s` signature over a digest computed with `self.hash()`. `r` and `s`
     /// must be in [1, n−1] (the curve crates check it); high `s` is accepted, as in every JOSE
     /// library and BoringSSL: JWS has no malleability rule.

@@ -9,7 +9,7 @@
 //! Anything else (the function is missing, an error, a wrong answer) leaves that algorithm to the
 //! VM. After the probe, a host error on a real token is a refusal, never an accept.
 
-use crate::keys::alg::{Algorithm, AlgorithmSet, Curve, Family};
+use crate::keys::alg::{Algorithm, AlgorithmSet, Curve, HashAlg};
 use crate::keys::der;
 use crate::keys::ec::EcKey;
 use crate::keys::public_key::PublicKey;
@@ -60,30 +60,39 @@ pub struct ProbeReport {
 }
 
 impl HostCrypto {
-    /// Probes `host` with one known-good and one altered signature per candidate algorithm.
+    /// Probes `host` once per candidate algorithm with a known-good signature, which must verify,
+    /// and three that must not: the same signature altered, the same over another message, and
+    /// the same under another hash name. A host that answers any of them wrongly, or errs, keeps
+    /// that algorithm in the VM. (It cannot prove a verifier right: the checks `handoff` makes
+    /// before every call, and the keys that never go to the host, are the rest of the defence.)
     pub fn probe(host: Box<dyn ForeignFunction>) -> (HostCrypto, ProbeReport) {
         let mut algorithms = AlgorithmSet::NONE;
         let mut why_not = None;
         for alg in CANDIDATES {
-            let Some((key, signature)) = probe_vector(alg) else { continue };
+            let (Some((key, signature)), Some(hash)) = (probe_vector(alg), alg.hash()) else { continue };
             let mut altered = signature.clone();
             if let Some(last) = altered.last_mut() {
                 *last ^= 0x01;
             }
-            match (call(&*host, alg, &key, PROBE_MESSAGE, &signature), call(&*host, alg, &key, PROBE_MESSAGE, &altered))
-            {
-                (Ok(Answer { verified: true, .. }), Ok(Answer { verified: false, .. })) => algorithms.insert(alg),
-                (Err(error), _) | (_, Err(error)) => {
-                    why_not.get_or_insert_with(|| format!("{alg}: {error}"));
+            let other_hash = if hash == HashAlg::Sha256 { HashAlg::Sha512 } else { HashAlg::Sha256 };
+            let checks = [
+                (hash, PROBE_MESSAGE, &signature, true, "a valid signature"),
+                (hash, PROBE_MESSAGE, &altered, false, "an altered signature"),
+                (hash, PROBE_OTHER_MESSAGE, &signature, false, "a signature of another message"),
+                (other_hash, PROBE_MESSAGE, &signature, false, "a signature under another hash"),
+            ];
+            let failure = checks.into_iter().find_map(|(hash, message, signature, expected, what)| {
+                match call(&*host, hash, alg, &key, message, signature) {
+                    Ok(answer) if answer.verified == expected => None,
+                    Ok(Answer { error: Some(error), .. }) if expected => Some(format!("{alg}: {error}")),
+                    Ok(answer) => Some(format!("{alg}: answered {} for {what}", answer.verified)),
+                    Err(error) => Some(format!("{alg}: {error}")),
                 }
-                (Ok(valid), Ok(altered)) => {
-                    why_not.get_or_insert_with(|| match (valid.verified, valid.error) {
-                        (false, Some(error)) => format!("{alg}: {error}"),
-                        _ => format!(
-                            "{alg}: answered {} for a valid and {} for an altered signature",
-                            valid.verified, altered.verified
-                        ),
-                    });
+            });
+            match failure {
+                None => algorithms.insert(alg),
+                Some(failure) => {
+                    why_not.get_or_insert(failure);
                 }
             }
         }
@@ -96,13 +105,16 @@ impl HostCrypto {
     }
 
     /// Whether the host says `signature` is `key`'s signature of `message` with `alg`. `None` if
-    /// this algorithm is not handed to the host (verify in the VM instead); a failed call is
-    /// `Some(false)`: the host was fit for this algorithm at the probe, so failing now refuses.
+    /// this algorithm or this key is not handed to the host (verify in the VM instead); a failed
+    /// call is `Some(false)`: the host was fit for this algorithm at the probe, so failing now
+    /// refuses.
     pub fn verify(&self, alg: Algorithm, key: &PublicKey, message: &[u8], signature: &[u8]) -> Option<bool> {
-        if !self.algorithms.contains(alg) {
-            return None;
+        let hash = alg.hash().filter(|_| self.algorithms.contains(alg))?;
+        match call(&*self.host, hash, alg, key, message, signature) {
+            Ok(answer) => Some(answer.verified),
+            Err(Refusal::InVm) => None,
+            Err(_) => Some(false),
         }
-        Some(call(&*self.host, alg, key, message, signature).is_ok_and(|answer| answer.verified))
     }
 }
 
@@ -115,33 +127,64 @@ pub struct Answer {
     pub error: Option<String>,
 }
 
-/// One `verify_signature` call: the host's answer, or why it gave none.
+/// Why a call gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// Not for the host: this key is verified in the VM.
+    InVm,
+    /// The host failed, or replied with something that is not a `VerifySignatureResult`.
+    Host(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::InVm => f.write_str("not handed to the host"),
+            Refusal::Host(why) => f.write_str(why),
+        }
+    }
+}
+
+/// What goes to the host for `key` and `signature`, checked first as the VM's own verifier
+/// would check it, so that the host never sees what must be refused anyway (a host with a lax
+/// verifier cannot then be fooled by it): the key's family must be the algorithm's; an RSA
+/// signature must be exactly the modulus's length; an ECDSA signature must be the curve's raw
+/// `r || s` with both in [1, n − 1] (which rules out CVE-2022-21449's zero signature), and goes
+/// as DER, which is what BoringSSL takes. RSA keys with an exponent other than 65537 stay in the
+/// VM: small exponents are what lenient PKCS#1 parsers are forged through (Bleichenbacher 2006),
+/// and the probe key cannot show the host is not one. Ed25519 never goes.
+fn handoff(alg: Algorithm, key: &PublicKey, signature: &[u8]) -> Result<Option<Vec<u8>>, Refusal> {
+    if key.family() != alg.family() {
+        return Ok(None);
+    }
+    match key {
+        PublicKey::Rsa(rsa) if rsa.exponent() != 65_537 => Err(Refusal::InVm),
+        PublicKey::Rsa(rsa) => Ok((signature.len() == rsa.size()).then(|| signature.to_vec())),
+        PublicKey::Ec(ec) => {
+            Ok(ec.signature_in_range(signature).then(|| der::ecdsa_signature(signature, ec.curve().size())).flatten())
+        }
+        PublicKey::Ed25519(_) => Err(Refusal::InVm),
+    }
+}
+
+/// One `verify_signature` call with `hash`: the host's answer (or a refusal without asking, for
+/// a signature `handoff` refuses), or why there is none.
 fn call(
     host: &dyn ForeignFunction,
+    hash: HashAlg,
     alg: Algorithm,
     key: &PublicKey,
     message: &[u8],
     signature: &[u8],
-) -> Result<Answer, String> {
-    let (Some(hash), Some(public_key)) = (alg.hash(), key.spki()) else {
-        return Err("not an algorithm the host verifies".into());
-    };
-    // Envoy (BoringSSL's EVP_DigestVerify) takes ECDSA signatures in DER; JWS carries raw r || s.
-    // A raw signature of the wrong length is refused here, before the host sees it.
-    let signature = match alg.family() {
-        Family::Ec(curve) => match der::ecdsa_signature(signature, curve.size()) {
-            Some(der) => der,
-            None => {
-                return Ok(Answer { verified: false, error: Some("not a raw ECDSA signature of this curve".into()) })
-            }
-        },
-        _ => signature.to_vec(),
+) -> Result<Answer, Refusal> {
+    let (Some(signature), Some(public_key)) = (handoff(alg, key, signature)?, key.spki()) else {
+        return Ok(Answer { verified: false, error: Some("refused before the host was asked".into()) });
     };
     let arguments = encode_arguments(hash.name(), &public_key, &signature, message);
     match host.call(FUNCTION, &arguments) {
-        Ok(reply) => decode_result(&reply),
-        Err(ForeignCallError::NotFound) => Err(format!("the host has no {FUNCTION} function")),
-        Err(ForeignCallError::Failed(status)) => Err(format!("{FUNCTION} failed: {status}")),
+        Ok(reply) => decode_result(&reply).map_err(Refusal::Host),
+        Err(ForeignCallError::NotFound) => Err(Refusal::Host(format!("the host has no {FUNCTION} function"))),
+        Err(ForeignCallError::Failed(status)) => Err(Refusal::Host(format!("{FUNCTION} failed: {status}"))),
     }
 }
 
@@ -164,9 +207,11 @@ pub fn decode_result(reply: &[u8]) -> Result<Answer, String> {
     let mut result = false;
     let mut error = None;
     let mut rest = reply;
-    while let Some((&tag, after_tag)) = rest.split_first() {
+    while !rest.is_empty() {
+        let (tag, after_tag) = read_varint(rest).ok_or("truncated reply")?;
         rest = after_tag;
         match (tag >> 3, tag & 7) {
+            (0, _) => return Err("field number 0 in reply".into()),
             (field, 0) => {
                 let (value, after) = read_varint(rest).ok_or("truncated reply")?;
                 rest = after;
@@ -209,8 +254,9 @@ fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
     None
 }
 
-/// The message every probe signature signs.
+/// The message every probe signature signs, and one it does not.
 const PROBE_MESSAGE: &[u8] = b"jwt-authz: does the host verify this?";
+const PROBE_OTHER_MESSAGE: &[u8] = b"jwt-authz: does the host verify that?";
 
 /// A 2048-bit RSA modulus (e = 65537) and its PKCS#1 v1.5 signatures of `PROBE_MESSAGE`, and a
 /// P-256, P-384 and P-521 key with a raw ECDSA signature of it (made once with Python's

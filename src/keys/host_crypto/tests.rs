@@ -69,7 +69,8 @@ fn a_host_that_says_yes_to_altered_signatures_is_not_used() {
 
 #[test]
 fn after_the_probe_a_host_error_refuses() {
-    let (host, _) = HostCrypto::probe(Box::new(FailsAfter(std::cell::Cell::new(12))));
+    // Four calls per algorithm at the probe, then the host fails.
+    let (host, _) = HostCrypto::probe(Box::new(FailsAfter(std::cell::Cell::new(24))));
     assert_eq!(host.algorithms().len(), 6);
     let key = signing_key(Algorithm::Rs256, 0);
     let jwks = crate::keys::jwks::parse(serde_json::json!({"keys": [key.jwk("k", None)]}).to_string().as_bytes())
@@ -130,4 +131,104 @@ fn arguments_and_results_follow_envoys_protobuf() {
     assert!(decode_result(&[0x12, 0x05, b'a']).is_err());
     assert!(decode_result(&[0x0d, 0, 0, 0, 0]).is_err());
     assert!(decode_result(&[0x08]).is_err());
+}
+
+/// A host that answers from the signature alone (as a cache keyed by key and signature would).
+struct IgnoresText;
+impl ForeignFunction for IgnoresText {
+    fn call(&self, name: &str, arguments: &[u8]) -> Result<Vec<u8>, ForeignCallError> {
+        // Re-ask Envoy's rebuild with the probe's message, whatever text was sent.
+        let mut rewritten = arguments.to_vec();
+        let text_start = rewritten.len() - PROBE_MESSAGE.len();
+        rewritten.truncate(text_start);
+        rewritten.extend_from_slice(PROBE_MESSAGE);
+        EnvoyVerifySignature::default().call(name, &rewritten)
+    }
+}
+
+/// A host that ignores the hash it is told and always uses SHA-256 (so RS384 and RS512 fail,
+/// and a SHA-256 signature passes under any hash name).
+struct AlwaysSha256;
+impl ForeignFunction for AlwaysSha256 {
+    fn call(&self, name: &str, arguments: &[u8]) -> Result<Vec<u8>, ForeignCallError> {
+        let [0x0a, 6, rest @ ..] = arguments else { return Err(ForeignCallError::Failed("args".into())) };
+        let rewritten = [&[0x0a, 6][..], b"sha256", &rest[6..]].concat();
+        EnvoyVerifySignature::default().call(name, &rewritten)
+    }
+}
+
+#[test]
+fn hosts_that_ignore_the_text_or_the_hash_are_not_trusted() {
+    let (host, report) = HostCrypto::probe(Box::new(IgnoresText));
+    assert!(host.algorithms().is_empty(), "{report:?}");
+    assert!(report.why_not.expect("reason").contains("another message"));
+    let (host, report) = HostCrypto::probe(Box::new(AlwaysSha256));
+    assert!(!host.algorithms().contains(Algorithm::Rs256), "{report:?}");
+    assert!(!host.algorithms().contains(Algorithm::Rs384), "{report:?}");
+}
+
+#[test]
+fn what_the_vm_would_refuse_never_reaches_the_host() {
+    let envoy = EnvoyVerifySignature::default();
+    let calls = std::rc::Rc::new(envoy);
+    struct Counting(std::rc::Rc<EnvoyVerifySignature>);
+    impl ForeignFunction for Counting {
+        fn call(&self, name: &str, arguments: &[u8]) -> Result<Vec<u8>, ForeignCallError> {
+            self.0.call(name, arguments)
+        }
+    }
+    let (host, _) = HostCrypto::probe(Box::new(Counting(calls.clone())));
+    let probe_calls = calls.calls.get();
+    let key_of = |alg: Algorithm| {
+        let jwk = signing_key(alg, 0).jwk("k", None);
+        crate::keys::jwks::parse(serde_json::json!({"keys": [jwk]}).to_string().as_bytes()).expect("jwks").key_set.keys
+            [0]
+        .key
+        .clone()
+    };
+    let p256 = key_of(Algorithm::Es256);
+    // CVE-2022-21449's r = s = 0, s = n, a DER signature, a wrong length: refused without a call.
+    let n = hex_p256_order();
+    for signature in [vec![0u8; 64], [vec![0u8; 31], vec![1], n.clone()].concat(), vec![1u8; 63]] {
+        assert_eq!(host.verify(Algorithm::Es256, &p256, b"m", &signature), Some(false));
+    }
+    let rsa = key_of(Algorithm::Rs256);
+    assert_eq!(host.verify(Algorithm::Rs256, &rsa, b"m", &[1u8; 255]), Some(false));
+    // A key of another family is refused, whatever the host would say.
+    assert_eq!(host.verify(Algorithm::Rs256, &p256, b"m", &[1u8; 64]), Some(false));
+    assert_eq!(calls.calls.get(), probe_calls, "none of these reached the host");
+    // A real signature does.
+    let signature = signing_key(Algorithm::Es256, 0).sign_bytes(Algorithm::Es256, b"m");
+    assert_eq!(host.verify(Algorithm::Es256, &p256, b"m", &signature), Some(true));
+    assert_eq!(calls.calls.get(), probe_calls + 1);
+}
+
+#[test]
+fn rsa_keys_with_small_exponents_stay_in_the_vm() {
+    let host = envoy();
+    let private = rsa::RsaPrivateKey::new_with_exp(&mut rsa::rand_core::OsRng, 2048, &rsa::BigUint::from(3u8))
+        .expect("e = 3 key");
+    use rsa::traits::PublicKeyParts;
+    let jwk = serde_json::json!({"kty": "RSA", "n": crate::testkeys::b64(private.n().to_bytes_be()), "e": "Aw"});
+    let key =
+        crate::keys::jwks::parse(serde_json::json!({"keys": [jwk]}).to_string().as_bytes()).expect("jwks").key_set.keys
+            [0]
+        .key
+        .clone();
+    assert_eq!(host.verify(Algorithm::Rs256, &key, b"m", &[1u8; 256]), None);
+}
+
+/// The order n of P-256, big-endian.
+fn hex_p256_order() -> Vec<u8> {
+    let hex = "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551";
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect()
+}
+
+#[test]
+fn replies_are_read_as_protobuf_reads_them() {
+    // Field 17 (a two-byte tag), then field 2 as a varint, then a field-0 tag: not a result.
+    assert!(decode_result(&[0x88, 0x01, 0x08, 0x10, 0x00, 0x00]).is_err());
+    assert!(decode_result(&[0x00, 0x01]).is_err());
+    // Unknown varint fields are skipped, as protobuf skips them.
+    assert_eq!(decode_result(&[0x18, 0x05, 0x08, 0x01]), Ok(Answer { verified: true, error: None }));
 }
