@@ -217,5 +217,6 @@ fn files_stay_one_concept_long_and_the_host_stays_thin() {
             host_lines += lines;
         }
     }
-    assert!(host_lines <= 450, "src/host has {host_lines} lines (at most 450)");
+    // 450 until the host gained its one FFI import (the foreign-function call, with its safety notes).
+    assert!(host_lines <= 480, "src/host has {host_lines} lines (at most 480)");
 }

@@ -28,13 +28,43 @@ impl SharedStore for HostStore {
 /// The host's foreign functions (Envoy's `verify_signature`), for the core.
 pub(super) struct HostForeign;
 
+// Imported here rather than called through the SDK's wrapper: that one panics (aborting the VM:
+// 503s, or no filter at all under fail-open) on any status it does not list, and returns the rest
+// as an enum a host's "unimplemented" (12) is not a value of.
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_call_foreign_function(
+        name: *const u8,
+        name_len: usize,
+        args: *const u8,
+        args_len: usize,
+        reply: *mut *mut u8,
+        reply_len: *mut usize,
+    ) -> u32;
+}
+
 impl ForeignFunction for HostForeign {
     fn call(&self, name: &str, arguments: &[u8]) -> Result<Vec<u8>, ForeignCallError> {
-        let reply = hostcalls::call_foreign_function(name, Some(arguments));
-        reply.map(Option::unwrap_or_default).map_err(|status| match status {
-            Status::NotFound => ForeignCallError::NotFound,
-            status => ForeignCallError::Failed(format!("{status:?}")),
-        })
+        let (mut reply, mut reply_len) = (std::ptr::null_mut(), 0usize);
+        // SAFETY: the pointers are to live slices and locals; on success the host has allocated
+        // `reply` through the SDK's `proxy_on_memory_allocate` (a `Vec<u8>` of capacity
+        // `reply_len`, forgotten), whose ownership is taken back once, as the SDK itself does.
+        let status = unsafe {
+            proxy_call_foreign_function(
+                name.as_ptr(),
+                name.len(),
+                arguments.as_ptr(),
+                arguments.len(),
+                &mut reply,
+                &mut reply_len,
+            )
+        };
+        match status {
+            0 if reply.is_null() => Ok(Vec::new()),
+            0 => Ok(unsafe { Vec::from_raw_parts(reply, reply_len, reply_len) }),
+            1 => Err(ForeignCallError::NotFound),
+            other => Err(ForeignCallError::Failed(format!("status {other}"))),
+        }
     }
 }
 
