@@ -14,7 +14,7 @@
 //! worker registers one, so the worker that completes a fetch can wake the others whose requests
 //! wait for it: `Effect::Wake`).
 
-use crate::authn::token_cache::TokenCache;
+use crate::authn::token_cache::{DigestKey, TokenCache};
 use crate::authn::verify::{SignatureBackend, Verifier};
 use crate::authn::AuthnError;
 use crate::authz::PolicyNote;
@@ -115,11 +115,13 @@ impl Scheduler {
     /// killed VM could not give a lease back.
     ///
     /// `host` is the host's foreign-function interface: with `signatureBackend: auto` it is
-    /// probed once, here, for the algorithms its `verify_signature` verifies correctly.
+    /// probed once, here, for the algorithms its `verify_signature` verifies correctly. `secret`
+    /// is 16 bytes from the host's random source, the token cache's key (`TokenDigest`); without
+    /// it, std's random keys are used.
     pub fn new(
         config: Config,
         worker: Worker,
-        random: Random,
+        (random, secret): (Random, Option<[u8; 16]>),
         store: &mut dyn SharedStore,
         host: Box<dyn ForeignFunction>,
         now_ms: u64,
@@ -161,7 +163,7 @@ impl Scheduler {
             verifier,
             worker,
             random,
-            tokens: TokenCache::new(),
+            tokens: TokenCache::with_key(secret.map_or_else(DigestKey::from_std, DigestKey::from_bytes)),
             fetches: HashMap::new(),
             waiting: HashMap::new(),
             kick_pending: false,

@@ -217,6 +217,7 @@ fn files_stay_one_concept_long_and_the_host_stays_thin() {
             host_lines += lines;
         }
     }
-    // 450 until the host gained its one FFI import (the foreign-function call, with its safety notes).
-    assert!(host_lines <= 480, "src/host has {host_lines} lines (at most 480)");
+    // 450 until the host gained its one FFI import (the foreign-function call, with its safety
+    // notes) and the random bytes for the token cache's key.
+    assert!(host_lines <= 490, "src/host has {host_lines} lines (at most 490)");
 }

@@ -1,8 +1,8 @@
 //! Verified-token cache: remembers which tokens passed verification, so a token seen before skips
 //! the RSA operation (and, while it stays hot, JSON parsing too).
 //!
-//! Verifications are keyed by a 128-bit keyed hash of the whole token text (`TokenDigest`), the
-//! key drawn from the host's random source when the cache is made. A hit authenticates the
+//! Verifications are keyed by a 128-bit keyed hash of the whole token text (`TokenDigest`, SipHash-
+//! 2-4), the key drawn from the host's random source for each VM. A hit authenticates the
 //! request, so two tokens must never share an entry: see `TokenDigest` for why a secret-keyed
 //! 128-bit hash is as safe here as the SHA-256 it replaces, at a fraction of the cost. (The full
 //! token is not kept: 10,000 Keycloak tokens of 1–4 KB would not fit the per-VM memory budget.) An entry is used only while the token is
@@ -17,7 +17,7 @@
 //!   with all its claims (policies, AUDIT and dry-run rules and output headers may read any of
 //!   them, and a cached identity must answer exactly as a fresh one). It is looked up by a cheap fingerprint
 //!   and a hit is confirmed by comparing the whole token, so the hottest tokens are neither hashed
-//!   with SHA-256 nor parsed: a request pays a table lookup and a memory comparison.
+//!   nor parsed: a request pays a table lookup and a memory comparison.
 //!
 //! Time is passed in; nothing here reads a clock.
 
@@ -25,7 +25,7 @@ use crate::identity::Identity;
 use crate::ids::ProviderId;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::rc::Rc;
 
 /// Tokens whose verification is remembered (about 100 bytes each).
@@ -37,46 +37,50 @@ const IDENTITY_CAPACITY: usize = 256;
 const MAX_IDENTITY_TOKEN_BYTES: usize = 4096;
 
 /// What a verification depends on, the token's text (`header.payload.signature`, as sent), under
-/// a 128-bit keyed hash: two SipHash-1-3 (std's `DefaultHasher`) with independent 128-bit keys
-/// drawn from the host's random source (WASI `random_get`) once per cache.
+/// SipHash-2-4 with 128-bit output and a 128-bit secret key: in the filter, 16 bytes the host layer
+/// draws from the host's random source (WASI `random_get`) once per VM.
 ///
 /// Why not SHA-256, as before: a new token paid a SHA-256 pass over its 1–4 KB text only for this
-/// key (Envoy's `verify_signature` hashes the signing input itself), about 5 µs inside the VM,
-/// against well under one for this. Why it is as safe: a forged token is served from the cache only
-/// if its digest equals that of a token verified before. The keys never leave the VM and nothing
-/// derived from them is ever shown to a client (only verified tokens are inserted, the digest is
-/// not logged), so collisions cannot be searched offline; online, each forged request hits with
-/// probability at most (entries / 2¹²⁸) ≈ 2⁻¹¹⁴, and the whole 128 bits are compared on every
-/// lookup. A collision-resistant unkeyed hash is needed only where the attacker can compute the
-/// hash, which here they cannot. Hashing the base64 text rather than the decoded bytes only means
-/// that two encodings of one token are two entries.
+/// key (Envoy's `verify_signature` hashes the signing input itself), several µs inside the VM.
+/// Why it is as safe: a forged token is served from the cache only if its digest equals that of a
+/// token verified before. SipHash-2-4 is a PRF under a secret key; the key is drawn for this alone
+/// (not related to std's hash-map keys), never leaves the VM, and no digest is ever shown to anyone
+/// (only verified tokens are inserted, digests are not logged), so collisions cannot be searched
+/// offline. Online, each forged request hits with probability at most entries / 2¹²⁸ ≈ 2⁻¹¹⁴, and
+/// all 128 bits are compared on every lookup. An unkeyed collision-resistant hash is needed only
+/// where the attacker can compute the hash, which here they cannot. Hashing the base64 text
+/// rather than the decoded bytes only means that two encodings of one token are two entries.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TokenDigest([u64; 2]);
 
-/// The secret keys of `TokenDigest`, one pair per cache (per VM).
-pub struct DigestKey([RandomState; 2]);
+/// The secret key of `TokenDigest`, one per cache (per VM).
+pub struct DigestKey([u8; 16]);
 
 impl DigestKey {
-    pub fn new() -> DigestKey {
-        // Each `RandomState::new()` takes fresh keys (the first per thread from the OS source,
-        // then incremented): the two halves are keyed independently of each other.
-        DigestKey([RandomState::new(), RandomState::new()])
+    /// The key from 16 secret random bytes (the host's random source).
+    pub fn from_bytes(bytes: [u8; 16]) -> DigestKey {
+        DigestKey(bytes)
+    }
+
+    /// A key from std's random hash-map keys: for tests and tools, where the host's random source
+    /// is not at hand. (The filter's scheduler is given host randomness instead: std's keys are
+    /// related to every other `RandomState` in the VM.)
+    pub fn from_std() -> DigestKey {
+        use std::hash::BuildHasher;
+        let state = RandomState::new();
+        let [a, b] = [state.hash_one(0u8), state.hash_one(1u8)];
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&a.to_le_bytes());
+        bytes[8..].copy_from_slice(&b.to_le_bytes());
+        DigestKey(bytes)
     }
 
     pub fn digest(&self, token: &str) -> TokenDigest {
-        let [a, b] = &self.0;
-        let half = |state: &RandomState| {
-            let mut hasher = state.build_hasher();
-            hasher.write(token.as_bytes());
-            hasher.finish()
-        };
-        TokenDigest([half(a), half(b)])
-    }
-}
-
-impl Default for DigestKey {
-    fn default() -> Self {
-        DigestKey::new()
+        use siphasher::sip128::Hasher128 as _;
+        let mut hasher = siphasher::sip128::SipHasher24::new_with_key(&self.0);
+        hasher.write(token.as_bytes());
+        let hash = hasher.finish128();
+        TokenDigest([hash.h1, hash.h2])
     }
 }
 
@@ -173,12 +177,18 @@ struct KnownIdentity {
 }
 
 impl TokenCache {
+    /// A cache keyed with std's randomness (see `DigestKey::from_std`).
     pub fn new() -> TokenCache {
-        TokenCache::with_capacity(VERIFIED_CAPACITY, IDENTITY_CAPACITY)
+        TokenCache::with_key(DigestKey::from_std())
+    }
+
+    /// A cache keyed with `key` (the filter's: from the host's random source).
+    pub fn with_key(key: DigestKey) -> TokenCache {
+        TokenCache { key, verified: Lru::new(VERIFIED_CAPACITY), identities: Lru::new(IDENTITY_CAPACITY) }
     }
 
     pub fn with_capacity(verified: usize, identities: usize) -> TokenCache {
-        TokenCache { key: DigestKey::new(), verified: Lru::new(verified), identities: Lru::new(identities) }
+        TokenCache { key: DigestKey::from_std(), verified: Lru::new(verified), identities: Lru::new(identities) }
     }
 
     /// The key `token`'s verification is remembered under.
@@ -344,7 +354,7 @@ mod tests {
     use serde_json::Map;
 
     thread_local! {
-        static KEY: DigestKey = DigestKey::new();
+        static KEY: DigestKey = DigestKey::from_std();
     }
 
     fn digest(n: u32) -> TokenDigest {
@@ -465,15 +475,19 @@ mod tests {
 
     #[test]
     fn digests_tell_tokens_apart_and_depend_on_the_key() {
-        let key = DigestKey::new();
+        let key = DigestKey::from_bytes(*b"0123456789abcdef");
         assert!(key.digest("a.b.c") == key.digest("a.b.c"));
         assert!(key.digest("a.b.c") != key.digest("a.b.d"));
         assert!(key.digest("a.b.c") != key.digest("a.b.c "));
-        // Another cache (another VM) keys differently, and the two halves are independent.
-        let other = DigestKey::new();
+        let other = DigestKey::from_bytes(*b"0123456789abcdeF");
         assert!(other.digest("a.b.c") != key.digest("a.b.c"));
-        let TokenDigest([first, second]) = key.digest("a.b.c");
-        assert_ne!(first, second);
+        assert!(DigestKey::from_std().digest("a.b.c") != DigestKey::from_std().digest("a.b.c"));
+        // SipHash-2-4-128 itself (the reference implementation's first test vector: key 00..0f,
+        // empty message).
+        let reference = DigestKey::from_bytes(core::array::from_fn(|i| i as u8));
+        let TokenDigest([low, high]) = reference.digest("");
+        let bytes: Vec<u8> = low.to_le_bytes().into_iter().chain(high.to_le_bytes()).collect();
+        assert_eq!(bytes[..4], [0xa3, 0x81, 0x7f, 0x04]);
     }
 
     #[test]

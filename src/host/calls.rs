@@ -93,6 +93,12 @@ pub(super) fn seed() -> u64 {
     hasher.finish()
 }
 
+/// 16 bytes from the host's random source (WASI `random_get`), if it gives them.
+pub(super) fn secret() -> Option<[u8; 16]> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).ok().map(|()| bytes)
+}
+
 /// A property of the current stream (`["connection", "mtls"]`): Envoy's serialized value.
 pub(super) fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()

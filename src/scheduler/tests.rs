@@ -20,7 +20,8 @@ fn worker(id: u64) -> Worker {
 }
 
 fn scheduler(store: &mut MemoryStore, id: u64) -> Scheduler {
-    Scheduler::new(config(), worker(id), Random::seeded(id), store, Box::new(EnvoyVerifySignature::default()), NOW_MS)
+    let random = (Random::seeded(id), Some([id as u8; 16]));
+    Scheduler::new(config(), worker(id), random, store, Box::new(EnvoyVerifySignature::default()), NOW_MS)
 }
 
 fn jwks(kid: &str) -> String {
