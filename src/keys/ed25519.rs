@@ -15,10 +15,12 @@ impl fmt::Debug for Ed25519Key {
 }
 
 impl Ed25519Key {
-    /// The key from a JWK's `x`: 32 bytes that decode to a point; `None` otherwise.
+    /// The key from a JWK's `x`: 32 bytes that decode to a point not of small order (such a key
+    /// can never pass `verify_strict`, so it is refused at load, with the reason, rather than
+    /// kept); `None` otherwise.
     pub fn from_bytes(x: &[u8]) -> Option<Ed25519Key> {
         let bytes: &[u8; 32] = x.try_into().ok()?;
-        ed25519_dalek::VerifyingKey::from_bytes(bytes).ok().map(Ed25519Key)
+        ed25519_dalek::VerifyingKey::from_bytes(bytes).ok().filter(|key| !key.is_weak()).map(Ed25519Key)
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {

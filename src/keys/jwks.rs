@@ -16,6 +16,11 @@ use std::fmt;
 
 /// Larger key sets are refused before parsing: real ones are a few KB.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Usable keys kept per set; the rest are skipped. Identity providers publish a handful (Keycloak
+/// one per algorithm, plus the previous during a rotation); the bound caps what one token without
+/// `kid` can cost, since it is tried against every key of its algorithm (3,000 Ed25519 keys fit in
+/// 256 KB).
+pub const MAX_KEYS: usize = 32;
 
 /// One verification key, prepared for verification once, when the key set is loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,15 +47,18 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// Keys a token with this `kid` and `alg` may be verified with: the keys with that kid (every
-    /// key when the token names none: RFC 7515 makes `kid` optional, and Envoy tries every key
-    /// likewise) that accept `alg`.
+    /// Keys a token with this `kid` and `alg` may be verified with: those that accept `alg` and
+    /// have that kid, or have none (every key when the token names none). RFC 7515 makes `kid`
+    /// optional on both sides, and jwt_verify_lib skips a key only when both name one and they
+    /// differ: a token's kid does not exclude the issuer's keys that have no kid.
     pub fn candidates<'a>(
         &'a self,
         kid: Option<&'a str>,
         alg: Algorithm,
     ) -> impl Iterator<Item = &'a VerificationKey> + 'a {
-        self.keys.iter().filter(move |k| (kid.is_none() || k.kid.as_deref() == kid) && k.accepts(alg))
+        self.keys
+            .iter()
+            .filter(move |k| (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid) && k.accepts(alg))
     }
 
     /// Whether some key carries this `kid`.
@@ -170,10 +178,20 @@ pub fn parse_with_limit(body: &[u8], max_bytes: usize) -> Result<ParsedJwks, Jwk
         };
         match parse_key(entry) {
             Ok((alg, key)) => {
-                if kid.is_some() && keys.iter().any(|k| k.kid == kid) {
-                    skipped.push(format!("{label}: duplicate kid, the first key with it is used"));
+                let candidate = VerificationKey { kid, alg, key };
+                // RFC 7517 §4.5 lets keys of different types share a kid; two keys that could
+                // verify the same algorithm under one kid are ambiguous, and the first one wins.
+                let ambiguous = candidate.kid.is_some()
+                    && keys.iter().any(|k| {
+                        k.kid == candidate.kid && Algorithm::ALL.iter().any(|&a| k.accepts(a) && candidate.accepts(a))
+                    });
+                if ambiguous {
+                    skipped
+                        .push(format!("{label}: duplicate kid for the same algorithms, the first key with it is used"));
+                } else if keys.len() >= MAX_KEYS {
+                    skipped.push(format!("{label}: more than {MAX_KEYS} usable keys in one set"));
                 } else {
-                    keys.push(VerificationKey { kid, alg, key });
+                    keys.push(candidate);
                 }
             }
             Err(reason) => skipped.push(format!("{label}: {reason}")),
@@ -224,7 +242,8 @@ fn parse_key(entry: &Value) -> Result<(Option<Algorithm>, PublicKey), String> {
         }
         Some("OKP") => match crv()? {
             "Ed25519" => PublicKey::Ed25519(
-                Ed25519Key::from_bytes(&bytes("x")?).ok_or("x is not an Ed25519 public key (32 bytes, a point)")?,
+                Ed25519Key::from_bytes(&bytes("x")?)
+                    .ok_or("x is not an Ed25519 public key (32 bytes, a point not of small order)")?,
             ),
             other => return Err(format!("crv {other:?} is not Ed25519")),
         },
@@ -307,6 +326,63 @@ mod tests {
         ] {
             assert!(skipped.contains(expected), "{expected} missing from {skipped}");
         }
+    }
+
+    #[test]
+    fn a_kid_may_be_shared_by_keys_of_different_types_but_not_of_the_same_algorithms() {
+        use crate::keys::alg::Algorithm::{self, *};
+        let jwk = |alg: Algorithm, own: Option<&str>| testkeys::signing_key(alg, 0).jwk("k", own);
+        let body = json!({"keys": [
+            jwk(Rs256, Some("RS256")), jwk(Es256, None), jwk(EdDsa, None),
+            // Ambiguous with the first key for PS256? No: that one is bound to RS256.
+            jwk(Ps256, Some("PS256")),
+            // Ambiguous: another RSA key for RS256 under the same kid.
+            testkeys::signing_key(Rs256, 1).jwk("k", None),
+        ]});
+        let parsed = parse(body.to_string().as_bytes()).expect("keys");
+        assert_eq!(parsed.key_set.keys.len(), 4, "{:?}", parsed.skipped);
+        assert!(parsed.skipped.join(" ").contains("key 4 (kid \"k\"): duplicate kid for the same algorithms"));
+        for alg in [Rs256, Ps256, Es256, EdDsa] {
+            assert_eq!(parsed.key_set.candidates(Some("k"), alg).count(), 1, "{alg}");
+        }
+        assert_eq!(parsed.key_set.candidates(Some("k"), Es384).count(), 0);
+    }
+
+    #[test]
+    fn keys_without_a_kid_serve_tokens_that_name_one() {
+        use crate::keys::alg::Algorithm::*;
+        let mut anonymous = testkeys::signing_key(Es256, 0).jwk("x", None);
+        anonymous.as_object_mut().expect("object").remove("kid");
+        let body = json!({"keys": [anonymous, testkeys::signing_key(Es256, 1).jwk("named", None)]});
+        let keys = parse(body.to_string().as_bytes()).expect("keys").key_set;
+        assert_eq!(keys.candidates(Some("named"), Es256).count(), 2);
+        assert_eq!(keys.candidates(Some("other"), Es256).count(), 1, "the key without kid");
+        assert_eq!(keys.candidates(None, Es256).count(), 2);
+    }
+
+    #[test]
+    fn a_set_keeps_at_most_max_keys() {
+        let keys: Vec<Value> = (0..MAX_KEYS + 3)
+            .map(|i| testkeys::signing_key(crate::keys::alg::Algorithm::EdDsa, i).jwk(&format!("k{i}"), None))
+            .collect();
+        let parsed = parse(json!({ "keys": keys }).to_string().as_bytes()).expect("keys");
+        assert_eq!(parsed.key_set.keys.len(), MAX_KEYS);
+        assert_eq!(parsed.skipped.len(), 3);
+        assert!(parsed.skipped[0].contains("more than 32 usable keys"));
+    }
+
+    #[test]
+    fn small_order_ed25519_keys_are_skipped() {
+        // The identity point (y = 1) is a valid encoding of a point of small order.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let body = json!({"keys": [
+            {"kid": "weak", "kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(identity)},
+            testkeys::signing_key(crate::keys::alg::Algorithm::EdDsa, 0).jwk("ok", None),
+        ]});
+        let parsed = parse(body.to_string().as_bytes()).expect("keys");
+        assert_eq!(parsed.key_set.keys.len(), 1);
+        assert!(parsed.skipped[0].contains("not of small order"), "{:?}", parsed.skipped);
     }
 
     #[test]

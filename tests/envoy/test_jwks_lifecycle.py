@@ -310,7 +310,7 @@ def hostile_cases(idp):
         "encryption-only": (json.dumps({"keys": [{**good, "use": "enc"}]}), 'use "enc" is not "sig"'),
         "duplicate-kids": (
             json.dumps({"keys": [good, {**small_rsa_jwk(good["kid"], 2048), "kid": good["kid"]}]}),
-            "duplicate kid, the first key with it is used"),
+            "duplicate kid for the same algorithms, the first key with it is used"),
         "small-key": (json.dumps({"keys": [small_rsa_jwk("weak"), good]}), "1024-bit modulus is below 2048 bits"),
         "garbage-keys": (json.dumps({"keys": [7, None, {"kty": "RSA", "n": "!!", "e": "AQAB"}, good]}),
                          "key 2: n is not base64url"),
