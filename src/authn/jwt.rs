@@ -132,8 +132,10 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
     let signature = decode_segment(signature_segment)?;
     let Value::Object(header) = header else { return Err(JwtError::BadJson) };
     let Some(Value::String(alg)) = header.get("alg") else { return Err(JwtError::AlgorithmNotAllowed) };
-    // Registered header parameters we do not act on must still have their registered type, as
-    // jwt-compact's header required: a malformed header is not silently accepted.
+    // Registered header parameters we do not act on must still be strings, so a malformed header
+    // is not silently accepted. (jwt-compact also required `cty` to be "json" and checked the
+    // thumbprints' lengths; none of these is ever acted on, and a nested JWT's payload is refused
+    // as not JSON anyway.)
     for name in ["kid", "typ", "cty", "jku", "x5u", "x5t", "x5t#S256"] {
         if header.get(name).is_some_and(|value| !value.is_string()) {
             return Err(JwtError::BadJson);

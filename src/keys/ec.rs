@@ -111,7 +111,9 @@ impl EcKey {
 
     /// Verifies a raw `r || s` signature over a digest computed with `self.hash()`. `r` and `s`
     /// must be in [1, n−1] (the curve crates check it); high `s` is accepted, as in every JOSE
-    /// library and BoringSSL: JWS has no malleability rule.
+    /// library and BoringSSL: JWS has no malleability rule. (So whoever holds a valid ES* token
+    /// can make a second, different token text that verifies, with `n − s`: replay checks must
+    /// not compare token text; docs/security.md says so.)
     pub fn verify_prehash(&self, digest: &[u8], signature: &[u8]) -> bool {
         if signature.len() != 2 * self.curve.size() || digest.len() != self.hash().output_len() {
             return false;

@@ -664,6 +664,47 @@ mod tests {
     }
 
     #[test]
+    fn pss_agrees_with_the_rsa_crate_for_every_hash_and_odd_modulus_sizes() {
+        use sha2::{Sha384, Sha512};
+        // 2049 and 2057 bits: emLen is one byte shorter than the block (modBits ≡ 1 mod 8), whose
+        // leading byte must then be zero; 2056 and 2048 are the usual case.
+        for bits in [2049usize, 2056, 2057] {
+            let private = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits).expect("key");
+            let key = prepared(&private.to_public_key());
+            assert_eq!(key.bits(), bits);
+            for (hash, message) in [(HashAlg::Sha256, &b"a"[..]), (HashAlg::Sha384, b"bb"), (HashAlg::Sha512, b"ccc")] {
+                let digest = hash.digest(&[message]);
+                let sign = |salt: usize| {
+                    let mut rng = rsa::rand_core::OsRng;
+                    match hash {
+                        HashAlg::Sha256 => {
+                            private.sign_with_rng(&mut rng, rsa::Pss::new_with_salt::<Sha256>(salt), &digest)
+                        }
+                        HashAlg::Sha384 => {
+                            private.sign_with_rng(&mut rng, rsa::Pss::new_with_salt::<Sha384>(salt), &digest)
+                        }
+                        HashAlg::Sha512 => {
+                            private.sign_with_rng(&mut rng, rsa::Pss::new_with_salt::<Sha512>(salt), &digest)
+                        }
+                    }
+                    .expect("signs")
+                };
+                let signature = sign(hash.output_len());
+                assert!(key.verify_pss(hash, &digest, &signature), "{bits} bits, {hash:?}");
+                // Another salt length, another hash, another message, a flipped bit: refused.
+                assert!(!key.verify_pss(hash, &digest, &sign(0)), "{bits} {hash:?} salt 0");
+                assert!(!key.verify_pss(hash, &digest, &sign(hash.output_len() - 1)));
+                assert!(!key.verify_pkcs1(hash, &digest, &signature));
+                assert!(!key.verify_pss(hash, &hash.digest(&[b"other"]), &signature));
+                let mut flipped = signature.clone();
+                let middle = flipped.len() / 2;
+                flipped[middle] ^= 0x10;
+                assert!(!key.verify_pss(hash, &digest, &flipped));
+            }
+        }
+    }
+
+    #[test]
     fn agrees_with_the_rsa_crate_on_thousands_of_signatures() {
         let mut rng = Rng(42);
         for index in 0..3 {

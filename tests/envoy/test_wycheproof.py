@@ -37,6 +37,7 @@ def report(envoy, path):
 
 
 def assert_clean(tallies, algorithms):
+    assert "load" not in tallies, tallies.get("load")
     for alg in algorithms:
         tally = tallies[alg]
         assert tally["failed"] == [], f"{alg}: {len(tally['failed'])} wrong answers: {tally['failed'][:20]}"
