@@ -193,15 +193,23 @@ soak: build .stamps/venv
 	$(PYTHON) tools/soak.py --seconds $(SOAK_SECONDS)
 
 # Benchmark: prints req/s, ratios against Envoy's native jwt_authn + rbac measured in the same run,
-# latencies and the VM's memory (docs/performance.md). Never fails on speed.
+# latencies and the VM's memory; then each setup's memory and start time with two workers, and the
+# hot path over HTTP/2 (tools/footprint.py; docs/performance.md). Never fails on speed.
 BENCH_ARGS ?=
+FOOTPRINT_ARGS ?=
 
 SDK_BASELINE := target/sdk-baseline/$(WASM_TARGET)/release/sdk_baseline.wasm
 
-bench: build .stamps/venv .stamps/wrk
+bench: build .stamps/venv .stamps/wrk .stamps/h2load
 	cargo bench --features test-support --bench core
 	$(WASM_BUILD) --manifest-path tools/sdk-baseline/Cargo.toml --target-dir target/sdk-baseline
 	$(PYTHON) tools/bench.py --sdk-baseline $(SDK_BASELINE) $(BENCH_ARGS)
+	$(PYTHON) tools/footprint.py --sdk-baseline $(SDK_BASELINE) $(FOOTPRINT_ARGS)
+
+# h2load (nghttp2) drives the HTTP/2 run of tools/footprint.py.
+.stamps/h2load:
+	@command -v h2load >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nghttp2-client; }
+	@mkdir -p .stamps && touch $@
 
 .stamps/wrk:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
