@@ -9,7 +9,8 @@
 #   make lint   clippy (native and wasm32) and rustfmt check
 #   make fuzz   every cargo-fuzz target for FUZZ_SECONDS (60) each; needs rustup's nightly
 #   make soak   a bounded mixed-traffic run through Envoy (SOAK_SECONDS, 180) with JWKS rotation and IdP outages
-#   make bench  native microbenchmarks, then jwt-authz against Envoy's native filters in one Envoy (not a test)
+#   make bench  native microbenchmarks, then jwt-authz against Envoy's native filters in one Envoy, then
+#               memory, start time and HTTP/2 with two workers (tools/footprint.py; not a test)
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
