@@ -149,8 +149,14 @@ def measure_setup(setup, workdir, jwks, wasm_path, sdk_baseline, hot_token, scri
         time.sleep(1.2)  # the plugin reports its gauges on the 200 ms tick
         after = envoy.rss_bytes()
         linear = [int(v) for k, v in envoy.stats("jwt_authz").items() if k.endswith("wasm_memory_bytes")]
+        _, _, text = http_request(envoy.admin_port, "GET", "/memory")
+        heap = json.loads(text)
         return {"first_200_s": started, "rss_start": at_start, "rss_after": after,
-                "failed": result["non2xx"] + result["socket_errors"], "linear": linear}
+                "failed": result["non2xx"] + result["socket_errors"], "linear": linear,
+                # Envoy's allocator: bytes in use, and bytes it holds free (page heap and thread
+                # caches) without giving them back to the system.
+                "allocated": int(heap["allocated"]),
+                "held_free": int(heap["pageheap_free"]) + int(heap["total_thread_cache"])}
     finally:
         envoy.stop()
 
@@ -212,14 +218,16 @@ def main():
     print(f"\nEnvoy {bench.envoy_version()}, --concurrency {WORKERS}, one process per setup, {args.tokens} distinct "
           f"tokens; module {wasm_path.stat().st_size} bytes")
     print()
-    print(f"| setup | VmRSS over base at start | after the tokens | first 200 after start (median of {args.starts}) |")
-    print("|---|---:|---:|---:|")
+    print(f"| setup | VmRSS over base at start | after the tokens | first 200 after start (median of {args.starts}) "
+          f"| allocated, held free (after) |")
+    print("|---|---:|---:|---:|---:|")
     for setup in SETUPS:
         row = rows[setup]
         over_start = "–" if setup == "base" else f"+{(row['rss_start'] - base['rss_start']) / mib:.1f} MiB"
         over_after = "–" if setup == "base" else f"+{(row['rss_after'] - base['rss_after']) / mib:.1f} MiB"
         failed = f" ({row['failed']} failed)" if row["failed"] else ""
-        print(f"| {setup} | {over_start} | {over_after}{failed} | {row['first_200_s']:.3f} s |")
+        print(f"| {setup} | {over_start} | {over_after}{failed} | {row['first_200_s']:.3f} s | "
+              f"{row['allocated'] / mib:.1f}, {row['held_free'] / mib:.1f} MiB |")
     ours, sdk = rows["jwt-authz"], rows["sdk-empty"]
     print()
     print(f"jwt-authz over the do-nothing SDK filter: VmRSS +{(ours['rss_after'] - sdk['rss_after']) / mib:.1f} MiB "
