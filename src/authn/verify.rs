@@ -68,9 +68,9 @@ impl Verifier {
         self.host.as_ref().map_or(AlgorithmSet::NONE, HostCrypto::algorithms)
     }
 
-    /// Verifies `signature` over `message` (the JWS signing input) with a key of `keys` named by `kid` (any key when the
-    /// token names none) that accepts `alg`. The algorithm was allow-listed before, and binding it
-    /// to the key happens here, before any key is used.
+    /// Verifies `signature` over `message` (the JWS signing input) with a key of `keys` that
+    /// `KeySet::candidates` offers for `kid` and `alg`. The algorithm was allow-listed before;
+    /// binding it to the key happens there, before any key is used.
     pub fn verify(
         &self,
         keys: &KeySet,
