@@ -126,30 +126,7 @@ impl Scheduler {
         host: Box<dyn ForeignFunction>,
         now_ms: u64,
     ) -> Self {
-        let (verifier, backend_line) = match config.signature_backend {
-            SignatureBackend::Vm => (
-                Verifier::in_vm(),
-                "signature verification: every algorithm inside the VM (signatureBackend: vm)".to_string(),
-            ),
-            SignatureBackend::Auto => {
-                let (host, report) = HostCrypto::probe(host);
-                let in_vm: AlgorithmSet =
-                    AlgorithmSet::all().iter().filter(|alg| !report.verified_by_host.contains(*alg)).collect();
-                let line = match (report.verified_by_host.is_empty(), &report.why_not) {
-                    (true, why) => format!(
-                        "signature verification: every algorithm inside the VM (the host's verify_signature is not usable: {})",
-                        why.as_deref().unwrap_or("no answer")
-                    ),
-                    (false, why) => format!(
-                        "signature verification: {} by the host's verify_signature; {} inside the VM{}",
-                        report.verified_by_host,
-                        in_vm,
-                        why.as_ref().map(|why| format!(" (host refused {why})")).unwrap_or_default()
-                    ),
-                };
-                (Verifier::with_host(host), line)
-            }
-        };
+        let (verifier, backend_line) = signature_backend(config.signature_backend, host);
         let mut cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
         cache.ensure_shared(store);
         for provider in cache.remote_providers() {
@@ -599,6 +576,35 @@ impl Random {
     /// A worker id: never 0, so no lease can look like it belongs to an unset owner.
     pub fn worker_id(&mut self) -> u64 {
         self.next_u64() | 1
+    }
+}
+
+/// The verifier for `backend` (probing `host` for `auto`) and the configure log line that says
+/// which backend verifies which algorithm.
+fn signature_backend(backend: SignatureBackend, host: Box<dyn ForeignFunction>) -> (Verifier, String) {
+    match backend {
+        SignatureBackend::Vm => (
+            Verifier::in_vm(),
+            "signature verification: every algorithm inside the VM (signatureBackend: vm)".to_string(),
+        ),
+        SignatureBackend::Auto => {
+            let (host, report) = HostCrypto::probe(host);
+            let in_vm: AlgorithmSet =
+                AlgorithmSet::all().iter().filter(|alg| !report.verified_by_host.contains(*alg)).collect();
+            let line = match (report.verified_by_host.is_empty(), &report.why_not) {
+                (true, why) => format!(
+                    "signature verification: every algorithm inside the VM (the host's verify_signature is not usable: {})",
+                    why.as_deref().unwrap_or("no answer")
+                ),
+                (false, why) => format!(
+                    "signature verification: {} by the host's verify_signature; {} inside the VM{}",
+                    report.verified_by_host,
+                    in_vm,
+                    why.as_ref().map(|why| format!(" (host refused {why})")).unwrap_or_default()
+                ),
+            };
+            (Verifier::with_host(host), line)
+        }
     }
 }
 
