@@ -240,3 +240,25 @@ spec:
         text(&duplicate_issuer.stderr)
     );
 }
+
+#[test]
+fn version_and_help_answer_and_a_closed_pipe_is_not_a_panic() {
+    let version = run(&["--version"]);
+    assert_eq!(version.status.code(), Some(0));
+    assert_eq!(text(&version.stdout).trim(), format!("jwt-authz {}", env!("CARGO_PKG_VERSION")));
+    let help = run(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(text(&help.stdout).contains("jwt-authz --version"));
+    // `convert … | head` after head has gone: every write gets EPIPE; the command must not panic
+    // ("failed printing to stdout") but end quietly. The reading end is closed before the start.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_jwt-authz"))
+        .args(["convert", "examples/istio/istio-native.yaml"])
+        .current_dir(REPO)
+        .stdout(writer)
+        .output()
+        .expect("jwt-authz runs");
+    assert!(!text(&output.stderr).contains("panicked"), "{}", text(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+}

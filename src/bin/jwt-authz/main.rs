@@ -28,6 +28,8 @@ usage:
                               namespace, istio-system by default, holds the mesh-wide ones); without
                               it, every resource must apply to the same workloads
 
+  jwt-authz --version         print the version
+
 Exit status: 0 when valid (or converted), 1 on an invalid or unconvertible input, 2 on usage errors.";
 
 const WASM_PLUGIN_API: &str = "extensions.istio.io/v1alpha1";
@@ -48,7 +50,11 @@ fn main() -> ExitCode {
             }
         },
         Some((command, _)) if ["-h", "--help", "help"].contains(&command.as_str()) => {
-            println!("{USAGE}");
+            out(USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Some((command, [])) if ["-V", "--version", "version"].contains(&command.as_str()) => {
+            out(&format!("jwt-authz {}", env!("CARGO_PKG_VERSION")));
             return ExitCode::SUCCESS;
         }
         _ => {
@@ -64,6 +70,16 @@ fn main() -> ExitCode {
             }
             ExitCode::from(1)
         }
+    }
+}
+
+/// Writes a line to standard output. A reader that went away (`jwt-authz convert … | head`) ends
+/// the output quietly: `println!` would panic on the broken pipe.
+fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{text}").and_then(|()| stdout.flush()).is_err() {
+        std::process::exit(0);
     }
 }
 
@@ -89,7 +105,7 @@ fn check(file: &str) -> Result<(), Vec<String>> {
     };
     for candidate in candidates {
         match Config::parse(&candidate.json) {
-            Ok(config) => println!("{}: ok\n{}", candidate.origin, summary(&config)),
+            Ok(config) => out(&format!("{}: ok\n{}", candidate.origin, summary(&config))),
             Err(err) => {
                 let field = match (candidate.field_prefix, err.field.as_str()) {
                     (prefix, "") => prefix.to_string(),
@@ -249,6 +265,6 @@ fn convert(files: &[String], target: Option<&scope::Workload>, root_namespace: &
     if let Err(err) = Config::parse(json.as_bytes()) {
         return Err(vec![format!("{}: {}", converted.source_of(&err.field), err.reason)]);
     }
-    println!("{json}");
+    out(&json);
     Ok(())
 }
