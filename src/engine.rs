@@ -221,7 +221,16 @@ pub fn evaluate_cached(
         identity: None,
     };
     let requirement = config.token_requirements.iter().find(|r| r.matcher.matches_request(&input));
+    // A CORS preflight carries no credentials (browsers never send them): as Istio's jwt_authn
+    // with `bypass_cors_preflight`, its tokens are not looked at and none is required; the
+    // policies still decide, for an anonymous caller.
+    let preflight = config.cors_preflight.bypasses(
+        &request.method,
+        request.header_values("origin"),
+        request.header_values("access-control-request-method"),
+    );
     let required_providers = match requirement.map(|r| &r.action) {
+        _ if preflight => None,
         Some(RequirementAction::SkipValidation) => None,
         Some(RequirementAction::RequireIssuers(providers)) => Some(providers.as_slice()),
         None => Some(&[][..]),
@@ -261,8 +270,9 @@ pub fn evaluate_cached(
     match (evaluation.decision, authenticated) {
         (PolicyDecision::Allow, authenticated) => Outcome::Decided(Decision::Allow {
             principal: authenticated.as_ref().map(|a| a.identity.principal()),
-            // Under a requirement some token locations went unread: clear those too.
-            changes: upstream_changes(config, authenticated.as_ref(), requirement.is_some()),
+            // Under a requirement (or for a preflight) some token locations went unread: clear
+            // those too.
+            changes: upstream_changes(config, authenticated.as_ref(), requirement.is_some() || preflight),
             notes,
         }),
         (PolicyDecision::Deny { policy }, None) => deny(request, &normalized, Denial::MissingToken { policy }, notes),

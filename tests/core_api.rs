@@ -406,6 +406,46 @@ fn unvalidated_tokens_never_reach_the_upstream() {
 }
 
 #[test]
+fn cors_preflights_need_no_token_unless_configured_and_the_policies_still_decide() {
+    // A policy that admits OPTIONS to /admin without a principal, beside the token requirement
+    // that /admin needs the admin issuer's token.
+    let policies = json!([
+        {"name": "anyone-with-a-token", "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]},
+        {"name": "preflights", "rules": [{"to": [{"operation": {"methods": ["OPTIONS"], "paths": ["/admin/*"]}}]}]}
+    ]);
+    let bypass = two_issuer_config(json!({"policies": policies}));
+    let authenticate = two_issuer_config(json!({"policies": policies, "corsPreflight": "AUTHENTICATE"}));
+    let cache = JwksCache::new(bypass.key_sources(), bypass.max_jwks_bytes);
+    let preflight = [("origin", "https://shop.example"), ("access-control-request-method", "DELETE")];
+    let decide_at = |config: &Config, method: &str, path: &str, headers: &[(&str, &str)]| {
+        denial_code(&decide(config, &cache.at(NOW * 1000), &request(method, path, headers)))
+    };
+    assert_eq!(decide_at(&bypass, "OPTIONS", "/admin/users", &preflight), (200, "allowed", None));
+    // Tokens are not even looked at on a preflight (a broken one is not a 401), and they do not
+    // reach the upstream unverified.
+    let with_token = [preflight[0], preflight[1], ("authorization", "Bearer garbage")];
+    assert_eq!(decide_at(&bypass, "OPTIONS", "/admin/users", &with_token), (200, "allowed", None));
+    let Decision::Allow { changes, principal: None, .. } =
+        decide(&bypass, &cache.at(NOW * 1000), &request("OPTIONS", "/admin/users", &with_token))
+    else {
+        panic!("allowed")
+    };
+    assert!(changes.contains(&HeaderChange::Remove("authorization".into())), "{changes:?}");
+    // The policies still decide: no policy admits a preflight elsewhere.
+    assert_eq!(decide_at(&bypass, "OPTIONS", "/shop", &preflight), (401, "jwt_missing", None));
+    // Not a preflight: OPTIONS without both headers, or with an empty one, or another method.
+    for headers in [&preflight[..1], &preflight[1..], &[("origin", ""), preflight[1]][..]] {
+        assert_eq!(decide_at(&bypass, "OPTIONS", "/admin/users", headers).1, "jwt_missing", "{headers:?}");
+    }
+    assert_eq!(decide_at(&bypass, "GET", "/admin/users", &preflight).1, "jwt_missing");
+    // corsPreflight: AUTHENTICATE treats a preflight like any request.
+    assert_eq!(
+        decide_at(&authenticate, "OPTIONS", "/admin/users", &preflight),
+        (401, "jwt_missing", Some("admin-only".into()))
+    );
+}
+
+#[test]
 fn unsafe_paths_are_rejected_or_denied_as_configured() {
     let reject = two_issuer_config(json!({}));
     let deny = two_issuer_config(json!({"unsafePaths": "DENY"}));

@@ -22,7 +22,7 @@ pub use matcher::{HostMatch, PathMatch, PrincipalMatch, StringMatch};
 pub use path::{PathError, PathTemplate, UnsafePathAction};
 pub use peer::{Peer, PeerMatch};
 pub use reads::ConnectionReads;
-pub use requirement::{RequirementAction, TokenRequirement};
+pub use requirement::{CorsPreflight, RequirementAction, TokenRequirement};
 pub use rule::{Condition, ConditionKey, Operation, Rule, Source, ValueKind, ValueMatch};
 
 use crate::identity::Identity;

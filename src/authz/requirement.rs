@@ -13,6 +13,35 @@ pub struct TokenRequirement {
     pub action: RequirementAction,
 }
 
+/// `corsPreflight`: what a CORS preflight (`OPTIONS` with a non-empty `Origin` and
+/// `Access-Control-Request-Method`, as Envoy's jwt_authn recognises one) needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CorsPreflight {
+    /// Istio's default (`bypass_cors_preflight: true` on every jwt_authn it writes): no token is
+    /// looked at or required, and the policies decide as for any anonymous request. Browsers
+    /// never send credentials on a preflight, so requiring a token would refuse every one.
+    #[default]
+    Bypass,
+    /// A preflight is authenticated like any other request.
+    Authenticate,
+}
+
+impl CorsPreflight {
+    /// Whether `method` and the `origin` and `access-control-request-method` values make a
+    /// preflight this setting lets through unauthenticated.
+    pub fn bypasses<'a>(
+        self,
+        method: &str,
+        mut origin: impl Iterator<Item = &'a str>,
+        mut request_method: impl Iterator<Item = &'a str>,
+    ) -> bool {
+        self == CorsPreflight::Bypass
+            && method == "OPTIONS"
+            && origin.any(|value| !value.is_empty())
+            && request_method.any(|value| !value.is_empty())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequirementAction {
     /// Tokens are neither looked for nor validated: the request is anonymous (health checks).

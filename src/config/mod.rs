@@ -15,7 +15,7 @@ use crate::authn::extract::TokenLocation;
 use crate::authn::jwt::TokenLimits;
 use crate::authn::verify::SignatureBackend;
 use crate::authn::{Issuers, Provider};
-use crate::authz::{ConnectionReads, Policies, TokenRequirement, UnsafePathAction};
+use crate::authz::{ConnectionReads, CorsPreflight, Policies, TokenRequirement, UnsafePathAction};
 use crate::keys::{jwks, KeySource};
 use policy::first_source_ip_field;
 use policy::{compile_policies, compile_token_requirements};
@@ -60,6 +60,8 @@ pub struct Config {
     /// `use_remote_address: true` and `xff_num_trusted_hops: 0`), so `source.ip` may be read.
     pub peer_is_source_address: bool,
     pub unsafe_paths: UnsafePathAction,
+    /// `corsPreflight`: whether CORS preflights skip authentication (Istio's default).
+    pub cors_preflight: CorsPreflight,
     /// `signatureBackend`: whether the host's `verify_signature` may verify signatures.
     pub signature_backend: SignatureBackend,
     /// `limits.maxJwksBytes`: fetched key sets and discovery documents above it are refused.
@@ -155,7 +157,18 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ))
         }
     };
+    let cors_preflight = match raw.cors_preflight.as_deref() {
+        None | Some("BYPASS") => CorsPreflight::Bypass,
+        Some("AUTHENTICATE") => CorsPreflight::Authenticate,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "corsPreflight",
+                format!("{other:?}: expected BYPASS (Istio's default: preflights need no token) or AUTHENTICATE"),
+            ))
+        }
+    };
     Ok(Config {
+        cors_preflight,
         signature_backend,
         connection_reads: ConnectionReads::of(&policies, &token_requirements),
         issuers: Issuers { providers, locations: token_locations, limits: limits.token },

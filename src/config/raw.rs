@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) trust_domain_aliases: Vec<String>,
     pub(super) unsafe_paths: Option<String>,
     pub(super) signature_backend: Option<String>,
+    pub(super) cors_preflight: Option<String>,
     #[serde(default)]
     pub(super) space_delimited_claims: Vec<String>,
     pub(super) limits: Option<RawLimits>,

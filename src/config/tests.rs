@@ -408,6 +408,16 @@ fn errors_name_the_field_and_the_reason() {
             "expected REJECT (400) or DENY (403)",
         ),
         (
+            json!({"policies": [{"action": "DENY"}], "corsPreflight": "bypass"}),
+            "corsPreflight",
+            "expected BYPASS (Istio's default: preflights need no token) or AUTHENTICATE",
+        ),
+        (
+            json!({"policies": [{"action": "DENY"}], "signatureBackend": "host"}),
+            "signatureBackend",
+            "expected \"auto\"",
+        ),
+        (
             json!({"policies": [{"action": "DENY"}], "spaceDelimitedClaims": ["roles", ""]}),
             "spaceDelimitedClaims[1]",
             "must not be empty",

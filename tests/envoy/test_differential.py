@@ -123,6 +123,8 @@ def tokens(idp):
 
 
 # (method, path, who, extra headers, listener)
+PREFLIGHT = {"Origin": "https://shop.example", "Access-Control-Request-Method": "DELETE"}
+
 REQUESTS = [
     ("GET", "/healthz", None, {}, "ingress"),
     ("GET", "/healthz", "garbage", {}, "ingress"),
@@ -209,6 +211,15 @@ REQUESTS = [
     ("GET", "/public/files/a.txt.bak2", None, {}, "ingress"),
     ("GET", "/nothing-allows-this", "alice", {}, "ingress"),
     ("GET", "/nothing-allows-this", None, {}, "ingress"),
+    # CORS preflights skip authentication (istiod's bypass_cors_preflight; jwt-authz's default),
+    # even where a token requirement needs one, and even with a broken token; the policies still
+    # decide. OPTIONS without both headers, or with an empty one, is not a preflight.
+    ("OPTIONS", "/reports/x", None, PREFLIGHT, "ingress"),
+    ("OPTIONS", "/reports/x", "garbage", PREFLIGHT, "ingress"),
+    ("OPTIONS", "/reports/x", None, {"Origin": "https://shop.example"}, "ingress"),
+    ("OPTIONS", "/reports/x", None, {"Origin": "", "Access-Control-Request-Method": "PUT"}, "ingress"),
+    ("OPTIONS", "/api/x", None, PREFLIGHT, "ingress"),
+    ("OPTIONS", "/public/x", None, PREFLIGHT, "ingress"),
 ]
 
 

@@ -354,6 +354,8 @@ def jwt_authn_filter(config, clusters):
         "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
         "providers": providers,
         "rules": rules,
+        # istiod sets it on every jwt_authn it writes: CORS preflights skip authentication.
+        "bypass_cors_preflight": True,
     }}
 
 
