@@ -224,11 +224,9 @@ pub fn evaluate_cached(
     // A CORS preflight carries no credentials (browsers never send them): as Istio's jwt_authn
     // with `bypass_cors_preflight`, its tokens are not looked at and none is required; the
     // policies still decide, for an anonymous caller.
-    let preflight = config.cors_preflight.bypasses(
-        &request.method,
-        request.header_values("origin"),
-        request.header_values("access-control-request-method"),
-    );
+    let preflight = config
+        .cors_preflight
+        .bypasses(&request.method, |name| request.header_values(name).any(|value| !value.is_empty()));
     let required_providers = match requirement.map(|r| &r.action) {
         _ if preflight => None,
         Some(RequirementAction::SkipValidation) => None,
