@@ -22,6 +22,29 @@ pub enum Denial {
     Forbidden { policy: Option<String> },
 }
 
+/// What the deny log line says about the request besides the denial, for operators: the method,
+/// Envoy's `x-request-id` (to find the request in the access log), and for a token of an issuer no
+/// `jwtRules` entry has, the issuer it named (the classic Keycloak hostname or trailing-slash
+/// mismatch). Never the token. The values are the client's: `loggable` bounds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DenyContext {
+    pub method: String,
+    pub request_id: Option<String>,
+    pub token_issuer: Option<String>,
+}
+
+/// At most `MAX_LOGGED_CHARS` of `text`, with spaces, quotes, backslashes and control characters
+/// replaced by `_`: a client-chosen value cannot forge another field or line of the log.
+pub fn loggable(text: &str) -> String {
+    text.chars()
+        .take(MAX_LOGGED_CHARS)
+        .map(|c| if c.is_control() || c.is_whitespace() || matches!(c, '"' | '\\') { '_' } else { c })
+        .collect()
+}
+
+/// Longest client-chosen value a deny log line carries.
+const MAX_LOGGED_CHARS: usize = 128;
+
 /// A complete local reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DenyResponse {
@@ -49,10 +72,24 @@ impl Denial {
         }
     }
 
-    /// The log line of a denial answered with `status`: the reason code and deciding policy, which
-    /// are also the tags of its counter (`metrics::denied`).
-    pub fn log_line(&self, status: u32, realm: &str) -> String {
-        format!("denied {status} reason={} policy={} resource={realm}", self.code(), self.policy().unwrap_or("-"))
+    /// The log line of a denial answered with `status`: the reason code and deciding policy (also
+    /// the tags of its counter, `metrics::denied`), the request's method and id, the issuer an
+    /// unknown-issuer token named, and the resource last.
+    pub fn log_line(&self, status: u32, realm: &str, context: &DenyContext) -> String {
+        let mut line = format!(
+            "denied {status} reason={} policy={} method={}",
+            self.code(),
+            self.policy().unwrap_or("-"),
+            loggable(&context.method)
+        );
+        if let Some(id) = &context.request_id {
+            line.push_str(&format!(" request_id={}", loggable(id)));
+        }
+        if let Some(issuer) = &context.token_issuer {
+            line.push_str(&format!(" token_issuer={}", loggable(issuer)));
+        }
+        line.push_str(&format!(" resource={realm}"));
+        line
     }
 
     /// The reply. `realm` is the protected resource's URL; it is quoted, so it is sanitized here.
@@ -92,6 +129,23 @@ fn quoted_string_safe(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::authn::claims::ClaimsError;
+
+    #[test]
+    fn log_lines_carry_the_request_and_cannot_be_forged_by_it() {
+        let context = DenyContext {
+            method: "GET".into(),
+            request_id: Some("abc 123\nresource=http://evil/".into()),
+            token_issuer: Some(format!("https://idp/realms/shop/{}", "x".repeat(300))),
+        };
+        let line = Denial::InvalidToken(AuthnError::UnknownIssuer).log_line(401, "http://shop/api", &context);
+        assert!(line.starts_with("denied 401 reason=jwt_unknown_issuer policy=- method=GET request_id=abc_123_resource=http://evil/ token_issuer=https://idp/realms/shop/xxx"), "{line}");
+        assert!(line.ends_with(" resource=http://shop/api"), "{line}");
+        assert!(!line.contains('\n'));
+        assert_eq!(line.matches("resource=").count(), 2, "the forged one is inside request_id");
+        assert!(line.len() < 400);
+        let plain = Denial::Forbidden { policy: Some("p".into()) }.log_line(403, "http://s/x", &DenyContext::default());
+        assert_eq!(plain, "denied 403 reason=rbac_access_denied policy=p method= resource=http://s/x");
+    }
 
     #[test]
     fn status_and_challenge_per_denial() {

@@ -6,11 +6,11 @@
 use crate::authn::extract::{self, HeaderSource, LocationId, TokenLocation};
 use crate::authn::token_cache::TokenCache;
 use crate::authn::verify::Verifier;
-use crate::authn::{self, Authenticated, AuthnOutcome};
+use crate::authn::{self, Authenticated, AuthnError, AuthnOutcome};
 use crate::authz::path::{self, UnsafePathAction};
 use crate::authz::{cidr, ConnectionReads, MatchInput, Peer, PolicyDecision, PolicyNote, RequirementAction};
 use crate::config::Config;
-use crate::deny::Denial;
+use crate::deny::{Denial, DenyContext};
 use crate::identity::claim_values;
 use crate::ids::ProviderId;
 use crate::keys::KeyStore;
@@ -159,7 +159,7 @@ pub enum HeaderChange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allow { changes: Vec<HeaderChange>, principal: Option<String>, notes: Vec<PolicyNote> },
-    Deny { denial: Denial, realm: String, notes: Vec<PolicyNote> },
+    Deny { denial: Denial, realm: String, notes: Vec<PolicyNote>, context: DenyContext },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,7 +256,13 @@ pub fn evaluate_cached(
                 AuthnOutcome::Anonymous => None,
                 AuthnOutcome::Authenticated(authenticated) => Some(authenticated),
                 AuthnOutcome::Rejected(err) => {
-                    return deny(request, &normalized, Denial::InvalidToken(err), Vec::new())
+                    let mut outcome = deny(request, &normalized, Denial::InvalidToken(err), Vec::new());
+                    if let (AuthnError::UnknownIssuer, Outcome::Decided(Decision::Deny { context, .. })) =
+                        (err, &mut outcome)
+                    {
+                        context.token_issuer = unknown_issuer(config, &found);
+                    }
+                    return outcome;
                 }
                 AuthnOutcome::AwaitKeys(provider) => return Outcome::AwaitKeys(provider),
             }
@@ -281,7 +287,24 @@ pub fn evaluate_cached(
 fn deny(request: &Request, normalized_path: &str, denial: Denial, notes: Vec<PolicyNote>) -> Outcome {
     let scheme = if request.scheme.is_empty() { "http" } else { &request.scheme };
     let realm = format!("{scheme}://{}{normalized_path}", request.authority);
-    Outcome::Decided(Decision::Deny { denial, realm, notes })
+    let context = DenyContext {
+        method: request.method.clone(),
+        request_id: request.header_values("x-request-id").next().map(str::to_string),
+        token_issuer: None,
+    };
+    Outcome::Decided(Decision::Deny { denial, realm, notes, context })
+}
+
+/// The issuer the first token of `found` names that no `jwtRules` entry accepts there, for the
+/// log line of an unknown-issuer denial. Only on that error path: the tokens are parsed again.
+fn unknown_issuer(config: &Config, found: &[extract::FoundToken]) -> Option<String> {
+    found.iter().find_map(|token| {
+        let parsed = authn::jwt::parse_with_limits(&token.token, &config.issuers.limits).ok()?;
+        let issuer = parsed.issuer()?;
+        let known =
+            config.issuers.providers.iter().any(|p| p.issuer == issuer && p.locations.contains(&token.location));
+        (!known).then(|| issuer.to_string())
+    })
 }
 
 /// Header changes for an allowed request: output headers are always cleared first (a client must

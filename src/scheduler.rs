@@ -495,10 +495,10 @@ impl Scheduler {
                     self.log(Level::Debug, format!("allowed {principal}"));
                 }
             }
-            Decision::Deny { denial, realm, notes } => {
+            Decision::Deny { denial, realm, notes, context } => {
                 let status = denial.response(realm).status;
                 self.report_notes(notes, &format!("denied {status} resource={realm}"));
-                self.log(Level::Info, denial.log_line(status, realm));
+                self.log(Level::Info, denial.log_line(status, realm, context));
                 self.effects.push(Effect::CountNamed(metrics::denied(status, denial.code(), denial.policy())));
             }
         }

@@ -244,9 +244,10 @@ fn a_denial_is_logged_and_counted_with_its_reason_and_policy() {
     assert_eq!(status(&decision), 401);
     let effects = s.take_effects();
     assert!(effects.contains(&Effect::CountNamed(metrics::denied(401, "jwt_missing", None))), "{effects:?}");
-    assert!(
-        effects.contains(&Effect::Log(Level::Info, "denied 401 reason=jwt_missing policy=- resource=http:///".into()))
-    );
+    assert!(effects.contains(&Effect::Log(
+        Level::Info,
+        "denied 401 reason=jwt_missing policy=- method=GET resource=http:///".into()
+    )));
 }
 
 #[test]

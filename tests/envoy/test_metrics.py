@@ -155,3 +155,28 @@ def test_one_log_line_per_denial_with_code_and_policy_never_the_token(traffic):
     for token in sent:
         for part in token.split("."):
             assert part not in log, "a token (or part of one) reached the log"
+
+
+def test_deny_lines_name_the_method_request_id_and_an_unknown_tokens_issuer(shop, idp):
+    """The operator's questions on a 401: which request (Envoy's x-request-id, as in its access log)
+    and, for an unknown issuer, which issuer the token named: the Keycloak hostname and
+    trailing-slash mismatches. Client-chosen values cannot add fields or lines."""
+    wrong_issuer = idp.issuer + "/"
+    token = mint(idp, iss=wrong_issuer)
+    status, _, _ = shop.get("/api/deny-line-issuer", {**bearer(token), "x-request-id": "req-4711"}, method="POST")
+    assert status == 401
+    status, _, _ = shop.get("/api/deny-line-forged", {"x-request-id": "a b resource=http://evil/"})
+    assert status == 401
+
+    def lines():
+        found = [line for line in shop.log_text().splitlines() if "/api/deny-line-" in line and "denied 401" in line]
+        return found if len(found) >= 2 else None
+
+    issuer_line, forged_line = sorted(wait_for(lines, "the two deny lines"), key=lambda line: "forged" in line)
+    assert (f"reason=jwt_unknown_issuer policy=- method=POST request_id=req-4711 token_issuer={wrong_issuer} "
+            f"resource=http://") in issuer_line, issuer_line
+    assert issuer_line.endswith("/api/deny-line-issuer"), issuer_line
+    # Spaces in the client's value become _, so the line's own resource stays the last field.
+    assert "request_id=a_b_resource=http://evil/ resource=http://" in forged_line, forged_line
+    for part in token.split("."):
+        assert part not in shop.log_text()
