@@ -140,33 +140,24 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let peer_is_source_address =
         peer_is_source_address(raw.num_trusted_proxies, raw.connection_manager.as_ref(), source_ip_field)?;
     let token_requirements = compile_token_requirements(raw.token_requirements, &providers)?;
-    let unsafe_paths = match raw.unsafe_paths.as_deref() {
-        None | Some("REJECT") => UnsafePathAction::Reject,
-        Some("DENY") => UnsafePathAction::Deny,
-        Some(other) => {
-            return Err(ConfigError::new("unsafePaths", format!("{other:?}: expected REJECT (400) or DENY (403)")))
-        }
-    };
-    let signature_backend = match raw.signature_backend.as_deref() {
-        None | Some("auto") => SignatureBackend::Auto,
-        Some("vm") => SignatureBackend::Vm,
-        Some(other) => {
-            return Err(ConfigError::new(
-                "signatureBackend",
-                format!("{other:?}: expected \"auto\" (the host's verify_signature where it can) or \"vm\""),
-            ))
-        }
-    };
-    let cors_preflight = match raw.cors_preflight.as_deref() {
-        None | Some("BYPASS") => CorsPreflight::Bypass,
-        Some("AUTHENTICATE") => CorsPreflight::Authenticate,
-        Some(other) => {
-            return Err(ConfigError::new(
-                "corsPreflight",
-                format!("{other:?}: expected BYPASS (Istio's default: preflights need no token) or AUTHENTICATE"),
-            ))
-        }
-    };
+    let unsafe_paths = choice(
+        raw.unsafe_paths.as_deref(),
+        "unsafePaths",
+        &[("REJECT", UnsafePathAction::Reject), ("DENY", UnsafePathAction::Deny)],
+        "expected REJECT (400) or DENY (403)",
+    )?;
+    let signature_backend = choice(
+        raw.signature_backend.as_deref(),
+        "signatureBackend",
+        &[("auto", SignatureBackend::Auto), ("vm", SignatureBackend::Vm)],
+        "expected \"auto\" (the host's verify_signature where it can) or \"vm\"",
+    )?;
+    let cors_preflight = choice(
+        raw.cors_preflight.as_deref(),
+        "corsPreflight",
+        &[("BYPASS", CorsPreflight::Bypass), ("AUTHENTICATE", CorsPreflight::Authenticate)],
+        "expected BYPASS (Istio's default: preflights need no token) or AUTHENTICATE",
+    )?;
     Ok(Config {
         cors_preflight,
         signature_backend,
@@ -179,6 +170,19 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         unsafe_paths,
         max_jwks_bytes: limits.max_jwks_bytes,
     })
+}
+
+/// A top-level setting that names one of `options` (the first is the default when it is absent);
+/// anything else is refused with `expected`.
+fn choice<T: Copy>(value: Option<&str>, field: &str, options: &[(&str, T)], expected: &str) -> Result<T, ConfigError> {
+    let Some(value) = value else {
+        return options.first().map(|&(_, default)| default).ok_or_else(|| ConfigError::new(field, expected));
+    };
+    options
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|&(_, option)| option)
+        .ok_or_else(|| ConfigError::new(field, format!("{value:?}: {expected}")))
 }
 
 /// The mesh's trust domain and its aliases (istiod's trust domain bundle), in that order.
