@@ -87,7 +87,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # (about 10% smaller, no speed-for-size trade: -O3, not -Oz). Optional: without wasm-opt, or if it
 # refuses the module, the rustc output is used as it is. The features are the ones rustc emits for
 # wasm32-wasip1 (the stripped module no longer names them), so wasm-opt introduces no new ones.
-WASM_OPT_FLAGS := -O3 --enable-bulk-memory --enable-multivalue --enable-mutable-globals \
+WASM_OPT_FLAGS := -O3 -ocimfs 1000 --enable-bulk-memory --enable-multivalue --enable-mutable-globals \
                   --enable-nontrapping-float-to-int --enable-reference-types --enable-sign-ext
 
 .stamps/binaryen:

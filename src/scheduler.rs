@@ -118,6 +118,7 @@ impl Scheduler {
     /// probed once, here, for the algorithms its `verify_signature` verifies correctly. `secret`
     /// is 16 bytes from the host's random source, the token cache's key (`TokenDigest`); without
     /// it, std's random keys are used.
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
     pub fn new(
         config: Config,
         worker: Worker,
@@ -161,6 +162,7 @@ impl Scheduler {
     }
 
     /// One line for the log at start: what this configuration holds.
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
     pub fn summary(&self) -> String {
         let config = &self.config;
         let policies = &config.policies;
@@ -405,6 +407,7 @@ impl Scheduler {
 
     /// Records a fetch result in the shared record, wakes the workers waiting for it, settles this
     /// worker's waiting requests, and starts the next fetch (the key set, after discovery).
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
     fn record_fetch_result(
         &mut self,
         store: &mut dyn SharedStore,

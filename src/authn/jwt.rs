@@ -114,6 +114,7 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, JwtError> {
 /// verify (checked before any key is looked at, so `none`, `HS256` signed with the public key as
 /// secret, and other algorithm confusions never reach a verifier) with JSON-object claims,
 /// no duplicate JSON members, and no nesting deeper than the limit.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<ParsedToken<'a>, JwtError> {
     if token.len() > limits.max_token_bytes {
         return Err(JwtError::TooLarge);

@@ -202,6 +202,26 @@ fn verify_token(
             return Verdict::Verified(verification.provider, identity);
         }
     }
+    verify_new_token(issuers, found, keys, verifier, cache, now_seconds, allowed)
+}
+
+/// A token the identity tier does not hold: parsed, and verified unless the verified tier vouches
+/// for it. Out of line (as the other large cold paths, docs/performance.md "Footprint"): V8
+/// compiles every function with TurboFan when the module loads, and the memory that costs grows
+/// with the largest function, so the hot path above stays small and this stays its own.
+#[inline(never)]
+fn verify_new_token(
+    issuers: &Issuers,
+    found: &FoundToken,
+    keys: &dyn KeyStore,
+    verifier: &Verifier,
+    cache: &mut TokenCache,
+    now_seconds: u64,
+    allowed: Option<&[ProviderId]>,
+) -> Verdict {
+    let holds = |verification: &Verification| {
+        cached_verification_holds(issuers, keys, found, verification, now_seconds, allowed)
+    };
     let parsed = match jwt::parse_with_limits(&found.token, &issuers.limits) {
         Ok(parsed) => parsed,
         Err(error) => return AuthnError::Token(error).into(),

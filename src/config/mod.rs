@@ -95,6 +95,7 @@ impl Config {
 
     /// Parses, validates and compiles a plugin configuration. An empty configuration is an error:
     /// a filter that checks nothing is almost certainly a deployment mistake.
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         if json.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::new("", "the plugin configuration is empty"));
@@ -112,6 +113,7 @@ impl Config {
     }
 }
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let limits = compile_limits(raw.limits.as_ref())?;
     let mut token_locations: Vec<TokenLocation> = Vec::new();

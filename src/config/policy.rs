@@ -34,6 +34,7 @@ pub(super) fn first_source_ip_field(policies: &[RawPolicy]) -> Option<String> {
 
 /// `trust_domains`: the mesh's trust domain and its aliases (a principal in one of them, or in
 /// `cluster.local`, matches the same identity in each, as istiod rewrites it).
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub(super) fn compile_policies(
     raw: Vec<RawPolicy>,
     extra_space_delimited: Vec<String>,
@@ -86,6 +87,7 @@ pub(super) fn compile_policies(
     Ok(policies)
 }
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn compile_rules(raw_rules: Vec<RawRule>, field: &str, trust_domains: &[String]) -> Result<Vec<Rule>, ConfigError> {
     let mut rules = Vec::with_capacity(raw_rules.len());
     for (r, rule) in raw_rules.into_iter().enumerate() {
@@ -117,6 +119,7 @@ fn compile_rules(raw_rules: Vec<RawRule>, field: &str, trust_domains: &[String])
     Ok(rules)
 }
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn compile_source(raw: RawSource, field: &str, trust_domains: &[String]) -> Result<Source, ConfigError> {
     let principals = |values: Vec<String>, name: &str| {
         parsed(values, &format!("{field}.{name}"), |v| PeerMatch::principal(v, trust_domains))
@@ -158,6 +161,7 @@ fn namespace_match(value: &str) -> Result<PeerMatch, String> {
     PeerMatch::namespace(value)
 }
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn compile_operation(raw: RawOperation, field: &str) -> Result<Operation, ConfigError> {
     let hosts = |values: Vec<String>, f: &str| parsed(values, f, HostMatch::parse);
     Ok(Operation {
@@ -172,6 +176,7 @@ fn compile_operation(raw: RawOperation, field: &str) -> Result<Operation, Config
     })
 }
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub(super) fn compile_token_requirements(
     raw: Vec<RawTokenRequirement>,
     providers: &[Provider],

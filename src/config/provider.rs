@@ -12,6 +12,7 @@ use crate::keys::{
     DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL_MS, DISCOVERY_PATH,
 };
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub(super) fn compile_provider(
     rule: RawJwtRule,
     field: &str,

@@ -173,6 +173,7 @@ impl HttpContext for RequestContext {
 
 /// Performs what the scheduler asked, in order, until it asks for nothing more (a failed
 /// dispatch or wake-up is reported back and may produce more).
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn perform_effects(vm: &SharedVm) {
     loop {
         let effects = vm.borrow_mut().scheduler.take_effects();

@@ -23,6 +23,7 @@ pub(super) struct Stats {
 }
 
 impl Stats {
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
     pub(super) fn define(config: &Config) -> Stats {
         let define = |kind, name: &str| hostcalls::define_metric(kind, name).ok();
         let counters = Counter::ALL

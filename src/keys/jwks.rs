@@ -160,6 +160,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedJwks, JwksError> {
 
 /// Parses a JWKS document, keeping the keys usable for signatures we verify. Documents over
 /// `max_bytes` are refused before any parsing.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub fn parse_with_limit(body: &[u8], max_bytes: usize) -> Result<ParsedJwks, JwksError> {
     if body.len() > max_bytes {
         return Err(JwksError::TooLarge(body.len(), max_bytes));
