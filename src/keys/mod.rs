@@ -5,6 +5,7 @@ pub mod cache;
 mod der;
 pub mod discovery;
 pub mod ec;
+mod ecdsa;
 pub mod ed25519;
 pub mod host_crypto;
 pub mod jwks;
