@@ -284,6 +284,7 @@ pub fn evaluate_cached(
     }
 }
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn deny(request: &Request, normalized_path: &str, denial: Denial, notes: Vec<PolicyNote>) -> Outcome {
     let scheme = if request.scheme.is_empty() { "http" } else { &request.scheme };
     let realm = format!("{scheme}://{}{normalized_path}", request.authority);

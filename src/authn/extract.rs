@@ -47,6 +47,7 @@ pub trait HeaderSource {
 
 /// Returns every token present, in configuration order. A location that holds no token is
 /// skipped; a value that does not start with the location's prefix is not a token (e.g. `Basic`).
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub fn find_tokens(locations: &[TokenLocation], request: &dyn HeaderSource) -> Vec<FoundToken> {
     let mut found = Vec::new();
     for (index, location) in locations.iter().enumerate() {

@@ -136,6 +136,7 @@ pub enum AuthnOutcome {
 /// identity. Only tokens of the `allowed` providers are accepted when given: another configured
 /// issuer's token is then an unknown issuer, as in Envoy's jwt_authn when a route requires one
 /// provider.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub fn authenticate(
     issuers: &Issuers,
     found: &[FoundToken],

@@ -64,6 +64,7 @@ pub enum UnsafePathAction {
 
 /// Returns the path without query and fragment, with percent-encoded unreserved characters
 /// decoded (other escapes kept, upper-cased), repeated slashes merged and `.`/`..` resolved.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub fn normalize(raw: &str) -> Result<String, PathError> {
     let without_query = raw.split(['?', '#']).next().unwrap_or_default();
     if !without_query.starts_with('/') {

@@ -54,6 +54,7 @@ impl<'a> Path<'a> {
 
 /// Parses `json` into a tree, refusing a member name that appears twice in one object (serde's
 /// `duplicate field` error, at the path of the second one).
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub fn parse_strict(json: &[u8], path: &Path<'_>) -> Result<Value, serde_json::Error> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     let value = StrictValue { path }.deserialize(&mut deserializer)?;
@@ -137,6 +138,7 @@ impl<'de> Visitor<'de> for StrictValue<'_, '_> {
 }
 
 /// Reads `T` from a parsed tree; on failure `path` is where it failed.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub fn read<'de, T: de::Deserialize<'de>>(value: &'de Value, path: &Path<'de>) -> Result<T, serde_json::Error> {
     T::deserialize(Tracked { value, path })
 }

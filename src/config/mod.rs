@@ -176,6 +176,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
 
 /// A top-level setting that names one of `options` (the first is the default when it is absent);
 /// anything else is refused with `expected`.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn choice<T: Copy>(value: Option<&str>, field: &str, options: &[(&str, T)], expected: &str) -> Result<T, ConfigError> {
     let Some(value) = value else {
         return options.first().map(|&(_, default)| default).ok_or_else(|| ConfigError::new(field, expected));
@@ -188,6 +189,7 @@ fn choice<T: Copy>(value: Option<&str>, field: &str, options: &[(&str, T)], expe
 }
 
 /// The mesh's trust domain and its aliases (istiod's trust domain bundle), in that order.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn trust_domains(trust_domain: Option<String>, aliases: Vec<String>) -> Result<Vec<String>, ConfigError> {
     let domain = trust_domain.unwrap_or_else(|| "cluster.local".to_string());
     for (field, value) in std::iter::once(("trustDomain".to_string(), &domain))
@@ -210,6 +212,7 @@ fn trust_domains(trust_domain: Option<String>, aliases: Vec<String>) -> Result<V
 /// trusted proxies, the client they reported. Rather than guess, a rule that reads `source.ip`
 /// needs the operator to state that setup (`connectionManager`); `remote.ip` is Envoy's address in
 /// every setup, exactly as Istio's `remoteIpBlocks` is.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn peer_is_source_address(
     num_trusted_proxies: Option<u32>,
     connection_manager: Option<&RawConnectionManager>,
@@ -249,6 +252,7 @@ fn peer_is_source_address(
 
 /// Each limit must lie in a range where it still protects: a token limit above Envoy's largest
 /// header size or a depth beyond serde_json's own recursion limit (128) would be a silent no-op.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn compile_limits(raw: Option<&RawLimits>) -> Result<Limits, ConfigError> {
     let defaults = Limits::default();
     let Some(raw) = raw else { return Ok(defaults) };

@@ -61,6 +61,7 @@ pub(super) fn compile_provider(
 /// `algorithms`: the JWS algorithms this issuer's tokens may use (all ten when absent). Envoy's
 /// jwt_authn has no such list; it exists so that an issuer that signs only with, say, ES256 cannot
 /// have tokens accepted under an RSA key that also sits in its JWKS.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn algorithms(names: Option<&[String]>, field: &str) -> Result<AlgorithmSet, ConfigError> {
     let Some(names) = names else { return Ok(AlgorithmSet::all()) };
     if names.is_empty() {
@@ -95,6 +96,7 @@ struct FetchTimings {
 }
 
 impl FetchTimings {
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
     fn of(rule: &RawJwtRule, field: &str) -> Result<FetchTimings, ConfigError> {
         let duration = |text: &Option<String>, name: &str, default_ms: u64, min_ms: u64, max_ms: u64| {
             duration_field(text, &format!("{field}.{name}"), default_ms, min_ms, max_ms)
@@ -159,6 +161,7 @@ fn key_source(
     }
 }
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn remote_jwks(
     rule: &RawJwtRule,
     jwks_uri: Option<&str>,
@@ -207,6 +210,7 @@ fn remote_jwks(
 /// Where the issuer's tokens are accepted, as ids into the configuration-wide `token_locations`
 /// (adding the ones not seen before): its `fromHeaders`, `fromParams` and `fromCookies`, or
 /// Istio's defaults when none is given.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn locations(
     rule: &RawJwtRule,
     field: &str,

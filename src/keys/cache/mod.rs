@@ -82,6 +82,7 @@ struct View {
 
 impl View {
     /// Takes in `record`; returns the number of keys when a new version was loaded.
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
     fn observe(&mut self, record: &SharedRecord) -> Option<usize> {
         let mut loaded = None;
         if record.keys_version != self.keys_version {
@@ -222,6 +223,7 @@ impl JwksCache {
 
     /// Records the result of `fetch` (dispatched by this worker under its lease) in the shared
     /// record. `random` jitters the next refresh or retry.
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
     pub fn on_fetch_result(
         &mut self,
         store: &mut dyn SharedStore,

@@ -112,6 +112,7 @@ pub(super) enum Judged {
     Failed(FetchError),
 }
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub(super) fn judge(
     source: &RemoteJwks,
     issuer: &str,
@@ -148,6 +149,7 @@ pub(super) fn judge(
     }
 }
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub(super) fn complete_transition(
     source: &RemoteJwks,
     mut record: SharedRecord,
