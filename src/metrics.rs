@@ -24,7 +24,7 @@ const NO_POLICY: &str = "-";
 pub const WASM_MEMORY_GAUGE: &str = "jwt_authz.wasm_memory_bytes";
 
 /// Gauge: tokens in the verified-token cache of the VM that last reported (at most
-/// `token_cache::VERIFIED_CAPACITY`). Set on every tick.
+/// `limits.tokenCacheSize`). Set on every tick.
 pub const TOKEN_CACHE_GAUGE: &str = "jwt_authz.token_cache_entries";
 
 /// Gauge: how many of the ten signature algorithms this VM hands to the host's `verify_signature` (6 on

@@ -135,13 +135,18 @@ impl Scheduler {
         }
         let providers = config.issuers.providers.len();
         let host_algorithms = verifier.host_algorithms().len() as u64;
+        let (verified_tokens, identities) = config.token_cache;
         let mut scheduler = Scheduler {
             config,
             cache,
             verifier,
             worker,
             random,
-            tokens: TokenCache::with_key(secret.map_or_else(DigestKey::from_std, DigestKey::from_bytes)),
+            tokens: TokenCache::sized(
+                secret.map_or_else(DigestKey::from_std, DigestKey::from_bytes),
+                verified_tokens,
+                identities,
+            ),
             fetches: HashMap::new(),
             waiting: HashMap::new(),
             kick_pending: false,

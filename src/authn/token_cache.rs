@@ -11,7 +11,7 @@
 //! never a reason to skip policy evaluation, which runs on every request.
 //!
 //! Two bounded LRU tiers:
-//! - `verified` (about 100 bytes an entry, many tokens), keyed by that digest: "this token's
+//! - `verified` (about 80 bytes an entry, many tokens), keyed by that digest: "this token's
 //!   signature and claims checked out". A hit skips the RSA operation; the token is parsed again.
 //! - `identities` (fewer, larger entries) keeps the token itself and the caller's parsed identity
 //!   with all its claims (policies, AUDIT and dry-run rules and output headers may read any of
@@ -28,10 +28,15 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::rc::Rc;
 
-/// Tokens whose verification is remembered (about 100 bytes each).
-pub const VERIFIED_CAPACITY: usize = 10_000;
-/// Tokens whose parsed identity is remembered too (the token plus its parsed claims: a few KB).
-const IDENTITY_CAPACITY: usize = 256;
+/// Tokens whose verification is remembered by default (`limits.tokenCacheSize`; about 80 bytes of
+/// linear memory each, reserved at configure). Sized for a sidecar, which sees its own callers:
+/// at 10,000 the two tiers held 3.5 MiB per worker VM (docs/performance.md, "Footprint").
+/// Envoy's jwt_authn defaults to 100.
+pub const VERIFIED_CAPACITY: usize = 2_000;
+/// Tokens whose parsed identity is remembered too by default (`limits.identityCacheSize`; the
+/// token plus its parsed claims, about 6 KB for a Keycloak access token): a hit there skips the
+/// parsing as well, which is the hot path.
+pub const IDENTITY_CAPACITY: usize = 64;
 /// Longer tokens are not kept in the identity tier (which stores them and their claims whole): its
 /// worst case stays within about 3 MB. They still get the verified tier.
 const MAX_IDENTITY_TOKEN_BYTES: usize = 4096;
@@ -184,7 +189,13 @@ impl TokenCache {
 
     /// A cache keyed with `key` (the filter's: from the host's random source).
     pub fn with_key(key: DigestKey) -> TokenCache {
-        TokenCache { key, verified: Lru::new(VERIFIED_CAPACITY), identities: Lru::new(IDENTITY_CAPACITY) }
+        TokenCache::sized(key, VERIFIED_CAPACITY, IDENTITY_CAPACITY)
+    }
+
+    /// A cache keyed with `key` that remembers `verified` verifications, `identities` of them
+    /// with their parsed identity (`limits.tokenCacheSize`, `limits.identityCacheSize`).
+    pub fn sized(key: DigestKey, verified: usize, identities: usize) -> TokenCache {
+        TokenCache { key, verified: Lru::new(verified), identities: Lru::new(identities.min(verified)) }
     }
 
     pub fn with_capacity(verified: usize, identities: usize) -> TokenCache {
@@ -273,7 +284,10 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
     fn new(capacity: usize) -> Lru<K, V> {
         // Slot indices are u32 with one value reserved.
         let capacity = capacity.min(NIL as usize - 1);
-        Lru { capacity, index: HashMap::default(), slots: Vec::new(), head: NIL, tail: NIL }
+        // Reserved whole at once: grown by doubling, the vector and the table would leave their
+        // outgrown copies behind in linear memory, which never shrinks.
+        let index = HashMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default());
+        Lru { capacity, index, slots: Vec::with_capacity(capacity), head: NIL, tail: NIL }
     }
 
     fn len(&self) -> usize {

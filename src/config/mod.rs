@@ -13,6 +13,7 @@ pub use provider::parse_duration_ms;
 
 use crate::authn::extract::TokenLocation;
 use crate::authn::jwt::TokenLimits;
+use crate::authn::token_cache;
 use crate::authn::verify::SignatureBackend;
 use crate::authn::{Issuers, Provider};
 use crate::authz::{ConnectionReads, CorsPreflight, Policies, TokenRequirement, UnsafePathAction};
@@ -66,6 +67,9 @@ pub struct Config {
     pub signature_backend: SignatureBackend,
     /// `limits.maxJwksBytes`: fetched key sets and discovery documents above it are refused.
     pub max_jwks_bytes: usize,
+    /// `limits.tokenCacheSize` and `limits.identityCacheSize`: how many verified tokens each VM
+    /// remembers, and how many of those with their parsed identity.
+    pub token_cache: (usize, usize),
     /// The connection attributes policies and requirements read: the host fetches only these.
     pub connection_reads: ConnectionReads,
 }
@@ -76,11 +80,16 @@ pub struct Config {
 struct Limits {
     token: TokenLimits,
     max_jwks_bytes: usize,
+    token_cache: (usize, usize),
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { token: TokenLimits::default(), max_jwks_bytes: jwks::MAX_JWKS_BYTES }
+        Limits {
+            token: TokenLimits::default(),
+            max_jwks_bytes: jwks::MAX_JWKS_BYTES,
+            token_cache: (token_cache::VERIFIED_CAPACITY, token_cache::IDENTITY_CAPACITY),
+        }
     }
 }
 
@@ -171,6 +180,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         peer_is_source_address,
         unsafe_paths,
         max_jwks_bytes: limits.max_jwks_bytes,
+        token_cache: limits.token_cache,
     })
 }
 
@@ -274,6 +284,11 @@ fn compile_limits(raw: Option<&RawLimits>) -> Result<Limits, ConfigError> {
             max_json_depth: bounded(raw.max_claim_depth, "maxClaimDepth", 2, 64, defaults.token.max_json_depth)?,
         },
         max_jwks_bytes: bounded(raw.max_jwks_bytes, "maxJwksBytes", 1024, 16 << 20, defaults.max_jwks_bytes)?,
+        // 0 turns a tier off; the identity tier is a subset of the verified one.
+        token_cache: (
+            bounded(raw.token_cache_size, "tokenCacheSize", 0, 1_000_000, defaults.token_cache.0)?,
+            bounded(raw.identity_cache_size, "identityCacheSize", 0, 10_000, defaults.token_cache.1)?,
+        ),
     })
 }
 

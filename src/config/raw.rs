@@ -47,6 +47,8 @@ pub(super) struct RawLimits {
     pub(super) max_token_bytes: Option<u64>,
     pub(super) max_claim_depth: Option<u64>,
     pub(super) max_jwks_bytes: Option<u64>,
+    pub(super) token_cache_size: Option<u64>,
+    pub(super) identity_cache_size: Option<u64>,
 }
 
 #[derive(Deserialize)]

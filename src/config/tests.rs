@@ -591,7 +591,17 @@ fn limits_default_and_are_bounded() {
     .expect("valid");
     assert_eq!(partial.issuers.limits.max_json_depth, 3);
     assert_eq!(partial.max_jwks_bytes, crate::keys::jwks::MAX_JWKS_BYTES);
+    // The token cache: sized for a sidecar by default, larger (a gateway) or off on request.
+    assert_eq!(
+        partial.token_cache,
+        (crate::authn::token_cache::VERIFIED_CAPACITY, crate::authn::token_cache::IDENTITY_CAPACITY)
+    );
+    let sized = json!({"tokenCacheSize": 50_000, "identityCacheSize": 0});
+    let config = Config::parse(json!({"jwtRules": [rule], "limits": sized}).to_string().as_bytes()).expect("valid");
+    assert_eq!(config.token_cache, (50_000, 0));
     for (limits, field, reason) in [
+        (json!({"tokenCacheSize": 2_000_000}), "limits.tokenCacheSize", "outside 0..=1000000"),
+        (json!({"identityCacheSize": 20_000}), "limits.identityCacheSize", "outside 0..=10000"),
         (json!({"maxTokenBytes": 0}), "limits.maxTokenBytes", "outside 256..=1048576"),
         (json!({"maxTokenBytes": 2_000_000}), "limits.maxTokenBytes", "outside"),
         (json!({"maxClaimDepth": 1}), "limits.maxClaimDepth", "outside 2..=64"),

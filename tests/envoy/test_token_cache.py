@@ -68,3 +68,22 @@ def test_wasm_memory_gauge_reports_the_linear_memory(idp, backend):
         # Whole 64 KiB pages; a fresh VM holds the module's data and stack plus a little heap.
         assert memory % 65536 == 0
         assert 1 << 20 <= memory <= 8 << 20, memory
+
+
+def test_the_cache_holds_at_most_token_cache_size_and_evicts_the_least_recently_used(idp, backend):
+    config = plugin_config(idp)
+    config["limits"] = {"tokenCacheSize": 2, "identityCacheSize": 1}
+    with start_envoy(config, backend=backend, idp=idp) as envoy:
+        tokens = [mint(idp, jti=jti) for jti in ("one", "two", "three")]
+        for token in tokens:
+            assert envoy.get("/api/x", {"Authorization": f"Bearer {token}"})[0] == 200
+        assert gauge(envoy, "token_cache_entries") == 2
+        # Evicted or not, every token still gets the same answer (the cache never decides).
+        for token in tokens * 2:
+            assert envoy.get("/api/x", {"Authorization": f"Bearer {token}"})[0] == 200
+        assert gauge(envoy, "token_cache_entries") == 2
+    config["limits"] = {"tokenCacheSize": 0}
+    with start_envoy(config, backend=backend, idp=idp) as envoy:
+        for _ in range(2):
+            assert envoy.get("/api/x", {"Authorization": f"Bearer {tokens[0]}"})[0] == 200
+        assert gauge(envoy, "token_cache_entries") == 0
