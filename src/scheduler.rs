@@ -589,6 +589,7 @@ impl Random {
 
 /// The verifier for `backend` (probing `host` for `auto`) and the configure log line that says
 /// which backend verifies which algorithm.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn signature_backend(backend: SignatureBackend, host: Box<dyn ForeignFunction>) -> (Verifier, String) {
     match backend {
         SignatureBackend::Vm => (

@@ -21,7 +21,7 @@ use crate::keys::{jwks, KeySource};
 use policy::first_source_ip_field;
 use policy::{compile_policies, compile_token_requirements};
 use provider::compile_provider;
-use raw::{RawConfig, RawConnectionManager, RawLimits};
+use raw::{RawConfig, RawConnectionManager, RawJwtRule, RawLimits};
 use std::fmt;
 
 /// A configuration error: the JSON path of the offending field and why it is wrong.
@@ -125,24 +125,7 @@ impl Config {
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let limits = compile_limits(raw.limits.as_ref())?;
-    let mut token_locations: Vec<TokenLocation> = Vec::new();
-    let mut providers = Vec::with_capacity(raw.jwt_rules.len());
-    let mut output_headers: Vec<String> = Vec::new();
-    for (index, rule) in raw.jwt_rules.into_iter().enumerate() {
-        let field = format!("jwtRules[{index}]");
-        let provider = compile_provider(rule, &field, &mut token_locations, &limits)?;
-        if providers.iter().any(|p: &Provider| p.issuer == provider.issuer) {
-            return Err(ConfigError::new(
-                format!("{field}.issuer"),
-                format!("issuer {:?} is configured twice", provider.issuer),
-            ));
-        }
-        output_headers.extend(provider.output_payload_to_header.iter().cloned());
-        output_headers.extend(provider.output_claim_to_headers.iter().map(|c| c.header.clone()));
-        providers.push(provider);
-    }
-    output_headers.sort();
-    output_headers.dedup();
+    let (providers, token_locations, output_headers) = compile_providers(raw.jwt_rules, &limits)?;
 
     // Where a rule first reads source.ip, checked once the values themselves are known to be valid.
     let source_ip_field = first_source_ip_field(&raw.policies);
@@ -182,6 +165,33 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         max_jwks_bytes: limits.max_jwks_bytes,
         token_cache: limits.token_cache,
     })
+}
+
+/// The `jwtRules` in order, with every token location they read and every header they write.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
+fn compile_providers(
+    rules: Vec<RawJwtRule>,
+    limits: &Limits,
+) -> Result<(Vec<Provider>, Vec<TokenLocation>, Vec<String>), ConfigError> {
+    let mut token_locations: Vec<TokenLocation> = Vec::new();
+    let mut providers = Vec::with_capacity(rules.len());
+    let mut output_headers: Vec<String> = Vec::new();
+    for (index, rule) in rules.into_iter().enumerate() {
+        let field = format!("jwtRules[{index}]");
+        let provider = compile_provider(rule, &field, &mut token_locations, limits)?;
+        if providers.iter().any(|p: &Provider| p.issuer == provider.issuer) {
+            return Err(ConfigError::new(
+                format!("{field}.issuer"),
+                format!("issuer {:?} is configured twice", provider.issuer),
+            ));
+        }
+        output_headers.extend(provider.output_payload_to_header.iter().cloned());
+        output_headers.extend(provider.output_claim_to_headers.iter().map(|c| c.header.clone()));
+        providers.push(provider);
+    }
+    output_headers.sort();
+    output_headers.dedup();
+    Ok((providers, token_locations, output_headers))
 }
 
 /// A top-level setting that names one of `options` (the first is the default when it is absent);

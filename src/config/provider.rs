@@ -128,6 +128,7 @@ impl FetchTimings {
     }
 }
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn key_source(
     rule: &RawJwtRule,
     field: &str,
@@ -260,6 +261,7 @@ fn locations(
     Ok(locations)
 }
 
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn validate_header_name(name: &str, field: &str) -> Result<String, ConfigError> {
     let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
     if !valid {
