@@ -167,12 +167,15 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
+/// The providers in `jwtRules` order, every token location they read, every header they write.
+type CompiledProviders = (Vec<Provider>, Vec<TokenLocation>, Vec<String>);
+
 /// The `jwtRules` in order, with every token location they read and every header they write.
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn compile_providers(
     rules: Vec<RawJwtRule>,
     limits: &Limits,
-) -> Result<(Vec<Provider>, Vec<TokenLocation>, Vec<String>), ConfigError> {
+) -> Result<CompiledProviders, ConfigError> {
     let mut token_locations: Vec<TokenLocation> = Vec::new();
     let mut providers = Vec::with_capacity(rules.len());
     let mut output_headers: Vec<String> = Vec::new();
