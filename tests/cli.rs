@@ -112,8 +112,8 @@ spec:
     assert_eq!(code, 1);
     for expected in [
         "apiVersion: \"extensions.istio.io/v1beta9\", expected extensions.istio.io/v1alpha1",
-        "spec.url: \"ftp://somewhere/plugin.wasm\" is not an oci://",
-        "spec.sha256: \"sha256:abc\" is not 64 hex digits",
+        "spec.url: \"ftp://somewhere/plugin.wasm\": scheme \"ftp\" is not one of oci, http, https, file",
+        "spec.sha256: \"sha256:abc\": not 64 lower-case hex digits",
         "spec.phase: \"AUTHENTICATE\", expected one of",
         "spec.failStrategy: FAIL_OPEN lets every request through",
         "spec.pluginConfig: missing",
@@ -133,8 +133,8 @@ fn unreadable_and_malformed_files_exit_1_and_usage_errors_exit_2() {
     let (code, _, stderr) =
         check(&scratch("bad", "service.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"));
     assert_eq!(code, 1);
-    assert!(stderr.contains("no WasmPlugin found"), "{stderr}");
-    for args in [&[][..], &["check"], &["check", "a", "b"], &["convert"], &["frobnicate", "x"]] {
+    assert!(stderr.contains("no WasmPlugin or TrafficExtension found"), "{stderr}");
+    for args in [&[][..], &["check"], &["convert"], &["frobnicate", "x"]] {
         let output = run(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(text(&output.stderr).contains("usage:"), "{args:?}");
@@ -261,4 +261,142 @@ fn version_and_help_answer_and_a_closed_pipe_is_not_a_panic() {
         .expect("jwt-authz runs");
     assert!(!text(&output.stderr).contains("panicked"), "{}", text(&output.stderr));
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+}
+
+/// istio/api's values: what Istio accepts passes (FAIL_RELOAD, a URL without a scheme, which Istio
+/// takes as oci://), what it refuses or what breaks the filter does not, all in one run.
+#[test]
+fn check_follows_istios_api_and_reports_every_problem_at_once() {
+    let valid = "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: authz, namespace: shop}
+spec:
+  url: registry.example.com/shop/jwt-authz:1
+  phase: AUTHN
+  failStrategy: FAIL_RELOAD
+  type: HTTP
+  match: [{mode: SERVER, ports: [{number: 8080}]}]
+  pluginConfig:
+    jwtRules: [{issuer: 'https://idp.example/realms/shop', jwksUri: 'http://idp.example/certs'}]
+";
+    let (code, stdout, stderr) = check(&scratch("api", "valid.yaml", valid));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("WasmPlugin shop/authz: ok"), "{stdout}");
+    assert!(!stderr.contains("error"), "{stderr}");
+
+    let broken = "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: authz, namespace: shop}
+spec:
+  url: oci://registry.example.com/shop/jwt-authz:1
+  sha256: '0000000000000000000000000000000000000000000000000000000000000000'
+  phase: AUTHN
+  type: NETWORK
+  imagePullPolicy: Sometimes
+  match: [{mode: INBOUND}]
+  pluginConfg: {}
+  pluginConfig:
+    jwtRules:
+    - {issuer: 'https://idp.example/realms/shop/', jwksUri: 'https://idp.example/certs'}
+    - {issuer: '', jwksUri: 'http://idp.example/certs'}
+    policies:
+    - {name: a, action: MAYBE}
+    - rules: [{to: [{operation: {methods: [get]}}]}]
+    unsafePaths: SOMETIMES
+";
+    let (code, _, stderr) = check(&scratch("api", "broken.yaml", broken));
+    assert_eq!(code, 1, "{stderr}");
+    for expected in [
+        "error: ",
+        "WasmPlugin shop/authz spec.sha256: all zeros: a placeholder",
+        "WasmPlugin shop/authz spec.type: NETWORK: jwt-authz is an HTTP filter",
+        "WasmPlugin shop/authz spec.imagePullPolicy: \"Sometimes\", expected one of",
+        "WasmPlugin shop/authz spec.match[0].mode: \"INBOUND\", expected one of UNDEFINED, CLIENT, SERVER",
+        "WasmPlugin shop/authz spec.pluginConfg: unknown field",
+        // Every independent error of the plugin configuration, each with its path.
+        "spec.pluginConfig.jwtRules[1].issuer: must not be empty",
+        "spec.pluginConfig.policies[0].action: unsupported action \"MAYBE\"",
+        "spec.pluginConfig.unsafePaths: \"SOMETIMES\"",
+        // Warnings: accepted, but not what was meant.
+        "warning: ",
+        "spec.pluginConfig.jwtRules[0].issuer: \"https://idp.example/realms/shop/\" ends with a slash",
+        "spec.pluginConfig.jwtRules[0].jwksUri: https: the keys are fetched through Envoy cluster",
+        "spec.pluginConfig.policies[1].rules[0].to[0].operation.methods[0]: \"get\" never matches",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_reads_traffic_extensions() {
+    let extension = "apiVersion: extensions.istio.io/v1alpha1
+kind: TrafficExtension
+metadata: {name: authz, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: shop-gateway}]
+  phase: AUTHN
+  priority: 10
+  wasm:
+    url: oci://registry.example.com/shop/jwt-authz:1
+    failStrategy: FAIL_CLOSE
+    vmConfig: {env: [{name: TRUST_DOMAIN, value: cluster.local}]}
+    pluginConfig:
+      jwtRules: [{issuer: 'https://idp.example/realms/shop', jwksUri: 'http://idp.example/certs'}]
+";
+    let (code, stdout, stderr) = check(&scratch("te", "extension.yaml", extension));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("TrafficExtension shop/authz: ok"), "{stdout}");
+    let wrong = extension
+        .replace("  phase: AUTHN\n", "  phase: UNSPECIFIED_PHASE\n  selector: {matchLabels: {app: a}}\n")
+        .replace("    failStrategy: FAIL_CLOSE\n", "    failStrategy: FAIL_CLOSE\n    phase: AUTHN\n")
+        .replace("issuer: 'https", "issuer: 42, x: 'https");
+    let (code, _, stderr) = check(&scratch("te", "wrong.yaml", &wrong));
+    assert_eq!(code, 1, "{stderr}");
+    for expected in [
+        "TrafficExtension shop/authz spec.phase: \"UNSPECIFIED_PHASE\", expected one of UNSPECIFIED, AUTHN",
+        "TrafficExtension shop/authz spec.targetRefs: only one of selector or targetRefs",
+        "TrafficExtension shop/authz spec.wasm.phase: unknown field",
+        "TrafficExtension shop/authz spec.wasm.pluginConfig.jwtRules[0].issuer: invalid type: integer `42`",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    let lua = "apiVersion: extensions.istio.io/v1alpha1\nkind: TrafficExtension\nmetadata: {name: l}\nspec:\n  lua: {inlineCode: x}\n";
+    let (code, _, stderr) = check(&scratch("te", "lua.yaml", lua));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("spec.lua: jwt-authz is a Wasm module") && stderr.contains("spec.wasm: missing"),
+        "{stderr}"
+    );
+}
+
+/// Istio's own policies beside the plugin: a warning that says whether they will still see the
+/// token, and `convert --alongside-istio` makes the configuration for that step.
+#[test]
+fn istios_policies_next_to_the_plugin_are_a_warning_and_convert_prepares_for_it() {
+    let policies = Path::new(REPO).join("examples/istio/istio-native.yaml");
+    let plugin = Path::new(REPO).join("wasm-plugin.yaml");
+    let output = run(&["check", plugin.to_str().unwrap(), policies.to_str().unwrap()]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("RequestAuthentication") && stderr.contains("still in place beside jwt-authz"), "{stderr}");
+    assert!(stderr.contains("removes the token") && stderr.contains("docs/migration.md"), "{stderr}");
+
+    let output = run(&["convert", "--alongside-istio", policies.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let converted: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for rule in converted["jwtRules"].as_array().unwrap() {
+        assert_eq!(rule["forwardOriginalToken"], json!(true), "{rule}");
+    }
+    for policy in converted["policies"].as_array().unwrap() {
+        assert!(policy["action"] == json!("AUDIT") || policy["dryRun"] == json!(true), "{policy}");
+    }
+    assert!(text(&output.stderr).contains("--alongside-istio: forwardOriginalToken: true"), "{}", text(&output.stderr));
+    // That configuration next to Istio's policies: both see the token.
+    let alongside = scratch("alongside", "plugin.json", &text(&output.stdout));
+    let output = run(&["check", alongside.to_str().unwrap(), policies.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(text(&output.stderr).contains("both enforce (the token is kept)"), "{}", text(&output.stderr));
+    // Without the flag, convert says what deploying its output requires.
+    let output = run(&["convert", policies.to_str().unwrap()]);
+    assert!(text(&output.stderr).contains("once Istio's RequestAuthentication and AuthorizationPolicy"));
 }

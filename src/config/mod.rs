@@ -103,9 +103,28 @@ impl Config {
     }
 
     /// Parses, validates and compiles a plugin configuration. An empty configuration is an error:
-    /// a filter that checks nothing is almost certainly a deployment mistake.
-    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
+    /// a filter that checks nothing is almost certainly a deployment mistake. The first error
+    /// (`parse_all` has every one).
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        Config::parse_all(json).map_err(|mut errors| {
+            if errors.is_empty() {
+                ConfigError::new("", "invalid configuration")
+            } else {
+                errors.swap_remove(0)
+            }
+        })
+    }
+
+    /// As `parse`, with every error: each `jwtRules` entry, policy, token requirement and top-level
+    /// setting is compiled on its own and reports its first error (`check` and the filter's log
+    /// list them all). A document that is not JSON, or a member of the wrong type, is one error:
+    /// nothing after it can be read.
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
+    pub fn parse_all(json: &[u8]) -> Result<Config, Vec<ConfigError>> {
+        Config::read(json).map_err(|error| vec![error]).and_then(compile)
+    }
+
+    fn read(json: &[u8]) -> Result<RawConfig, ConfigError> {
         if json.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::new("", "the plugin configuration is empty"));
         }
@@ -118,40 +137,64 @@ impl Config {
         if raw.jwt_rules.is_empty() && raw.policies.is_empty() {
             return Err(ConfigError::new("", "neither jwtRules nor policies are given"));
         }
-        compile(raw)
+        Ok(raw)
     }
 }
 
+/// The value of a step that compiled, or `fallback` with its error noted: the steps after it still
+/// run, so that one run reports every independent error.
+fn keep<T>(errors: &mut Vec<ConfigError>, result: Result<T, ConfigError>, fallback: T) -> T {
+    result.unwrap_or_else(|error| {
+        errors.push(error);
+        fallback
+    })
+}
+
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
-    let limits = compile_limits(raw.limits.as_ref())?;
-    let (providers, token_locations, output_headers) = compile_providers(raw.jwt_rules, &limits)?;
+fn compile(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let limits = keep(&mut errors, compile_limits(raw.limits.as_ref()), Limits::default());
+    let (providers, token_locations, output_headers) = compile_providers(raw.jwt_rules, &limits, &mut errors);
+    let providers_complete = errors.is_empty();
 
     // Where a rule first reads source.ip, checked once the values themselves are known to be valid.
     let source_ip_field = first_source_ip_field(&raw.policies);
-    let trust_domains = trust_domains(raw.trust_domain, raw.trust_domain_aliases)?;
-    let policies = compile_policies(raw.policies, raw.space_delimited_claims, &trust_domains)?;
-    let peer_is_source_address =
-        peer_is_source_address(raw.num_trusted_proxies, raw.connection_manager.as_ref(), source_ip_field)?;
-    let token_requirements = compile_token_requirements(raw.token_requirements, &providers)?;
+    let trust_domains = keep(&mut errors, trust_domains(raw.trust_domain, raw.trust_domain_aliases), Vec::new());
+    let policies = compile_policies(raw.policies, raw.space_delimited_claims, &trust_domains, &mut errors);
+    let peer_is_source_address = keep(
+        &mut errors,
+        peer_is_source_address(raw.num_trusted_proxies, raw.connection_manager.as_ref(), source_ip_field),
+        false,
+    );
+    // Requirements name issuers: against a partial list they would only repeat the errors above.
+    let token_requirements = match providers_complete {
+        true => keep(&mut errors, compile_token_requirements(raw.token_requirements, &providers), Vec::new()),
+        false => Vec::new(),
+    };
     let unsafe_paths = choice(
         raw.unsafe_paths.as_deref(),
         "unsafePaths",
         &[("REJECT", UnsafePathAction::Reject), ("DENY", UnsafePathAction::Deny)],
         "expected REJECT (400) or DENY (403)",
-    )?;
+    );
+    let unsafe_paths = keep(&mut errors, unsafe_paths, UnsafePathAction::Reject);
     let signature_backend = choice(
         raw.signature_backend.as_deref(),
         "signatureBackend",
         &[("auto", SignatureBackend::Auto), ("vm", SignatureBackend::Vm)],
         "expected \"auto\" (the host's verify_signature where it can) or \"vm\"",
-    )?;
+    );
+    let signature_backend = keep(&mut errors, signature_backend, SignatureBackend::Auto);
     let cors_preflight = choice(
         raw.cors_preflight.as_deref(),
         "corsPreflight",
         &[("BYPASS", CorsPreflight::Bypass), ("AUTHENTICATE", CorsPreflight::Authenticate)],
         "expected BYPASS (Istio's default: preflights need no token) or AUTHENTICATE",
-    )?;
+    );
+    let cors_preflight = keep(&mut errors, cors_preflight, CorsPreflight::Bypass);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     Ok(Config {
         cors_preflight,
         signature_backend,
@@ -172,21 +215,25 @@ type CompiledProviders = (Vec<Provider>, Vec<TokenLocation>, Vec<String>);
 
 /// The `jwtRules` in order, with every token location they read and every header they write.
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-fn compile_providers(
-    rules: Vec<RawJwtRule>,
-    limits: &Limits,
-) -> Result<CompiledProviders, ConfigError> {
+fn compile_providers(rules: Vec<RawJwtRule>, limits: &Limits, errors: &mut Vec<ConfigError>) -> CompiledProviders {
     let mut token_locations: Vec<TokenLocation> = Vec::new();
     let mut providers = Vec::with_capacity(rules.len());
     let mut output_headers: Vec<String> = Vec::new();
     for (index, rule) in rules.into_iter().enumerate() {
         let field = format!("jwtRules[{index}]");
-        let provider = compile_provider(rule, &field, &mut token_locations, limits)?;
+        let provider = match compile_provider(rule, &field, &mut token_locations, limits) {
+            Ok(provider) => provider,
+            Err(error) => {
+                errors.push(error);
+                continue;
+            }
+        };
         if providers.iter().any(|p: &Provider| p.issuer == provider.issuer) {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 format!("{field}.issuer"),
                 format!("issuer {:?} is configured twice", provider.issuer),
             ));
+            continue;
         }
         output_headers.extend(provider.output_payload_to_header.iter().cloned());
         output_headers.extend(provider.output_claim_to_headers.iter().map(|c| c.header.clone()));
@@ -194,7 +241,7 @@ fn compile_providers(
     }
     output_headers.sort();
     output_headers.dedup();
-    Ok((providers, token_locations, output_headers))
+    (providers, token_locations, output_headers)
 }
 
 /// A top-level setting that names one of `options` (the first is the default when it is absent);

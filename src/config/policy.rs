@@ -39,38 +39,62 @@ pub(super) fn compile_policies(
     raw: Vec<RawPolicy>,
     extra_space_delimited: Vec<String>,
     trust_domains: &[String],
-) -> Result<Policies, ConfigError> {
+    errors: &mut Vec<ConfigError>,
+) -> Policies {
     let mut policies = Policies::default();
+    // Each policy on its own: every wrong one is reported, the first error of each.
     for (index, policy) in raw.into_iter().enumerate() {
-        let field = format!("policies[{index}]");
-        let action = policy.action.as_deref().unwrap_or("ALLOW");
-        let name = if policy.name.is_empty() { field.clone() } else { policy.name };
-        let rules = compile_rules(policy.rules, &field, trust_domains)?;
-        let compiled = Policy { name, rules, dry_run: policy.dry_run };
-        match action {
-            "ALLOW" => policies.allow.push(compiled),
-            "DENY" => policies.deny.push(compiled),
-            "AUDIT" if policy.dry_run => {
-                return Err(ConfigError::new(
-                    format!("{field}.dryRun"),
-                    "an AUDIT policy changes no decision already; dryRun is for ALLOW and DENY",
-                ))
-            }
-            "AUDIT" => policies.audit.push(compiled),
-            "CUSTOM" => {
-                return Err(ConfigError::new(
-                    format!("{field}.action"),
-                    "CUSTOM (external authorization) is not supported: expected ALLOW, DENY or AUDIT",
-                ))
-            }
-            other => {
-                return Err(ConfigError::new(
-                    format!("{field}.action"),
-                    format!("unsupported action {other:?}: expected ALLOW, DENY or AUDIT"),
-                ))
-            }
+        match compile_policy(index, policy, trust_domains) {
+            Ok((Action::Allow, compiled)) => policies.allow.push(compiled),
+            Ok((Action::Deny, compiled)) => policies.deny.push(compiled),
+            Ok((Action::Audit, compiled)) => policies.audit.push(compiled),
+            Err(error) => errors.push(error),
         }
     }
+    match space_delimited_claims(extra_space_delimited) {
+        Ok(claims) => policies.space_delimited_claims = claims,
+        Err(error) => errors.push(error),
+    }
+    policies
+}
+
+enum Action {
+    Allow,
+    Deny,
+    Audit,
+}
+
+fn compile_policy(index: usize, policy: RawPolicy, trust_domains: &[String]) -> Result<(Action, Policy), ConfigError> {
+    let field = format!("policies[{index}]");
+    let action = match policy.action.as_deref().unwrap_or("ALLOW") {
+        "ALLOW" => Action::Allow,
+        "DENY" => Action::Deny,
+        "AUDIT" if policy.dry_run => {
+            return Err(ConfigError::new(
+                format!("{field}.dryRun"),
+                "an AUDIT policy changes no decision already; dryRun is for ALLOW and DENY",
+            ))
+        }
+        "AUDIT" => Action::Audit,
+        "CUSTOM" => {
+            return Err(ConfigError::new(
+                format!("{field}.action"),
+                "CUSTOM (external authorization) is not supported: expected ALLOW, DENY or AUDIT",
+            ))
+        }
+        other => {
+            return Err(ConfigError::new(
+                format!("{field}.action"),
+                format!("unsupported action {other:?}: expected ALLOW, DENY or AUDIT"),
+            ))
+        }
+    };
+    let name = if policy.name.is_empty() { field.clone() } else { policy.name };
+    let rules = compile_rules(policy.rules, &field, trust_domains)?;
+    Ok((action, Policy { name, rules, dry_run: policy.dry_run }))
+}
+
+fn space_delimited_claims(extra_space_delimited: Vec<String>) -> Result<Vec<String>, ConfigError> {
     let mut claims: Vec<String> = DEFAULT_SPACE_DELIMITED_CLAIMS.iter().map(|c| c.to_string()).collect();
     for (i, claim) in non_empty(extra_space_delimited, "spaceDelimitedClaims")?.into_iter().enumerate() {
         if claim.contains(['[', ']']) {
@@ -83,8 +107,7 @@ pub(super) fn compile_policies(
             claims.push(claim);
         }
     }
-    policies.space_delimited_claims = claims;
-    Ok(policies)
+    Ok(claims)
 }
 
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
