@@ -51,6 +51,12 @@ pub struct DenyResponse {
     pub status: u32,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// Envoy's response code details (`%RESPONSE_CODE_DETAILS%` in access logs), shaped as the
+    /// native filters write theirs (`jwt_authn_access_denied{…}`,
+    /// `rbac_access_denied_matched_policy[…]`): `jwt_authz_denied{<reason>}` for a token or path
+    /// denial, `jwt_authz_access_denied[<policy>]` (`[none]` when no ALLOW rule matched) for a
+    /// policy's. No whitespace: Envoy requires details without it.
+    pub details: String,
 }
 
 impl Denial {
@@ -116,7 +122,23 @@ impl Denial {
         if let Some(challenge) = challenge {
             headers.push(("www-authenticate", challenge));
         }
-        DenyResponse { status, headers, body: body.to_string() }
+        DenyResponse { status, headers, body: body.to_string(), details: self.details() }
+    }
+
+    fn details(&self) -> String {
+        match self {
+            Denial::Forbidden { policy } => {
+                let policy: String = policy
+                    .as_deref()
+                    .unwrap_or("none")
+                    .chars()
+                    .take(MAX_LOGGED_CHARS)
+                    .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+                    .collect();
+                format!("jwt_authz_access_denied[{policy}]")
+            }
+            _ => format!("jwt_authz_denied{{{}}}", self.code()),
+        }
     }
 }
 
@@ -172,6 +194,22 @@ mod tests {
         assert_eq!((unsafe_path.status, unsafe_path.body.as_str()), (403, "RBAC: access denied"));
         assert!(!unsafe_path.headers.iter().any(|(name, _)| *name == "www-authenticate"));
         assert_eq!(Denial::UnsafePath(PathError::EncodedSlash).code(), "path_encoded_slash");
+    }
+
+    #[test]
+    fn response_code_details_name_the_reason_or_the_policy_without_whitespace() {
+        let realm = "http://shop/api";
+        let expired = Denial::InvalidToken(AuthnError::Claims(ClaimsError::Expired)).response(realm);
+        assert_eq!(expired.details, "jwt_authz_denied{jwt_expired}");
+        let missing = Denial::MissingToken { policy: Some("needs-token".into()) }.response(realm);
+        assert_eq!(missing.details, "jwt_authz_denied{jwt_missing}");
+        assert_eq!(
+            Denial::BadPath(PathError::EncodedSlash).response(realm).details,
+            "jwt_authz_denied{path_encoded_slash}"
+        );
+        let forbidden = Denial::Forbidden { policy: Some("deny internal\n[x]".into()) }.response(realm);
+        assert_eq!(forbidden.details, "jwt_authz_access_denied[deny_internal__x_]");
+        assert_eq!(Denial::Forbidden { policy: None }.response(realm).details, "jwt_authz_access_denied[none]");
     }
 
     #[test]

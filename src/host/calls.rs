@@ -1,6 +1,7 @@
 //! Thin wrappers over the host calls the glue makes: shared data, foreign functions, the clock,
 //! logs, the fetch dispatch and property decoding.
 
+use crate::deny::DenyResponse;
 use crate::keys::cache::{CasMismatch, FetchRequest, SharedStore};
 use crate::keys::host_crypto::{ForeignCallError, ForeignFunction};
 use crate::scheduler::Level;
@@ -41,6 +42,57 @@ extern "C" {
         reply: *mut *mut u8,
         reply_len: *mut usize,
     ) -> u32;
+}
+
+// Also our own import: the SDK's `send_http_response` passes no response code details, which
+// Envoy's access logs show as `%RESPONSE_CODE_DETAILS%` (empty otherwise for our denials).
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_send_local_response(
+        status: u32,
+        details: *const u8,
+        details_len: usize,
+        body: *const u8,
+        body_len: usize,
+        headers: *const u8,
+        headers_len: usize,
+        grpc_status: i32,
+    ) -> u32;
+}
+
+/// Sends a denial as the local reply, with its details. `grpc_status` -1: Envoy maps the HTTP
+/// status for gRPC clients (401 to 16 UNAUTHENTICATED, 403 to 7 PERMISSION_DENIED).
+pub(super) fn send_local_response(response: &DenyResponse) -> u32 {
+    let headers = serialize_map(&response.headers);
+    let (details, body) = (response.details.as_bytes(), response.body.as_bytes());
+    // SAFETY: every pointer is to a live slice of the given length, read by the host during the call.
+    unsafe {
+        proxy_send_local_response(
+            response.status,
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    }
+}
+
+/// The ABI's map encoding: the pair count, each key's and value's length (u32 little-endian), then
+/// each key and value followed by a NUL.
+fn serialize_map(pairs: &[(&str, String)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend((pairs.len() as u32).to_le_bytes());
+    for (name, value) in pairs {
+        out.extend((name.len() as u32).to_le_bytes());
+        out.extend((value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in pairs {
+        out.extend(name.as_bytes().iter().chain(b"\0").chain(value.as_bytes()).chain(b"\0"));
+    }
+    out
 }
 
 impl ForeignFunction for HostForeign {

@@ -76,10 +76,11 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match Config::parse(&bytes) {
+        let config = match Config::parse_all(&bytes) {
             Ok(config) => config,
-            Err(err) => {
-                log(LogLevel::Critical, &err.to_string());
+            Err(errors) => {
+                // Every error, each with its field path: one start is enough to fix them all.
+                errors.iter().for_each(|err| log(LogLevel::Critical, &err.to_string()));
                 return false;
             }
         };
@@ -250,8 +251,7 @@ fn perform(decision: &Decision, resume: bool) -> Action {
         }
         Decision::Deny { denial, realm, .. } => {
             let response = denial.response(realm);
-            let headers: Vec<(&str, &str)> = response.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            let _ = hostcalls::send_http_response(response.status, headers, Some(response.body.as_bytes()));
+            let _ = calls::send_local_response(&response);
             Action::Pause
         }
     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 pub(super) struct Stats {
     counters: Vec<(Counter, u32)>,
-    /// Tagged counters (denials by status, reason, policy), defined on first use.
+    /// Tagged counters (denials by status, reason, policy; fetches by issuer), defined on first use.
     named: HashMap<String, u32>,
     /// Per provider, in `ProviderId` order.
     keys_in_use: Vec<Option<u32>>,
@@ -59,7 +59,8 @@ impl Stats {
         }
     }
 
-    /// Names come from `metrics::denied` (reason codes and configured policy names), so they are bounded.
+    /// Names come from `metrics::denied` and `metrics::jwks_fetches` (reason codes, configured
+    /// policy names and issuers), so they are bounded by the configuration.
     pub(super) fn increment_named(&mut self, name: String) {
         let id = match self.named.get(&name) {
             Some(id) => *id,

@@ -180,3 +180,21 @@ def test_deny_lines_name_the_method_request_id_and_an_unknown_tokens_issuer(shop
     assert "request_id=a_b_resource=http://evil/ resource=http://" in forged_line, forged_line
     for part in token.split("."):
         assert part not in shop.log_text()
+
+
+def test_access_log_response_code_details_name_the_reason_and_the_policy(traffic):
+    """%RESPONSE_CODE_DETAILS% (in Istio's default access log) for the plugin's denials, shaped as
+    the native filters' (`jwt_authn_access_denied{…}`, `rbac_access_denied_matched_policy[…]`)."""
+    envoy, _, _ = traffic
+    lines = envoy.access_log(wait_for=13)
+    entries = [line.split(" ", 3) for line in lines]
+    observed = {detail for _, _, _, detail in entries}
+    for expected in ("jwt_authz_denied{jwt_missing}", "jwt_authz_denied{jwt_expired}",
+                     "jwt_authz_denied{jwt_signature_invalid}", "jwt_authz_denied{jwks_fetch_failed}",
+                     "jwt_authz_denied{path_encoded_slash}", "jwt_authz_access_denied[deny-debug]",
+                     "jwt_authz_access_denied[none]"):
+        assert expected in observed, (expected, lines)
+    assert ["GET", "/debug/vars", "403", "jwt_authz_access_denied[deny-debug]"] in entries, lines
+    assert ["GET", "/a%2Fb", "400", "jwt_authz_denied{path_encoded_slash}"] in entries, lines
+    # Envoy's own details for what the plugin let through.
+    assert ["GET", "/healthz", "200", "via_upstream"] in entries, lines

@@ -64,7 +64,8 @@ def wasm_filter(plugin_config, wasm_path, *, name="jwt-authz", vm_id="jwt-authz"
 
 
 def bootstrap(http_filters, clusters, normalize_path, listeners=None, use_remote_address=False,
-              xff_num_trusted_hops=0, merge_slashes=False, runtime=None, stats_config=None, listener_tls=None):
+              xff_num_trusted_hops=0, merge_slashes=False, runtime=None, stats_config=None, listener_tls=None,
+              access_log_path=None):
     """Envoy v3 bootstrap: admin on a free loopback port, listeners (name -> port, 0 for any free
     one; default one "ingress") sharing one connection manager, everything routed to backend."""
     any_port = {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
@@ -75,6 +76,16 @@ def bootstrap(http_filters, clusters, normalize_path, listeners=None, use_remote
         "merge_slashes": merge_slashes,
         "use_remote_address": use_remote_address,
         "xff_num_trusted_hops": xff_num_trusted_hops,
+        # As Istio's default access log reads them: the status and its details.
+        "access_log": [] if access_log_path is None else [{
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": str(access_log_path),
+                "log_format": {"text_format_source": {
+                    "inline_string": "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n"}},
+            },
+        }],
         "route_config": {
             "name": "local",
             "virtual_hosts": [{
@@ -153,6 +164,16 @@ class Envoy:
             for file in (self.workdir / "envoy.log", self.workdir / "envoy.out")
             if file.exists()
         )
+
+    def access_log(self, wait_for=1, timeout=3.0):
+        """The access log's lines (`METHOD PATH STATUS DETAILS`), once it has `wait_for` of them."""
+        path = self.workdir / "access.log"
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = path.read_text().splitlines() if path.exists() else []
+            if len(lines) >= wait_for or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
 
     def log_tail(self, lines=40):
         """The last lines of the log, without the long list of built-in extensions."""
@@ -237,7 +258,8 @@ def start_envoy(plugin_config, *, backend, idp=None, concurrency=1, clusters=Non
     })
     config_file = workdir / "envoy.json"
     config = bootstrap(filters, all_clusters, normalize_path, listeners, use_remote_address,
-                       xff_num_trusted_hops, merge_slashes, runtime, stats_config, listener_tls)
+                       xff_num_trusted_hops, merge_slashes, runtime, stats_config, listener_tls,
+                       access_log_path=workdir / "access.log")
     config_file.write_text(json.dumps(config, indent=2))
     command = [
         str(ENVOY_BIN), "-c", str(config_file),
