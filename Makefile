@@ -3,7 +3,7 @@
 #   make test   lint (rustfmt, clippy native and wasm32), unit and native API tests, real-Envoy and OCI tests
 #   make build  dist/plugin.wasm
 #   make image  OCI images of it in dist/oci (compat and Wasm artifact variants, reproducible)
-#   make push IMAGE=registry/ns/jwt-authz:TAG [VARIANT=compat|wasm] [TLS_VERIFY=false]
+#   make push IMAGE=registry/ns/jwt-authz:TAG [VARIANT=compat|wasm] [TLS_VERIFY=auto|true|false] [CONFIG=plugin-config.json]
 #               push one with skopeo; prints the digest and the sha256 for the WasmPlugin
 #   make cli    dist/jwt-authz, the native `jwt-authz check|convert` command
 #   make lint   clippy (native and wasm32) and rustfmt check
@@ -24,7 +24,8 @@ DIST        := dist/plugin.wasm
 CLI         := dist/jwt-authz
 OCI_LAYOUT  ?= dist/oci
 VARIANT     ?= compat
-TLS_VERIFY  ?= true
+TLS_VERIFY  ?= auto
+CONFIG      ?=
 
 # A rustup toolchain with the wasm32-wasip1 target builds the plain way. Without it (machines that
 # cannot download rustup targets), Debian's Rust builds the standard library itself (-Zbuild-std).
@@ -115,10 +116,11 @@ image: build
 	$(PYTHON3) tools/oci_image.py build --wasm $(DIST) --out $(OCI_LAYOUT)
 
 push: push-usage image .stamps/skopeo
-	$(PYTHON3) tools/oci_image.py push "$(IMAGE)" --layout $(OCI_LAYOUT) --variant $(VARIANT) --tls-verify $(TLS_VERIFY)
+	$(PYTHON3) tools/oci_image.py push "$(IMAGE)" --layout $(OCI_LAYOUT) --variant $(VARIANT) --tls-verify $(TLS_VERIFY) \
+	  $(if $(CONFIG),--plugin-config "$(CONFIG)")
 
 push-usage:
-	@test -n "$(IMAGE)" || { echo "usage: make push IMAGE=registry/namespace/jwt-authz:TAG [VARIANT=compat|wasm] [TLS_VERIFY=false]"; exit 2; }
+	@test -n "$(IMAGE)" || { echo "usage: make push IMAGE=registry/namespace/jwt-authz:TAG [VARIANT=compat|wasm] [TLS_VERIFY=auto|true|false] [CONFIG=plugin-config.json]"; exit 2; }
 
 cli:
 	cargo build --release --features cli --bin jwt-authz
@@ -138,7 +140,7 @@ harness: $(WASM_DEPS)
 envoy-test: build cli harness .stamps/venv .stamps/node
 	JWT_AUTHZ_HARNESS=$(CURDIR)/$(HARNESS) $(PYTHON) -m pytest tests/envoy -q -p no:cacheprovider
 
-oci-test: build .stamps/venv .stamps/skopeo .stamps/docker-registry
+oci-test: build cli .stamps/venv .stamps/skopeo .stamps/docker-registry
 	$(PYTHON) -m pytest tests/oci -q -p no:cacheprovider
 
 # Lint first: a rustfmt or clippy violation (clippy denies unwrap/expect/panic/indexing outside

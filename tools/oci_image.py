@@ -21,6 +21,7 @@ and prints the digest and the `sha256` to put in the WasmPlugin.
 import argparse
 import gzip
 import hashlib
+import ipaddress
 import io
 import json
 import os
@@ -221,6 +222,79 @@ def push(layout_dir, variant, image, tls_verify=True, extra_args=()):
     return pushed
 
 
+def registry_host(image):
+    """The registry part of `image` (host[:port]), as Docker reads it: the first path segment when
+    it has a dot or a colon or is localhost; otherwise Docker Hub."""
+    first, _, rest = image.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def is_loopback(host):
+    """localhost or 127.0.0.0/8 or ::1, with or without a port: Docker treats these registries as
+    insecure by default (plain HTTP allowed), and so does `make push`. Nothing else is."""
+    name = host
+    if name.startswith("["):
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_verify_for(image, setting):
+    """`auto`: verify TLS except for a loopback registry."""
+    if setting == "auto":
+        return not is_loopback(registry_host(image))
+    return setting == "true"
+
+
+def manifests(image, digest, plugin_config=None):
+    """Ready-to-apply WasmPlugin and TrafficExtension (Istio 1.30) for the pushed image. The
+    pluginConfig is the given JSON (valid YAML as it is), or a placeholder to replace."""
+    url = f"oci://{repository(image)}@{digest}"
+    sha = digest.split(":", 1)[1]
+    config = json.dumps(plugin_config) if plugin_config is not None else \
+        '{}  # replace with your configuration (jwt-authz convert prints one; jwt-authz check reads this file)'
+    wasm_plugin = f"""apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: jwt-authz
+  namespace: my-namespace
+spec:
+  selector:
+    matchLabels:
+      app: my-app
+  url: {url}
+  sha256: {sha}
+  phase: AUTHN
+  failStrategy: FAIL_CLOSE
+  pluginConfig: {config}
+"""
+    traffic_extension = f"""apiVersion: extensions.istio.io/v1alpha1
+kind: TrafficExtension
+metadata:
+  name: jwt-authz
+  namespace: my-namespace
+spec:
+  selector:                  # or, for a waypoint or gateway: targetRefs: [{{kind: Gateway, name: ...}}]
+    matchLabels:
+      app: my-app
+  phase: AUTHN
+  wasm:
+    url: {url}
+    sha256: {sha}
+    failStrategy: FAIL_CLOSE
+    pluginConfig: {config}
+"""
+    return wasm_plugin, traffic_extension
+
+
 def repository(image):
     """host/ns/name of host/ns/name:tag or host/ns/name@sha256:..."""
     if "@" in image:
@@ -241,8 +315,10 @@ def main(argv=None):
     push_parser.add_argument("image", help="registry/namespace/name:tag")
     push_parser.add_argument("--layout", default="dist/oci")
     push_parser.add_argument("--variant", default="compat", choices=VARIANTS)
-    push_parser.add_argument("--tls-verify", default="true", choices=["true", "false"],
-                             help="false only for a plain-HTTP registry on loopback")
+    push_parser.add_argument("--tls-verify", default="auto", choices=["auto", "true", "false"],
+                             help="auto (the default): verify, except for a registry on loopback "
+                                  "(localhost, 127.0.0.0/8, ::1), as Docker does")
+    push_parser.add_argument("--plugin-config", help="a JSON plugin configuration to put in the printed manifests")
     push_parser.add_argument("skopeo_args", nargs="*", help="extra skopeo copy arguments (after --)")
     args = parser.parse_args(argv)
 
@@ -254,12 +330,19 @@ def main(argv=None):
             print(f"  {variant:7} {digest}")
         return 0
 
-    digest = push(args.layout, args.variant, args.image, args.tls_verify == "true", args.skopeo_args)
+    tls_verify = tls_verify_for(args.image, args.tls_verify)
+    if not tls_verify and args.tls_verify == "auto":
+        print(f"{registry_host(args.image)} is on loopback: pushing without TLS verification (TLS_VERIFY=true to verify)")
+    plugin_config = json.loads(Path(args.plugin_config).read_text()) if args.plugin_config else None
+    digest = push(args.layout, args.variant, args.image, tls_verify, args.skopeo_args)
     print(f"pushed {args.image} ({args.variant} variant)")
     print(f"digest: {digest}")
     print("In the WasmPlugin (Istio checks sha256 against the image's manifest digest for oci:// URLs):")
     print(f"  url: oci://{repository(args.image)}@{digest}")
     print(f"  sha256: {digest.split(':', 1)[1]}")
+    wasm_plugin, traffic_extension = manifests(args.image, digest, plugin_config)
+    print("\n--- WasmPlugin (Istio 1.12 and later):\n" + wasm_plugin)
+    print("--- TrafficExtension (Istio 1.30 and later; supersedes WasmPlugin):\n" + traffic_extension)
     return 0
 
 

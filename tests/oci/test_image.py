@@ -167,11 +167,12 @@ def test_not_a_wasm_module_is_refused(tmp_path):
 
 # --- Registry round trip ----------------------------------------------------------------------------
 
-def make_push(image, variant, layout):
-    """`make push` as a user runs it (OCI_LAYOUT points at a scratch layout)."""
+def make_push(image, variant, layout, *extra):
+    """`make push` as a user runs it (OCI_LAYOUT points at a scratch layout). No TLS_VERIFY: a
+    registry on loopback is pushed to without TLS verification by default, as Docker does."""
     result = subprocess.run(
-        ["make", "--no-print-directory", "push", f"IMAGE={image}", f"VARIANT={variant}", "TLS_VERIFY=false",
-         f"OCI_LAYOUT={layout}"],
+        ["make", "--no-print-directory", "push", f"IMAGE={image}", f"VARIANT={variant}", f"OCI_LAYOUT={layout}",
+         *extra],
         cwd=REPO_ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -181,7 +182,8 @@ def make_push(image, variant, layout):
 @pytest.mark.parametrize("variant", ["compat", "wasm"])
 def test_push_then_pull_back(registry, tmp_path, wasm, variant):
     image = f"{registry}/demo/jwt-authz:test-{variant}"
-    output = make_push(image, variant, tmp_path / "oci")
+    output = make_push(image, variant, tmp_path / "oci", "CONFIG=examples/envoy/plugin-config.json")
+    assert "is on loopback: pushing without TLS verification" in output
     local = oci_image.manifest_digests(tmp_path / "oci")[variant]
     digest = re.search(r"^digest: (sha256:[0-9a-f]{64})$", output, re.M).group(1)
     wasm_plugin_sha = re.search(r"^  sha256: ([0-9a-f]{64})$", output, re.M).group(1)
@@ -211,6 +213,28 @@ def test_push_then_pull_back(registry, tmp_path, wasm, variant):
                            "config": {"rootIds": ["jwt-authz"]}}
         module = artifact_module(manifest, blob)
     assert module == wasm, "the module pulled back differs from dist/plugin.wasm"
+
+    # The printed WasmPlugin and TrafficExtension are ready to apply: `jwt-authz check` accepts both.
+    for kind in ("WasmPlugin", "TrafficExtension"):
+        start = output.index(f"--- {kind} ")
+        manifest = output[output.index("\n", start) + 1:]
+        manifest = manifest[:manifest.index("\n--- ")] if "\n--- " in manifest else manifest
+        assert f"kind: {kind}" in manifest and f"sha256: {digest.split(':', 1)[1]}" in manifest
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(manifest)
+        checked = subprocess.run([str(REPO_ROOT / "dist" / "jwt-authz"), "check", str(path)],
+                                 capture_output=True, text=True)
+        assert checked.returncode == 0 and ": ok" in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_a_registry_off_loopback_is_verified_by_default():
+    assert oci_image.tls_verify_for("registry.example.com/shop/jwt-authz:1", "auto")
+    assert oci_image.tls_verify_for("10.0.0.7:5000/jwt-authz:1", "auto")
+    assert oci_image.tls_verify_for("myorg/jwt-authz:1", "auto")  # Docker Hub
+    assert oci_image.tls_verify_for("localhost.example.com/jwt-authz:1", "auto")
+    for loopback in ("localhost:5000/a:1", "127.0.0.1:5000/a:1", "127.3.2.1/a:1", "[::1]:5000/a:1"):
+        assert not oci_image.tls_verify_for(loopback, "auto"), loopback
+        assert oci_image.tls_verify_for(loopback, "true"), loopback
 
 
 def test_push_needs_an_image_name():
