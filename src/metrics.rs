@@ -49,10 +49,13 @@ pub enum Counter {
     DryRunWouldDeny,
     /// Enforcing the dry-run policies would have allowed a denied request.
     DryRunWouldAllow,
+    /// Every denial, untagged: readable without tag extractors (by status, reason and policy:
+    /// `denied`).
+    Denied,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 11] = [
         Counter::Allowed,
         Counter::JwksCacheHit,
         Counter::JwksCacheMiss,
@@ -63,13 +66,14 @@ impl Counter {
         Counter::Audited,
         Counter::DryRunWouldDeny,
         Counter::DryRunWouldAllow,
+        Counter::Denied,
     ];
 
     /// Counters every allowed request moves: summed in the VM and handed to Envoy on the next tick
     /// (a call out of the VM costs about as much as a whole policy evaluation); the others are
     /// rare and go out at once.
     pub fn is_batched(self) -> bool {
-        matches!(self, Counter::Allowed | Counter::JwksCacheHit | Counter::JwksCacheMiss)
+        matches!(self, Counter::Allowed | Counter::JwksCacheHit | Counter::JwksCacheMiss | Counter::Denied)
     }
 
     /// Stat name; Envoy shows it under `wasmcustom.` (and in Prometheus without it).
@@ -85,6 +89,7 @@ impl Counter {
             Counter::Audited => "jwt_authz.audited_total",
             Counter::DryRunWouldDeny => "jwt_authz.dry_run_denied_total",
             Counter::DryRunWouldAllow => "jwt_authz.dry_run_allowed_total",
+            Counter::Denied => "jwt_authz.denials_total",
         }
     }
 }
@@ -145,11 +150,19 @@ impl KeyStore for KeyLookups<'_> {
     }
 }
 
-/// Name of the gauge of keys in use for `issuer`. Stat names are dot-separated and tag-extracted,
-/// so every character of the issuer other than a letter or digit becomes `_`.
+/// Name of the gauge of keys in use for `issuer`, the issuer as a tag:
+/// `jwt_authz.issuer=.=https___idp_realms_shop;.;jwks_keys_in_use`, exported as
+/// `jwt_authz_jwks_keys_in_use{issuer="https___idp_realms_shop"}` with the `issuer` tag extractor.
 pub fn keys_in_use_gauge_name(issuer: &str) -> String {
-    let issuer: String = issuer.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    format!("jwt_authz.jwks_keys_in_use.{issuer}")
+    format!("{PREFIX}issuer=.={};.;jwks_keys_in_use", tag_value(issuer))
+}
+
+/// The counter of `issuer`'s JWKS fetches with this result (`success` or `failure`):
+/// `jwt_authz_jwks_fetches_total{issuer, result}`. Beside the untagged `jwks_fetch_success_total`
+/// and `jwks_fetch_failure_total`, which need no tag extractor.
+pub fn jwks_fetches(issuer: &str, success: bool) -> String {
+    let result = if success { "success" } else { "failure" };
+    format!("{PREFIX}issuer=.={};.;result=.={result};.;jwks_fetches_total", tag_value(issuer))
 }
 
 #[cfg(test)]
@@ -176,6 +189,18 @@ mod tests {
         assert_eq!(
             denied(401, "jwt_expired", None),
             "jwt_authz.status=.=401;.;reason=.=jwt_expired;.;policy=.=-;.;denied_total"
+        );
+    }
+
+    #[test]
+    fn issuers_are_tags_not_part_of_the_name() {
+        assert_eq!(
+            keys_in_use_gauge_name("https://idp.example/realms/shop"),
+            "jwt_authz.issuer=.=https___idp_example_realms_shop;.;jwks_keys_in_use"
+        );
+        assert_eq!(
+            jwks_fetches("http://kc:8080/realms/a", false),
+            "jwt_authz.issuer=.=http___kc_8080_realms_a;.;result=.=failure;.;jwks_fetches_total"
         );
     }
 
@@ -351,7 +376,7 @@ mod tests {
         assert_eq!(names.len(), Counter::ALL.len());
         assert_eq!(
             keys_in_use_gauge_name("http://127.0.0.1:8180/realms/shop"),
-            "jwt_authz.jwks_keys_in_use.http___127_0_0_1_8180_realms_shop"
+            "jwt_authz.issuer=.=http___127_0_0_1_8180_realms_shop;.;jwks_keys_in_use"
         );
     }
 }

@@ -426,6 +426,7 @@ impl Scheduler {
         match &outcome.report {
             FetchReport::Updated { keys, skipped, refresh_in_ms } => {
                 self.count(Counter::JwksFetchSuccess, 1);
+                self.effects.push(Effect::CountNamed(metrics::jwks_fetches(&issuer, true)));
                 self.log(
                     Level::Info,
                     format!(
@@ -443,6 +444,7 @@ impl Scheduler {
             }
             FetchReport::Failed { error, retry_in_ms, kept_previous_keys } => {
                 self.count(Counter::JwksFetchFailure, 1);
+                self.effects.push(Effect::CountNamed(metrics::jwks_fetches(&issuer, false)));
                 let keeping = if *kept_previous_keys { "keeping the previous keys" } else { "no keys available" };
                 self.log(
                     Level::Warn,
@@ -508,6 +510,7 @@ impl Scheduler {
                 self.report_notes(notes, &format!("denied {status} resource={realm}"));
                 self.log(Level::Info, denial.log_line(status, realm, context));
                 self.effects.push(Effect::CountNamed(metrics::denied(status, denial.code(), denial.policy())));
+                self.count(Counter::Denied, 1);
             }
         }
     }

@@ -450,7 +450,8 @@ def test_requests_reach_both_workers(envoy):
 
 
 def keys_in_use(envoy, issuer):
-    name = "wasmcustom.jwt_authz.jwks_keys_in_use." + "".join(c if c.isalnum() else "_" for c in issuer)
+    tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in issuer)
+    name = f"wasmcustom.jwt_authz.issuer=.={tag};.;jwks_keys_in_use"
     return envoy.stats().get(name)
 
 

@@ -80,13 +80,14 @@ def logged(envoy, fragment, timeout=3.0):
 
 
 def stat(envoy, name):
-    """A counter (`name` without its `_total`) or, for `jwks_keys_in_use.*`, the gauge."""
-    suffix = "" if name.startswith("jwks_keys_in_use.") else "_total"
+    """A counter (`name` without its `_total`) or, for `issuer=…;jwks_keys_in_use`, the gauge."""
+    suffix = "" if name.endswith("jwks_keys_in_use") else "_total"
     return envoy.stats().get(f"wasmcustom.jwt_authz.{name}{suffix}", 0)
 
 
 def gauge_name(idp):
-    return "jwks_keys_in_use." + re.sub(r"[^A-Za-z0-9]", "_", idp.issuer)
+    # The issuer is a tag (Istio's encoding), its characters other than letters, digits, - and _ as _.
+    return "issuer=.=" + re.sub(r"[^A-Za-z0-9_-]", "_", idp.issuer) + ";.;jwks_keys_in_use"
 
 
 def signing_keys(idp):

@@ -1,5 +1,6 @@
 """Metrics and denial logs in real Envoy: counter values at /stats/prometheus after known traffic."""
 
+import json
 import re
 import time
 
@@ -8,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from testbed.config import ROLES_KEY
 from testbed.envoy import start_envoy
+from testbed.paths import REPO_ROOT
 from testbed.expect import bearer
 from testbed.net import free_port as closed_port
 from testbed.tokens import mint
@@ -17,7 +19,8 @@ UNREACHABLE_ISSUER = "https://unreachable.example/realms/shop"
 # What Istio's bootstrap does for extraStatTags (`(TAG=\.=(.*?);\.;)`), and its stats matcher,
 # whose required `wasm` prefix is what lets `wasmcustom.*` through. The README documents these.
 ISTIO_STYLE_STATS = {
-    "stats_tags": [{"tag_name": tag, "regex": f"({tag}=\\.=(.*?);\\.;)"} for tag in ("status", "reason", "policy")],
+    "stats_tags": [{"tag_name": tag, "regex": f"({tag}=\\.=(.*?);\\.;)"}
+                   for tag in ("status", "reason", "policy", "issuer", "result")],
     "stats_matcher": {"inclusion_list": {"patterns": [
         {"prefix": "reporter="}, {"prefix": "cluster_manager"}, {"prefix": "listener_manager"},
         {"prefix": "server"}, {"prefix": "wasm"}, {"prefix": "component"}, {"prefix": "istio"},
@@ -92,6 +95,7 @@ def traffic(idp, backend):
             lookups = sum(counter(samples, f"jwt_authz_jwks_cache_{kind}_total") for kind in ("hits", "misses"))
             return counter(samples, "jwt_authz_allowed_total") >= 3 and lookups >= 9
         wait_for(flushed, "the next tick's counter flush")
+        envoy.idp_issuer = idp.issuer
         yield envoy, envoy.prometheus(), sent
 
 
@@ -108,6 +112,8 @@ def test_allowed_and_denied_counters_by_status_reason_and_policy(traffic):
         (("policy", "deny-debug"), ("reason", "rbac_access_denied"), ("status", "403")): 1,
         (("policy", "-"), ("reason", "path_encoded_slash"), ("status", "400")): 1,
     }
+    # The untagged total, readable without any tag extractor, is their sum.
+    assert counter(samples, "jwt_authz_denials_total") == sum(denied.values()) == 10
 
 
 def test_jwks_cache_and_fetch_counters(traffic):
@@ -120,6 +126,15 @@ def test_jwks_cache_and_fetch_counters(traffic):
     assert hits + misses == 9 and misses >= 1 and hits >= 7, (hits, misses)
     assert counter(samples, "jwt_authz_jwks_fetch_success_total") >= 1
     assert counter(samples, "jwt_authz_jwks_fetch_failure_total") >= 1
+    # Per issuer, the issuer a tag (not part of the name): fetches by result, keys in use.
+    tag = lambda issuer: re.sub(r"[^A-Za-z0-9_-]", "_", issuer)  # noqa: E731
+    envoy, _, _ = traffic
+    own, unreachable = tag(envoy.idp_issuer), tag(UNREACHABLE_ISSUER)
+    assert counter(samples, "jwt_authz_jwks_fetches_total", issuer=own, result="success") >= 1
+    assert counter(samples, "jwt_authz_jwks_fetches_total", issuer=unreachable, result="failure") >= 1
+    assert counter(samples, "jwt_authz_jwks_fetches_total", issuer=unreachable, result="success") == 0
+    assert counter(samples, "jwt_authz_jwks_keys_in_use", issuer=own) >= 1
+    assert counter(samples, "jwt_authz_jwks_keys_in_use", issuer=unreachable) == 0
 
 
 def test_prometheus_types_and_raw_stat_names(traffic):
@@ -198,3 +213,24 @@ def test_access_log_response_code_details_name_the_reason_and_the_policy(traffic
     assert ["GET", "/a%2Fb", "400", "jwt_authz_denied{path_encoded_slash}"] in entries, lines
     # Envoy's own details for what the plugin let through.
     assert ["GET", "/healthz", "200", "via_upstream"] in entries, lines
+
+
+def test_the_grafana_dashboard_parses_and_reads_only_what_the_filter_emits(traffic):
+    """examples/grafana/jwt-authz-dashboard.json: every metric and label its queries name is one this
+    Envoy exported after the traffic above (so a renamed metric breaks this test, not the dashboard)."""
+    _, samples, _ = traffic
+    dashboard = json.loads((REPO_ROOT / "examples" / "grafana" / "jwt-authz-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(exprs) >= 10 and dashboard["uid"] == "jwt-authz"
+    emitted = {name for name, _ in samples}
+    labels = {label for _, pairs in samples for label, _ in pairs}
+    for expr in exprs:
+        for name in re.findall(r"\bjwt_authz_[a-z_]+", expr):
+            assert name in emitted, (name, expr, sorted(emitted))
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            for label in (part.strip() for part in group.split(",")):
+                assert label in labels, (label, expr)
+    for needed in ("jwt_authz_denied_total", "jwt_authz_jwks_fetches_total", "jwt_authz_jwks_cache_hits_total",
+                   "jwt_authz_requests_waited_for_keys_total", "jwt_authz_denials_total"):
+        assert any(needed in expr for expr in exprs), needed
+
