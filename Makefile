@@ -1,5 +1,6 @@
 # jwt-authz — build, test and run the Proxy-Wasm JWT filter.
-#   make run    Envoy + the filter + a local identity provider + a demo backend (prints curl lines)
+#   make run    Envoy + the filter + a local identity provider + a demo backend (prints curl lines);
+#               CONFIG=my-plugin-config.json runs yours
 #   make test   lint (rustfmt, clippy native and wasm32), unit and native API tests, real-Envoy and OCI tests
 #   make build  dist/plugin.wasm
 #   make image  OCI images of it in dist/oci (compat and Wasm artifact variants, reproducible)
@@ -148,7 +149,7 @@ oci-test: build cli .stamps/venv .stamps/skopeo .stamps/docker-registry
 test: lint unit-test envoy-test oci-test
 
 run: build .stamps/venv
-	$(PYTHON) tools/run_local.py
+	$(PYTHON) tools/run_local.py $(if $(CONFIG),"$(CONFIG)")
 
 ifeq ($(HAVE_RUSTUP_WASM),yes)
   WASM_CLIPPY := cargo clippy --target $(WASM_TARGET) -- -D warnings

@@ -1,4 +1,8 @@
-"""`make run`: Envoy with jwt-authz, the local identity provider and the demo backend, on fixed ports."""
+"""`make run`: Envoy with jwt-authz, the local identity provider and the demo backend, on fixed ports.
+
+`make run CONFIG=my-plugin-config.json` (python tools/run_local.py my-plugin-config.json) runs your
+plugin configuration instead of examples/envoy/plugin-config.json, e.g. what `jwt-authz convert`
+printed; a configuration the filter refuses is reported with every error and its field path."""
 import json
 import pathlib
 import signal
@@ -17,9 +21,9 @@ ENVOY_URL = "http://127.0.0.1:8080"
 ADMIN_URL = "http://127.0.0.1:9901"
 
 
-def wait_for(url, what, timeout=20.0):
+def wait_for(url, what, timeout=20.0, process=None):
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -69,11 +73,37 @@ def status(path, bearer=None):
         return error.code
 
 
+CONFIG_MARKER = "value: |"
+
+
+def with_plugin_config(envoy_yaml, plugin_config):
+    """examples/envoy/envoy.yaml with `plugin_config` (a JSON document) as the filter's configuration:
+    the one line after the StringValue's `value: |`."""
+    lines = envoy_yaml.splitlines(keepends=True)
+    [index] = [i for i, line in enumerate(lines) if line.strip() == CONFIG_MARKER]
+    indent = lines[index + 1][:len(lines[index + 1]) - len(lines[index + 1].lstrip())]
+    lines[index + 1] = indent + json.dumps(plugin_config) + "\n"
+    return "".join(lines)
+
+
+def configuration_errors():
+    """Envoy's log lines where the filter refused its configuration (one per error)."""
+    log = RUN_DIR / "envoy.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [line.split("wasm log ", 1)[-1] for line in text.splitlines() if "invalid jwt-authz configuration" in line]
+
+
 def main():
     RUN_DIR.mkdir(exist_ok=True)
-    plugin_config = json.dumps(json.loads((EXAMPLE / "plugin-config.json").read_text()))
-    envoy_config = (EXAMPLE / "envoy.yaml").read_text().replace("PLUGIN_CONFIG", plugin_config)
+    custom = len(sys.argv) > 1 and sys.argv[1] != ""
+    config_path = pathlib.Path(sys.argv[1]).resolve() if custom else EXAMPLE / "plugin-config.json"
+    try:
+        plugin_config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        sys.exit(f"CONFIG={config_path}: {error}")
+    envoy_config = with_plugin_config((EXAMPLE / "envoy.yaml").read_text(), plugin_config)
     (RUN_DIR / "envoy.yaml").write_text(envoy_config)
+    (RUN_DIR / "envoy.log").unlink(missing_ok=True)
     python = sys.executable
     processes = [
         subprocess.Popen([python, "tools/devidp.py", "--port", "8180", "--key-file", str(RUN_DIR / "idp-key.pem")],
@@ -86,16 +116,27 @@ def main():
     ]
 
     def stop(*_):
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=10)
+        stop_all(processes)
         sys.exit(0)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     wait_for(f"{IDP}/.well-known/openid-configuration", "identity provider")
-    wait_for(f"{ADMIN_URL}/ready", "Envoy")
+    try:
+        wait_for(f"{ADMIN_URL}/ready", "Envoy", process=processes[2])
+    except SystemExit:
+        errors = configuration_errors()
+        if errors:
+            print(f"jwt-authz refused {config_path}:", *errors, sep="\n  ", file=sys.stderr)
+        stop_all(processes)
+        raise
+    if custom:
+        print(f"\njwt-authz is running with {config_path}: Envoy on :8080 (admin :9901), identity provider on "
+              f":8180 (realm shop, issuer {IDP}), backend on :8081")
+        print(f"Logs: {RUN_DIR}/envoy.log, idp.log, backend.log. Your configuration's jwtRules must point at the "
+              f"local identity provider (jwksCluster \"keycloak\") for its tokens to verify.\n")
+        print(f"Try it yourself:\n\n{try_it(IDP, ENVOY_URL, ADMIN_URL)}\n\nCtrl-C stops everything.")
+        watch(processes)
 
     alice, bob = token("alice"), token("bob")
     # The same user through shop-mobile, whose access tokens the realm signs with ES256.
@@ -119,11 +160,24 @@ Try it yourself:
 Ctrl-C stops everything.""")
     if any(got != want for _, got, want in checks):
         print("\nSome checks did not give the expected status: see the logs above.", file=sys.stderr)
+    watch(processes)
+
+
+def stop_all(processes):
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=10)
+
+
+def watch(processes):
+    """Until Ctrl-C, or until one of them exits (then all stop)."""
     while True:
         for process in processes:
             if process.poll() is not None:
                 print(f"{process.args[0]} exited with {process.returncode}; stopping", file=sys.stderr)
-                stop()
+                stop_all(processes)
+                sys.exit(1)
         time.sleep(1)
 
 

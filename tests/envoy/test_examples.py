@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -293,3 +294,112 @@ def test_the_curl_lines_make_run_prints_answer_as_their_comments_say(idp, backen
     answered = re.findall(r"HTTP/1\.1 (\d{3}) ", result.stdout)
     assert answered == expected, result.stdout[-3000:]
     assert re.search(r"^jwt_authz_allowed_total\S* [1-9]", result.stdout, re.M), "the counters line shows none"
+
+
+# --- the ready-to-run Envoy configuration and make run CONFIG= ----------------------------------------
+
+MAKE_RUN_PORTS = (8080, 8081, 8180, 9901)
+
+
+def ports_free():
+    import socket
+    for port in MAKE_RUN_PORTS:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return False
+    return True
+
+
+def test_the_envoy_example_embeds_the_example_plugin_configuration():
+    envoy_yaml = (REPO_ROOT / "examples" / "envoy" / "envoy.yaml").read_text()
+    [wasm] = [f for f in yaml.safe_load(envoy_yaml)["static_resources"]["listeners"][0]["filter_chains"][0]
+              ["filters"][0]["typed_config"]["http_filters"] if f["name"] == "envoy.filters.http.wasm"]
+    embedded = json.loads(wasm["typed_config"]["config"]["configuration"]["value"])
+    assert embedded == json.loads((REPO_ROOT / "examples" / "envoy" / "plugin-config.json").read_text())
+
+
+@contextmanager
+def running(*commands):
+    processes = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for command in commands]
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=10)
+
+
+def http_status(url, token=None):
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def wait_until(condition, timeout=20.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def test_envoy_starts_with_the_example_configuration_as_it_is(tmp_path):
+    """`envoy -c examples/envoy/envoy.yaml` (or func-e run) from the repository root: no template,
+    no placeholder; with the dev IdP and the backend on the ports it names, it enforces."""
+    if not ports_free():
+        pytest.skip(f"ports {MAKE_RUN_PORTS} are in use (make run?)")
+    import run_local
+    envoy = [str(REPO_ROOT / ".venv" / "bin" / "envoy"), "-c", "examples/envoy/envoy.yaml", "--disable-hot-restart",
+             "--concurrency", "1", "--log-path", str(tmp_path / "envoy.log")]
+    idp = [sys.executable, "tools/devidp.py", "--port", "8180", "--key-file", str(tmp_path / "key.pem")]
+    backend = [sys.executable, "tools/backend.py", "--port", "8081"]
+    with running(idp, backend, envoy) as processes:
+        assert wait_until(lambda: http_status("http://127.0.0.1:9901/ready") == 200), processes[2].poll()
+        assert wait_until(lambda: http_status(run_local.IDP + "/.well-known/openid-configuration") == 200)
+        alice, bob = run_local.token("alice"), run_local.token("bob")
+        assert http_status("http://127.0.0.1:8080/healthz") == 200
+        assert http_status("http://127.0.0.1:8080/api/admin/users") == 401
+        assert http_status("http://127.0.0.1:8080/api/admin/users", alice) == 200
+        assert http_status("http://127.0.0.1:8080/api/admin/users", bob) == 403
+
+
+def test_make_run_config_runs_a_users_configuration_and_reports_a_refused_one(tmp_path):
+    if not ports_free():
+        pytest.skip(f"ports {MAKE_RUN_PORTS} are in use (make run?)")
+    import run_local
+    # A configuration of one's own, e.g. what `jwt-authz convert` printed.
+    own = {"jwtRules": [{"issuer": run_local.IDP, "audiences": ["shop"], "jwksCluster": "keycloak",
+                         "jwksUri": run_local.IDP + "/protocol/openid-connect/certs"}],
+           "policies": [{"name": "only-bob", "rules": [{"when": [
+               {"key": "request.auth.claims[preferred_username]", "values": ["bob"]}]}]}]}
+    config = tmp_path / "mine.json"
+    config.write_text(json.dumps(own))
+    with running(["make", "--no-print-directory", "run", f"CONFIG={config}"]) as [run]:
+        # (make builds first if the filter is out of date.)
+        assert wait_until(lambda: http_status("http://127.0.0.1:9901/ready") == 200, timeout=120)
+        assert wait_until(lambda: http_status(run_local.IDP + "/.well-known/openid-configuration") == 200)
+        assert http_status("http://127.0.0.1:8080/anything", run_local.token("bob")) == 200
+        assert http_status("http://127.0.0.1:8080/anything", run_local.token("alice")) == 403
+        assert json.dumps(own) in (REPO_ROOT / ".run" / "envoy.yaml").read_text()
+    assert wait_until(ports_free)
+    # One the filter refuses: every error with its field path, and make run stops.
+    config.write_text(json.dumps({"jwtRules": [{"issuer": "", "jwksUri": "ftp://x"}],
+                                  "policies": [{"action": "MAYBE"}]}))
+    result = subprocess.run(["make", "--no-print-directory", "run", f"CONFIG={config}"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "jwt-authz refused" in result.stderr, result.stderr[-2000:]
+    assert "jwtRules[0].issuer: must not be empty" in result.stderr, result.stderr[-2000:]
+    assert "policies[0].action" in result.stderr, result.stderr[-2000:]
