@@ -53,12 +53,16 @@ DEFAULT_REALM = {
         },
     },
     "clients": {
-        "shop-web": {"publicClient": True, "directAccessGrants": True},
+        # "audiences": what the client's Audience mappers add to `aud` (Keycloak puts a client in
+        # `aud` only through one; without it, access tokens carry only `account`).
+        "shop-web": {"publicClient": True, "directAccessGrants": True, "audiences": ["shop"]},
         # Keycloak's client attribute access.token.signed.response.alg.
-        "shop-mobile": {"publicClient": True, "directAccessGrants": True, "accessTokenSignatureAlgorithm": "ES256"},
+        "shop-mobile": {"publicClient": True, "directAccessGrants": True, "audiences": ["shop"],
+                        "accessTokenSignatureAlgorithm": "ES256"},
         "shop-backend": {
             "secret": "shop-backend-secret",
             "directAccessGrants": True,
+            "audiences": ["shop"],
             "serviceAccount": {
                 "realmRoles": ["service"],
                 "clientRoles": {"shop-backend": ["reader"]},
@@ -69,8 +73,56 @@ DEFAULT_REALM = {
 
 DEFAULT_REALM_ROLES = ["default-roles-{realm}", "offline_access"]
 ACCOUNT_ROLES = ["manage-account", "view-profile"]
-AUDIENCE = ["shop", "account"]
-SCOPE = "openid profile email"
+
+# Keycloak's built-in client scopes (created in every realm, so an export need not carry them), what
+# each puts in an access token, and whether its name goes into the `scope` claim
+# (include.in.token.scope). A client without defaultClientScopes gets the realm's default ones.
+BUILTIN_SCOPES = {
+    "profile": {"includeInTokenScope": True, "claims": "profile"},
+    "email": {"includeInTokenScope": True, "claims": "email"},
+    # realm_access, resource_access, and the Audience Resolve mapper.
+    "roles": {"includeInTokenScope": False, "claims": "roles", "audienceResolve": True},
+    "web-origins": {"includeInTokenScope": False, "claims": "web-origins"},
+    "acr": {"includeInTokenScope": False, "claims": "acr"},
+    "basic": {"includeInTokenScope": False, "claims": "basic"},
+    "offline_access": {"includeInTokenScope": True},
+    "address": {"includeInTokenScope": True},
+    "phone": {"includeInTokenScope": True},
+    "microprofile-jwt": {"includeInTokenScope": True},
+}
+DEFAULT_CLIENT_SCOPES = ["web-origins", "acr", "profile", "roles", "basic", "email"]
+OPTIONAL_CLIENT_SCOPES = ["address", "phone", "offline_access", "microprofile-jwt"]
+AUDIENCE_MAPPER = "oidc-audience-mapper"
+AUDIENCE_RESOLVE_MAPPER = "oidc-audience-resolve-mapper"
+
+
+def mapper_audiences(mappers):
+    """What the Audience mappers among `mappers` add to access tokens."""
+    audiences = []
+    for mapper in mappers or []:
+        config = mapper.get("config", {})
+        if mapper.get("protocolMapper") != AUDIENCE_MAPPER or config.get("access.token.claim", "true") == "false":
+            continue
+        for key in ("included.client.audience", "included.custom.audience"):
+            if config.get(key) and config[key] not in audiences:
+                audiences.append(config[key])
+    return audiences
+
+
+def client_scopes_from_export(export):
+    """The export's client scopes (`clientScopes`), shaped as BUILTIN_SCOPES: a scope of a built-in's
+    name keeps what the built-in puts in tokens; its own mappers add audiences."""
+    scopes = {}
+    for scope in export.get("clientScopes", []):
+        name = scope.get("name")
+        mappers = scope.get("protocolMappers", [])
+        entry = dict(BUILTIN_SCOPES.get(name, {}))
+        entry["includeInTokenScope"] = scope.get("attributes", {}).get("include.in.token.scope", "true") == "true"
+        entry["audiences"] = mapper_audiences(mappers)
+        if any(m.get("protocolMapper") == AUDIENCE_RESOLVE_MAPPER for m in mappers):
+            entry["audienceResolve"] = True
+        scopes[name] = entry
+    return scopes
 CERTS_MODE_DEFAULTS = {"status": 200, "delay": 0, "body": None, "headers": None}
 
 
@@ -278,14 +330,26 @@ def realm_from_keycloak_export(export):
         algorithm = client.get("attributes", {}).get("access.token.signed.response.alg")
         if algorithm:
             entry["accessTokenSignatureAlgorithm"] = algorithm
+        # Clients → the client → Client scopes → dedicated: its own mappers (an Audience mapper is
+        # how Keycloak puts an API in `aud`), and the client scopes assigned to it.
+        entry["audiences"] = mapper_audiences(client.get("protocolMappers"))
+        for field in ("defaultClientScopes", "optionalClientScopes"):
+            if field in client:
+                entry[field] = list(client[field])
         clients[client["clientId"]] = entry
-    return {
+    realm = {
         "realm": name,
         "signatureAlgorithms": key_provider_algorithms(export),
         "defaultSignatureAlgorithm": export.get("defaultSignatureAlgorithm") or "RS256",
         "users": users,
         "clients": clients,
     }
+    if export.get("clientScopes"):
+        realm["clientScopes"] = client_scopes_from_export(export)
+    for field in ("defaultDefaultClientScopes", "defaultOptionalClientScopes"):
+        if field in export:
+            realm[field] = list(export[field])
+    return realm
 
 
 KEY_PROVIDER_TYPE = "org.keycloak.keys.KeyProvider"
@@ -333,6 +397,9 @@ class Realm:
         self.name = data["realm"]
         self.users = data["users"]
         self.clients = data["clients"]
+        self.scopes = {**BUILTIN_SCOPES, **data.get("clientScopes", {})}
+        self.default_scopes = data.get("defaultDefaultClientScopes", DEFAULT_CLIENT_SCOPES)
+        self.optional_scopes = data.get("defaultOptionalClientScopes", OPTIONAL_CLIENT_SCOPES)
         self.issuer = issuer
         self.token_lifetime = token_lifetime
         # A realm without key providers of its own has Keycloak's defaults: one RS256 signing key.
@@ -364,62 +431,95 @@ class Realm:
             raise OAuthError(401, "invalid_client", "Invalid client or Invalid client credentials")
         return client
 
-    def password_grant(self, client_id, client, username, password):
+    def client_scopes(self, client_id, requested=""):
+        """The client scopes a token request gets, as Keycloak decides them: the client's default
+        scopes, plus those of its optional scopes the request's `scope` names."""
+        client = self.clients[client_id]
+        scopes = list(client.get("defaultClientScopes", self.default_scopes))
+        optional = client.get("optionalClientScopes", self.optional_scopes)
+        scopes += [name for name in requested.split() if name in optional and name not in scopes]
+        return [name for name in scopes if name in self.scopes]
+
+    def password_grant(self, client_id, client, username, password, requested_scope=""):
         if not client.get("directAccessGrants"):
             raise OAuthError(400, "unauthorized_client", "Client not allowed for direct access grants")
         user = self.users.get(username or "")
         if user is None or password != user.get("password"):
             raise OAuthError(401, "invalid_grant", "Invalid user credentials")
-        claims = self._base_claims(client_id, username, user.get("realmRoles", []), user.get("clientRoles", {}))
+        claims, wanted = self._base_claims(client_id, username, user.get("realmRoles", []),
+                                           user.get("clientRoles", {}), requested_scope)
         session = str(uuid.uuid4())
-        claims.update({"auth_time": claims["iat"], "session_state": session, "sid": session})
-        claims.update({
-            "email_verified": True,
-            "name": f"{user.get('firstName', '')} {user.get('lastName', '')}".strip(),
-            "preferred_username": username,
-            "given_name": user.get("firstName", ""),
-            "family_name": user.get("lastName", ""),
-            "email": user.get("email", ""),
-        })
+        claims.update({"session_state": session, "sid": session})
+        if "email" in wanted:
+            claims["email"] = user.get("email", "")
+        if "profile" in wanted:
+            claims.update({
+                "name": f"{user.get('firstName', '')} {user.get('lastName', '')}".strip(),
+                "preferred_username": username,
+                "given_name": user.get("firstName", ""),
+                "family_name": user.get("lastName", ""),
+            })
         return claims
 
-    def client_credentials_grant(self, client_id, client, client_address):
+    def client_credentials_grant(self, client_id, client, client_address, requested_scope=""):
         if client.get("publicClient"):
             raise OAuthError(400, "unauthorized_client", "Public client not allowed to retrieve service account")
         account = client.get("serviceAccount")
         if account is None:
             raise OAuthError(400, "unauthorized_client", "Client not enabled to retrieve service account")
         username = f"service-account-{client_id}"
-        claims = self._base_claims(client_id, username, account.get("realmRoles", []), account.get("clientRoles", {}))
-        claims.update({
-            "email_verified": False,
-            "clientHost": client_address,
-            "preferred_username": username,
-            "clientAddress": client_address,
-            "clientId": client_id,
-        })
+        claims, wanted = self._base_claims(client_id, username, account.get("realmRoles", []),
+                                           account.get("clientRoles", {}), requested_scope)
+        claims.update({"clientHost": client_address, "clientAddress": client_address, "clientId": client_id})
+        if "profile" in wanted:
+            claims["preferred_username"] = username
         return claims
 
-    def _base_claims(self, client_id, username, realm_roles, client_roles):
+    def _base_claims(self, client_id, username, realm_roles, client_roles, requested_scope):
+        """The claims every access token of this client has, from the client scopes the request
+        gets (Keycloak's protocol mappers): roles only with the `roles` scope, `aud` only from
+        Audience mappers and Audience Resolve (every other client the user has a role of, which
+        is how `account` gets in), `scope` the names of the scopes that go into it."""
         now = int(time.time())
-        resource_access = {client: {"roles": list(roles)} for client, roles in client_roles.items()}
+        scopes = [self.scopes[name] for name in self.client_scopes(client_id, requested_scope)]
+        kinds = {scope.get("claims") for scope in scopes}
+        resource_access = {client: {"roles": list(roles)} for client, roles in client_roles.items() if roles}
         resource_access["account"] = {"roles": list(ACCOUNT_ROLES)}
         default_roles = [role.format(realm=self.name) for role in DEFAULT_REALM_ROLES]
-        return {
+        audiences = list(self.clients[client_id].get("audiences", []))
+        for scope in scopes:
+            audiences += [a for a in scope.get("audiences", []) if a not in audiences]
+        if any(scope.get("audienceResolve") for scope in scopes):
+            audiences += [c for c in resource_access if c != client_id and c not in audiences]
+        names = [name for name in self.client_scopes(client_id, requested_scope)
+                 if self.scopes[name].get("includeInTokenScope")]
+        if "openid" in requested_scope.split():
+            names.insert(0, "openid")
+        claims = {
             "exp": now + self.token_lifetime,
             "iat": now,
             "jti": str(uuid.uuid4()),
             "iss": self.issuer,
-            "aud": list(AUDIENCE),
             "sub": user_id(self.name, username),
             "typ": "Bearer",
             "azp": client_id,
-            "acr": "1",
-            "allowed-origins": ["*"],
-            "realm_access": {"roles": default_roles + list(realm_roles)},
-            "resource_access": resource_access,
-            "scope": SCOPE,
+            "scope": " ".join(names),
         }
+        # One audience is a string in Keycloak's tokens, none is no claim.
+        if audiences:
+            claims["aud"] = audiences[0] if len(audiences) == 1 else audiences
+        if "acr" in kinds:
+            claims["acr"] = "1"
+        if "web-origins" in kinds:
+            claims["allowed-origins"] = ["*"]
+        if "roles" in kinds:
+            claims["realm_access"] = {"roles": default_roles + list(realm_roles)}
+            claims["resource_access"] = resource_access
+        if "basic" in kinds and username != f"service-account-{client_id}":
+            claims["auth_time"] = now
+        if "email" in kinds:
+            claims["email_verified"] = username != f"service-account-{client_id}"
+        return claims, kinds
 
 
 class IdpState:
@@ -524,7 +624,8 @@ class Handler(BaseHTTPRequestHandler):
             # The algorithms of the keys /certs serves (Keycloak lists every one it could sign with).
             "id_token_signing_alg_values_supported": list(self.state.realm.algorithms),
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "scopes_supported": SCOPE.split(),
+            "scopes_supported": ["openid", *sorted(name for name, scope in self.state.realm.scopes.items()
+                                                   if scope.get("includeInTokenScope"))],
             "claims_supported": ["aud", "sub", "iss", "auth_time", "name", "given_name",
                                  "family_name", "preferred_username", "email", "acr"],
         }
@@ -552,10 +653,11 @@ class Handler(BaseHTTPRequestHandler):
             if grant_type not in ("password", "client_credentials"):
                 raise OAuthError(400, "unsupported_grant_type", "Unsupported grant_type")
             client = realm.authenticate_client(client_id, secret)
+            requested = form.get("scope", "")
             if grant_type == "password":
-                claims = realm.password_grant(client_id, client, form.get("username"), form.get("password"))
+                claims = realm.password_grant(client_id, client, form.get("username"), form.get("password"), requested)
             else:
-                claims = realm.client_credentials_grant(client_id, client, self.client_address[0])
+                claims = realm.client_credentials_grant(client_id, client, self.client_address[0], requested)
             access_token = self.state.sign(claims, realm.access_token_algorithm(client_id))
         except OAuthError as error:
             return self._send_json(error.status, {"error": error.error, "error_description": error.description})

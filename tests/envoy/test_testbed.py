@@ -150,7 +150,8 @@ def test_password_grant_issues_a_keycloak_shaped_token(idp):
     assert claims["email"] == "alice@shop.example"
     assert {"user", "admin", "default-roles-shop", "offline_access"} <= set(claims["realm_access"]["roles"])
     assert claims["resource_access"]["account"]["roles"] == ["manage-account", "view-profile"]
-    assert claims["scope"] == "openid profile email"
+    # Keycloak: the client's default scopes that go into `scope`; openid only when asked for.
+    assert claims["scope"] == "profile email"
     assert 299 <= claims["exp"] - claims["iat"] <= 300
     assert claims["sub"] == token_payload(idp.password_token("alice", "alice"))["sub"]
     for name in ("jti", "auth_time", "session_state", "acr", "allowed-origins", "email_verified"):
@@ -165,7 +166,10 @@ def test_password_grant_token_response_fields(idp):
     assert answer["expires_in"] == 300
     assert answer["refresh_expires_in"] == 0
     assert answer["not-before-policy"] == 0
-    assert answer["scope"] == "openid profile email"
+    assert answer["scope"] == "profile email"
+    status, answer = idp.token_request({"grant_type": "password", "client_id": "shop-web", "username": "bob",
+                                        "password": "bob", "scope": "openid phone"})
+    assert status == 200 and answer["scope"] == "openid profile email phone", answer
 
 
 def test_a_client_s_tokens_are_signed_with_its_own_algorithm(idp):
@@ -516,3 +520,67 @@ def test_serve_jwks_answers_the_given_key_set(tmp_path):
     document = {"keys": [jwk(signing_key(alg), kid=alg) for alg in ALGORITHMS]}
     with serve_jwks(tmp_path, document) as server:
         assert server.certs() == document
+
+
+# --- claims from the realm's protocol mappers and client scopes, as Keycloak derives them ----------------
+
+def export_with(clients, **realm):
+    """A Keycloak realm export with alice and these clients."""
+    return {"realm": "shop", "users": [{"username": "alice", "enabled": True, "realmRoles": ["admin"],
+                                        "credentials": [{"type": "password", "value": "alice"}]}],
+            "clients": [{"enabled": True, "publicClient": True, "directAccessGrantsEnabled": True, **client}
+                        for client in clients], **realm}
+
+
+AUDIENCE_MAPPER = {"name": "api audience", "protocol": "openid-connect", "protocolMapper": "oidc-audience-mapper",
+                   "config": {"included.custom.audience": "shop", "access.token.claim": "true"}}
+
+
+def alice_claims(export, client_id, scope=""):
+    realm = devidp.Realm(devidp.realm_from_keycloak_export(export), "http://127.0.0.1/realms/shop", 300)
+    return realm.password_grant(client_id, realm.clients[client_id], "alice", "alice", scope)
+
+
+def test_aud_comes_from_audience_mappers_and_audience_resolve_only():
+    # Without an Audience mapper Keycloak's access token names only `account` (Audience Resolve:
+    # the user has account roles), as a string: the commonest reason an API refuses its tokens.
+    plain = alice_claims(export_with([{"clientId": "web"}]), "web")
+    assert plain["aud"] == "account"
+    mapped = alice_claims(export_with([{"clientId": "web", "protocolMappers": [AUDIENCE_MAPPER]}]), "web")
+    assert mapped["aud"] == ["shop", "account"]
+    # The mapper on a client scope assigned to the client works the same; not to the access token: no.
+    scope = {"name": "shop-api", "protocol": "openid-connect", "attributes": {"include.in.token.scope": "true"},
+             "protocolMappers": [AUDIENCE_MAPPER]}
+    id_only = {**AUDIENCE_MAPPER, "config": {"included.client.audience": "other", "access.token.claim": "false"}}
+    clients = [{"clientId": "web", "defaultClientScopes": ["profile", "roles", "shop-api"],
+                "protocolMappers": [id_only]}]
+    claims = alice_claims(export_with(clients, clientScopes=[scope]), "web")
+    assert claims["aud"] == ["shop", "account"] and claims["scope"] == "profile shop-api"
+
+
+def test_roles_and_profile_claims_follow_the_client_scopes():
+    clients = [{"clientId": "web", "defaultClientScopes": ["email"], "optionalClientScopes": ["profile"]}]
+    claims = alice_claims(export_with(clients), "web")
+    # No `roles` scope: no realm_access, no resource_access, and no Audience Resolve (no aud at all).
+    assert "realm_access" not in claims and "resource_access" not in claims and "aud" not in claims
+    assert claims["scope"] == "email" and "preferred_username" not in claims and claims["email_verified"]
+    asked = alice_claims(export_with(clients), "web", "openid profile")
+    assert asked["scope"] == "openid email profile" and asked["preferred_username"] == "alice"
+
+
+def test_a_token_of_a_client_without_an_audience_mapper_is_refused_by_jwt_authz(tmp_path, backend):
+    """What a local run catches before the mesh does: the realm's mappers decide `aud`."""
+    export = export_with([{"clientId": "web"}, {"clientId": "api-client", "protocolMappers": [AUDIENCE_MAPPER]}])
+    realm_file = tmp_path / "realm.json"
+    realm_file.write_text(json.dumps(export))
+    with start_idp(tmp_path, "--realm-file", str(realm_file)) as idp:
+        config = {"jwtRules": [{"issuer": idp.issuer, "audiences": ["shop"], "jwksUri": idp.jwks_uri,
+                                "jwksCluster": "idp"}],
+                  "policies": [{"rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}]}
+        with start_envoy(config, backend=backend, idp=idp) as envoy:
+            unmapped = idp.password_token("alice", "alice", client_id="web")
+            status, headers, _ = envoy.get("/api", {"Authorization": f"Bearer {unmapped}"})
+            assert status == 401 and "Audiences in Jwt are not allowed" in headers.get("www-authenticate", "")
+            mapped = idp.password_token("alice", "alice", client_id="api-client")
+            assert envoy.get("/api", {"Authorization": f"Bearer {mapped}"})[0] == 200
+
