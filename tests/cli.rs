@@ -354,12 +354,25 @@ spec:
     assert_eq!(code, 1, "{stderr}");
     for expected in [
         "TrafficExtension shop/authz spec.phase: \"UNSPECIFIED_PHASE\", expected one of UNSPECIFIED, AUTHN",
-        "TrafficExtension shop/authz spec.targetRefs: only one of selector or targetRefs",
+        "TrafficExtension shop/authz spec.targetRefs: only one of selector, targetRef or targetRefs",
         "TrafficExtension shop/authz spec.wasm.phase: unknown field",
         "TrafficExtension shop/authz spec.wasm.pluginConfig.jwtRules[0].issuer: invalid type: integer `42`",
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }
+    let ungrouped = extension.replace(", group: gateway.networking.k8s.io", "");
+    let (code, _, stderr) = check(&scratch("te", "ungrouped.yaml", &ungrouped));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("spec.targetRefs[0].group: \"\": a Gateway target needs group \"gateway.networking.k8s.io\""),
+        "{stderr}"
+    );
+    // A file with nothing to check among others is said, not silently passed over.
+    let service = scratch("te", "service.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n");
+    let good = scratch("te", "good.yaml", extension);
+    let output = run(&["check", good.to_str().unwrap(), service.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(text(&output.stderr).contains("service.yaml: no WasmPlugin, TrafficExtension or plugin configuration"));
     let lua = "apiVersion: extensions.istio.io/v1alpha1\nkind: TrafficExtension\nmetadata: {name: l}\nspec:\n  lua: {inlineCode: x}\n";
     let (code, _, stderr) = check(&scratch("te", "lua.yaml", lua));
     assert_eq!(code, 1);

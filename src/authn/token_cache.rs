@@ -37,8 +37,9 @@ pub const VERIFIED_CAPACITY: usize = 2_000;
 /// token plus its parsed claims, about 6 KB for a Keycloak access token): a hit there skips the
 /// parsing as well, which is the hot path.
 pub const IDENTITY_CAPACITY: usize = 64;
-/// Longer tokens are not kept in the identity tier (which stores them and their claims whole): its
-/// worst case stays within about 3 MB. They still get the verified tier.
+/// Longer tokens are not kept in the identity tier (which stores them and their claims whole): at the
+/// largest `limits.identityCacheSize` (1,000) its worst case stays within about 8 MB. They still get
+/// the verified tier.
 const MAX_IDENTITY_TOKEN_BYTES: usize = 4096;
 
 /// What a verification depends on, the token's text (`header.payload.signature`, as sent), under

@@ -600,8 +600,8 @@ fn limits_default_and_are_bounded() {
     let config = Config::parse(json!({"jwtRules": [rule], "limits": sized}).to_string().as_bytes()).expect("valid");
     assert_eq!(config.token_cache, (50_000, 0));
     for (limits, field, reason) in [
-        (json!({"tokenCacheSize": 2_000_000}), "limits.tokenCacheSize", "outside 0..=1000000"),
-        (json!({"identityCacheSize": 20_000}), "limits.identityCacheSize", "outside 0..=10000"),
+        (json!({"tokenCacheSize": 200_000}), "limits.tokenCacheSize", "outside 0..=100000"),
+        (json!({"identityCacheSize": 2_000}), "limits.identityCacheSize", "outside 0..=1000"),
         (json!({"maxTokenBytes": 0}), "limits.maxTokenBytes", "outside 256..=1048576"),
         (json!({"maxTokenBytes": 2_000_000}), "limits.maxTokenBytes", "outside"),
         (json!({"maxClaimDepth": 1}), "limits.maxClaimDepth", "outside 2..=64"),

@@ -251,7 +251,11 @@ fn perform(decision: &Decision, resume: bool) -> Action {
         }
         Decision::Deny { denial, realm, .. } => {
             let response = denial.response(realm);
-            let _ = calls::send_local_response(&response);
+            let status = calls::send_local_response(&response);
+            if status != 0 {
+                // Never resumed: a denial that cannot be sent leaves the request to Envoy's timeout.
+                log(LogLevel::Error, &format!("could not send the {} denial (host status {status})", response.status));
+            }
             Action::Pause
         }
     }

@@ -566,6 +566,10 @@ def test_roles_and_profile_claims_follow_the_client_scopes():
     assert claims["scope"] == "email" and "preferred_username" not in claims and claims["email_verified"]
     asked = alice_claims(export_with(clients), "web", "openid profile")
     assert asked["scope"] == "openid email profile" and asked["preferred_username"] == "alice"
+    # A scope the client does not have: Keycloak's 400 invalid_scope, not a silently smaller token.
+    with pytest.raises(devidp.OAuthError) as refused:
+        alice_claims(export_with(clients), "web", "phone")
+    assert (refused.value.status, refused.value.error) == (400, "invalid_scope")
 
 
 def test_a_token_of_a_client_without_an_audience_mapper_is_refused_by_jwt_authz(tmp_path, backend):

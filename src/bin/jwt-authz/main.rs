@@ -140,8 +140,16 @@ fn check(files: &[String]) -> Result<(), Vec<String>> {
                 .filter(|d| matches!(d.kind(), Some("RequestAuthentication" | "AuthorizationPolicy")))
                 .map(|d| format!("{file}: {}", d.describe())),
         );
-        manifests += docs.iter().filter(|d| d.kind().and_then(manifest::Kind::of).is_some()).count();
+        let found = docs.iter().filter(|d| d.kind().and_then(manifest::Kind::of).is_some()).count();
+        manifests += found;
+        let before = candidates.len();
         candidates.extend(candidates_from_yaml(file, &docs, &mut report)?);
+        let istio_only = docs.iter().all(|d| matches!(d.kind(), Some("RequestAuthentication" | "AuthorizationPolicy")));
+        if found == 0 && candidates.len() == before && !istio_only {
+            report.warnings.push(format!(
+                "{file}: no WasmPlugin, TrafficExtension or plugin configuration in it: nothing checked"
+            ));
+        }
     }
     if candidates.is_empty() && manifests == 0 {
         return Err(vec![format!(
@@ -270,7 +278,9 @@ fn migration_step(converted: &mut convert::Converted, alongside: bool) {
     converted.notes.push(format!(
         "--alongside-istio: forwardOriginalToken: true on {kept} jwtRules entr{} (Istio's policies, still in \
          place, need the token) and dryRun: true on {dry} polic{} (their decisions are logged and counted in \
-         jwt_authz.dry_run_*, Istio's enforce). Invalid tokens are refused by both. When the two agree, remove \
+         jwt_authz.dry_run_*, Istio's enforce). jwt-authz still refuses what it refuses before any policy: \
+         invalid tokens (as Istio's RequestAuthentication does), paths it cannot normalize (unsafePaths) and \
+         tokens over its limits. When the two agree, remove \
          Istio's policies and deploy the configuration converted without --alongside-istio (docs/migration.md)",
         if kept == 1 { "y" } else { "ies" },
         if dry == 1 { "y" } else { "ies" },

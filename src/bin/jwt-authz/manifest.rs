@@ -159,8 +159,8 @@ pub fn check(kind: Kind, resource: &Value) -> (Vec<Finding>, Option<&Value>) {
         )),
     }
     if let Some(priority) = spec.get("priority") {
-        if !priority.is_i64() {
-            findings.push(error("spec.priority", format!("{priority}: expected an integer")));
+        if !priority.as_i64().is_some_and(|p| i32::try_from(p).is_ok()) {
+            findings.push(error("spec.priority", format!("{priority}: expected a 32-bit integer")));
         }
     }
     traffic_match(spec, &mut findings);
@@ -190,8 +190,9 @@ fn enumerated(object: &Map<String, Value>, prefix: &str, field: &str, values: &[
 }
 
 fn targeting(kind: Kind, spec: &Map<String, Value>, findings: &mut Vec<Finding>) {
-    if spec.contains_key("selector") && (spec.contains_key("targetRefs") || spec.contains_key("targetRef")) {
-        findings.push(error("spec.targetRefs", "only one of selector or targetRefs can be set"));
+    let targeting = ["selector", "targetRef", "targetRefs"].iter().filter(|f| spec.contains_key(**f)).count();
+    if targeting > 1 {
+        findings.push(error("spec.targetRefs", "only one of selector, targetRef or targetRefs can be set"));
     }
     if kind == Kind::WasmPlugin && spec.contains_key("targetRef") {
         findings.push(warning("spec.targetRef", "deprecated: use targetRefs"));
@@ -211,10 +212,25 @@ fn targeting(kind: Kind, spec: &Map<String, Value>, findings: &mut Vec<Finding>)
                 }
             }
             let kind = target.get("kind").and_then(Value::as_str).unwrap_or_default();
-            if !["Gateway", "GatewayClass", "Service", "ServiceEntry"].contains(&kind) && !kind.is_empty() {
+            let group = target.get("group").and_then(Value::as_str).unwrap_or_default();
+            // istio/api's attachment rules: each kind with its API group.
+            let groups: &[&str] = match kind {
+                "Gateway" | "GatewayClass" => &["gateway.networking.k8s.io"],
+                "Service" => &["", "core"],
+                "ServiceEntry" => &["networking.istio.io"],
+                "" => continue,
+                _ => {
+                    findings.push(error(
+                        format!("spec.targetRefs[{i}].kind"),
+                        format!("{kind:?}: expected Gateway, GatewayClass, Service (waypoints) or ServiceEntry"),
+                    ));
+                    continue;
+                }
+            };
+            if !groups.contains(&group) {
                 findings.push(error(
-                    format!("spec.targetRefs[{i}].kind"),
-                    format!("{kind:?}: expected Gateway, GatewayClass, Service (waypoints) or ServiceEntry"),
+                    format!("spec.targetRefs[{i}].group"),
+                    format!("{group:?}: a {kind} target needs group {:?}", groups.first().copied().unwrap_or_default()),
                 ));
             }
         }
@@ -236,6 +252,9 @@ fn traffic_match(spec: &Map<String, Value>, findings: &mut Vec<Finding>) {
         unknown_fields(selector, &["mode", "ports"], &prefix, findings);
         enumerated(selector, &prefix, "mode", &["UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"], findings);
         if let Some(ports) = selector.get("ports") {
+            if !ports.is_array() {
+                findings.push(error(format!("{prefix}.ports"), "must be a list"));
+            }
             for (j, port) in ports.as_array().into_iter().flatten().enumerate() {
                 let number = port.get("number").and_then(Value::as_u64);
                 if !number.is_some_and(|n| (1..=65535).contains(&n)) {
@@ -335,6 +354,10 @@ fn vm_config(module: &Map<String, Value>, prefix: &str, findings: &mut Vec<Findi
         }
         if let Some(object) = env.as_object() {
             enumerated(object, &env_field, "valueFrom", &["INLINE", "HOST"], findings);
+            if object.get("valueFrom").and_then(Value::as_str) == Some("HOST") && object.contains_key("value") {
+                findings
+                    .push(error(format!("{env_field}.value"), "not with valueFrom: HOST (the proxy's own variable)"));
+            }
         }
     }
 }
