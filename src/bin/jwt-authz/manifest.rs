@@ -159,7 +159,7 @@ pub fn check(kind: Kind, resource: &Value) -> (Vec<Finding>, Option<&Value>) {
         )),
     }
     if let Some(priority) = spec.get("priority") {
-        if !priority.as_i64().is_some_and(|p| i32::try_from(p).is_ok()) {
+        if priority.as_i64().is_none_or(|p| i32::try_from(p).is_err()) {
             findings.push(error("spec.priority", format!("{priority}: expected a 32-bit integer")));
         }
     }
