@@ -349,7 +349,7 @@ spec:
     let wrong = extension
         .replace("  phase: AUTHN\n", "  phase: UNSPECIFIED_PHASE\n  selector: {matchLabels: {app: a}}\n")
         .replace("    failStrategy: FAIL_CLOSE\n", "    failStrategy: FAIL_CLOSE\n    phase: AUTHN\n")
-        .replace("issuer: 'https", "issuer: 42, x: 'https");
+        .replace("issuer: 'https://idp.example/realms/shop'", "issuer: 42");
     let (code, _, stderr) = check(&scratch("te", "wrong.yaml", &wrong));
     assert_eq!(code, 1, "{stderr}");
     for expected in [

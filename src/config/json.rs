@@ -8,7 +8,6 @@
 //! parser for every struct, about 100 KB of a 673 KB Wasm binary. Messages are serde's own; a
 //! syntax error still says its line and column, a type error names its path only.
 
-use serde::de::value::BorrowedStrDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use std::borrow::Cow;
@@ -137,144 +136,170 @@ impl<'de> Visitor<'de> for StrictValue<'_, '_> {
     }
 }
 
-/// Reads `T` from a parsed tree; on failure `path` is where it failed.
-#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-pub fn read<'de, T: de::Deserialize<'de>>(value: &'de Value, path: &Path<'de>) -> Result<T, serde_json::Error> {
-    T::deserialize(Tracked { value, path })
+/// What reading the tree into the configuration's structs found wrong, in serde's words.
+pub type ReadError = String;
+
+/// The members of one JSON object of the configuration, read field by field with the path kept:
+/// by hand rather than with serde's derive, whose generated visitors were a sixth of the Wasm
+/// module's code for a once-per-VM job (docs/performance.md, "Footprint"). Messages are serde's.
+pub struct Object<'a, 'p> {
+    members: &'a Map<String, Value>,
+    path: &'p Path<'a>,
 }
 
-/// A `Deserializer` over a borrowed tree that records every array index and member it enters and
-/// leaves it recorded when reading fails below it.
-struct Tracked<'p, 'de> {
-    value: &'de Value,
-    path: &'p Path<'de>,
-}
+impl<'a, 'p> Object<'a, 'p> {
+    /// `value` as an object with no members but `fields` (`what` names it in a type error).
+    pub fn new(value: &'a Value, path: &'p Path<'a>, what: &str, fields: &[&str]) -> Result<Self, ReadError> {
+        let Value::Object(members) = value else { return Err(invalid_type(value, what)) };
+        if let Some(unknown) = members.keys().find(|name| !fields.contains(&name.as_str())) {
+            path.push(Segment::Member(Cow::Borrowed(unknown.as_str())));
+            let expected: Vec<String> = fields.iter().map(|field| format!("`{field}`")).collect();
+            return Err(format!("unknown field `{unknown}`, expected one of {}", expected.join(", ")));
+        }
+        Ok(Object { members, path })
+    }
 
-impl<'de> Deserializer<'de> for Tracked<'_, 'de> {
-    type Error = serde_json::Error;
+    /// The member `name` read with `read`, `None` when absent.
+    fn member<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&'a Value, &'p Path<'a>) -> Result<T, ReadError>,
+    ) -> Result<Option<T>, ReadError> {
+        let Some((key, value)) = self.members.get_key_value(name) else { return Ok(None) };
+        self.path.push(Segment::Member(Cow::Borrowed(key.as_str())));
+        let read = read(value, self.path)?;
+        self.path.pop();
+        Ok(Some(read))
+    }
 
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self.value {
-            Value::Null => visitor.visit_unit(),
-            Value::Bool(v) => visitor.visit_bool(*v),
-            Value::Number(n) => {
-                if let Some(v) = n.as_u64() {
-                    visitor.visit_u64(v)
-                } else if let Some(v) = n.as_i64() {
-                    visitor.visit_i64(v)
-                } else {
-                    visitor.visit_f64(n.as_f64().unwrap_or(f64::NAN))
-                }
-            }
-            Value::String(v) => visitor.visit_borrowed_str(v),
-            // Like serde_json's own tree reader, elements or members left unread are an error.
-            Value::Array(items) => {
-                let mut seq = TrackedSeq { items: items.iter(), index: 0, path: self.path };
-                let value = visitor.visit_seq(&mut seq)?;
-                match seq.items.len() {
-                    0 => Ok(value),
-                    _ => Err(de::Error::invalid_length(items.len(), &"fewer elements in array")),
-                }
-            }
-            Value::Object(members) => {
-                let mut map = TrackedMap { members: members.iter(), pending: None, path: self.path };
-                let value = visitor.visit_map(&mut map)?;
-                match map.members.len() {
-                    0 => Ok(value),
-                    _ => Err(de::Error::invalid_length(members.len(), &"fewer elements in map")),
-                }
-            }
+    pub fn required<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&'a Value, &'p Path<'a>) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
+        self.member(name, read)?.ok_or_else(|| format!("missing field `{name}`"))
+    }
+
+    /// Absent or `null`: `None` (serde's `Option`).
+    pub fn optional<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&'a Value, &'p Path<'a>) -> Result<T, ReadError>,
+    ) -> Result<Option<T>, ReadError> {
+        match self.members.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.member(name, read),
         }
     }
 
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self.value {
-            Value::Null => visitor.visit_none(),
-            _ => visitor.visit_some(self),
+    /// Absent: the type's default (serde's `#[serde(default)]`); `null` is a type error.
+    pub fn or_default<T: Default>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&'a Value, &'p Path<'a>) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
+        Ok(self.member(name, read)?.unwrap_or_default())
+    }
+}
+
+/// A JSON array of `read` items, each at its index.
+pub fn list<'a, T>(
+    read: impl Fn(&'a Value, &Path<'a>) -> Result<T, ReadError>,
+) -> impl FnOnce(&'a Value, &Path<'a>) -> Result<Vec<T>, ReadError> {
+    move |value, path| {
+        let Value::Array(items) = value else { return Err(invalid_type(value, "a sequence")) };
+        let mut out = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            path.push(Segment::Index(index));
+            out.push(read(item, path)?);
+            path.pop();
         }
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, Self::Error> {
-        visitor.visit_newtype_struct(self)
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf unit unit_struct
-        seq tuple tuple_struct map struct enum identifier ignored_any
+        Ok(out)
     }
 }
 
-struct TrackedSeq<'p, 'de> {
-    items: std::slice::Iter<'de, Value>,
-    index: usize,
-    path: &'p Path<'de>,
-}
-
-impl<'de> SeqAccess<'de> for TrackedSeq<'_, 'de> {
-    type Error = serde_json::Error;
-
-    fn next_element_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<Option<S::Value>, Self::Error> {
-        let Some(value) = self.items.next() else { return Ok(None) };
-        self.path.push(Segment::Index(self.index));
-        let element = seed.deserialize(Tracked { value, path: self.path })?;
-        self.path.pop();
-        self.index += 1;
-        Ok(Some(element))
-    }
-
-    fn size_hint(&self) -> Option<usize> {
-        Some(self.items.len())
+pub fn string(value: &Value, _: &Path<'_>) -> Result<String, ReadError> {
+    match value {
+        Value::String(text) => Ok(text.clone()),
+        other => Err(invalid_type(other, "a string")),
     }
 }
 
-struct TrackedMap<'p, 'de> {
-    members: serde_json::map::Iter<'de>,
-    /// The value of the member whose name was just read.
-    pending: Option<&'de Value>,
-    path: &'p Path<'de>,
+pub fn strings<'a>(value: &'a Value, path: &Path<'a>) -> Result<Vec<String>, ReadError> {
+    list(string)(value, path)
 }
 
-impl<'de> MapAccess<'de> for TrackedMap<'_, 'de> {
-    type Error = serde_json::Error;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Self::Error> {
-        let Some((name, value)) = self.members.next() else { return Ok(None) };
-        // Pushed before the name is read: an unknown field's error then names it in the path.
-        self.path.push(Segment::Member(Cow::Borrowed(name)));
-        self.pending = Some(value);
-        seed.deserialize(BorrowedStrDeserializer::new(name.as_str())).map(Some)
+pub fn boolean(value: &Value, _: &Path<'_>) -> Result<bool, ReadError> {
+    match value {
+        Value::Bool(flag) => Ok(*flag),
+        other => Err(invalid_type(other, "a boolean")),
     }
+}
 
-    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, Self::Error> {
-        let value = self.pending.take().unwrap_or(&Value::Null);
-        let member = seed.deserialize(Tracked { value, path: self.path })?;
-        self.path.pop();
-        Ok(member)
+/// A non-negative integer of at most `bits` bits (`u32`, `u64` in messages).
+fn unsigned(value: &Value, bits: u32) -> Result<u64, ReadError> {
+    let expected = format!("u{bits}");
+    match value {
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(v), _) if bits == 64 || v >> bits == 0 => Ok(v),
+            (Some(v), _) => Err(format!("invalid value: integer `{v}`, expected {expected}")),
+            (None, Some(v)) => Err(format!("invalid value: integer `{v}`, expected {expected}")),
+            (None, None) => Err(invalid_type(value, &expected)),
+        },
+        other => Err(invalid_type(other, &expected)),
     }
+}
 
-    fn size_hint(&self) -> Option<usize> {
-        Some(self.members.len())
-    }
+pub fn u64_value(value: &Value, _: &Path<'_>) -> Result<u64, ReadError> {
+    unsigned(value, 64)
+}
+
+pub fn u32_value(value: &Value, _: &Path<'_>) -> Result<u32, ReadError> {
+    unsigned(value, 32).map(|v| v as u32)
+}
+
+/// serde's `invalid type` message: what was found (`integer `5``, `map`, …) and what was expected.
+fn invalid_type(value: &Value, expected: &str) -> ReadError {
+    let found = match value {
+        Value::Null => "unit value".to_string(),
+        Value::Bool(flag) => format!("boolean `{flag}`"),
+        Value::Number(n) if n.is_f64() => format!("floating point `{n}`"),
+        Value::Number(n) => format!("integer `{n}`"),
+        Value::String(text) => format!("string {text:?}"),
+        Value::Array(_) => "sequence".to_string(),
+        Value::Object(_) => "map".to_string(),
+    };
+    format!("invalid type: {found}, expected {expected}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Deserialize;
 
-    #[derive(Debug, Deserialize, PartialEq)]
-    #[serde(deny_unknown_fields)]
+    #[derive(Debug, PartialEq)]
     struct Outer {
-        #[serde(default)]
         items: Vec<Inner>,
         limit: Option<u32>,
         extra: Option<Value>,
     }
 
-    #[derive(Debug, Deserialize, PartialEq)]
-    #[serde(deny_unknown_fields)]
+    #[derive(Debug, PartialEq)]
     struct Inner {
         name: String,
+    }
+
+    fn read_inner<'a>(value: &'a Value, path: &Path<'a>) -> Result<Inner, ReadError> {
+        let o = Object::new(value, path, "an inner object", &["name"])?;
+        Ok(Inner { name: o.required("name", string)? })
+    }
+
+    fn read<'a>(value: &'a Value, path: &Path<'a>) -> Result<Outer, ReadError> {
+        let o = Object::new(value, path, "an outer object", &["items", "limit", "extra"])?;
+        Ok(Outer {
+            items: o.or_default("items", list(read_inner))?,
+            limit: o.optional("limit", u32_value)?,
+            extra: o.optional("extra", |value, _| Ok(value.clone()))?,
+        })
     }
 
     /// The error message and the path it was found at, for a document that must be refused.
@@ -285,8 +310,8 @@ mod tests {
             Err(err) => return (parse_path.render(), err.to_string()),
         };
         let path = Path::default();
-        let err = read::<Outer>(&document, &path).expect_err("must be refused");
-        (path.render(), err.to_string())
+        let err = read(&document, &path).expect_err("must be refused");
+        (path.render(), err)
     }
 
     #[test]
@@ -296,7 +321,7 @@ mod tests {
             &Path::default(),
         )
         .expect("valid JSON");
-        let outer: Outer = read(&document, &Path::default()).expect("valid");
+        let outer = read(&document, &Path::default()).expect("valid");
         assert_eq!(outer.items, vec![Inner { name: "a".into() }, Inner { name: "b".into() }]);
         assert_eq!(outer.limit, None);
         assert_eq!(outer.extra, Some(serde_json::json!({"x": [1, -2, 0.5]})));
@@ -319,7 +344,9 @@ mod tests {
             (r#"{"extra": {"a": {"b": 1, "b": 2}}}"#, "extra.a.b", "duplicate field `b`"),
             (r#"{"items": [{"name": "a"}, {"name": "b"]}"#, "items[1]", "expected `,` or `}`"),
             (r#"{"items": []} trailing"#, "", "trailing characters"),
-            ("[[], 1, 2, 3]", "", "invalid length 4, expected fewer elements in array"),
+            ("[[], 1, 2, 3]", "", "invalid type: sequence, expected an outer object"),
+            (r#"{"limit": 5000000000}"#, "limit", "invalid value: integer `5000000000`, expected u32"),
+            (r#"{"items": [{"name": null}]}"#, "items[0].name", "invalid type: unit value, expected a string"),
             ("{not json", "", "key must be a string at line 1 column 2"),
         ];
         for (json, path, message) in cases {

@@ -132,8 +132,7 @@ impl Config {
         let document = json::parse_strict(json, &parse_path)
             .map_err(|err| ConfigError::new(parse_path.render(), err.to_string()))?;
         let path = json::Path::default();
-        let raw: RawConfig =
-            json::read(&document, &path).map_err(|err| ConfigError::new(path.render(), err.to_string()))?;
+        let raw = RawConfig::read(&document, &path).map_err(|err| ConfigError::new(path.render(), err))?;
         if raw.jwt_rules.is_empty() && raw.policies.is_empty() {
             return Err(ConfigError::new("", "neither jwtRules nor policies are given"));
         }
