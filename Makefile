@@ -93,9 +93,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # binaryen's wasm-opt -O3 after rustc: it folds what LLVM leaves duplicated across the whole module
 # (about 10% smaller, no speed-for-size trade: -O3, not -Oz). Optional: without wasm-opt, or if it
-# refuses the module, the rustc output is used as it is. The features are the ones rustc emits for
+# refuses the module, the rustc output is used as it is. -ocimfs 200: -O3 alone inlines every
+# function that has one caller, whatever its size, undoing the cold paths kept out of line; V8
+# compiles every function whole at load and the memory that leaves behind grows with the largest
+# (docs/performance.md, "Footprint": 1000 gave +16.4 MiB over the SDK filter, 200 +14.4, the hot
+# path the same). The features are the ones rustc emits for
 # wasm32-wasip1 (the stripped module no longer names them), so wasm-opt introduces no new ones.
-WASM_OPT_FLAGS := -O3 -ocimfs 1000 --enable-bulk-memory --enable-multivalue --enable-mutable-globals \
+WASM_OPT_FLAGS := -O3 -ocimfs 200 --enable-bulk-memory --enable-multivalue --enable-mutable-globals \
                   --enable-nontrapping-float-to-int --enable-reference-types --enable-sign-ext
 
 .stamps/binaryen:
