@@ -9,6 +9,8 @@ mod policy;
 mod provider;
 mod raw;
 
+pub use raw::SOURCE_FIELDS;
+
 pub use provider::parse_duration_ms;
 
 use crate::authn::extract::TokenLocation;

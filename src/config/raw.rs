@@ -131,6 +131,15 @@ pub(super) struct RawCondition {
 // ---------------------------------------------------------------------------------------------
 // Reading them.
 
+/// The fields of a rule's `source`, as Istio's AuthorizationPolicy names them (the CLI's
+/// `convert` copies exactly these).
+#[rustfmt::skip]
+pub const SOURCE_FIELDS: [&str; 14] = [
+    "requestPrincipals", "notRequestPrincipals", "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks",
+    "principals", "notPrincipals", "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts",
+    "trustDomains", "notTrustDomains",
+];
+
 type Read<T> = Result<T, ReadError>;
 
 impl RawConfig {
@@ -314,27 +323,7 @@ impl RawFrom {
 impl RawSource {
     #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawSource> {
-        let o = Object::new(
-            value,
-            path,
-            "a source",
-            &[
-                "requestPrincipals",
-                "notRequestPrincipals",
-                "ipBlocks",
-                "notIpBlocks",
-                "remoteIpBlocks",
-                "notRemoteIpBlocks",
-                "principals",
-                "notPrincipals",
-                "namespaces",
-                "notNamespaces",
-                "serviceAccounts",
-                "notServiceAccounts",
-                "trustDomains",
-                "notTrustDomains",
-            ],
-        )?;
+        let o = Object::new(value, path, "a source", &SOURCE_FIELDS)?;
         Ok(RawSource {
             request_principals: o.or_default("requestPrincipals", strings)?,
             not_request_principals: o.or_default("notRequestPrincipals", strings)?,

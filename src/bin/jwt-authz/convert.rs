@@ -35,22 +35,6 @@ impl Converted {
     }
 }
 
-const SOURCE_FIELDS: [&str; 14] = [
-    "requestPrincipals",
-    "notRequestPrincipals",
-    "ipBlocks",
-    "notIpBlocks",
-    "remoteIpBlocks",
-    "notRemoteIpBlocks",
-    "principals",
-    "notPrincipals",
-    "namespaces",
-    "notNamespaces",
-    "serviceAccounts",
-    "notServiceAccounts",
-    "trustDomains",
-    "notTrustDomains",
-];
 const OPERATION_FIELDS: [&str; 8] =
     ["paths", "notPaths", "methods", "notMethods", "hosts", "notHosts", "ports", "notPorts"];
 /// The annotation that makes an AuthorizationPolicy a dry run in Istio.
@@ -307,7 +291,7 @@ fn wrapped(value: &Value, path: &str, inner: &str, convert: &EntryConverter<'_>)
 }
 
 fn source(fields: &Map<String, Value>, path: &str, namespace: Option<&str>) -> Result<Value, String> {
-    let mut copied = checked_copy(fields, path, &SOURCE_FIELDS, &[], "")?;
+    let mut copied = checked_copy(fields, path, &jwt_authz::config::SOURCE_FIELDS, &[], "")?;
     for field in ["serviceAccounts", "notServiceAccounts"] {
         let Some(Value::Array(accounts)) = copied.get_mut(field) else { continue };
         for (i, account) in accounts.iter_mut().enumerate() {

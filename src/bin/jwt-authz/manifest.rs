@@ -61,28 +61,14 @@ impl Kind {
         }
     }
 
-    /// `spec` fields Istio knows (misspelled ones are silently dropped by a lenient apply).
-    fn spec_fields(self) -> &'static [&'static str] {
+    /// `spec` fields Istio knows (misspelled ones are silently dropped by a lenient apply): a
+    /// WasmPlugin has the module's own fields at `spec`, a TrafficExtension under `spec.wasm`.
+    fn spec_fields(self) -> Vec<&'static str> {
         match self {
-            Kind::WasmPlugin => &[
-                "selector",
-                "targetRef",
-                "targetRefs",
-                "url",
-                "sha256",
-                "imagePullPolicy",
-                "imagePullSecret",
-                "verificationKey",
-                "pluginConfig",
-                "pluginName",
-                "phase",
-                "priority",
-                "failStrategy",
-                "vmConfig",
-                "match",
-                "type",
-            ],
-            Kind::TrafficExtension => &["selector", "targetRefs", "phase", "priority", "match", "wasm", "lua"],
+            Kind::WasmPlugin => {
+                [&["selector", "targetRef", "targetRefs", "phase", "priority", "match"], WASM_FIELDS].concat()
+            }
+            Kind::TrafficExtension => vec!["selector", "targetRefs", "phase", "priority", "match", "wasm", "lua"],
         }
     }
 
@@ -118,7 +104,7 @@ pub fn check(kind: Kind, resource: &Value) -> (Vec<Finding>, Option<&Value>) {
         findings.push(error("spec", "missing (or not a mapping)"));
         return (findings, None);
     };
-    unknown_fields(spec, kind.spec_fields(), "spec", &mut findings);
+    unknown_fields(spec, &kind.spec_fields(), "spec", &mut findings);
     let module = match kind {
         Kind::WasmPlugin => Some(spec),
         Kind::TrafficExtension => {
