@@ -150,14 +150,34 @@ impl KeyStore for KeyLookups<'_> {
     }
 }
 
-/// Name of the gauge of keys in use for `issuer`, the issuer as a tag:
+/// Each issuer's `issuer` tag value, in `ProviderId` order: its characters other than ASCII letters,
+/// digits, `-` and `_` as `_`, and, where two issuers would share one (`https://idp/a` and
+/// `https://idp/a/`), `_2`, `_3`, … after the later ones, so that no two issuers' gauges and
+/// counters merge.
+pub fn issuer_tags<'a>(issuers: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    for issuer in issuers {
+        let base = tag_value(issuer);
+        let mut tag = base.clone();
+        let mut n = 1;
+        while tags.contains(&tag) {
+            n += 1;
+            tag = format!("{base}_{n}");
+        }
+        tags.push(tag);
+    }
+    tags
+}
+
+/// Name of the gauge of keys in use for the issuer tagged `issuer` (`issuer_tags`):
 /// `jwt_authz.issuer=.=https___idp_realms_shop;.;jwks_keys_in_use`, exported as
 /// `jwt_authz_jwks_keys_in_use{issuer="https___idp_realms_shop"}` with the `issuer` tag extractor.
 pub fn keys_in_use_gauge_name(issuer: &str) -> String {
     format!("{PREFIX}issuer=.={};.;jwks_keys_in_use", tag_value(issuer))
 }
 
-/// The counter of `issuer`'s JWKS fetches with this result (`success` or `failure`):
+/// The counter of the JWKS fetches of the issuer tagged `issuer` (`issuer_tags`) with this result
+/// (`success` or `failure`):
 /// `jwt_authz_jwks_fetches_total{issuer, result}`. Beside the untagged `jwks_fetch_success_total`
 /// and `jwks_fetch_failure_total`, which need no tag extractor.
 pub fn jwks_fetches(issuer: &str, success: bool) -> String {
@@ -202,6 +222,14 @@ mod tests {
             jwks_fetches("http://kc:8080/realms/a", false),
             "jwt_authz.issuer=.=http___kc_8080_realms_a;.;result=.=failure;.;jwks_fetches_total"
         );
+    }
+
+    #[test]
+    fn issuers_that_sanitize_alike_get_distinct_tags() {
+        let tags = issuer_tags(["https://idp/a", "https://idp/a/", "https://idp/a?", "https://idp/b"]);
+        assert_eq!(tags, ["https___idp_a", "https___idp_a_", "https___idp_a__2", "https___idp_b"]);
+        let tags = issuer_tags(["a.b", "a:b", "a_b"]);
+        assert_eq!(tags, ["a_b", "a_b_2", "a_b_3"]);
     }
 
     #[test]

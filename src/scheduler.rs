@@ -90,6 +90,8 @@ pub struct Scheduler {
     /// Tokens verified before, per VM: sharing them across workers would cost a copy out of
     /// shared data on every lookup, more than a hit saves.
     tokens: TokenCache,
+    /// Each provider's `issuer` metric tag, in `ProviderId` order.
+    issuer_tags: Vec<String>,
     /// Dispatched fetches: callout token → what was asked.
     fetches: HashMap<u32, FetchRequest>,
     /// Requests parked until a fetch finishes: context id → why and since when.
@@ -136,6 +138,7 @@ impl Scheduler {
         let providers = config.issuers.providers.len();
         let host_algorithms = verifier.host_algorithms().len() as u64;
         let (verified_tokens, identities) = config.token_cache;
+        let issuer_tags = metrics::issuer_tags(config.issuers.providers.iter().map(|p| p.issuer.as_str()));
         let mut scheduler = Scheduler {
             config,
             cache,
@@ -152,6 +155,7 @@ impl Scheduler {
             kick_pending: false,
             batched: Vec::new(),
             keys_in_use: vec![None; providers],
+            issuer_tags,
             debug_logging: false,
             serves_requests: false,
             effects: Vec::new(),
@@ -426,7 +430,7 @@ impl Scheduler {
         match &outcome.report {
             FetchReport::Updated { keys, skipped, refresh_in_ms } => {
                 self.count(Counter::JwksFetchSuccess, 1);
-                self.effects.push(Effect::CountNamed(metrics::jwks_fetches(&issuer, true)));
+                self.effects.push(Effect::CountNamed(metrics::jwks_fetches(self.issuer_tag(fetch.provider), true)));
                 self.log(
                     Level::Info,
                     format!(
@@ -444,7 +448,7 @@ impl Scheduler {
             }
             FetchReport::Failed { error, retry_in_ms, kept_previous_keys } => {
                 self.count(Counter::JwksFetchFailure, 1);
-                self.effects.push(Effect::CountNamed(metrics::jwks_fetches(&issuer, false)));
+                self.effects.push(Effect::CountNamed(metrics::jwks_fetches(self.issuer_tag(fetch.provider), false)));
                 let keeping = if *kept_previous_keys { "keeping the previous keys" } else { "no keys available" };
                 self.log(
                     Level::Warn,
@@ -556,6 +560,11 @@ impl Scheduler {
 
     fn issuer(&self, provider: ProviderId) -> String {
         self.config.issuers.provider(provider).map(|p| p.issuer.clone()).unwrap_or_default()
+    }
+
+    /// The provider's `issuer` metric tag (`metrics::issuer_tags`).
+    fn issuer_tag(&self, provider: ProviderId) -> &str {
+        self.issuer_tags.get(provider.index()).map_or("-", String::as_str)
     }
 }
 

@@ -3,7 +3,9 @@
 
 use crate::config::Config;
 use crate::ids::ProviderId;
-use crate::metrics::{keys_in_use_gauge_name, Counter, HOST_CRYPTO_GAUGE, TOKEN_CACHE_GAUGE, WASM_MEMORY_GAUGE};
+use crate::metrics::{
+    issuer_tags, keys_in_use_gauge_name, Counter, HOST_CRYPTO_GAUGE, TOKEN_CACHE_GAUGE, WASM_MEMORY_GAUGE,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
@@ -30,12 +32,8 @@ impl Stats {
             .iter()
             .filter_map(|&counter| define(MetricType::Counter, counter.name()).map(|id| (counter, id)))
             .collect();
-        let keys_in_use = config
-            .issuers
-            .providers
-            .iter()
-            .map(|provider| define(MetricType::Gauge, &keys_in_use_gauge_name(&provider.issuer)))
-            .collect();
+        let tags = issuer_tags(config.issuers.providers.iter().map(|provider| provider.issuer.as_str()));
+        let keys_in_use = tags.iter().map(|tag| define(MetricType::Gauge, &keys_in_use_gauge_name(tag))).collect();
         Stats {
             counters,
             named: HashMap::new(),
