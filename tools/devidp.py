@@ -587,7 +587,8 @@ class IdpState:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Routes /realms/<realm>/... and the optional /_test/... endpoints."""
+    """Routes /realms/<realm>/... (and the same under /auth, Keycloak < 17) and the optional
+    /_test/... endpoints."""
 
     protocol_version = "HTTP/1.1"
     server_version = "devidp"
@@ -605,6 +606,11 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/_test/") and self.state.test_endpoints:
             return self._test_endpoint(method, path, body)
         parts = path.split("/")
+        # Keycloak before 17 (on WildFly) served every realm under /auth, and named itself so in
+        # `iss`: tokens fetched there say .../auth/realms/<realm>, as guides of that time show.
+        self.legacy = len(parts) > 1 and parts[1] == "auth"
+        if self.legacy:
+            parts = parts[:1] + parts[2:]
         if len(parts) < 4 or parts[1] != "realms" or parts[2] != self.state.realm.name:
             return self._send_json(404, {"error": "Realm does not exist"})
         route = "/".join(parts[3:])
@@ -619,8 +625,17 @@ class Handler(BaseHTTPRequestHandler):
             return self._token(body)
         return self._send_json(404, {"error": "Unable to find matching target resource method"})
 
-    def _discovery(self):
+    def request_issuer(self):
+        """The realm's issuer as this request addressed it: with /auth for the legacy prefix."""
         issuer = self.state.realm.issuer
+        if not getattr(self, "legacy", False):
+            return issuer
+        scheme, _, rest = issuer.partition("://")
+        host, _, path = rest.partition("/")
+        return f"{scheme}://{host}/auth/{path}"
+
+    def _discovery(self):
+        issuer = self.request_issuer()
         return {
             "issuer": issuer,
             "token_endpoint": f"{issuer}/protocol/openid-connect/token",
@@ -665,6 +680,7 @@ class Handler(BaseHTTPRequestHandler):
                 claims = realm.password_grant(client_id, client, form.get("username"), form.get("password"), requested)
             else:
                 claims = realm.client_credentials_grant(client_id, client, self.client_address[0], requested)
+            claims["iss"] = self.request_issuer()
             access_token = self.state.sign(claims, realm.access_token_algorithm(client_id))
         except OAuthError as error:
             return self._send_json(error.status, {"error": error.error, "error_description": error.description})

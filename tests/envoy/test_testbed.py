@@ -588,3 +588,25 @@ def test_a_token_of_a_client_without_an_audience_mapper_is_refused_by_jwt_authz(
             mapped = idp.password_token("alice", "alice", client_id="api-client")
             assert envoy.get("/api", {"Authorization": f"Bearer {mapped}"})[0] == 200
 
+
+
+def test_the_legacy_auth_prefix_of_keycloak_before_17(idp, backend):
+    """Keycloak < 17 served realms under /auth and put that in `iss`: the dev IdP answers there too,
+    and jwt-authz configured with that issuer (as pre-Istio-1.5 guides did) verifies its tokens."""
+    legacy = f"http://127.0.0.1:{idp.port}/auth/realms/shop"
+    status, _, document = get_json(idp.port, "/auth/realms/shop/.well-known/openid-configuration")
+    assert status == 200
+    assert document["issuer"] == legacy and document["jwks_uri"] == legacy + "/protocol/openid-connect/certs"
+    status, answer = idp.token_request({"grant_type": "password", "client_id": "shop-web",
+                                        "username": "alice", "password": "alice"}, path_prefix="/auth")
+    assert status == 200
+    _, claims = verify_with_jwks(answer["access_token"], idp.certs())
+    assert claims["iss"] == legacy
+    # The current prefix still names the current issuer.
+    assert token_payload(idp.password_token("alice", "alice"))["iss"] == idp.issuer
+    config = {"jwtRules": [{"issuer": legacy, "jwksUri": document["jwks_uri"], "jwksCluster": "idp"}],
+              "policies": [{"rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}]}
+    with start_envoy(config, backend=backend, idp=idp) as envoy:
+        assert envoy.get("/api", {"Authorization": f"Bearer {answer['access_token']}"})[0] == 200
+        # A token of the same realm fetched under the new prefix names another issuer.
+        assert envoy.get("/api", {"Authorization": f"Bearer {idp.password_token('alice', 'alice')}"})[0] == 401

@@ -114,13 +114,15 @@ class Idp:
             self.private_key = self._load_key()
         return kid
 
-    def token_request(self, form, basic_auth=None):
-        """POST a form to the token endpoint; returns (status, JSON answer)."""
+    def token_request(self, form, basic_auth=None, path_prefix=""):
+        """POST a form to the token endpoint (under `path_prefix`, e.g. Keycloak < 17's /auth);
+        returns (status, JSON answer)."""
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         if basic_auth:
             headers["Authorization"] = "Basic " + base64.b64encode(":".join(basic_auth).encode()).decode()
         body = urlencode(form)
-        status, _, text = http_request(self.port, "POST", f"{self.realm_path}/protocol/openid-connect/token", headers, body)
+        status, _, text = http_request(self.port, "POST", f"{path_prefix}{self.realm_path}/protocol/openid-connect/token",
+                                       headers, body)
         return status, json.loads(text)
 
     def password_token(self, user, password, client_id="shop-web", client_secret=None):
