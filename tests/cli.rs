@@ -413,3 +413,57 @@ fn istios_policies_next_to_the_plugin_are_a_warning_and_convert_prepares_for_it(
     let output = run(&["convert", policies.to_str().unwrap()]);
     assert!(text(&output.stderr).contains("once Istio's RequestAuthentication and AuthorizationPolicy"));
 }
+
+/// Istio < 1.5's authentication Policy: what it meant, or a refusal naming what cannot be said.
+#[test]
+fn convert_reads_the_legacy_authentication_policy() {
+    let head =
+        "apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: p, namespace: shop}\nspec:\n";
+    let origin = "  origins:\n  - jwt: {issuer: 'http://kc/auth/realms/shop', jwksUri: 'http://kc/auth/realms/shop/protocol/openid-connect/certs', jwtHeaders: [x-jwt], jwtParams: [token]}\n";
+    let file = scratch("legacy", "policy.yaml", &format!("{head}{origin}"));
+    let output = run(&["convert", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let converted: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(
+        converted,
+        json!({
+            "jwtRules": [{"issuer": "http://kc/auth/realms/shop",
+                          "jwksUri": "http://kc/auth/realms/shop/protocol/openid-connect/certs",
+                          "fromHeaders": [{"name": "x-jwt", "prefix": ""}], "fromParams": ["token"],
+                          "forwardOriginalToken": true}],
+            // No trigger rules: the token is required everywhere on the workload.
+            "tokenRequirements": [{"name": "p-0", "match": {}, "issuers": ["http://kc/auth/realms/shop"]}]
+        })
+    );
+    // originIsOptional: tokens checked when present, none required.
+    let optional = scratch("legacy", "optional.yaml", &format!("{head}{origin}  originIsOptional: true\n"));
+    let output = run(&["convert", optional.to_str().unwrap()]);
+    let converted: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(converted.get("tokenRequirements").is_none(), "{converted}");
+    for (extra, message) in [
+        (
+            "      triggerRules: [{includedPaths: [{regex: '/a.*'}]}]\n",
+            "regex: regular expressions cannot be expressed",
+        ),
+        ("  targets: [{name: backend, ports: [{number: 80}]}]\n", "targets with ports cannot be expressed"),
+        ("  principalBinding: USE_BOTH\n", "spec.principalBinding: \"USE_BOTH\", expected USE_PEER or USE_ORIGIN"),
+        ("  bogus: 1\n", "spec.bogus: unknown field"),
+    ] {
+        let origin = if extra.starts_with("      ") {
+            format!("  origins:\n  - jwt:\n      issuer: i\n      jwksUri: 'http://kc/certs'\n{extra}")
+        } else {
+            format!("{origin}{extra}")
+        };
+        let file = scratch("legacy", "refused.yaml", &format!("{head}{origin}"));
+        let output = run(&["convert", file.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(1), "{extra}");
+        assert!(text(&output.stderr).contains(message), "{extra}: {}", text(&output.stderr));
+    }
+    // Two origins with different trigger rules cannot become one requirement list.
+    let two = format!(
+        "{head}  origins:\n  - jwt: {{issuer: a, jwksUri: 'http://a/c', triggerRules: [{{excludedPaths: [{{exact: /h}}]}}]}}\n  - jwt: {{issuer: b, jwksUri: 'http://b/c'}}\n"
+    );
+    let output = run(&["convert", scratch("legacy", "two.yaml", &two).to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("origins with different trigger rules"), "{}", text(&output.stderr));
+}

@@ -120,3 +120,58 @@ def test_the_configuration_for_one_workload_is_what_istio_applies_to_it(tmp_path
         # The mesh-wide DENY applies to cart too, ALLOW or not.
         assert envoy.get("/debug/vars")[0] in (401, 403)
         assert envoy.get("/cart/items", method="TRACE")[0] in (401, 403)
+
+
+# --- Istio before 1.5: the authentication Policy -----------------------------------------------------
+
+LEGACY_POLICY = """
+apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: jwt-shop, namespace: shop}
+spec:
+  targets: [{name: backend}]
+  peers: [{mtls: {}}]
+  origins:
+  - jwt:
+      issuer: ISSUER
+      jwksUri: ISSUER/protocol/openid-connect/certs
+      audiences: [account]
+      triggerRules:
+      - excludedPaths: [{exact: /health}, {prefix: /public/}]
+  principalBinding: USE_ORIGIN
+"""
+
+
+def test_a_legacy_authentication_policy_enforces_as_istio_before_1_5_did(tmp_path, idp, backend):
+    """Istio 1.0-1.4: an origin made a valid JWT required on the workload, except on the paths its
+    trigger rules excluded, where the token was not even validated. Tokens as the guides of that
+    time show them: Keycloak < 17's /auth issuer, aud: account."""
+    legacy_issuer = f"http://127.0.0.1:{idp.port}/auth/realms/shop"
+    result = convert(tmp_path, LEGACY_POLICY.replace("ISSUER", legacy_issuer))
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert "spec.targets (backend) not carried over" in result.stderr
+    assert "spec.peers (mutual TLS) stays with Istio" in result.stderr
+    [rule] = config["jwtRules"]
+    assert rule["issuer"] == legacy_issuer and rule["audiences"] == ["account"]
+    rule["jwksCluster"] = "idp"  # the test bed's cluster for the IdP (in Istio: its outbound cluster)
+    status, answer = idp.token_request({"grant_type": "password", "client_id": "shop-web",
+                                        "username": "alice", "password": "alice"}, path_prefix="/auth")
+    assert status == 200
+    token = answer["access_token"]
+    current = idp.password_token("alice", "alice")  # the same realm under the current prefix: another iss
+    forged = token[:-6] + "AAAAAA"  # its signature altered
+    with start_envoy(config, backend=backend, idp=idp) as envoy:
+        outcomes = {
+            ("/api/orders", None): 401,  # origin required
+            ("/api/orders", token): 200,
+            ("/api/orders", current): 401,  # not the origin's issuer
+            ("/api/orders", forged): 401,
+            ("/health", None): 200,  # excluded: not validated
+            ("/health", forged): 200,  # ... not even an invalid token
+            ("/public/items", None): 200,
+            ("/publicity", None): 401,  # prefix /public/ only
+        }
+        for (path, bearer_token), expected in outcomes.items():
+            headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else {}
+            assert envoy.get(path, headers)[0] == expected, (path, bool(bearer_token), expected)

@@ -8,6 +8,7 @@
 //! [cart]`) is in the policy's namespace for Istio, so it is written `namespace/cart` here.
 
 use crate::documents::Document;
+use crate::legacy;
 use crate::scope::{Scope, Workload};
 use serde_json::{json, Map, Value};
 
@@ -49,6 +50,7 @@ pub fn convert(documents: &[Document], target: Option<&Workload>, root_namespace
         Converted { config: Value::Null, jwt_rule_origins: Vec::new(), policy_origins: Vec::new(), notes: Vec::new() };
     let mut jwt_rules = Vec::new();
     let mut policies = Vec::new();
+    let mut requirements = Vec::new();
     // The first resource of each scope, to name a conflict.
     let mut scopes: Vec<(Scope, String)> = Vec::new();
     for document in documents {
@@ -89,14 +91,38 @@ pub fn convert(documents: &[Document], target: Option<&Workload>, root_namespace
                 policies.push(policy(document, &origin, &mut converted.notes)?);
                 converted.policy_origins.push(format!("{origin} spec"));
             }
+            // Istio < 1.5's end-user authentication (a MeshPolicy applies to the whole mesh).
+            Some(kind @ ("Policy" | "MeshPolicy")) if is_legacy_authentication(document) => {
+                let namespace = document.value.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str);
+                if let (Some(workload), "Policy", Some(namespace)) = (target, kind, namespace) {
+                    if workload.namespace != namespace {
+                        converted.notes.push(format!("{origin}: skipped, it applies to namespace {namespace}"));
+                        continue;
+                    }
+                }
+                let empty = Map::new();
+                let spec = match document.value.get("spec") {
+                    None | Some(Value::Null) => &empty,
+                    Some(spec) => object(spec, &format!("{origin} spec"))?,
+                };
+                let name = document.name().unwrap_or("legacy-policy");
+                let legacy = legacy::policy(spec, name, &origin, &mut converted.notes)?;
+                for (rule, rule_origin) in legacy.jwt_rules {
+                    jwt_rules.push(rule);
+                    converted.jwt_rule_origins.push(rule_origin);
+                }
+                requirements.extend(legacy.requirements);
+            }
             other => converted.notes.push(format!(
-                "{origin}: skipped (kind {}), only RequestAuthentication and AuthorizationPolicy convert",
+                "{origin}: skipped (kind {}), only RequestAuthentication, AuthorizationPolicy and Istio < 1.5's authentication Policy convert",
                 other.unwrap_or("missing")
             )),
         }
     }
     if jwt_rules.is_empty() && policies.is_empty() {
-        return Err("no RequestAuthentication or AuthorizationPolicy found".to_string());
+        return Err(
+            "no RequestAuthentication or AuthorizationPolicy (or legacy authentication Policy) found".to_string()
+        );
     }
     // istiod rewrites principals into the mesh's trust domain; the plugin needs to be told it.
     let text = Value::Array(policies.clone()).to_string();
@@ -119,6 +145,9 @@ pub fn convert(documents: &[Document], target: Option<&Workload>, root_namespace
     }
     if !policies.is_empty() {
         config.insert("policies".into(), Value::Array(policies));
+    }
+    if !requirements.is_empty() {
+        config.insert("tokenRequirements".into(), Value::Array(requirements));
     }
     converted.config = Value::Object(config);
     Ok(converted)
@@ -329,6 +358,15 @@ fn checked_copy(
         }
     }
     Ok(Value::Object(result))
+}
+
+/// `authentication.istio.io/v1alpha1` (the API Istio 1.5 removed), not some other kind named Policy.
+fn is_legacy_authentication(document: &Document) -> bool {
+    document
+        .value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|api| api.starts_with("authentication.istio.io/"))
 }
 
 fn object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, String> {
@@ -569,7 +607,7 @@ spec: {rules: [{to: [{operation: {paths: ['*']}}]}]}
             assert!(err.starts_with("in.yaml: AuthorizationPolicy p spec"), "{err}");
         }
         let nothing = convert_yaml("kind: Service\nmetadata: {name: x}\n").err().unwrap_or_default();
-        assert_eq!(nothing, "no RequestAuthentication or AuthorizationPolicy found");
+        assert_eq!(nothing, "no RequestAuthentication or AuthorizationPolicy (or legacy authentication Policy) found");
         let no_spec = convert_yaml("kind: RequestAuthentication\nmetadata: {name: r}\n").err().unwrap_or_default();
         assert_eq!(no_spec, "in.yaml: RequestAuthentication r: spec is missing");
     }

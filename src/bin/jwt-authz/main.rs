@@ -9,6 +9,7 @@
 
 mod convert;
 mod documents;
+mod legacy;
 mod manifest;
 mod scope;
 
