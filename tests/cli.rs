@@ -467,3 +467,42 @@ fn convert_reads_the_legacy_authentication_policy() {
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("origins with different trigger rules"), "{}", text(&output.stderr));
 }
+
+#[test]
+fn convert_reads_legacy_service_roles_and_bindings() {
+    let role = "apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRole\nmetadata: {name: r, namespace: shop}\nspec:\n  rules: [{services: ['*'], methods: [GET], paths: ['/a/*'], constraints: [{key: destination.port, values: ['8080']}]}]\n";
+    let binding = "apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRoleBinding\nmetadata: {name: b, namespace: shop}\nspec:\n  mode: PERMISSIVE\n  subjects: [{user: 'cluster.local/ns/shop/sa/web'}, {properties: {source.namespace: ops}}]\n  roleRef: {kind: ServiceRole, name: r}\n";
+    let on =
+        "apiVersion: rbac.istio.io/v1alpha1\nkind: ClusterRbacConfig\nmetadata: {name: default}\nspec: {mode: 'ON'}\n";
+    let file = scratch("rbac", "rbac.yaml", &format!("{role}---\n{binding}---\n{on}"));
+    let output = run(&["convert", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let converted: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let to = json!([{"operation": {"methods": ["GET"], "paths": ["/a/*"], "ports": ["8080"]}}]);
+    assert_eq!(
+        converted["policies"],
+        json!([
+            // PERMISSIVE: evaluated and logged, not enforced; `user` is the peer without USE_ORIGIN.
+            {"name": "b", "dryRun": true, "rules": [
+                {"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/web"]}}], "to": to},
+                {"from": [{"source": {"namespaces": ["ops"]}}], "to": to},
+            ]},
+            {"name": "default-deny-by-default", "rules": []},
+        ])
+    );
+    // RBAC off: the bindings had no effect, and are skipped (with the origin that still converts).
+    let authn = "apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: p, namespace: shop}\nspec:\n  origins: [{jwt: {issuer: i, jwksUri: 'http://kc/certs'}}]\n";
+    let off =
+        scratch("rbac", "off.yaml", &format!("{role}---\n{binding}---\n{authn}---\n{}", on.replace("'ON'", "'OFF'")));
+    let output = run(&["convert", off.to_str().unwrap()]);
+    assert!(text(&output.stderr).contains("the ClusterRbacConfig's mode is OFF"), "{}", text(&output.stderr));
+    let labels = role.replace("destination.port, values: ['8080']", "'destination.labels[app]', values: [web]");
+    let refused = scratch("rbac", "refused.yaml", &format!("{labels}---\n{binding}"));
+    let output = run(&["convert", refused.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("\"destination.labels[app]\" cannot be expressed"),
+        "{}",
+        text(&output.stderr)
+    );
+}

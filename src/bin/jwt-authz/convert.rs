@@ -53,6 +53,7 @@ pub fn convert(documents: &[Document], target: Option<&Workload>, root_namespace
     let mut requirements = Vec::new();
     // The first resource of each scope, to name a conflict.
     let mut scopes: Vec<(Scope, String)> = Vec::new();
+    let legacy_rbac = LegacyRbac::of(documents);
     for document in documents {
         let origin = format!("{}: {}", document.file, document.describe());
         if matches!(document.kind(), Some("RequestAuthentication" | "AuthorizationPolicy")) {
@@ -113,10 +114,48 @@ pub fn convert(documents: &[Document], target: Option<&Workload>, root_namespace
                 }
                 requirements.extend(legacy.requirements);
             }
+            kind if legacy::is_rbac(kind, document.value.get("apiVersion").and_then(Value::as_str)) => {
+                let namespace = document.value.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str);
+                if let (Some(workload), Some(namespace)) = (target, namespace) {
+                    if workload.namespace != namespace && kind != Some("ClusterRbacConfig") {
+                        converted.notes.push(format!("{origin}: skipped, it applies to namespace {namespace}"));
+                        continue;
+                    }
+                }
+                if kind != Some("ServiceRoleBinding") {
+                    continue; // roles are read through their bindings, the mode below
+                }
+                if legacy_rbac.off {
+                    converted.notes.push(format!("{origin}: skipped, the ClusterRbacConfig's mode is OFF"));
+                    continue;
+                }
+                let spec = spec(document, &origin)?;
+                let role_name = spec.get("roleRef").and_then(|r| r.get("name")).and_then(Value::as_str).unwrap_or_default();
+                let role = legacy_rbac
+                    .roles
+                    .iter()
+                    .find(|(ns, name, _)| *ns == namespace && *name == role_name)
+                    .map(|(_, _, role)| *role)
+                    .ok_or_else(|| format!("{origin} spec.roleRef: no ServiceRole {role_name:?} in its namespace"))?;
+                let name = document.name().unwrap_or("binding");
+                policies.push(legacy::binding(spec, role, name, &origin, legacy_rbac.origin_principal, &mut converted.notes)?);
+                converted.policy_origins.push(format!("{origin} spec"));
+            }
             other => converted.notes.push(format!(
-                "{origin}: skipped (kind {}), only RequestAuthentication, AuthorizationPolicy and Istio < 1.5's authentication Policy convert",
+                "{origin}: skipped (kind {}), only RequestAuthentication, AuthorizationPolicy and Istio < 1.5's authentication Policy and RBAC kinds convert",
                 other.unwrap_or("missing")
             )),
+        }
+    }
+    if let Some(config) = legacy_rbac.on {
+        // RBAC on: what no binding allows is denied, with or without bindings.
+        policies.push(json!({"name": format!("{config}-deny-by-default"), "rules": []}));
+        converted.policy_origins.push(format!("ClusterRbacConfig {config}"));
+        if let Some(scoped) = &legacy_rbac.scoped {
+            converted.notes.push(format!(
+                "ClusterRbacConfig {config}: mode {scoped} applies to its included (or not excluded) namespaces and \
+                 services only: deploy this configuration there"
+            ));
         }
     }
     if jwt_rules.is_empty() && policies.is_empty() {
@@ -358,6 +397,59 @@ fn checked_copy(
         }
     }
     Ok(Value::Object(result))
+}
+
+/// What the legacy RBAC kinds among the documents say as a whole: the roles (by namespace and
+/// name), the mode, and whether a legacy Policy bound the request principal to the origin.
+struct LegacyRbac<'a> {
+    roles: Vec<(Option<&'a str>, &'a str, &'a Map<String, Value>)>,
+    /// The ClusterRbacConfig's name when its mode turns RBAC on.
+    on: Option<String>,
+    off: bool,
+    /// ON_WITH_INCLUSION or ON_WITH_EXCLUSION.
+    scoped: Option<String>,
+    origin_principal: bool,
+}
+
+impl<'a> LegacyRbac<'a> {
+    fn of(documents: &'a [Document]) -> LegacyRbac<'a> {
+        let mut rbac = LegacyRbac { roles: Vec::new(), on: None, off: false, scoped: None, origin_principal: false };
+        for document in documents {
+            let api = document.value.get("apiVersion").and_then(Value::as_str);
+            let spec = document.value.get("spec").and_then(Value::as_object);
+            let namespace = document.value.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str);
+            match document.kind() {
+                Some("Policy" | "MeshPolicy") if is_legacy_authentication(document) => {
+                    rbac.origin_principal |=
+                        spec.and_then(|s| s.get("principalBinding")).and_then(Value::as_str) == Some("USE_ORIGIN");
+                }
+                kind @ Some("ServiceRole" | "ClusterRbacConfig" | "RbacConfig") if legacy::is_rbac(kind, api) => {
+                    let Some(spec) = spec else { continue };
+                    if kind == Some("ServiceRole") {
+                        rbac.roles.push((namespace, document.name().unwrap_or_default(), spec));
+                        continue;
+                    }
+                    // Unquoted, YAML 1.1 reads ON and OFF as booleans (Istio's examples quote them).
+                    let mode = match spec.get("mode") {
+                        Some(Value::Bool(true)) => "ON",
+                        Some(Value::String(mode)) => mode.as_str(),
+                        _ => "OFF",
+                    };
+                    match mode {
+                        "OFF" => rbac.off = true,
+                        mode => {
+                            rbac.on = Some(document.name().unwrap_or("default").to_string());
+                            if mode != "ON" {
+                                rbac.scoped = Some(mode.to_string());
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        rbac
+    }
 }
 
 /// `authentication.istio.io/v1alpha1` (the API Istio 1.5 removed), not some other kind named Policy.

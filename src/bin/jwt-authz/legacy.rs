@@ -185,3 +185,134 @@ fn string_matches(value: &Value, path: &str) -> Result<Vec<Value>, String> {
     }
     Ok(out)
 }
+
+/// Istio < 1.5's `rbac.istio.io/v1alpha1` kinds.
+pub fn is_rbac(kind: Option<&str>, api: Option<&str>) -> bool {
+    matches!(kind, Some("ServiceRole" | "ServiceRoleBinding" | "ClusterRbacConfig" | "RbacConfig"))
+        && api.is_some_and(|api| api.starts_with("rbac.istio.io/"))
+}
+
+/// A `ServiceRoleBinding` of `role` (its spec) as an ALLOW policy: each role rule a `to`, the
+/// subjects the `from`s (and `when`s). A subject's `user` is the peer's principal, or, where a
+/// legacy Policy bound the principal to the origin (`principalBinding: USE_ORIGIN`), the token's
+/// `iss/sub`, as in those versions.
+pub fn binding(
+    binding: &Map<String, Value>,
+    role: &Map<String, Value>,
+    name: &str,
+    origin: &str,
+    user_is_request_principal: bool,
+    notes: &mut Vec<String>,
+) -> Result<Value, String> {
+    let mut to = Vec::new();
+    for (r, rule) in role.get("rules").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let field = format!("{origin} (its ServiceRole) spec.rules[{r}]");
+        let rule = rule.as_object().ok_or_else(|| format!("{field}: must be a mapping"))?;
+        let mut operation = Map::new();
+        let mut when = Vec::new();
+        for (key, value) in rule {
+            match key.as_str() {
+                "methods" | "notMethods" | "paths" | "notPaths" => {
+                    // `*` meant any: no constraint.
+                    if value.as_array().is_some_and(|v| v.iter().any(|m| m == "*")) {
+                        continue;
+                    }
+                    operation.insert(key.clone(), value.clone());
+                }
+                "services" => {
+                    let services: Vec<&str> =
+                        value.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                    if services != ["*"] {
+                        notes.push(format!(
+                            "{field}.services ({}) not carried over: deploy on those services' workloads",
+                            services.join(", ")
+                        ));
+                    }
+                }
+                "constraints" => {
+                    for (c, constraint) in value.as_array().into_iter().flatten().enumerate() {
+                        let key = constraint.get("key").and_then(Value::as_str).unwrap_or_default();
+                        let values = constraint.get("values").cloned().unwrap_or(json!([]));
+                        match key {
+                            "destination.port" => {
+                                operation.insert("ports".into(), values);
+                            }
+                            k if k.starts_with("request.headers[") => when.push(json!({"key": k, "values": values})),
+                            other => {
+                                return Err(format!(
+                                    "{field}.constraints[{c}].key: {other:?} cannot be expressed (destination.port and \
+                                     request.headers[...] can)"
+                                ))
+                            }
+                        }
+                    }
+                }
+                other => return Err(format!("{field}.{other}: unknown field")),
+            }
+        }
+        to.push((operation, when));
+    }
+    let mut rules = Vec::new();
+    let subjects = binding.get("subjects").and_then(Value::as_array).cloned().unwrap_or_default();
+    for (s, subject) in subjects.iter().enumerate() {
+        let field = format!("{origin} spec.subjects[{s}]");
+        let subject = subject.as_object().ok_or_else(|| format!("{field}: must be a mapping"))?;
+        let mut source = Map::new();
+        let mut when = Vec::new();
+        for (key, value) in subject {
+            match (key.as_str(), value.as_str()) {
+                ("user", Some("*")) => {}
+                ("user", Some(user)) => {
+                    let field = if user_is_request_principal { "requestPrincipals" } else { "principals" };
+                    source.insert(field.into(), json!([user]));
+                }
+                ("properties", _) => {
+                    for (property, value) in value.as_object().into_iter().flatten() {
+                        let value = value.as_str().unwrap_or_default();
+                        match property.as_str() {
+                            "source.namespace" => {
+                                source.insert("namespaces".into(), json!([value]));
+                            }
+                            "source.principal" => {
+                                source.insert("principals".into(), json!([value]));
+                            }
+                            "request.auth.principal" => {
+                                source.insert("requestPrincipals".into(), json!([value]));
+                            }
+                            p if p.starts_with("request.auth.claims[") || p.starts_with("request.headers[") => {
+                                when.push(json!({"key": p, "values": [value]}));
+                            }
+                            "request.auth.audiences" | "request.auth.presenter" => {
+                                when.push(json!({"key": property, "values": [value]}));
+                            }
+                            other => {
+                                return Err(format!("{field}.properties.{other}: cannot be expressed"));
+                            }
+                        }
+                    }
+                }
+                (other, _) => return Err(format!("{field}.{other}: cannot be expressed (user and properties can)")),
+            }
+        }
+        for (operation, role_when) in &to {
+            let mut rule = Map::new();
+            if !source.is_empty() {
+                rule.insert("from".into(), json!([{"source": source.clone()}]));
+            }
+            if !operation.is_empty() {
+                rule.insert("to".into(), json!([{"operation": operation.clone()}]));
+            }
+            let conditions: Vec<Value> = when.iter().chain(role_when).cloned().collect();
+            if !conditions.is_empty() {
+                rule.insert("when".into(), Value::Array(conditions));
+            }
+            rules.push(Value::Object(rule));
+        }
+    }
+    let mut policy = json!({"name": name, "rules": rules});
+    // PERMISSIVE bindings were evaluated and logged, not enforced.
+    if binding.get("mode").and_then(Value::as_str) == Some("PERMISSIVE") {
+        policy["dryRun"] = json!(true);
+    }
+    Ok(policy)
+}
