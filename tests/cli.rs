@@ -435,6 +435,20 @@ fn convert_reads_the_legacy_authentication_policy() {
             "tokenRequirements": [{"name": "p-0", "match": {}, "issuers": ["http://kc/auth/realms/shop"]}]
         })
     );
+    // A mutual-TLS peer required: requests without a peer identity denied; PERMISSIVE: not required.
+    let peers = scratch("legacy", "peers.yaml", &format!("{head}  peers: [{{mtls: {{}}}}]\n{origin}"));
+    let output = run(&["convert", peers.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let converted: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(
+        converted["policies"],
+        json!([{"name": "p-mtls-peer", "action": "DENY", "rules": [{"from": [{"source": {"notPrincipals": ["*"]}}]}]}])
+    );
+    let permissive =
+        scratch("legacy", "permissive.yaml", &format!("{head}  peers: [{{mtls: {{mode: PERMISSIVE}}}}]\n{origin}"));
+    let output = run(&["convert", permissive.to_str().unwrap()]);
+    let converted: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(converted.get("policies").is_none(), "{converted}");
     // originIsOptional: tokens checked when present, none required.
     let optional = scratch("legacy", "optional.yaml", &format!("{head}{origin}  originIsOptional: true\n"));
     let output = run(&["convert", optional.to_str().unwrap()]);

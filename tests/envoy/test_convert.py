@@ -130,7 +130,6 @@ kind: Policy
 metadata: {name: jwt-shop, namespace: shop}
 spec:
   targets: [{name: backend}]
-  peers: [{mtls: {}}]
   origins:
   - jwt:
       issuer: ISSUER
@@ -151,7 +150,6 @@ def test_a_legacy_authentication_policy_enforces_as_istio_before_1_5_did(tmp_pat
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
     assert "spec.targets (backend) not carried over" in result.stderr
-    assert "spec.peers (mutual TLS) stays with Istio" in result.stderr
     [rule] = config["jwtRules"]
     assert rule["issuer"] == legacy_issuer and rule["audiences"] == ["account"]
     rule["jwksCluster"] = "idp"  # the test bed's cluster for the IdP (in Istio: its outbound cluster)
@@ -197,7 +195,15 @@ kind: ServiceRoleBinding
 metadata: {name: alice-reads-orders, namespace: shop}
 spec:
   subjects:
-  - properties: {"request.auth.claims[preferred_username]": "alice"}
+  - properties: {"request.auth.claims[preferred_username]": "alice", "request.auth.claims[azp]": "shop-web"}
+  roleRef: {kind: ServiceRole, name: order-reader}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: backend-service-account-reads-orders, namespace: shop}
+spec:
+  subjects:
+  - properties: {"request.auth.claims[preferred_username]": "service-account-shop-backend"}
   roleRef: {kind: ServiceRole, name: order-reader}
 """
 
@@ -219,9 +225,17 @@ def test_legacy_rbac_with_its_authentication_policy_answers_as_istio_1_4(tmp_pat
         return answer["access_token"]
 
     alice, bob = token("alice"), token("bob")
+    status, answer = idp.token_request({"grant_type": "password", "client_id": "shop-mobile", "username": "alice",
+                                        "password": "alice"}, path_prefix="/auth")
+    alice_mobile = answer["access_token"]  # azp: shop-mobile (and ES256-signed)
+    status, answer = idp.token_request({"grant_type": "client_credentials", "client_id": "shop-backend",
+                                        "client_secret": "shop-backend-secret"}, path_prefix="/auth")
+    service_account = answer["access_token"]  # preferred_username: service-account-shop-backend
     with start_envoy(config, backend=backend, idp=idp) as envoy:
         outcomes = [
-            ("GET", "/api/orders", alice, 200),  # bound to the role
+            ("GET", "/api/orders", alice, 200),  # bound to the role (her name and the client, azp)
+            ("GET", "/api/orders", alice_mobile, 403),  # the same user through another client
+            ("GET", "/api/orders", service_account, 200),  # the service account's own binding
             ("GET", "/api/orders", bob, 403),  # authenticated, not bound
             ("POST", "/api/orders", alice, 403),  # the role allows GET only
             ("GET", "/admin", alice, 403),  # not the role's paths

@@ -113,6 +113,10 @@ pub fn convert(documents: &[Document], target: Option<&Workload>, root_namespace
                     converted.jwt_rule_origins.push(rule_origin);
                 }
                 requirements.extend(legacy.requirements);
+                for policy in legacy.policies {
+                    policies.push(policy);
+                    converted.policy_origins.push(format!("{origin} spec.peers"));
+                }
             }
             kind if legacy::is_rbac(kind, document.value.get("apiVersion").and_then(Value::as_str)) => {
                 let namespace = document.value.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str);

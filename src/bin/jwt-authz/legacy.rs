@@ -9,10 +9,12 @@
 
 use serde_json::{json, Map, Value};
 
-/// `jwtRules` and `tokenRequirements` of one legacy policy, and the source path of each rule.
+/// `jwtRules`, `tokenRequirements` and `policies` of one legacy policy, and the source path of
+/// each rule.
 pub struct Legacy {
     pub jwt_rules: Vec<(Value, String)>,
     pub requirements: Vec<Value>,
+    pub policies: Vec<Value>,
 }
 
 const POLICY_FIELDS: [&str; 5] = ["targets", "peers", "peerIsOptional", "origins", "originIsOptional"];
@@ -46,10 +48,22 @@ pub fn policy(spec: &Map<String, Value>, name: &str, origin: &str, notes: &mut V
             ));
         }
     }
-    if spec.contains_key("peers") {
+    // `peers: [{mtls: {}}]` required a mutual-TLS peer: a DENY of requests without a peer identity
+    // (Istio's own way to say it with an AuthorizationPolicy); `mode: PERMISSIVE` or
+    // `peerIsOptional` did not require one.
+    let mut policies = Vec::new();
+    if let Some(peers) = spec.get("peers") {
+        let mtls = peers.as_array().into_iter().flatten().filter_map(|peer| peer.get("mtls")).collect::<Vec<_>>();
+        let permissive = mtls.iter().any(|m| m.get("mode").and_then(Value::as_str) == Some("PERMISSIVE"));
+        let optional = spec.get("peerIsOptional").and_then(Value::as_bool) == Some(true);
+        if !mtls.is_empty() && !permissive && !optional {
+            policies.push(json!({"name": format!("{name}-mtls-peer"), "action": "DENY",
+                                 "rules": [{"from": [{"source": {"notPrincipals": ["*"]}}]}]}));
+        }
         notes.push(format!(
-            "{origin}: spec.peers (mutual TLS) stays with Istio: a PeerAuthentication (mode STRICT, or PERMISSIVE \
-             for peerIsOptional) for the same workloads; jwt-authz's policies read the identity it establishes"
+            "{origin}: spec.peers: the transport's mutual TLS stays with Istio (a PeerAuthentication for the same \
+             workloads){}",
+            if policies.is_empty() { "" } else { "; requests without a peer identity are denied, as then" }
         ));
     }
     match spec.get("principalBinding").and_then(Value::as_str) {
@@ -63,7 +77,7 @@ pub fn policy(spec: &Map<String, Value>, name: &str, origin: &str, notes: &mut V
         ));
     }
     let origins = match spec.get("origins") {
-        None => return Ok(Legacy { jwt_rules: Vec::new(), requirements: Vec::new() }),
+        None => return Ok(Legacy { jwt_rules: Vec::new(), requirements: Vec::new(), policies }),
         Some(Value::Array(origins)) => origins,
         Some(_) => return Err(format!("{}: must be a list", at("origins"))),
     };
@@ -131,7 +145,7 @@ pub fn policy(spec: &Map<String, Value>, name: &str, origin: &str, notes: &mut V
             "{origin}: originIsOptional: tokens are checked when present and not required, as a \
              RequestAuthentication does"
         ));
-        return Ok(Legacy { jwt_rules, requirements });
+        return Ok(Legacy { jwt_rules, requirements, policies });
     }
     let required = |index: usize, matcher: Value| json!({"name": format!("{name}-{index}"), "match": matcher, "issuers": issuers.clone()});
     match triggers {
@@ -162,7 +176,7 @@ pub fn policy(spec: &Map<String, Value>, name: &str, origin: &str, notes: &mut V
             requirements.push(json!({"name": format!("{name}-untriggered"), "match": {}, "skipValidation": true}));
         }
     }
-    Ok(Legacy { jwt_rules, requirements })
+    Ok(Legacy { jwt_rules, requirements, policies })
 }
 
 /// Istio's StringMatch (`exact`, `prefix`, `suffix`) as path patterns; `regex` has no equivalent.
