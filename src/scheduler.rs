@@ -562,6 +562,12 @@ impl Scheduler {
         self.config.issuers.provider(provider).map(|p| p.issuer.clone()).unwrap_or_default()
     }
 
+    /// Every provider's `issuer` metric tag, in `ProviderId` order (`metrics::issuer_tags`): the
+    /// host names its gauges with these, the scheduler its counters.
+    pub fn issuer_tags(&self) -> &[String] {
+        &self.issuer_tags
+    }
+
     /// The provider's `issuer` metric tag (`metrics::issuer_tags`).
     fn issuer_tag(&self, provider: ProviderId) -> &str {
         self.issuer_tags.get(provider.index()).map_or("-", String::as_str)

@@ -488,7 +488,8 @@ class Realm:
         Audience mappers and Audience Resolve (every other client the user has a role of, which
         is how `account` gets in), `scope` the names of the scopes that go into it."""
         now = int(time.time())
-        scopes = [self.scopes[name] for name in self.client_scopes(client_id, requested_scope)]
+        granted = self.client_scopes(client_id, requested_scope)
+        scopes = [self.scopes[name] for name in granted]
         kinds = {scope.get("claims") for scope in scopes}
         resource_access = {client: {"roles": list(roles)} for client, roles in client_roles.items() if roles}
         resource_access["account"] = {"roles": list(ACCOUNT_ROLES)}
@@ -498,8 +499,7 @@ class Realm:
             audiences += [a for a in scope.get("audiences", []) if a not in audiences]
         if any(scope.get("audienceResolve") for scope in scopes):
             audiences += [c for c in resource_access if c != client_id and c not in audiences]
-        names = [name for name in self.client_scopes(client_id, requested_scope)
-                 if self.scopes[name].get("includeInTokenScope")]
+        names = [name for name in granted if self.scopes[name].get("includeInTokenScope")]
         if "openid" in requested_scope.split():
             names.insert(0, "openid")
         claims = {

@@ -173,26 +173,26 @@ fn compile(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         false => Vec::new(),
     };
     let unsafe_paths = choice(
+        &mut errors,
         raw.unsafe_paths.as_deref(),
         "unsafePaths",
         &[("REJECT", UnsafePathAction::Reject), ("DENY", UnsafePathAction::Deny)],
         "expected REJECT (400) or DENY (403)",
     );
-    let unsafe_paths = keep(&mut errors, unsafe_paths, UnsafePathAction::Reject);
     let signature_backend = choice(
+        &mut errors,
         raw.signature_backend.as_deref(),
         "signatureBackend",
         &[("auto", SignatureBackend::Auto), ("vm", SignatureBackend::Vm)],
         "expected \"auto\" (the host's verify_signature where it can) or \"vm\"",
     );
-    let signature_backend = keep(&mut errors, signature_backend, SignatureBackend::Auto);
     let cors_preflight = choice(
+        &mut errors,
         raw.cors_preflight.as_deref(),
         "corsPreflight",
         &[("BYPASS", CorsPreflight::Bypass), ("AUTHENTICATE", CorsPreflight::Authenticate)],
         "expected BYPASS (Istio's default: preflights need no token) or AUTHENTICATE",
     );
-    let cors_preflight = keep(&mut errors, cors_preflight, CorsPreflight::Bypass);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -245,18 +245,26 @@ fn compile_providers(rules: Vec<RawJwtRule>, limits: &Limits, errors: &mut Vec<C
     (providers, token_locations, output_headers)
 }
 
-/// A top-level setting that names one of `options` (the first is the default when it is absent);
-/// anything else is refused with `expected`.
+/// A top-level setting that names one of `options`; the first is the default when it is absent.
+/// Anything else is refused with `expected` (noted in `errors`), and the default stands in so that
+/// the rest of the configuration is still checked.
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-fn choice<T: Copy>(value: Option<&str>, field: &str, options: &[(&str, T)], expected: &str) -> Result<T, ConfigError> {
-    let Some(value) = value else {
-        return options.first().map(|&(_, default)| default).ok_or_else(|| ConfigError::new(field, expected));
-    };
-    options
-        .iter()
-        .find(|(name, _)| *name == value)
-        .map(|&(_, option)| option)
-        .ok_or_else(|| ConfigError::new(field, format!("{value:?}: {expected}")))
+fn choice<T: Copy>(
+    errors: &mut Vec<ConfigError>,
+    value: Option<&str>,
+    field: &str,
+    options: &[(&str, T); 2],
+    expected: &str,
+) -> T {
+    let [(_, default), _] = *options;
+    let Some(value) = value else { return default };
+    match options.iter().find(|(name, _)| *name == value) {
+        Some(&(_, option)) => option,
+        None => {
+            errors.push(ConfigError::new(field, format!("{value:?}: {expected}")));
+            default
+        }
+    }
 }
 
 /// The mesh's trust domain and its aliases (istiod's trust domain bundle), in that order.

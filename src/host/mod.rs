@@ -88,9 +88,9 @@ impl RootContext for Root {
         let id = random.worker_id();
         let no_queue = |status| log(LogLevel::Warn, &format!("no shared queue ({status:?}): requests resume on ticks"));
         let wake_token = hostcalls::register_shared_queue(&format!("jwt-authz/wake/{id:016x}")).map_err(no_queue).ok();
-        let stats = Stats::define(&config);
         let (worker, host, secret) = (Worker { id, wake_token }, Box::new(HostForeign), calls::secret());
         let scheduler = Scheduler::new(config, worker, (random, secret), &mut HostStore, host, now_millis());
+        let stats = Stats::define(scheduler.issuer_tags());
         log(LogLevel::Info, &scheduler.summary());
         let vm = Rc::new(RefCell::new(Vm { scheduler, stats, root_context_id: self.context_id }));
         perform_effects(&vm);

@@ -1,11 +1,8 @@
 //! Envoy metric ids, defined once per VM, and the calls that move them. Which counter moves when,
 //! and by how much, is the core's business (`scheduler`, `metrics`); this only hands numbers over.
 
-use crate::config::Config;
 use crate::ids::ProviderId;
-use crate::metrics::{
-    issuer_tags, keys_in_use_gauge_name, Counter, HOST_CRYPTO_GAUGE, TOKEN_CACHE_GAUGE, WASM_MEMORY_GAUGE,
-};
+use crate::metrics::{keys_in_use_gauge_name, Counter, HOST_CRYPTO_GAUGE, TOKEN_CACHE_GAUGE, WASM_MEMORY_GAUGE};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
@@ -26,14 +23,14 @@ pub(super) struct Stats {
 
 impl Stats {
     #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-    pub(super) fn define(config: &Config) -> Stats {
+    pub(super) fn define(issuer_tags: &[String]) -> Stats {
         let define = |kind, name: &str| hostcalls::define_metric(kind, name).ok();
         let counters = Counter::ALL
             .iter()
             .filter_map(|&counter| define(MetricType::Counter, counter.name()).map(|id| (counter, id)))
             .collect();
-        let tags = issuer_tags(config.issuers.providers.iter().map(|provider| provider.issuer.as_str()));
-        let keys_in_use = tags.iter().map(|tag| define(MetricType::Gauge, &keys_in_use_gauge_name(tag))).collect();
+        let keys_in_use =
+            issuer_tags.iter().map(|tag| define(MetricType::Gauge, &keys_in_use_gauge_name(tag))).collect();
         Stats {
             counters,
             named: HashMap::new(),

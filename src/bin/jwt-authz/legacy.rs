@@ -108,23 +108,17 @@ pub fn policy(spec: &Map<String, Value>, name: &str, origin: &str, notes: &mut V
                 "jwtParams" => {
                     rule.insert("fromParams".into(), value.clone());
                 }
-                "triggerRules" => {
-                    if triggers.is_some_and(|seen| seen != value) || (triggers.is_none() && index > 0) {
-                        return Err(format!(
-                            "{}.triggerRules: origins with different trigger rules cannot be expressed: give every \
-                             origin the same ones",
-                            at(&field)
-                        ));
-                    }
-                    triggers = Some(value);
-                }
+                "triggerRules" => {} // below: every origin must have the same
                 other if !JWT_FIELDS.contains(&other) => {
                     return Err(format!("{}.{other}: unknown field", at(&field)));
                 }
                 _ => {}
             }
         }
-        if triggers.is_some() && !jwt.contains_key("triggerRules") {
+        let own = jwt.get("triggerRules");
+        if index == 0 {
+            triggers = own;
+        } else if own != triggers {
             return Err(format!(
                 "{}.triggerRules: origins with different trigger rules cannot be expressed: give every origin the \
                  same ones",
