@@ -144,7 +144,7 @@ fn main() {
     let identity = Rc::new(Identity {
         issuer: "https://idp/realms/shop".into(),
         subject: "alice".into(),
-        claims: serde_json::Map::new(),
+        claims: jwt_authz::json::Map::new(),
     });
     let verification = Verification { provider: ProviderId(0), accepted_until: (NOW + 360) as i64, keys_version: 0 };
     let others: Vec<String> = (0..10_000).map(|n| format!("{}{n}", &token[..token.len() - 6])).collect();
@@ -169,7 +169,7 @@ fn main() {
 
     let claims = keycloak_claims("x");
     let Value::Object(claims) = claims else { unreachable!() };
-    let alice = Identity { issuer: "https://idp/realms/shop".into(), subject: "alice".into(), claims };
+    let alice = Identity { issuer: "https://idp/realms/shop".into(), subject: "alice".into(), claims: claims.into() };
     let headers = vec![("user-agent".to_string(), "bench".to_string())];
     bench("policy match (admin rule, 1 DENY + 3 ALLOW rules)", || {
         let input = MatchInput {

@@ -3,14 +3,14 @@
 //! Authentication makes an `Identity`; authorization and the output headers only read it. It
 //! lives below both so that neither imports the other.
 
-use serde_json::{Map, Value};
+use crate::json::{Map, Value};
 
 /// The authenticated caller, as policies see it.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub issuer: String,
     pub subject: String,
-    pub claims: Map<String, Value>,
+    pub claims: Map,
 }
 
 impl Identity {
@@ -21,7 +21,7 @@ impl Identity {
 }
 
 /// The `aud` claim as a list: RFC 7519 allows a single string or an array of strings.
-pub fn token_audiences(claims: &Map<String, Value>) -> impl Iterator<Item = &str> {
+pub fn token_audiences(claims: &Map) -> impl Iterator<Item = &str> {
     let values: Box<dyn Iterator<Item = &Value>> = match claims.get("aud") {
         Some(Value::Array(list)) => Box::new(list.iter()),
         Some(single) => Box::new(std::iter::once(single)),
@@ -61,7 +61,7 @@ impl ClaimPath {
     /// Finds the claim. A single segment with dots is first looked up as a literal claim name
     /// (claims such as `https://example.com/roles` exist), then as a dotted path into nested
     /// objects, which is how older Istio and Keycloak examples write `realm_access.roles`.
-    pub fn lookup<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
+    pub fn lookup<'a>(&self, claims: &'a Map) -> Option<&'a Value> {
         let (first, rest) = self.segments.split_first()?;
         if let Some(value) = claims.get(first) {
             return rest.iter().try_fold(value, |v, segment| v.get(segment.as_str()));

@@ -2,7 +2,7 @@
 //!
 //! Everything but `host` is the pure core: bytes, headers and `now` in, decisions and descriptions
 //! of I/O out. `host` is the only module that talks to the proxy. The layers, bottom to top:
-//! `identity`/`ids` (shared vocabulary), `keys`, `authn` and `authz` (never each other), `config`
+//! `identity`/`ids`/`json` (shared vocabulary), `keys`, `authn` and `authz` (never each other), `config`
 //! (compiles into all of them), `engine`/`scheduler`/`deny`/`metrics`, `host`. ARCHITECTURE.md
 //! has the rules; tests/architecture.rs keeps them.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
@@ -10,6 +10,7 @@
 // Shared vocabulary.
 pub mod identity;
 pub mod ids;
+pub mod json;
 
 // Domains.
 pub mod authn;

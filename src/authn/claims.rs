@@ -4,8 +4,8 @@
 pub const CLOCK_SKEW_SECONDS: u64 = 60;
 
 use crate::identity::token_audiences;
+use crate::json::Map;
 use jwt_compact::{Claims, TimeOptions, ValidationError};
-use serde_json::{Map, Value};
 
 /// Why the claims of a correctly signed token are not acceptable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +42,7 @@ impl ClaimsError {
 
 /// Checks `exp` and `nbf` against `now_seconds` (with the clock skew), and that the token is meant
 /// for one of `audiences` (an empty list accepts any audience, as in Istio).
-pub fn validate(
-    claims: &Claims<Map<String, Value>>,
-    audiences: &[String],
-    now_seconds: u64,
-) -> Result<(), ClaimsError> {
+pub fn validate(claims: &Claims<Map>, audiences: &[String], now_seconds: u64) -> Result<(), ClaimsError> {
     let now =
         i64::try_from(now_seconds).ok().and_then(|secs| chrono::DateTime::from_timestamp(secs, 0)).unwrap_or_default();
     let skew = chrono::Duration::try_seconds(CLOCK_SKEW_SECONDS as i64).unwrap_or_default();
@@ -67,15 +63,27 @@ pub fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::Value;
+    use chrono::{TimeZone, Utc};
     use serde_json::json;
 
     const NOW: u64 = 1_700_000_000;
 
-    fn claims(value: Value) -> Claims<Map<String, Value>> {
-        serde_json::from_value(value).expect("claims")
+    /// The claims as the token parser builds them: the NumericDates read, whole seconds.
+    fn claims(value: serde_json::Value) -> Claims<Map> {
+        let Value::Object(mut custom) = Value::from(value) else { panic!("claims are an object") };
+        let mut time = |name: &str| match custom.remove(name) {
+            Some(Value::Number(seconds)) => Utc.timestamp_opt(seconds.as_f64().expect("number") as i64, 0).single(),
+            _ => None,
+        };
+        let mut claims = Claims::new(Map::new());
+        claims.expiration = time("exp");
+        claims.not_before = time("nbf");
+        claims.custom = custom;
+        claims
     }
 
-    fn check(value: Value, audiences: &[&str]) -> Result<(), ClaimsError> {
+    fn check(value: serde_json::Value, audiences: &[&str]) -> Result<(), ClaimsError> {
         let audiences: Vec<String> = audiences.iter().map(|s| s.to_string()).collect();
         validate(&claims(value), &audiences, NOW)
     }

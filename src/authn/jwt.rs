@@ -3,10 +3,10 @@
 //! Nothing here is trusted yet: the result is only used to pick an issuer and a key, and every
 //! claim is checked again after the signature verifies.
 
+use crate::json::{self, Map, Value};
 use crate::keys::alg::Algorithm;
 use chrono::{DateTime, TimeZone, Utc};
 use jwt_compact::Claims;
-use serde_json::{Map, Value};
 use std::fmt;
 
 /// Longer tokens are refused before decoding (default of `limits.maxTokenBytes`). Keycloak tokens
@@ -91,7 +91,7 @@ impl fmt::Display for JwtError {
 pub struct ParsedToken<'a> {
     pub alg: Algorithm,
     pub kid: Option<String>,
-    pub claims: Claims<Map<String, Value>>,
+    pub claims: Claims<Map>,
     /// `header.payload`: the bytes the signature covers.
     pub signing_input: &'a str,
     /// The payload segment as sent (base64url), for `outputPayloadToHeader`.
@@ -128,7 +128,7 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
     // The header is decoded and parsed once, strictly (a duplicate `alg` is refused as such, and a
     // 10,000-level header never reaches a recursive parser), and read here: jwt-compact's
     // `UntrustedToken` would decode and parse it, and decode the payload, a second time.
-    let header = strict_json::parse(&decode_segment(header_segment)?, limits.max_json_depth)?;
+    let header = parse_json(&decode_segment(header_segment)?, limits.max_json_depth)?;
     let payload = decode_segment(payload_segment)?;
     let signature = decode_segment(signature_segment)?;
     let Value::Object(header) = header else { return Err(JwtError::BadJson) };
@@ -151,7 +151,7 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
     let kid = header.get("kid").and_then(Value::as_str).map(str::to_string);
     // One strict pass builds the claims: jwt-compact's own `Claims` deserialization goes through
     // serde's `flatten`, which buffers every value and parses it a second time.
-    let Value::Object(mut custom) = strict_json::parse(&payload, limits.max_json_depth)? else {
+    let Value::Object(mut custom) = parse_json(&payload, limits.max_json_depth)? else {
         return Err(JwtError::BadJson);
     };
     let mut claims = Claims::new(Map::new());
@@ -165,7 +165,7 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
 
 /// Removes a NumericDate claim from `claims`, read as jwt-compact reads it (an integer, or a
 /// number truncated to whole seconds, within chrono's range); anything else is malformed.
-fn take_timestamp(claims: &mut Map<String, Value>, name: &str) -> Result<Option<DateTime<Utc>>, JwtError> {
+fn take_timestamp(claims: &mut Map, name: &str) -> Result<Option<DateTime<Utc>>, JwtError> {
     let Some(value) = claims.remove(name) else { return Ok(None) };
     let Value::Number(number) = value else { return Err(JwtError::BadJson) };
     let seconds = match (number.as_i64(), number.as_u64(), number.as_f64()) {
@@ -183,120 +183,19 @@ fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).map_err(|_| JwtError::BadBase64)
 }
 
-/// JSON parsing stricter than serde_json's: no duplicate member names, bounded depth.
+/// A header or payload as a JSON tree: strictly (src/json/: no repeated member names, no nesting
+/// deeper than the limit, checked as each container opens).
 ///
 /// RFC 7515 §5.2 and RFC 7519 §4 let a recipient either reject duplicate names or take the last
-/// one (serde_json takes the last). We reject: the payload is handed upstream verbatim
-/// (`outputPayloadToHeader`), and an upstream parser that takes the *first* `sub` would act on an
-/// identity other than the one authorized here. Depth is bounded before any other decoding, so a
-/// 10,000-level payload costs one short scan, not a deep recursion.
-mod strict_json {
-    use super::JwtError;
-    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-    use serde_json::{Map, Number, Value};
-    use std::cell::Cell;
-    use std::fmt;
-
-    /// The document as a `Value`, exactly as serde_json would build it, once it is known to
-    /// have no duplicate member names and no nesting deeper than `max_depth`.
-    pub fn parse(json: &[u8], max_depth: usize) -> Result<Value, JwtError> {
-        let problem = Cell::new(None);
-        let mut deserializer = serde_json::Deserializer::from_slice(json);
-        let parsed = Strict { depth: 1, max_depth, problem: &problem }.deserialize(&mut deserializer);
-        match (parsed.and_then(|value| deserializer.end().map(|()| value)), problem.get()) {
-            (Ok(value), _) => Ok(value),
-            (Err(_), Some(problem)) => Err(problem),
-            (Err(_), None) => Err(JwtError::BadJson),
-        }
-    }
-
-    #[derive(Clone, Copy)]
-    struct Strict<'p> {
-        /// Depth of the value about to be read; the document itself is depth 1.
-        depth: usize,
-        max_depth: usize,
-        problem: &'p Cell<Option<JwtError>>,
-    }
-
-    impl Strict<'_> {
-        fn fail<E: de::Error>(self, problem: JwtError) -> E {
-            self.problem.set(Some(problem));
-            E::custom(problem.message())
-        }
-
-        /// Entering an object or array at `self.depth`; its members are one level deeper.
-        fn nested<E: de::Error>(self) -> Result<Self, E> {
-            if self.depth > self.max_depth {
-                return Err(self.fail(JwtError::TooDeep));
-            }
-            Ok(Strict { depth: self.depth + 1, ..self })
-        }
-    }
-
-    impl<'de> DeserializeSeed<'de> for Strict<'_> {
-        type Value = Value;
-
-        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-            deserializer.deserialize_any(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Strict<'_> {
-        type Value = Value;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("any JSON value")
-        }
-
-        fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
-            Ok(Value::Bool(value))
-        }
-        fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
-            Ok(Value::from(value))
-        }
-        fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
-            Ok(Value::from(value))
-        }
-        fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
-            // As serde_json's own `Value` does (JSON text has no NaN or infinity anyway).
-            Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
-        }
-        fn visit_str<E>(self, value: &str) -> Result<Value, E> {
-            Ok(Value::String(value.to_string()))
-        }
-        fn visit_string<E>(self, value: String) -> Result<Value, E> {
-            Ok(Value::String(value))
-        }
-        fn visit_unit<E>(self) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-            let inner = self.nested()?;
-            let mut values = Vec::new();
-            while let Some(value) = seq.next_element_seed(inner)? {
-                values.push(value);
-            }
-            Ok(Value::Array(values))
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-            let inner = self.nested()?;
-            let mut members = Map::new();
-            // Keys arrive unescaped, so `"a"` and `"\u0061"` are recognised as the same name.
-            while let Some(name) = map.next_key::<String>()? {
-                let value = map.next_value_seed(inner)?;
-                // One map lookup per member (the duplicate check and the insertion are the same).
-                match members.entry(name) {
-                    serde_json::map::Entry::Vacant(slot) => {
-                        slot.insert(value);
-                    }
-                    serde_json::map::Entry::Occupied(_) => return Err(self.fail(JwtError::DuplicateMember)),
-                }
-            }
-            Ok(Value::Object(members))
-        }
-    }
+/// one. We reject: the payload is handed upstream verbatim (`outputPayloadToHeader`), and an
+/// upstream parser that takes the *first* `sub` would act on an identity other than the one
+/// authorized here.
+fn parse_json(json: &[u8], max_depth: usize) -> Result<Value, JwtError> {
+    json::parse(json, json::Limits { max_depth }).map_err(|failure| match failure.kind {
+        json::ErrorKind::DuplicateMember(_) => JwtError::DuplicateMember,
+        json::ErrorKind::RecursionLimitExceeded => JwtError::TooDeep,
+        _ => JwtError::BadJson,
+    })
 }
 
 #[cfg(test)]
@@ -315,7 +214,7 @@ mod tests {
         let parsed = parse(&token).expect("valid");
         assert_eq!(parsed.kid.as_deref(), Some("k1"));
         assert_eq!(parsed.issuer(), Some("i"));
-        assert_eq!(parsed.claims.custom.get("sub"), Some(&json!("s")));
+        assert_eq!(parsed.claims.custom.get("sub"), Some(&Value::from("s")));
         assert!(parsed.claims.expiration.is_some());
         assert_eq!(parsed.signature.len(), 256);
         assert_eq!(format!("{}.{}", parsed.signing_input, b64(&parsed.signature)), token);
@@ -449,9 +348,31 @@ mod tests {
             let ours = parse(&token).map(|parsed| parsed.claims);
             let theirs = jwt_compact::UntrustedToken::new(token.as_str())
                 .expect("well-formed")
-                .deserialize_claims_unchecked::<Map<String, Value>>()
+                .deserialize_claims_unchecked::<serde_json::Map<String, serde_json::Value>>()
+                .map(|claims| {
+                    let mut converted = Claims::new(Map::from(claims.custom));
+                    converted.expiration = claims.expiration;
+                    converted.not_before = claims.not_before;
+                    converted.issued_at = claims.issued_at;
+                    converted
+                })
                 .map_err(|_| JwtError::BadJson);
-            assert_eq!(ours, theirs, "{payload}");
+            // Numbers compared by value: ours keep their text, jwt-compact's went through f64.
+            let same = match (&ours, &theirs) {
+                (Ok(a), Ok(b)) => {
+                    (a.expiration, a.not_before, a.issued_at) == (b.expiration, b.not_before, b.issued_at)
+                        && a.custom.len() == b.custom.len()
+                        && a.custom.iter().zip(b.custom.iter()).all(|((na, va), (nb, vb))| {
+                            na == nb
+                                && match (va, vb) {
+                                    (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+                                    _ => va == vb,
+                                }
+                        })
+                }
+                (a, b) => a.as_ref().err() == b.as_ref().err(),
+            };
+            assert!(same, "{payload}: {ours:?} / {theirs:?}");
         }
     }
 }

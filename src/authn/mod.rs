@@ -14,11 +14,11 @@ pub use provider::{ClaimToHeader, Provider};
 
 use crate::identity::Identity;
 use crate::ids::ProviderId;
+use crate::json::Value;
 use crate::keys::{KeyState, KeyStore};
 use claims::{ClaimsError, CLOCK_SKEW_SECONDS};
 use extract::{FoundToken, LocationId, TokenLocation};
 use jwt::{JwtError, ParsedToken, TokenLimits};
-use serde_json::Value;
 use std::rc::Rc;
 use token_cache::{TokenCache, Verification};
 use verify::{Verifier, VerifyError};

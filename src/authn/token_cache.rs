@@ -366,7 +366,7 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Map;
+    use crate::json::Map;
 
     thread_local! {
         static KEY: DigestKey = DigestKey::from_std();

@@ -2,7 +2,7 @@
 
 use super::PathTemplate;
 use crate::identity::Identity;
-use serde_json::Value;
+use crate::json::Value;
 
 /// Istio's string match: exact, `prefix*`, `*suffix`, or `*` (any non-empty value). Only `parse`
 /// makes one, and it refuses every other use of `*` and the empty string, so a matcher whose

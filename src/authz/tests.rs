@@ -14,7 +14,7 @@ fn identity(claims: Value) -> Identity {
     Identity {
         issuer: claims.get("iss").and_then(Value::as_str).unwrap_or_default().to_string(),
         subject: claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string(),
-        claims,
+        claims: claims.into(),
     }
 }
 

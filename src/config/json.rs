@@ -1,18 +1,16 @@
 //! Reads the configuration JSON into the `Raw*` structs of `raw.rs` while tracking the JSON path
 //! (`jwtRules[0].issuer`), so an invalid configuration names the field that is wrong.
 //!
-//! The document is parsed once into a `serde_json::Value` (refusing duplicate members, which a
-//! `Value` would silently collapse, and trailing characters), and the typed structs are read from
-//! that tree. Reading from a tree keeps the code per configuration struct small: a path-tracking
-//! wrapper around serde_json's streaming parser (serde_path_to_error, used before) repeats the
-//! parser for every struct, about 100 KB of a 673 KB Wasm binary. Messages are serde's own; a
-//! syntax error still says its line and column, a type error names its path only.
+//! The document is parsed once into a `json::Value` (refusing duplicate members and trailing
+//! characters), and the typed structs are read from that tree. Reading from a tree keeps the code
+//! per configuration struct small: a path-tracking wrapper around serde_json's streaming parser
+//! (serde_path_to_error, used before) repeated the parser for every struct, about 100 KB of a
+//! 673 KB Wasm binary. Messages are in serde's words, as they always were; a syntax error says its
+//! line and column, a type error names its path only.
 
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Number, Value};
+use crate::json::{self, Map, Value};
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::fmt;
 
 /// A JSON path, innermost last: where reading stopped when it failed.
 #[derive(Default)]
@@ -51,89 +49,18 @@ impl<'a> Path<'a> {
     }
 }
 
-/// Parses `json` into a tree, refusing a member name that appears twice in one object (serde's
-/// `duplicate field` error, at the path of the second one).
+/// Parses `json` into a tree (src/json/: a member name that appears twice in one object is
+/// refused, at the path of the repeated member), leaving in `path` where a refusal was found.
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-pub fn parse_strict(json: &[u8], path: &Path<'_>) -> Result<Value, serde_json::Error> {
-    let mut deserializer = serde_json::Deserializer::from_slice(json);
-    let value = StrictValue { path }.deserialize(&mut deserializer)?;
-    deserializer.end()?;
-    Ok(value)
-}
-
-struct StrictValue<'p, 'a> {
-    path: &'p Path<'a>,
-}
-
-impl<'de> DeserializeSeed<'de> for StrictValue<'_, '_> {
-    type Value = Value;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for StrictValue<'_, '_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any valid JSON value")
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        // serde_json's parser never yields a non-finite number; `Null` is what `Value` does too.
-        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        loop {
-            self.path.push(Segment::Index(items.len()));
-            let Some(item) = seq.next_element_seed(StrictValue { path: self.path })? else { break };
-            self.path.pop();
-            items.push(item);
+pub fn parse_strict(json: &[u8], path: &Path<'_>) -> Result<Value, json::Error> {
+    json::parse(json, json::Limits::DOCUMENT).inspect_err(|failure| {
+        for segment in &failure.path {
+            path.push(match segment {
+                json::Segment::Index(index) => Segment::Index(*index),
+                json::Segment::Member(name) => Segment::Member(Cow::Owned(name.clone())),
+            });
         }
-        self.path.pop();
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut members = Map::new();
-        while let Some(name) = map.next_key::<String>()? {
-            self.path.push(Segment::Member(Cow::Owned(name.clone())));
-            if members.contains_key(&name) {
-                return Err(de::Error::custom(format_args!("duplicate field `{name}`")));
-            }
-            let value = map.next_value_seed(StrictValue { path: self.path })?;
-            self.path.pop();
-            members.insert(name, value);
-        }
-        Ok(Value::Object(members))
-    }
+    })
 }
 
 /// What reading the tree into the configuration's structs found wrong, in serde's words.
@@ -143,7 +70,7 @@ pub type ReadError = String;
 /// by hand rather than with serde's derive, whose generated visitors were a sixth of the Wasm
 /// module's code for a once-per-VM job (docs/performance.md, "Footprint"). Messages are serde's.
 pub struct Object<'a, 'p> {
-    members: &'a Map<String, Value>,
+    members: &'a Map,
     path: &'p Path<'a>,
 }
 
@@ -324,7 +251,7 @@ mod tests {
         let outer = read(&document, &Path::default()).expect("valid");
         assert_eq!(outer.items, vec![Inner { name: "a".into() }, Inner { name: "b".into() }]);
         assert_eq!(outer.limit, None);
-        assert_eq!(outer.extra, Some(serde_json::json!({"x": [1, -2, 0.5]})));
+        assert_eq!(outer.extra, Some(serde_json::json!({"x": [1, -2, 0.5]}).into()));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use super::json::Path;
 use super::json::{boolean, list, string, strings, u32_value, u64_value, Object, ReadError};
-use serde_json::Value;
+use crate::json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // The JSON shape.

@@ -3,9 +3,9 @@
 //! The document comes from the network, so it is judged like a JWKS: size-capped, and refused with
 //! a reason for the log when it is not what OpenID Connect Discovery 1.0 says it must be.
 
+use crate::json::{self, Value};
 use crate::keys::jwks::MAX_JWKS_BYTES;
 use crate::keys::HttpTarget;
-use serde_json::Value;
 use std::fmt;
 
 /// Larger discovery documents are refused before parsing (real ones are a few KB).
@@ -66,7 +66,7 @@ pub fn jwks_uri(body: &[u8], issuer: &str) -> Result<String, DiscoveryError> {
     if body.len() > MAX_DISCOVERY_BYTES {
         return Err(DiscoveryError::TooLarge(body.len()));
     }
-    let document: Value = serde_json::from_slice(body).map_err(|e| DiscoveryError::NotJson(e.to_string()))?;
+    let document = json::parse(body, json::Limits::DOCUMENT).map_err(|e| DiscoveryError::NotJson(e.to_string()))?;
     if !document.is_object() {
         return Err(DiscoveryError::NotJson("not an object".into()));
     }
@@ -84,7 +84,7 @@ pub fn jwks_uri(body: &[u8], issuer: &str) -> Result<String, DiscoveryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     const ISSUER: &str = "https://idp.example/realms/shop";
 

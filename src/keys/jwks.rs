@@ -4,6 +4,7 @@
 //! A key set is attacker-reachable input (a compromised or misconfigured endpoint), so every key is
 //! judged on its own: a bad key is skipped with a reason for the log, never fatal for its siblings.
 
+use crate::json::{self, Map, Value};
 use crate::keys::alg::{Algorithm, Curve, Family};
 use crate::keys::ec::EcKey;
 use crate::keys::ed25519::Ed25519Key;
@@ -11,7 +12,6 @@ use crate::keys::public_key::PublicKey;
 use crate::keys::rsa::RsaVerifyKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use serde_json::Value;
 use std::fmt;
 
 /// Larger key sets are refused before parsing: real ones are a few KB.
@@ -73,7 +73,7 @@ impl KeySet {
             .keys
             .iter()
             .map(|k| {
-                let mut jwk = serde_json::Map::new();
+                let mut jwk = Map::new();
                 let mut put = |name: &str, value: &str| jwk.insert(name.into(), Value::from(value));
                 if let Some(kid) = &k.kid {
                     put("kid", kid);
@@ -103,7 +103,9 @@ impl KeySet {
                 Value::Object(jwk)
             })
             .collect();
-        serde_json::json!({ "keys": keys }).to_string()
+        let mut document = Map::new();
+        document.insert("keys".into(), Value::Array(keys));
+        Value::Object(document).to_string()
     }
 }
 
@@ -165,7 +167,7 @@ pub fn parse_with_limit(body: &[u8], max_bytes: usize) -> Result<ParsedJwks, Jwk
     if body.len() > max_bytes {
         return Err(JwksError::TooLarge(body.len(), max_bytes));
     }
-    let document: Value = serde_json::from_slice(body).map_err(|e| JwksError::NotJson(e.to_string()))?;
+    let document = json::parse(body, json::Limits::DOCUMENT).map_err(|e| JwksError::NotJson(e.to_string()))?;
     let Some(entries) = document.get("keys").and_then(Value::as_array) else {
         return Err(JwksError::NoKeysArray);
     };
@@ -272,7 +274,7 @@ fn curve_note(family: Family) -> String {
 mod tests {
     use super::*;
     use crate::testkeys;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     #[test]
     fn keeps_signing_keys_and_explains_the_rest() {

@@ -1,7 +1,7 @@
 //! The host's shared data as the cache sees it, and the versioned record each key set keeps there.
 
 use super::MAX_CAS_ATTEMPTS;
-use serde::{Deserialize, Serialize};
+use crate::json::{self, Map, Value};
 
 /// A compare-and-swap write lost to a concurrent writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +23,7 @@ pub struct Worker {
 }
 
 /// The state of one remote key set, shared by all workers.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct SharedRecord {
     /// Bumped on every successful fetch; 0 until the first.
     pub(super) keys_version: u64,
@@ -47,24 +46,93 @@ pub(super) struct SharedRecord {
     pub(super) completions: u64,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Lease {
     pub(super) owner: u64,
     pub(super) until_ms: u64,
 }
 
 impl SharedRecord {
-    /// An unreadable record (none of ours) reads as a fresh one; the next write replaces it.
+    /// An unreadable record (none of ours) reads as a fresh one; the next write replaces it. A
+    /// JSON object with the fields' names; an absent field has its default, an unknown one is
+    /// ignored (so records stay readable across versions of the filter sharing one VM id).
     pub(super) fn decode(bytes: &[u8]) -> SharedRecord {
-        serde_json::from_slice(bytes).unwrap_or_default()
+        json::parse(bytes, json::Limits { max_depth: 3 }).ok().and_then(|value| Self::read(&value)).unwrap_or_default()
+    }
+
+    fn read(value: &Value) -> Option<SharedRecord> {
+        let record = value.as_object()?;
+        let lease = match record.get("lease") {
+            None | Some(Value::Null) => None,
+            Some(lease) => {
+                Some(Lease { owner: lease.get("owner")?.as_u64()?, until_ms: lease.get("until_ms")?.as_u64()? })
+            }
+        };
+        let waiters = match record.get("waiters") {
+            None => Vec::new(),
+            Some(list) => list
+                .as_array()?
+                .iter()
+                .map(|token| token.as_u64().and_then(|t| u32::try_from(t).ok()))
+                .collect::<Option<_>>()?,
+        };
+        Some(SharedRecord {
+            keys_version: number(record, "keys_version")?.unwrap_or_default(),
+            keys: text(record, "keys")?,
+            keys_expire_ms: number(record, "keys_expire_ms")?.unwrap_or_default(),
+            next_fetch_ms: number(record, "next_fetch_ms")?.unwrap_or_default(),
+            failures: u32::try_from(number(record, "failures")?.unwrap_or_default()).ok()?,
+            lease,
+            last_kid_refetch_ms: number(record, "last_kid_refetch_ms")?,
+            waiters,
+            jwks_uri: text(record, "jwks_uri")?,
+            completions: number(record, "completions")?.unwrap_or_default(),
+        })
     }
 
     pub(super) fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut record = Map::new();
+        let mut put = |name: &str, value: Value| record.insert(name.into(), value);
+        put("keys_version", self.keys_version.into());
+        put("keys", self.keys.clone().map_or(Value::Null, Value::String));
+        put("keys_expire_ms", self.keys_expire_ms.into());
+        put("next_fetch_ms", self.next_fetch_ms.into());
+        put("failures", u64::from(self.failures).into());
+        put(
+            "lease",
+            self.lease.map_or(Value::Null, |lease| {
+                let mut fields = Map::new();
+                fields.insert("owner".into(), lease.owner.into());
+                fields.insert("until_ms".into(), lease.until_ms.into());
+                Value::Object(fields)
+            }),
+        );
+        put("last_kid_refetch_ms", self.last_kid_refetch_ms.map_or(Value::Null, Value::from));
+        put("waiters", Value::Array(self.waiters.iter().map(|&token| u64::from(token).into()).collect()));
+        put("jwks_uri", self.jwks_uri.clone().map_or(Value::Null, Value::String));
+        put("completions", self.completions.into());
+        Value::Object(record).to_string().into_bytes()
     }
 
     pub(super) fn lease_active(&self, now_ms: u64) -> bool {
         self.lease.is_some_and(|lease| lease.until_ms > now_ms)
+    }
+}
+
+/// An optional integer field: `Some(None)` when absent or null, `None` when it is something else.
+fn number(record: &Map, name: &str) -> Option<Option<u64>> {
+    match record.get(name) {
+        None | Some(Value::Null) => Some(None),
+        Some(value) => value.as_u64().map(Some),
+    }
+}
+
+/// An optional string field, as `number`.
+fn text(record: &Map, name: &str) -> Option<Option<String>> {
+    match record.get(name) {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::String(text)) => Some(Some(text.clone())),
+        Some(_) => None,
     }
 }
 
@@ -90,4 +158,41 @@ pub(super) fn update<T>(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_unreadable_ones_read_as_fresh() {
+        let record = SharedRecord {
+            keys_version: 7,
+            keys: Some(r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"\"quoted\""}]}"#.into()),
+            keys_expire_ms: 1_700_000_000_000,
+            next_fetch_ms: u64::MAX,
+            failures: 3,
+            lease: Some(Lease { owner: u64::MAX - 1, until_ms: 5 }),
+            last_kid_refetch_ms: Some(0),
+            waiters: vec![1, u32::MAX],
+            jwks_uri: Some("https://idp.example/certs".into()),
+            completions: 9,
+        };
+        assert_eq!(SharedRecord::decode(&record.encode()), record);
+        assert_eq!(SharedRecord::decode(&SharedRecord::default().encode()), SharedRecord::default());
+        // Absent fields have their defaults; unknown ones are ignored.
+        let partial = SharedRecord::decode(br#"{"keys_version": 2, "future_field": [1]}"#);
+        assert_eq!(partial, SharedRecord { keys_version: 2, ..SharedRecord::default() });
+        for unreadable in [
+            &b"not json"[..],
+            b"[]",
+            br#"{"failures": 4294967296}"#,
+            br#"{"waiters": ["a"]}"#,
+            br#"{"lease": {"owner": 1}}"#,
+            br#"{"keys": 5}"#,
+            br#"{"keys_version": -1}"#,
+        ] {
+            assert_eq!(SharedRecord::decode(unreadable), SharedRecord::default(), "{unreadable:?}");
+        }
+    }
 }
