@@ -99,21 +99,43 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # (docs/performance.md, "Footprint": 1000 gave +16.4 MiB over the SDK filter, 200 +14.4, the hot
 # path the same). The features are the ones rustc emits for
 # wasm32-wasip1 (the stripped module no longer names them), so wasm-opt introduces no new ones.
-WASM_OPT_FLAGS := -O3 -ocimfs 200 --enable-bulk-memory --enable-multivalue --enable-mutable-globals \
+WASM_FEATURES  := --enable-bulk-memory --enable-multivalue --enable-mutable-globals \
                   --enable-nontrapping-float-to-int --enable-reference-types --enable-sign-ext
+WASM_OPT_FLAGS := -O3 -ocimfs 200 $(WASM_FEATURES)
 
 .stamps/binaryen:
 	@command -v wasm-opt >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq binaryen; } \
 	  || echo "binaryen (wasm-opt) not installable here: $(DIST) is built without it"
 	@mkdir -p .stamps && touch $@
 
+# The Proxy-Wasm callbacks the filter implements (src/host/: root and HTTP contexts) and the ABI's
+# required exports. The SDK exports every callback of the ABI, and its dispatcher code for each
+# (gRPC, network filters, bodies, trailers, on_log) is compiled by V8 at every start although
+# Envoy never calls it: a missing callback is one the host skips (proxy-wasm-cpp-host checks each
+# before calling). wasm-metadce drops the other exports and what only they reach (18 KB,
+# docs/performance.md, "Footprint"); tests/architecture.rs checks that every callback src/host
+# implements is listed here.
+WASM_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate proxy_on_context_create \
+                proxy_on_vm_start proxy_on_configure proxy_on_tick proxy_on_queue_ready proxy_on_done \
+                proxy_on_delete proxy_on_request_headers proxy_on_http_call_response
+WASM_PRUNED := $(WASM_OUT:.wasm=.pruned.wasm)
+
 build: $(WASM_DEPS) .stamps/binaryen
 	$(WASM_BUILD)
 	@mkdir -p dist
-	@if command -v wasm-opt >/dev/null && wasm-opt $(WASM_OPT_FLAGS) $(WASM_OUT) -o $(DIST).opt; then \
-	  mv $(DIST).opt $(DIST); echo "wasm-opt: $$(stat -c %s $(WASM_OUT)) -> $$(stat -c %s $(DIST)) bytes"; \
+	@printf '[%s]' "$$(for e in $(WASM_EXPORTS); do \
+	  printf '{"name":"root-%s","root":true,"reaches":["export-%s"]},{"name":"export-%s","export":"%s"},' $$e $$e $$e $$e; \
+	  done | sed 's/,$$//')" > $(WASM_OUT).graph
+	@if command -v wasm-metadce >/dev/null && \
+	  wasm-metadce $(WASM_OUT) --graph-file $(WASM_OUT).graph $(WASM_FEATURES) -o $(WASM_PRUNED) >/dev/null; then \
+	  echo "wasm-metadce: $$(stat -c %s $(WASM_OUT)) -> $$(stat -c %s $(WASM_PRUNED)) bytes (exports: $(WASM_EXPORTS))"; \
 	else \
-	  rm -f $(DIST).opt; cp $(WASM_OUT) $(DIST); echo "wasm-opt not used: $(DIST) is the rustc output"; \
+	  cp $(WASM_OUT) $(WASM_PRUNED); echo "wasm-metadce not used: every export of the SDK is kept"; \
+	fi
+	@if command -v wasm-opt >/dev/null && wasm-opt $(WASM_OPT_FLAGS) $(WASM_PRUNED) -o $(DIST).opt; then \
+	  mv $(DIST).opt $(DIST); echo "wasm-opt: $$(stat -c %s $(WASM_PRUNED)) -> $$(stat -c %s $(DIST)) bytes"; \
+	else \
+	  rm -f $(DIST).opt; cp $(WASM_PRUNED) $(DIST); echo "wasm-opt not used: $(DIST) is the rustc output"; \
 	fi
 	@echo "built $(DIST) ($$(stat -c %s $(DIST)) bytes)"
 

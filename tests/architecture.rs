@@ -221,3 +221,68 @@ fn files_stay_one_concept_long_and_the_host_stays_thin() {
     // notes) and the random bytes for the token cache's key.
     assert!(host_lines <= 550, "src/host has {host_lines} lines (at most 550)");
 }
+
+/// The Proxy-Wasm export through which the host calls each SDK callback.
+fn export_of_callback(method: &str) -> Option<&'static str> {
+    Some(match method {
+        "on_vm_start" => "proxy_on_vm_start",
+        "on_configure" => "proxy_on_configure",
+        "on_tick" => "proxy_on_tick",
+        "on_queue_ready" => "proxy_on_queue_ready",
+        "on_done" => "proxy_on_done",
+        "on_log" => "proxy_on_log",
+        "on_http_call_response" => "proxy_on_http_call_response",
+        "on_grpc_call_response" | "on_grpc_stream_message" => "proxy_on_grpc_receive",
+        "on_grpc_call_response_headers" | "on_grpc_stream_initial_metadata" => "proxy_on_grpc_receive_initial_metadata",
+        "on_grpc_stream_trailing_metadata" => "proxy_on_grpc_receive_trailing_metadata",
+        "on_grpc_stream_close" => "proxy_on_grpc_close",
+        "on_foreign_function" => "proxy_on_foreign_function",
+        "on_http_request_headers" => "proxy_on_request_headers",
+        "on_http_request_body" => "proxy_on_request_body",
+        "on_http_request_trailers" => "proxy_on_request_trailers",
+        "on_http_response_headers" => "proxy_on_response_headers",
+        "on_http_response_body" => "proxy_on_response_body",
+        "on_http_response_trailers" => "proxy_on_response_trailers",
+        "on_new_connection" => "proxy_on_new_connection",
+        "on_downstream_data" => "proxy_on_downstream_data",
+        "on_downstream_close" => "proxy_on_downstream_connection_close",
+        "on_upstream_data" => "proxy_on_upstream_data",
+        "on_upstream_close" => "proxy_on_upstream_connection_close",
+        _ => return None,
+    })
+}
+
+#[test]
+fn the_build_keeps_the_export_of_every_callback_the_host_implements() {
+    // The Makefile's WASM_EXPORTS: what `make build` keeps of the SDK's exports.
+    let makefile = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Makefile")).expect("Makefile");
+    let start = makefile.find("WASM_EXPORTS :=").expect("WASM_EXPORTS in the Makefile");
+    let mut kept = BTreeSet::new();
+    for line in makefile.get(start + "WASM_EXPORTS :=".len()..).unwrap_or_default().lines() {
+        kept.extend(line.trim_end_matches('\\').split_whitespace().map(str::to_string));
+        if !line.trim_end().ends_with('\\') {
+            break;
+        }
+    }
+    for required in ["memory", "_initialize", "proxy_on_memory_allocate", "proxy_on_context_create", "proxy_on_delete"]
+    {
+        assert!(kept.contains(required), "WASM_EXPORTS lacks {required}, which every module needs");
+    }
+    let mut implemented = BTreeSet::new();
+    for (path, layer) in library_files() {
+        if layer != Layer::Host {
+            continue;
+        }
+        for line in code_before_tests(&path).lines() {
+            let Some(rest) = without_comment(line).trim_start().strip_prefix("fn on_") else { continue };
+            let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            implemented.insert(format!("on_{name}"));
+        }
+    }
+    assert!(implemented.contains("on_http_request_headers"), "the host's callbacks are found: {implemented:?}");
+    for method in implemented {
+        let export = export_of_callback(&method)
+            .unwrap_or_else(|| panic!("src/host implements {method}: add its export to export_of_callback"));
+        assert!(kept.contains(export), "src/host implements {method}, but WASM_EXPORTS drops {export}");
+    }
+}
