@@ -9,6 +9,7 @@ mod ecdsa;
 pub mod ed25519;
 pub mod host_crypto;
 pub mod jwks;
+mod montgomery;
 pub mod public_key;
 pub mod rsa;
 
