@@ -163,10 +163,15 @@ impl Modulus {
     pub(super) fn invert(&self, a: &Limbs) -> Limbs {
         let mut exponent = self.m;
         exponent[0] = exponent[0].wrapping_sub(2); // m is odd and its low limb above 2
+        self.pow(a, &exponent)
+    }
+
+    /// `a^exponent` in the Montgomery domain, for a plain `exponent` below 2^bits.
+    pub(super) fn pow(&self, a: &Limbs, exponent: &Limbs) -> Limbs {
         let mut acc = self.one;
         for bit in (0..self.bits).rev() {
             acc = self.mul(&acc, &acc);
-            if bit_of(&exponent, bit) {
+            if bit_of(exponent, bit) {
                 acc = self.mul(&acc, a);
             }
         }
@@ -200,6 +205,15 @@ pub(super) fn limbs_from_be(bytes: &[u8]) -> Limbs {
     let mut limbs = [0u32; MAX_LIMBS];
     for (limb, chunk) in limbs.iter_mut().zip(bytes.rchunks(4)) {
         *limb = chunk.iter().fold(0u32, |acc, &byte| (acc << 8) | u32::from(byte));
+    }
+    limbs
+}
+
+/// Little-endian bytes (at most 68) as limbs, as Ed25519 encodes its numbers.
+pub(super) fn limbs_from_le(bytes: &[u8]) -> Limbs {
+    let mut limbs = [0u32; MAX_LIMBS];
+    for (limb, chunk) in limbs.iter_mut().zip(bytes.chunks(4)) {
+        *limb = chunk.iter().rev().fold(0u32, |acc, &byte| (acc << 8) | u32::from(byte));
     }
     limbs
 }
