@@ -93,7 +93,8 @@ pub struct Scheduler {
     /// Each provider's `issuer` metric tag, in `ProviderId` order.
     issuer_tags: Vec<String>,
     /// Dispatched fetches: callout token → what was asked.
-    fetches: HashMap<u32, FetchRequest>,
+    /// One per key set at most: a list (a hash map would be 2 KB more code for it).
+    fetches: Vec<(u32, FetchRequest)>,
     /// Requests parked until a fetch finishes: context id → why and since when.
     waiting: HashMap<u32, Parked>,
     /// A wake-up is queued for this worker's root context and not yet delivered.
@@ -150,7 +151,7 @@ impl Scheduler {
                 verified_tokens,
                 identities,
             ),
-            fetches: HashMap::new(),
+            fetches: Vec::new(),
             waiting: HashMap::new(),
             kick_pending: false,
             batched: Vec::new(),
@@ -298,26 +299,31 @@ impl Scheduler {
 
     /// The host dispatched `fetch` as callout `token`.
     pub fn dispatched(&mut self, token: u32, fetch: FetchRequest) {
-        self.fetches.insert(token, fetch);
+        self.fetches.retain(|(known, _)| *known != token);
+        self.fetches.push((token, fetch));
     }
 
     /// The host could not dispatch `fetch` (`why` is its status): a fetch without a response.
     pub fn dispatch_failed(&mut self, store: &mut dyn SharedStore, fetch: FetchRequest, why: &str, now_ms: u64) {
         self.log(
             Level::Error,
-            format!("cannot dispatch JWKS fetch to cluster {:?}: {why} (is the cluster defined?)", fetch.cluster),
+            format!(
+                "cannot dispatch JWKS fetch to cluster {}: {why} (is the cluster defined?)",
+                crate::json::Quoted(&fetch.cluster)
+            ),
         );
         self.record_fetch_result(store, &fetch, FetchResult::NoResponse, now_ms);
     }
 
     /// Whether callout `token` is one of this worker's fetches (the host reads its response only then).
     pub fn expects(&self, token: u32) -> bool {
-        self.fetches.contains_key(&token)
+        self.fetches.iter().any(|(known, _)| *known == token)
     }
 
     /// Callout `token` answered.
     pub fn on_fetch_response(&mut self, store: &mut dyn SharedStore, token: u32, result: FetchResult<'_>, now_ms: u64) {
-        if let Some(fetch) = self.fetches.remove(&token) {
+        if let Some(index) = self.fetches.iter().position(|(known, _)| *known == token) {
+            let (_, fetch) = self.fetches.swap_remove(index);
             self.record_fetch_result(store, &fetch, result, now_ms);
         }
     }

@@ -168,14 +168,7 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
 fn take_timestamp(claims: &mut Map, name: &str) -> Result<Option<DateTime<Utc>>, JwtError> {
     let Some(value) = claims.remove(name) else { return Ok(None) };
     let Value::Number(number) = value else { return Err(JwtError::BadJson) };
-    let seconds = match (number.as_i64(), number.as_u64(), number.as_f64()) {
-        (Some(seconds), _, _) => Some(seconds),
-        // Above i64::MAX: out of range.
-        (None, Some(_), _) => None,
-        (None, None, Some(float)) => Some(float as i64),
-        (None, None, None) => None,
-    };
-    seconds.and_then(|seconds| Utc.timestamp_opt(seconds, 0).single()).map(Some).ok_or(JwtError::BadJson)
+    number.truncated().and_then(|seconds| Utc.timestamp_opt(seconds, 0).single()).map(Some).ok_or(JwtError::BadJson)
 }
 
 fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {

@@ -18,17 +18,28 @@ impl Cidr {
             None => (text, None),
         };
         let network: IpAddr = address.parse().map_err(|_| {
-            format!("{text:?} is not an IP address or CIDR block (such as 10.0.0.0/8 or 2001:db8::/32)")
+            format!(
+                "{text_q} is not an IP address or CIDR block (such as 10.0.0.0/8 or 2001:db8::/32)",
+                text_q = crate::json::Quoted(text)
+            )
         })?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix_len = match prefix {
             None => max,
-            Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => digits
-                .parse::<u8>()
-                .ok()
-                .filter(|n| *n <= max)
-                .ok_or_else(|| format!("{text:?}: the prefix length must be between 0 and {max}"))?,
-            Some(_) => return Err(format!("{text:?}: the prefix length must be a number between 0 and {max}")),
+            Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                digits.parse::<u8>().ok().filter(|n| *n <= max).ok_or_else(|| {
+                    format!(
+                        "{text_q}: the prefix length must be between 0 and {max}",
+                        text_q = crate::json::Quoted(text)
+                    )
+                })?
+            }
+            Some(_) => {
+                return Err(format!(
+                    "{text_q}: the prefix length must be a number between 0 and {max}",
+                    text_q = crate::json::Quoted(text)
+                ))
+            }
         };
         Ok(Cidr { network, prefix_len })
     }

@@ -63,7 +63,8 @@ fn check_pattern(value: &str) -> Result<(), String> {
     let core = core.strip_suffix('*').unwrap_or(core);
     if both_ends || core.contains('*') {
         return Err(format!(
-            "{value:?}: `*` is only allowed as a whole value, a prefix (`*.html`) or a suffix (`/api/*`)"
+            "{value_q}: `*` is only allowed as a whole value, a prefix (`*.html`) or a suffix (`/api/*`)",
+            value_q = crate::json::Quoted(value)
         ));
     }
     Ok(())
@@ -111,7 +112,9 @@ impl PathMatch {
     /// A template when the value has `{*}` or `{**}`, else a string match.
     pub fn parse(value: &str) -> Result<PathMatch, String> {
         if PathTemplate::is_template(value) {
-            PathTemplate::parse(value).map(PathMatch::Template).map_err(|reason| format!("{value:?}: {reason}"))
+            PathTemplate::parse(value)
+                .map(PathMatch::Template)
+                .map_err(|reason| format!("{value_q}: {reason}", value_q = crate::json::Quoted(value)))
         } else {
             StringMatch::parse(value).map(PathMatch::String)
         }
@@ -158,7 +161,8 @@ impl PrincipalMatch {
         check_pattern(value)?;
         if value.starts_with('/') {
             return Err(format!(
-                "{value:?}: the issuer (before the last /) is empty; write <iss>/<sub>, <iss>/* or */<sub>"
+                "{value_q}: the issuer (before the last /) is empty; write <iss>/<sub>, <iss>/* or */<sub>",
+                value_q = crate::json::Quoted(value)
             ));
         }
         let split = value.rfind('/').and_then(|slash| Some((value.get(..slash)?, value.get(slash + 1..)?)));

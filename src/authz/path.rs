@@ -209,7 +209,8 @@ impl PathTemplate {
                 parts.push(operator);
                 if !suffix.is_empty() && !last {
                     return Err(format!(
-                        "{segment:?}: text after an operator is only allowed in the last segment (as in /{{**}}.css)"
+                        "{segment_q}: text after an operator is only allowed in the last segment (as in /{{**}}.css)",
+                        segment_q = crate::json::Quoted(segment)
                     ));
                 }
             } else if suffix.is_empty() && !last {
@@ -221,7 +222,11 @@ impl PathTemplate {
                     '{' | '}' => ": only {*} and {**} are supported",
                     _ => "",
                 };
-                return Err(format!("{segment:?}: {bad:?} is not allowed in a path template{hint}"));
+                return Err(format!(
+                    "{segment_q}: '{}' is not allowed in a path template{hint}",
+                    bad.escape_default(),
+                    segment_q = crate::json::Quoted(segment)
+                ));
             }
             push_literal(&mut parts, suffix);
         }

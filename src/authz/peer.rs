@@ -74,12 +74,16 @@ impl PeerMatch {
     pub fn service_account(value: &str) -> Result<PeerMatch, String> {
         let Some((namespace, name)) = value.split_once('/') else {
             return Err(format!(
-                "{value:?}: write namespace/name (Istio reads a bare name in the policy's namespace, which a plugin \
-                 configuration does not have)"
+                "{value_q}: write namespace/name (Istio reads a bare name in the policy's namespace, which a plugin \
+                 configuration does not have)",
+                value_q = crate::json::Quoted(value)
             ));
         };
         if namespace.is_empty() || name.is_empty() || name.contains('/') || value.contains('*') {
-            return Err(format!("{value:?}: expected namespace/name, without wildcards"));
+            return Err(format!(
+                "{value_q}: expected namespace/name, without wildcards",
+                value_q = crate::json::Quoted(value)
+            ));
         }
         let mut alternatives = Vec::new();
         for middle in [true, false] {
@@ -107,7 +111,7 @@ impl PeerMatch {
     pub fn trust_domain(value: &str, trust_domains: &[String]) -> Result<PeerMatch, String> {
         StringMatch::parse(value)?;
         if value.contains('/') {
-            return Err(format!("{value:?}: a trust domain has no /"));
+            return Err(format!("{value_q}: a trust domain has no /", value_q = crate::json::Quoted(value)));
         }
         let domains = match trust_domains.iter().any(|domain| domain == value) {
             true => trust_domains.to_vec(),

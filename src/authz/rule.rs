@@ -111,22 +111,26 @@ impl ConditionKey {
             _ => {}
         }
         if let Some(rest) = key.strip_prefix("request.auth.claims") {
-            return ClaimPath::bracketed(rest)
-                .map(ConditionKey::Claim)
-                .ok_or_else(|| format!("{key:?}: expected request.auth.claims[name] or request.auth.claims[a][b]"));
+            return ClaimPath::bracketed(rest).map(ConditionKey::Claim).ok_or_else(|| {
+                format!(
+                    "{key_q}: expected request.auth.claims[name] or request.auth.claims[a][b]",
+                    key_q = crate::json::Quoted(key)
+                )
+            });
         }
         if let Some(rest) = key.strip_prefix("request.headers[") {
             return match rest.strip_suffix(']') {
                 Some(name) if !name.is_empty() && !name.contains(['[', ']']) => {
                     Ok(ConditionKey::Header(name.to_ascii_lowercase()))
                 }
-                _ => Err(format!("{key:?}: expected request.headers[name]")),
+                _ => Err(format!("{key_q}: expected request.headers[name]", key_q = crate::json::Quoted(key))),
             };
         }
         Err(format!(
-            "unsupported key {key:?}: supported are request.auth.claims[...], request.auth.principal, \
+            "unsupported key {key_q}: supported are request.auth.claims[...], request.auth.principal, \
              request.auth.audiences, request.auth.presenter, request.headers[...], source.ip, remote.ip, \
-             source.principal, source.namespace, connection.sni, destination.ip and destination.port"
+             source.principal, source.namespace, connection.sni, destination.ip and destination.port",
+            key_q = crate::json::Quoted(key)
         ))
     }
 

@@ -192,7 +192,7 @@ fn invalid_type(value: &Value, expected: &str) -> ReadError {
         Value::Bool(flag) => format!("boolean `{flag}`"),
         Value::Number(n) if n.is_f64() => format!("floating point `{n}`"),
         Value::Number(n) => format!("integer `{n}`"),
-        Value::String(text) => format!("string {text:?}"),
+        Value::String(text) => format!("string {text_q}", text_q = crate::json::Quoted(text)),
         Value::Array(_) => "sequence".to_string(),
         Value::Object(_) => "map".to_string(),
     };

@@ -232,7 +232,7 @@ fn compile_providers(rules: Vec<RawJwtRule>, limits: &Limits, errors: &mut Vec<C
         if providers.iter().any(|p: &Provider| p.issuer == provider.issuer) {
             errors.push(ConfigError::new(
                 format!("{field}.issuer"),
-                format!("issuer {:?} is configured twice", provider.issuer),
+                format!("issuer {} is configured twice", crate::json::Quoted(&provider.issuer)),
             ));
             continue;
         }
@@ -240,8 +240,15 @@ fn compile_providers(rules: Vec<RawJwtRule>, limits: &Limits, errors: &mut Vec<C
         output_headers.extend(provider.output_claim_to_headers.iter().map(|c| c.header.clone()));
         providers.push(provider);
     }
-    output_headers.sort();
-    output_headers.dedup();
+    // Each header once, in name order: inserted where it belongs (a sort would be 4 KB of code
+    // for a handful).
+    let mut unique: Vec<String> = Vec::with_capacity(output_headers.len());
+    for header in output_headers {
+        if let Err(at) = unique.binary_search(&header) {
+            unique.insert(at, header);
+        }
+    }
+    let output_headers = unique;
     (providers, token_locations, output_headers)
 }
 
@@ -261,7 +268,8 @@ fn choice<T: Copy>(
     match options.iter().find(|(name, _)| *name == value) {
         Some(&(_, option)) => option,
         None => {
-            errors.push(ConfigError::new(field, format!("{value:?}: {expected}")));
+            errors
+                .push(ConfigError::new(field, format!("{value_q}: {expected}", value_q = crate::json::Quoted(value))));
             default
         }
     }
@@ -275,7 +283,10 @@ fn trust_domains(trust_domain: Option<String>, aliases: Vec<String>) -> Result<V
         .chain(aliases.iter().enumerate().map(|(i, a)| (format!("trustDomainAliases[{i}]"), a)))
     {
         if value.is_empty() || value.contains(['/', '*']) || value.chars().any(char::is_whitespace) {
-            return Err(ConfigError::new(field, format!("{value:?} is not a trust domain")));
+            return Err(ConfigError::new(
+                field,
+                format!("{value_q} is not a trust domain", value_q = crate::json::Quoted(value)),
+            ));
         }
     }
     let mut domains = vec![domain.clone()];

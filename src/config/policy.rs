@@ -85,7 +85,10 @@ fn compile_policy(index: usize, policy: RawPolicy, trust_domains: &[String]) -> 
         other => {
             return Err(ConfigError::new(
                 format!("{field}.action"),
-                format!("unsupported action {other:?}: expected ALLOW, DENY or AUDIT"),
+                format!(
+                    "unsupported action {other_q}: expected ALLOW, DENY or AUDIT",
+                    other_q = crate::json::Quoted(other)
+                ),
             ))
         }
     };
@@ -100,7 +103,10 @@ fn space_delimited_claims(extra_space_delimited: Vec<String>) -> Result<Vec<Stri
         if claim.contains(['[', ']']) {
             return Err(ConfigError::new(
                 format!("spaceDelimitedClaims[{i}]"),
-                format!("{claim:?}: give the claim's name (the innermost one for nested claims)"),
+                format!(
+                    "{claim_q}: give the claim's name (the innermost one for nested claims)",
+                    claim_q = crate::json::Quoted(&claim)
+                ),
             ));
         }
         if !claims.contains(&claim) {
@@ -179,7 +185,10 @@ fn compile_source(raw: RawSource, field: &str, trust_domains: &[String]) -> Resu
 /// nothing else can name a namespace).
 fn namespace_match(value: &str) -> Result<PeerMatch, String> {
     if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'*') {
-        return Err(format!("{value:?} is not a Kubernetes namespace (lower-case letters, digits and -, or *)"));
+        return Err(format!(
+            "{value_q} is not a Kubernetes namespace (lower-case letters, digits and -, or *)",
+            value_q = crate::json::Quoted(value)
+        ));
     }
     PeerMatch::namespace(value)
 }
@@ -221,7 +230,10 @@ pub(super) fn compile_token_requirements(
                         providers.iter().position(|p| &p.issuer == issuer).map(ProviderId).ok_or_else(|| {
                             ConfigError::new(
                                 &issuer_field,
-                                format!("{issuer:?} is not the issuer of any jwtRules entry"),
+                                format!(
+                                    "{issuer_q} is not the issuer of any jwtRules entry",
+                                    issuer_q = crate::json::Quoted(issuer)
+                                ),
                             )
                         })?;
                     if !indices.contains(&position) {
@@ -265,11 +277,14 @@ fn parsed<T>(
     field: &str,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Vec<T>, ConfigError> {
-    non_empty(values, field)?
-        .iter()
-        .enumerate()
-        .map(|(i, value)| parse(value).map_err(|reason| ConfigError::new(format!("{field}[{i}]"), reason)))
-        .collect()
+    let values = non_empty(values, field)?;
+    // A loop, not `collect` into a `Result`: that adapter is a kilobyte of code for every matcher
+    // type this is used with (docs/performance.md, "Footprint").
+    let mut out = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        out.push(parse(value).map_err(|reason| ConfigError::new(format!("{field}[{i}]"), reason))?);
+    }
+    Ok(out)
 }
 
 fn string_matches(values: Vec<String>, field: &str) -> Result<Vec<StringMatch>, ConfigError> {
@@ -288,11 +303,11 @@ fn path_matches(values: Vec<String>, field: &str) -> Result<Vec<PathMatch>, Conf
 }
 
 fn cidrs(values: Vec<String>, field: &str) -> Result<Vec<Cidr>, ConfigError> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, value)| Cidr::parse(value).map_err(|reason| ConfigError::new(format!("{field}[{i}]"), reason)))
-        .collect()
+    let mut out = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        out.push(Cidr::parse(value).map_err(|reason| ConfigError::new(format!("{field}[{i}]"), reason))?);
+    }
+    Ok(out)
 }
 
 fn ports(values: Vec<RawPort>, field: &str) -> Result<Vec<u16>, ConfigError> {
@@ -310,7 +325,7 @@ fn ports(values: Vec<RawPort>, field: &str) -> Result<Vec<u16>, ConfigError> {
             port.ok_or_else(|| {
                 let shown = match value {
                     RawPort::Number(n) => n.to_string(),
-                    RawPort::Text(text) => format!("{text:?}"),
+                    RawPort::Text(text) => crate::json::Quoted(text).to_string(),
                 };
                 ConfigError::new(format!("{field}[{i}]"), format!("{shown} is not a port number (0-65535)"))
             })

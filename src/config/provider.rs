@@ -75,7 +75,7 @@ fn algorithms(names: Option<&[String]>, field: &str) -> Result<AlgorithmSet, Con
                 upper if upper.starts_with("HS") => {
                     "HMAC algorithms are not supported: a JWKS holds public keys, and using one as an HMAC secret is the classic algorithm-confusion attack".to_string()
                 }
-                _ => format!("{name:?} is not one of {}", AlgorithmSet::all()),
+                _ => format!("{name_q} is not one of {}", AlgorithmSet::all(), name_q = crate::json::Quoted(name)),
             };
             return Err(ConfigError::new(format!("{field}.algorithms[{i}]"), why));
         };
@@ -178,17 +178,21 @@ fn remote_jwks(
                 return Err(ConfigError::new(
                     format!("{field}.jwksUri"),
                     format!(
-                        "required (or give the keys inline in jwks): the issuer {:?} is not an http(s) URL, \
+                        "required (or give the keys inline in jwks): the issuer {} is not an http(s) URL, \
                          so its OIDC discovery document cannot be read",
-                        rule.issuer
+                        crate::json::Quoted(&rule.issuer)
                     ),
                 ));
             }
             (discovery_uri, format!("{field}.issuer"), true)
         }
     };
-    let target = HttpTarget::parse(&uri)
-        .ok_or_else(|| ConfigError::new(uri_field, format!("{uri:?} is not an absolute http:// or https:// URI")))?;
+    let target = HttpTarget::parse(&uri).ok_or_else(|| {
+        ConfigError::new(
+            uri_field,
+            format!("{uri_q} is not an absolute http:// or https:// URI", uri_q = crate::json::Quoted(&uri)),
+        )
+    })?;
     if let Some(name) = &rule.jwks_cluster {
         if name.trim().is_empty() {
             return Err(ConfigError::new(format!("{field}.jwksCluster"), "must not be empty"));
@@ -265,7 +269,10 @@ fn locations(
 fn validate_header_name(name: &str, field: &str) -> Result<String, ConfigError> {
     let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
     if !valid {
-        return Err(ConfigError::new(field, format!("{name:?} is not a valid HTTP header name")));
+        return Err(ConfigError::new(
+            field,
+            format!("{name_q} is not a valid HTTP header name", name_q = crate::json::Quoted(name)),
+        ));
     }
     Ok(name.to_ascii_lowercase())
 }
@@ -286,14 +293,26 @@ fn duration_field(
 ) -> Result<u64, ConfigError> {
     let Some(text) = text else { return Ok(default_ms) };
     let ms = parse_duration_ms(text).ok_or_else(|| {
-        ConfigError::new(field, format!("{text:?} is not a duration such as \"5s\", \"500ms\", \"2m\" or \"1h\""))
+        ConfigError::new(
+            field,
+            format!(
+                "{text_q} is not a duration such as \"5s\", \"500ms\", \"2m\" or \"1h\"",
+                text_q = crate::json::Quoted(text)
+            ),
+        )
     })?;
     if ms < min_ms {
         let least = if min_ms == 1 { "positive".to_string() } else { format!("at least {}", describe_ms(min_ms)) };
-        return Err(ConfigError::new(field, format!("{text:?} is too short: must be {least}")));
+        return Err(ConfigError::new(
+            field,
+            format!("{text_q} is too short: must be {least}", text_q = crate::json::Quoted(text)),
+        ));
     }
     if ms > max_ms {
-        return Err(ConfigError::new(field, format!("{text:?} is too long: at most {}", describe_ms(max_ms))));
+        return Err(ConfigError::new(
+            field,
+            format!("{text_q} is too long: at most {}", describe_ms(max_ms), text_q = crate::json::Quoted(text)),
+        ));
     }
     Ok(ms)
 }
@@ -306,24 +325,37 @@ fn describe_ms(ms: u64) -> String {
     }
 }
 
-/// Parses Istio/protobuf duration strings: `5s`, `1.5s`, `500ms`, `2m`, `1h`.
+/// Parses Istio/protobuf duration strings: `5s`, `1.5s`, `500ms`, `2m`, `1h`. Exactly, in whole
+/// milliseconds (a fraction of one is dropped), without floating point: the filter carries none
+/// (src/json/number.rs says why). Below 10^12 ms (about 31 years).
 pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    const LIMIT_MS: u128 = 1_000_000_000_000;
     let text = text.trim();
     let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1.0)
+        (n, 1)
     } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1_000.0)
+        (n, 1_000)
     } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60_000.0)
+        (n, 60_000)
     } else if let Some(n) = text.strip_suffix('h') {
-        (n, 3_600_000.0)
+        (n, 3_600_000)
     } else {
         return None;
     };
-    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits_only = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !digits_only(whole) || !digits_only(fraction) {
         return None;
     }
-    let value: f64 = number.parse().ok()?;
-    let ms = value * unit_ms;
-    (ms.is_finite() && ms < 1e12).then_some(ms as u64)
+    // Digits beyond the limit's length add nothing but a refusal; beyond 20 they would overflow.
+    let value = |part: &str| -> Option<u128> {
+        part.bytes().try_fold(0u128, |acc, digit| {
+            let next = acc * 10 + u128::from(digit - b'0');
+            (next < LIMIT_MS * 1_000_000).then_some(next)
+        })
+    };
+    let fraction = fraction.get(..fraction.len().min(18)).unwrap_or_default();
+    let fraction_ms = value(fraction)? * unit_ms / 10u128.pow(fraction.len() as u32);
+    let ms = value(whole)? * unit_ms + fraction_ms;
+    (ms < LIMIT_MS).then_some(ms as u64)
 }

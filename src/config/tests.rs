@@ -565,7 +565,17 @@ fn durations() {
     assert_eq!(parse_duration_ms("250ms"), Some(250));
     assert_eq!(parse_duration_ms("2m"), Some(120_000));
     assert_eq!(parse_duration_ms("1h"), Some(3_600_000));
-    for bad in ["", "s", "5", "-1s", "1e3s", "5 s", "nans"] {
+    // Exact, truncated to whole milliseconds.
+    assert_eq!(parse_duration_ms("1.0015s"), Some(1_001));
+    assert_eq!(parse_duration_ms("0.5ms"), Some(0));
+    assert_eq!(parse_duration_ms(".5s"), Some(500));
+    assert_eq!(parse_duration_ms("5.s"), Some(5_000));
+    assert_eq!(parse_duration_ms("0.1m"), Some(6_000));
+    assert_eq!(parse_duration_ms("277.7h"), Some(999_720_000));
+    assert_eq!(parse_duration_ms("999999999999ms"), Some(999_999_999_999));
+    for bad in
+        ["", "s", "5", "-1s", "1e3s", "5 s", "nans", ".s", "1.2.3s", "1000000000000ms", "99999999999999999999999h"]
+    {
         assert_eq!(parse_duration_ms(bad), None, "{bad}");
     }
 }

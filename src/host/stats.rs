@@ -5,12 +5,13 @@ use crate::ids::ProviderId;
 use crate::metrics::{keys_in_use_gauge_name, Counter, HOST_CRYPTO_GAUGE, TOKEN_CACHE_GAUGE, WASM_MEMORY_GAUGE};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
-use std::collections::HashMap;
 
 pub(super) struct Stats {
     counters: Vec<(Counter, u32)>,
     /// Tagged counters (denials by status, reason, policy; fetches by issuer), defined on first use.
-    named: HashMap<String, u32>,
+    /// Sorted by name: a handful, bounded by the configuration (a hash map would be 2 KB more
+    /// code for it).
+    named: Vec<(String, u32)>,
     /// Per provider, in `ProviderId` order.
     keys_in_use: Vec<Option<u32>>,
     /// The VM's linear memory size.
@@ -33,7 +34,7 @@ impl Stats {
             issuer_tags.iter().map(|tag| define(MetricType::Gauge, &keys_in_use_gauge_name(tag))).collect();
         Stats {
             counters,
-            named: HashMap::new(),
+            named: Vec::new(),
             keys_in_use,
             memory: define(MetricType::Gauge, WASM_MEMORY_GAUGE),
             token_cache: define(MetricType::Gauge, TOKEN_CACHE_GAUGE),
@@ -57,10 +58,13 @@ impl Stats {
     /// Names come from `metrics::denied` and `metrics::jwks_fetches` (reason codes, configured
     /// policy names and issuers), so they are bounded by the configuration.
     pub(super) fn increment_named(&mut self, name: String) {
-        let id = match self.named.get(&name) {
-            Some(id) => *id,
-            None => match hostcalls::define_metric(MetricType::Counter, &name) {
-                Ok(id) => *self.named.entry(name).or_insert(id),
+        let id = match self.named.binary_search_by(|(known, _)| known.as_str().cmp(&name)) {
+            Ok(index) => self.named.get(index).map_or(0, |(_, id)| *id),
+            Err(index) => match hostcalls::define_metric(MetricType::Counter, &name) {
+                Ok(id) => {
+                    self.named.insert(index, (name, id));
+                    id
+                }
                 Err(_) => return,
             },
         };

@@ -1,14 +1,15 @@
 //! serde_json's tree as ours, for tests that write documents with `serde_json::json!`, and the
 //! comparison of the two that the parser's tests and fuzz target use.
 
-use super::value::{Map, Number, Value};
+use super::number::Number;
+use super::value::{Map, Value};
 
 impl From<serde_json::Value> for Value {
     fn from(value: serde_json::Value) -> Value {
         match value {
             serde_json::Value::Null => Value::Null,
             serde_json::Value::Bool(flag) => Value::Bool(flag),
-            serde_json::Value::Number(number) => Value::Number(Number(number.to_string().into())),
+            serde_json::Value::Number(number) => Value::Number(Number::from_checked_text(&number.to_string())),
             serde_json::Value::String(text) => Value::String(text),
             serde_json::Value::Array(items) => Value::Array(items.into_iter().map(Value::from).collect()),
             serde_json::Value::Object(members) => Value::Object(Map::from(members)),

@@ -8,12 +8,15 @@
 //! serde_json remains for the native command and the tests, which check this parser against it
 //! (`tests` below, and the fuzz target `json_parse`).
 
+mod number;
 mod parse;
 mod value;
 mod write;
 
+pub use number::Number;
 pub use parse::{parse, Error, ErrorKind, Limits, Segment};
-pub use value::{Map, Number, Value};
+pub use value::{Map, Value};
+pub use write::Quoted;
 
 #[cfg(any(test, feature = "test-support"))]
 mod from_serde;

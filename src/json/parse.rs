@@ -10,7 +10,8 @@
 //! `f64`'s range, and anything after the value. The error names its line and column and the path
 //! of the value it was found in, for the configuration's messages.
 
-use super::value::{Map, Number, Value};
+use super::number::Number;
+use super::value::{Map, Value};
 use std::fmt;
 
 /// How deep a document may nest: the document itself is depth 1, so `max_depth: 1` allows one
@@ -140,6 +141,28 @@ pub fn parse(json: &[u8], limits: Limits) -> Result<Value, Error> {
         failure.path.reverse();
         failure
     })
+}
+
+/// Members in name order (stable), by merge sort: the standard library's sorts are 5 KB of code
+/// for this one element type, and an object in order already (the common case) is one pass.
+fn sort_members(members: Vec<(String, Value)>) -> Vec<(String, Value)> {
+    if members.windows(2).all(|pair| pair.first().map(|a| &a.0) <= pair.get(1).map(|b| &b.0)) {
+        return members;
+    }
+    let mut left = members;
+    let right = sort_members(left.split_off(left.len() / 2));
+    let left = sort_members(left);
+    let mut merged = Vec::with_capacity(left.len() + right.len());
+    let (mut left, mut right) = (left.into_iter().peekable(), right.into_iter().peekable());
+    loop {
+        let take_left = match (left.peek(), right.peek()) {
+            (Some(a), Some(b)) => a.0 <= b.0,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return merged,
+        };
+        merged.extend(if take_left { left.next() } else { right.next() });
+    }
 }
 
 struct Parser<'a> {
@@ -283,7 +306,7 @@ impl Parser<'_> {
         }
         // Sorted once, then a repeated name is a neighbour: O(n log n) whatever the member count
         // (a pairwise check would be quadratic in an attacker's payload).
-        members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let members = sort_members(members);
         if let Some(pair) = members.windows(2).find(|pair| pair.first().map(|a| &a.0) == pair.get(1).map(|b| &b.0)) {
             let name = pair.first().map(|(name, _)| name.clone()).unwrap_or_default();
             let mut failure = self.fail(ErrorKind::DuplicateMember(name.clone()));
@@ -405,9 +428,9 @@ impl Parser<'_> {
             }
             self.required_digits()?;
         }
-        let number = Number(self.text(start).into());
-        // Beyond i64/u64 an integer is a float, as in serde_json; beyond f64 it is refused.
-        if !(integer && (number.as_u64().is_some() || number.as_i64().is_some())) && number.as_f64().is_none() {
+        let number = Number::from_checked_text(self.text(start));
+        // Beyond i64/u64 an integer is a float, as in serde_json; beyond f64's range it is refused.
+        if !(integer && (number.as_u64().is_some() || number.as_i64().is_some())) && number.overflows_f64() {
             return Err(self.fail(ErrorKind::NumberOutOfRange));
         }
         Ok(Value::Number(number))

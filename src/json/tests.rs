@@ -229,3 +229,18 @@ fn mutated_documents_are_judged_as_serde_json_judges_them() {
     // Both outcomes were exercised, many times.
     assert!(accepted > 1_000 && refused > 1_000, "{accepted} accepted, {refused} refused");
 }
+
+#[test]
+fn sorts_large_objects_and_finds_a_repeat_anywhere() {
+    // 5,000 members in reverse order: sorted, every one found, in name order when written.
+    let members: Vec<String> = (0..5_000).rev().map(|i| format!("\"m{i:05}\":{i}")).collect();
+    let document = format!("{{{}}}", members.join(","));
+    let Ok(Value::Object(map)) = parse(document.as_bytes(), LIMITS) else { panic!("valid") };
+    assert_eq!(map.len(), 5_000);
+    assert!(map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b));
+    assert_eq!(map.get("m04321").and_then(Value::as_u64), Some(4321));
+    // The same name first and last, far apart.
+    let repeated = format!("{{\"m00000\":0,{}}}", members.join(","));
+    let failure = parse(repeated.as_bytes(), LIMITS).unwrap_err();
+    assert_eq!(failure.kind, ErrorKind::DuplicateMember("m00000".into()));
+}

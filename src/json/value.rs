@@ -1,7 +1,6 @@
-//! The JSON tree: `Value`, objects as a `Map` whose members are kept sorted by name, and numbers
-//! as the text they were written with.
+//! The JSON tree: `Value`, and objects as a `Map` whose members are kept sorted by name.
 
-use std::fmt;
+use super::number::Number;
 
 /// A JSON value.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -89,13 +88,13 @@ impl From<bool> for Value {
 
 impl From<u64> for Value {
     fn from(number: u64) -> Value {
-        Value::Number(Number(number.to_string().into()))
+        Value::Number(Number::from_integer_text(number.to_string()))
     }
 }
 
 impl From<i64> for Value {
     fn from(number: i64) -> Value {
-        Value::Number(Number(number.to_string().into()))
+        Value::Number(Number::from_integer_text(number.to_string()))
     }
 }
 
@@ -108,58 +107,6 @@ impl From<Vec<Value>> for Value {
 impl From<Map> for Value {
     fn from(members: Map) -> Value {
         Value::Object(members)
-    }
-}
-
-/// A JSON number, kept as its text (checked against RFC 8259's grammar by the parser, or printed
-/// from an integer). Kept as text, not converted, because every reader wants something else: the
-/// configuration an exact integer, `exp` whole seconds, a claim matcher or an output header the
-/// number as the issuer wrote it (`1.0` stays `1.0`; nothing is rounded through a float).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Number(pub(super) Box<str>);
-
-impl Number {
-    fn is_integer(&self) -> bool {
-        !self.0.contains(['.', 'e', 'E'])
-    }
-
-    /// The value as a `u64`, if it is written as an integer in that range.
-    pub fn as_u64(&self) -> Option<u64> {
-        if self.is_integer() {
-            self.0.parse().ok()
-        } else {
-            None
-        }
-    }
-
-    /// The value as an `i64`, if it is written as an integer in that range.
-    pub fn as_i64(&self) -> Option<i64> {
-        if self.is_integer() {
-            self.0.parse().ok()
-        } else {
-            None
-        }
-    }
-
-    /// The value as the nearest `f64` (always finite: the parser refuses numbers beyond its range).
-    pub fn as_f64(&self) -> Option<f64> {
-        self.0.parse().ok().filter(|value: &f64| value.is_finite())
-    }
-
-    /// Written with a fraction or an exponent, or an integer beyond `i64`/`u64` (serde's "floating
-    /// point", as the configuration's messages call it).
-    pub fn is_f64(&self) -> bool {
-        self.as_u64().is_none() && self.as_i64().is_none()
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Number {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

@@ -37,6 +37,17 @@ impl fmt::Display for Value {
     }
 }
 
+/// Text as a JSON string literal, for messages and logs: what `{:?}` printed for plain text (quotes,
+/// and escapes for `"`, `\\` and control characters), without the Unicode tables core's `Debug`
+/// escaping links in (8 KB of the module: docs/performance.md, "Footprint").
+pub struct Quoted<'a>(pub &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_string(f, self.0)
+    }
+}
+
 fn write_string(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
     f.write_char('"')?;
     let mut run_start = 0;

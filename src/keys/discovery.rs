@@ -48,14 +48,27 @@ impl fmt::Display for DiscoveryError {
             }
             DiscoveryError::NotJson(err) => write!(f, "discovery document is not a JSON object: {err}"),
             DiscoveryError::IssuerMismatch { expected, found: Some(found) } => {
-                write!(f, "discovery document names issuer {found:?}, not {expected:?}")
+                write!(
+                    f,
+                    "discovery document names issuer {found_q}, not {expected_q}",
+                    found_q = crate::json::Quoted(found),
+                    expected_q = crate::json::Quoted(expected)
+                )
             }
             DiscoveryError::IssuerMismatch { expected, found: None } => {
-                write!(f, "discovery document has no issuer (expected {expected:?})")
+                write!(
+                    f,
+                    "discovery document has no issuer (expected {expected_q})",
+                    expected_q = crate::json::Quoted(expected)
+                )
             }
             DiscoveryError::NoJwksUri => f.write_str("discovery document has no jwks_uri string"),
             DiscoveryError::BadJwksUri(uri) => {
-                write!(f, "discovery document's jwks_uri {uri:?} is not an absolute http:// or https:// URI")
+                write!(
+                    f,
+                    "discovery document's jwks_uri {uri_q} is not an absolute http:// or https:// URI",
+                    uri_q = crate::json::Quoted(uri)
+                )
             }
         }
     }

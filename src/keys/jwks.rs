@@ -176,7 +176,7 @@ pub fn parse_with_limit(body: &[u8], max_bytes: usize) -> Result<ParsedJwks, Jwk
     for (index, entry) in entries.iter().enumerate() {
         let kid = entry.get("kid").and_then(Value::as_str).map(str::to_string);
         let label = match &kid {
-            Some(kid) => format!("key {index} (kid {kid:?})"),
+            Some(kid) => format!("key {index} (kid {kid_q})", kid_q = crate::json::Quoted(kid)),
             None => format!("key {index}"),
         };
         match parse_key(entry) {
@@ -225,7 +225,12 @@ fn parse_key(entry: &Value) -> Result<(Option<Algorithm>, PublicKey), String> {
         None => None,
         Some(Value::String(name)) => match Algorithm::from_name(name) {
             Some(alg) => Some(alg),
-            None => return Err(format!("alg {name:?} is not a signature algorithm we verify")),
+            None => {
+                return Err(format!(
+                    "alg {name_q} is not a signature algorithm we verify",
+                    name_q = crate::json::Quoted(name)
+                ))
+            }
         },
         Some(other) => return Err(format!("alg {other} is not a string")),
     };
@@ -240,7 +245,8 @@ fn parse_key(entry: &Value) -> Result<(Option<Algorithm>, PublicKey), String> {
         }
         Some("EC") => {
             let crv = crv()?;
-            let curve = Curve::from_name(crv).ok_or_else(|| format!("crv {crv:?} is not P-256, P-384 or P-521"))?;
+            let curve = Curve::from_name(crv)
+                .ok_or_else(|| format!("crv {crv_q} is not P-256, P-384 or P-521", crv_q = crate::json::Quoted(crv)))?;
             PublicKey::Ec(EcKey::from_coordinates(curve, &bytes("x")?, &bytes("y")?).map_err(|e| e.to_string())?)
         }
         Some("OKP") => match crv()? {
@@ -248,9 +254,11 @@ fn parse_key(entry: &Value) -> Result<(Option<Algorithm>, PublicKey), String> {
                 Ed25519Key::from_bytes(&bytes("x")?)
                     .ok_or("x is not an Ed25519 public key (32 bytes, a point not of small order)")?,
             ),
-            other => return Err(format!("crv {other:?} is not Ed25519")),
+            other => return Err(format!("crv {other_q} is not Ed25519", other_q = crate::json::Quoted(other))),
         },
-        Some(other) => return Err(format!("kty {other:?} is not RSA, EC or OKP")),
+        Some(other) => {
+            return Err(format!("kty {other_q} is not RSA, EC or OKP", other_q = crate::json::Quoted(other)))
+        }
         None => return Err("no kty".into()),
     };
     // A key whose own `alg` belongs to another family (an RSA key labelled ES256) is inconsistent:

@@ -81,7 +81,11 @@ impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FetchError::NoResponse { uri, cluster } => {
-                write!(f, "no response from {uri} (cluster {cluster:?}): timed out, refused or unknown cluster")
+                write!(
+                    f,
+                    "no response from {uri} (cluster {cluster_q}): timed out, refused or unknown cluster",
+                    cluster_q = crate::json::Quoted(cluster)
+                )
             }
             FetchError::HttpStatus { uri, status } => write!(f, "{uri} answered HTTP {status}"),
             FetchError::Jwks(err) => err.fmt(f),
