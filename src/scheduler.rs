@@ -130,7 +130,7 @@ impl Scheduler {
         host: Box<dyn ForeignFunction>,
         now_ms: u64,
     ) -> Self {
-        let (verifier, backend_line) = signature_backend(config.signature_backend, host);
+        let (verifier, backend_line) = signature_backend(config.signature_backend, host, store);
         let mut cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
         cache.ensure_shared(store);
         for provider in cache.remote_providers() {
@@ -614,14 +614,18 @@ impl Random {
 /// The verifier for `backend` (probing `host` for `auto`) and the configure log line that says
 /// which backend verifies which algorithm.
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-fn signature_backend(backend: SignatureBackend, host: Box<dyn ForeignFunction>) -> (Verifier, String) {
+fn signature_backend(
+    backend: SignatureBackend,
+    host: Box<dyn ForeignFunction>,
+    store: &mut dyn SharedStore,
+) -> (Verifier, String) {
     match backend {
         SignatureBackend::Vm => (
             Verifier::in_vm(),
             "signature verification: every algorithm inside the VM (signatureBackend: vm)".to_string(),
         ),
         SignatureBackend::Auto => {
-            let (host, report) = HostCrypto::probe(host);
+            let (host, report) = HostCrypto::probe_shared(host, store);
             let in_vm: AlgorithmSet =
                 AlgorithmSet::all().iter().filter(|alg| !report.verified_by_host.contains(*alg)).collect();
             let line = match (report.verified_by_host.is_empty(), &report.why_not) {

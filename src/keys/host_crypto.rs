@@ -4,12 +4,15 @@
 //!
 //! The core owns the protocol (the protobuf arguments and reply, the SPKI and DER conversions) and
 //! the decision of which algorithms to hand over; the host only performs the call. Which
-//! algorithms the host verifies correctly is found out once per VM, at configure, by a probe: a
-//! known-good signature of each algorithm must verify and the same signature, altered, must not.
+//! algorithms the host verifies correctly is found out once per Envoy process, at the first VM's
+//! configure, by a probe: a known-good signature of each algorithm must verify and the same
+//! signature, altered, must not (the other VMs read the finding from shared data).
 //! Anything else (the function is missing, an error, a wrong answer) leaves that algorithm to the
 //! VM. After the probe, a host error on a real token is a refusal, never an accept.
 
+use crate::json::{self, Map, Value};
 use crate::keys::alg::{Algorithm, AlgorithmSet, Curve, HashAlg};
+use crate::keys::cache::SharedStore;
 use crate::keys::der;
 use crate::keys::ec::EcKey;
 use crate::keys::public_key::PublicKey;
@@ -99,6 +102,21 @@ impl HostCrypto {
         (HostCrypto { host, algorithms }, ProbeReport { verified_by_host: algorithms, why_not })
     }
 
+    /// The probe's finding, shared by every VM of the Envoy process through `store`: the first VM
+    /// to configure probes and records what it found; the others read it. They all talk to the
+    /// same host, and the probe is two dozen host calls (about 5 ms a VM, and a sidecar starts
+    /// four VMs). An unreadable record is probed again and replaced.
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
+    pub fn probe_shared(host: Box<dyn ForeignFunction>, store: &mut dyn SharedStore) -> (HostCrypto, ProbeReport) {
+        if let Some(report) = store.get(PROBE_RECORD).and_then(|(bytes, _)| ProbeReport::decode(&bytes)) {
+            return (HostCrypto { host, algorithms: report.verified_by_host }, report);
+        }
+        let (crypto, report) = HostCrypto::probe(host);
+        // A failed write only means the next VM probes too.
+        let _ = store.set(PROBE_RECORD, &report.encode(), None);
+        (crypto, report)
+    }
+
     /// The algorithms handed to the host.
     pub fn algorithms(&self) -> AlgorithmSet {
         self.algorithms
@@ -115,6 +133,37 @@ impl HostCrypto {
             Err(Refusal::InVm) => None,
             Err(_) => Some(false),
         }
+    }
+}
+
+/// The shared-data key of the probe's finding. Versioned with the probe's vectors and checks: a
+/// filter that probes differently keeps its own record.
+const PROBE_RECORD: &str = "jwt-authz.host-crypto-probe.v1";
+
+impl ProbeReport {
+    /// `{"host": ["RS256", …], "why_not": "…" | null}`.
+    fn encode(&self) -> Vec<u8> {
+        let mut record = Map::new();
+        let names = self.verified_by_host.iter().map(|alg| Value::from(alg.name())).collect();
+        record.insert("host".into(), Value::Array(names));
+        record.insert("why_not".into(), self.why_not.clone().map_or(Value::Null, Value::String));
+        Value::Object(record).to_string().into_bytes()
+    }
+
+    /// A record `encode` wrote, naming only algorithms the host may be handed at all.
+    fn decode(bytes: &[u8]) -> Option<ProbeReport> {
+        let record = json::parse(bytes, json::Limits { max_depth: 2 }).ok()?;
+        let mut verified_by_host = AlgorithmSet::NONE;
+        for name in record.get("host")?.as_array()? {
+            let alg = Algorithm::from_name(name.as_str()?).filter(|alg| CANDIDATES.contains(alg))?;
+            verified_by_host.insert(alg);
+        }
+        let why_not = match record.get("why_not")? {
+            Value::Null => None,
+            Value::String(why) => Some(why.clone()),
+            _ => return None,
+        };
+        Some(ProbeReport { verified_by_host, why_not })
     }
 }
 

@@ -232,3 +232,56 @@ fn replies_are_read_as_protobuf_reads_them() {
     // Unknown varint fields are skipped, as protobuf skips them.
     assert_eq!(decode_result(&[0x18, 0x05, 0x08, 0x01]), Ok(Answer { verified: true, error: None }));
 }
+
+/// Envoy's function, counting the calls made to it.
+struct Counted(std::rc::Rc<std::cell::Cell<usize>>);
+impl ForeignFunction for Counted {
+    fn call(&self, name: &str, arguments: &[u8]) -> Result<Vec<u8>, ForeignCallError> {
+        self.0.set(self.0.get() + 1);
+        EnvoyVerifySignature::default().call(name, arguments)
+    }
+}
+
+#[test]
+fn the_first_vm_probes_and_the_others_read_its_finding() {
+    let mut store = crate::fakes::MemoryStore::default();
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let (first, report) = HostCrypto::probe_shared(Box::new(Counted(calls.clone())), &mut store);
+    assert_eq!(calls.get(), 4 * CANDIDATES.len(), "four checks per candidate");
+    let (second, shared) = HostCrypto::probe_shared(Box::new(Counted(calls.clone())), &mut store);
+    assert_eq!(calls.get(), 4 * CANDIDATES.len(), "the second VM makes no call");
+    assert_eq!((second.algorithms(), &shared), (first.algorithms(), &report));
+    // And what the second verifies with the host, it verifies.
+    let key = signing_key(Algorithm::Es256, 0);
+    let jwks = serde_json::json!({"keys": [key.jwk("k", None)]}).to_string();
+    let candidate = crate::keys::jwks::parse(jwks.as_bytes()).expect("jwks").key_set.keys.remove(0).key;
+    assert_eq!(second.verify(Algorithm::Es256, &candidate, b"m", &key.sign_bytes(Algorithm::Es256, b"m")), Some(true));
+
+    // A finding that the host verified nothing is shared as well, with its reason.
+    let mut store = crate::fakes::MemoryStore::default();
+    let (_, none) = HostCrypto::probe_shared(Box::new(NoForeignFunctions), &mut store);
+    let (host, read) = HostCrypto::probe_shared(Box::new(Counted(calls.clone())), &mut store);
+    assert!(host.algorithms().is_empty() && read == none && read.why_not.is_some());
+}
+
+#[test]
+fn an_unreadable_or_overreaching_finding_is_probed_again() {
+    for record in [
+        &b"not json"[..],
+        br#"{"host": ["RS256", "PS256"], "why_not": null}"#,
+        br#"{"host": ["EdDSA"], "why_not": null}"#,
+        br#"{"host": ["RS256", 5], "why_not": null}"#,
+        br#"{"host": ["RS256"]}"#,
+        br#"{"host": "RS256", "why_not": null}"#,
+    ] {
+        let mut store = crate::fakes::MemoryStore::default();
+        store.set(PROBE_RECORD, record, None).expect("set");
+        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+        let (host, _) = HostCrypto::probe_shared(Box::new(Counted(calls.clone())), &mut store);
+        assert_eq!(calls.get(), 4 * CANDIDATES.len(), "{:?}", String::from_utf8_lossy(record));
+        assert_eq!(host.algorithms().len(), CANDIDATES.len());
+        // The record is replaced with the real finding.
+        let (_, report) = HostCrypto::probe_shared(Box::new(NoForeignFunctions), &mut store);
+        assert_eq!(report.verified_by_host.len(), CANDIDATES.len());
+    }
+}
