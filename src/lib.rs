@@ -2,12 +2,13 @@
 //!
 //! Everything but `host` is the pure core: bytes, headers and `now` in, decisions and descriptions
 //! of I/O out. `host` is the only module that talks to the proxy. The layers, bottom to top:
-//! `identity`/`ids`/`json` (shared vocabulary), `keys`, `authn` and `authz` (never each other), `config`
+//! `identity`/`ids`/`json`/`base64url` (shared vocabulary), `keys`, `authn` and `authz` (never each other), `config`
 //! (compiles into all of them), `engine`/`scheduler`/`deny`/`metrics`, `host`. ARCHITECTURE.md
 //! has the rules; tests/architecture.rs keeps them.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 // Shared vocabulary.
+pub mod base64url;
 pub mod identity;
 pub mod ids;
 pub mod json;

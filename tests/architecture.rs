@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// The layers, bottom to top. A layer may name itself and the layers its rule lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Layer {
-    /// `identity`, `ids`, `json`: the vocabulary every layer shares.
+    /// `identity`, `ids`, `json`, `base64url`: the vocabulary every layer shares.
     Shared,
     Keys,
     Authn,
@@ -26,7 +26,7 @@ enum Layer {
 
 fn layer_of_module(name: &str) -> Option<Layer> {
     Some(match name {
-        "identity" | "ids" | "json" => Layer::Shared,
+        "identity" | "ids" | "json" | "base64url" => Layer::Shared,
         "keys" => Layer::Keys,
         "authn" => Layer::Authn,
         "authz" => Layer::Authz,

@@ -172,8 +172,7 @@ fn take_timestamp(claims: &mut Map, name: &str) -> Result<Option<DateTime<Utc>>,
 }
 
 fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).map_err(|_| JwtError::BadBase64)
+    crate::base64url::decode(segment).ok_or(JwtError::BadBase64)
 }
 
 /// A header or payload as a JSON tree: strictly (src/json/: no repeated member names, no nesting

@@ -17,8 +17,7 @@ use crate::keys::der;
 use crate::keys::ec::EcKey;
 use crate::keys::public_key::PublicKey;
 use crate::keys::rsa::RsaVerifyKey;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
+use crate::base64url;
 
 /// The foreign function's name in Envoy.
 pub const FUNCTION: &str = "verify_signature";
@@ -332,7 +331,7 @@ const PROBE_ES512: [&str; 3] = [
 
 /// The probe key and signature for `alg`.
 fn probe_vector(alg: Algorithm) -> Option<(PublicKey, Vec<u8>)> {
-    let decode = |text: &str| URL_SAFE_NO_PAD.decode(text).ok();
+    let decode = base64url::decode;
     let rsa = || RsaVerifyKey::from_be_bytes(&decode(PROBE_RSA_N)?, &[1, 0, 1]).ok().map(PublicKey::Rsa);
     let ec = |curve: Curve, [x, y, signature]: [&str; 3]| {
         let key = EcKey::from_coordinates(curve, &decode(x)?, &decode(y)?).ok()?;

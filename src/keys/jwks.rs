@@ -10,8 +10,7 @@ use crate::keys::ec::EcKey;
 use crate::keys::ed25519::Ed25519Key;
 use crate::keys::public_key::PublicKey;
 use crate::keys::rsa::RsaVerifyKey;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
+use crate::base64url;
 use std::fmt;
 
 /// Larger key sets are refused before parsing: real ones are a few KB.
@@ -84,20 +83,20 @@ impl KeySet {
                 match &k.key {
                     PublicKey::Rsa(key) => {
                         put("kty", "RSA");
-                        put("n", &URL_SAFE_NO_PAD.encode(key.modulus_be_bytes()));
-                        put("e", &URL_SAFE_NO_PAD.encode(key.exponent_be_bytes()));
+                        put("n", &base64url::encode(&key.modulus_be_bytes()));
+                        put("e", &base64url::encode(&key.exponent_be_bytes()));
                     }
                     PublicKey::Ec(key) => {
                         let (x, y) = key.coordinates();
                         put("kty", "EC");
                         put("crv", key.curve().name());
-                        put("x", &URL_SAFE_NO_PAD.encode(x));
-                        put("y", &URL_SAFE_NO_PAD.encode(y));
+                        put("x", &base64url::encode(&x));
+                        put("y", &base64url::encode(&y));
                     }
                     PublicKey::Ed25519(key) => {
                         put("kty", "OKP");
                         put("crv", "Ed25519");
-                        put("x", &URL_SAFE_NO_PAD.encode(key.as_bytes()));
+                        put("x", &base64url::encode(key.as_bytes()));
                     }
                 }
                 Value::Object(jwk)
@@ -236,7 +235,7 @@ fn parse_key(entry: &Value) -> Result<(Option<Algorithm>, PublicKey), String> {
     };
     let bytes = |name: &str| -> Result<Vec<u8>, String> {
         let text = field(name).and_then(Value::as_str).ok_or_else(|| format!("no {name}"))?;
-        URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| format!("{name} is not base64url"))
+        base64url::decode(text.trim_end_matches('=')).ok_or_else(|| format!("{name} is not base64url"))
     };
     let crv = || field("crv").and_then(Value::as_str).ok_or_else(|| "no crv".to_string());
     let key = match field("kty").and_then(Value::as_str) {
@@ -281,6 +280,8 @@ fn curve_note(family: Family) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
     use crate::testkeys;
     use serde_json::{json, Value};
 
