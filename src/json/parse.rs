@@ -143,10 +143,21 @@ pub fn parse(json: &[u8], limits: Limits) -> Result<Value, Error> {
     })
 }
 
-/// Members in name order (stable), by merge sort: the standard library's sorts are 5 KB of code
+/// Members in name order (stable), by insertion or merge sort: the standard library's sorts are 5 KB of code
 /// for this one element type, and an object in order already (the common case) is one pass.
-fn sort_members(members: Vec<(String, Value)>) -> Vec<(String, Value)> {
+fn sort_members(mut members: Vec<(String, Value)>) -> Vec<(String, Value)> {
     if members.windows(2).all(|pair| pair.first().map(|a| &a.0) <= pair.get(1).map(|b| &b.0)) {
+        return members;
+    }
+    // A token's object has a few dozen members: sorted in place, without allocating.
+    if members.len() <= 32 {
+        for end in 1..members.len() {
+            let mut at = end;
+            while at > 0 && members.get(at - 1).map(|a| &a.0) > members.get(at).map(|b| &b.0) {
+                members.swap(at - 1, at);
+                at -= 1;
+            }
+        }
         return members;
     }
     let mut left = members;

@@ -10,6 +10,7 @@
 //! Anything else (the function is missing, an error, a wrong answer) leaves that algorithm to the
 //! VM. After the probe, a host error on a real token is a refusal, never an accept.
 
+use crate::base64url;
 use crate::json::{self, Map, Value};
 use crate::keys::alg::{Algorithm, AlgorithmSet, Curve, HashAlg};
 use crate::keys::cache::SharedStore;
@@ -17,7 +18,6 @@ use crate::keys::der;
 use crate::keys::ec::EcKey;
 use crate::keys::public_key::PublicKey;
 use crate::keys::rsa::RsaVerifyKey;
-use crate::base64url;
 
 /// The foreign function's name in Envoy.
 pub const FUNCTION: &str = "verify_signature";

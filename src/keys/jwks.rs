@@ -4,13 +4,13 @@
 //! A key set is attacker-reachable input (a compromised or misconfigured endpoint), so every key is
 //! judged on its own: a bad key is skipped with a reason for the log, never fatal for its siblings.
 
+use crate::base64url;
 use crate::json::{self, Map, Value};
 use crate::keys::alg::{Algorithm, Curve, Family};
 use crate::keys::ec::EcKey;
 use crate::keys::ed25519::Ed25519Key;
 use crate::keys::public_key::PublicKey;
 use crate::keys::rsa::RsaVerifyKey;
-use crate::base64url;
 use std::fmt;
 
 /// Larger key sets are refused before parsing: real ones are a few KB.
@@ -280,9 +280,9 @@ fn curve_note(family: Family) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkeys;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
-    use crate::testkeys;
     use serde_json::{json, Value};
 
     #[test]
