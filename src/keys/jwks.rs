@@ -90,8 +90,8 @@ impl KeySet {
                         let (x, y) = key.coordinates();
                         put("kty", "EC");
                         put("crv", key.curve().name());
-                        put("x", &base64url::encode(&x));
-                        put("y", &base64url::encode(&y));
+                        put("x", &base64url::encode(x));
+                        put("y", &base64url::encode(y));
                     }
                     PublicKey::Ed25519(key) => {
                         put("kty", "OKP");
