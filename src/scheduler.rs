@@ -631,13 +631,13 @@ fn signature_backend(
             let line = match (report.verified_by_host.is_empty(), &report.why_not) {
                 (true, why) => format!(
                     "signature verification: every algorithm inside the VM (the host's verify_signature is not usable: {})",
-                    why.as_deref().unwrap_or("no answer")
+                    crate::json::Quoted(why.as_deref().unwrap_or("no answer"))
                 ),
                 (false, why) => format!(
                     "signature verification: {} by the host's verify_signature; {} inside the VM{}",
                     report.verified_by_host,
                     in_vm,
-                    why.as_ref().map(|why| format!(" (host refused {why})")).unwrap_or_default()
+                    why.as_ref().map(|why| format!(" (host refused {})", crate::json::Quoted(why))).unwrap_or_default()
                 ),
             };
             (Verifier::with_host(host), line)

@@ -264,8 +264,15 @@ fn the_build_keeps_the_export_of_every_callback_the_host_implements() {
             break;
         }
     }
-    for required in ["memory", "_initialize", "proxy_on_memory_allocate", "proxy_on_context_create", "proxy_on_delete"]
-    {
+    for required in [
+        "memory",
+        "_initialize",
+        "proxy_abi_version_0_2_1",
+        "proxy_on_memory_allocate",
+        "proxy_on_context_create",
+        "proxy_on_vm_start",
+        "proxy_on_delete",
+    ] {
         assert!(kept.contains(required), "WASM_EXPORTS lacks {required}, which every module needs");
     }
     let mut implemented = BTreeSet::new();

@@ -107,7 +107,8 @@ impl Number {
     }
 
     /// The value truncated toward zero (`1.9` is 1, `-1.9` is −1, `1.5e3` is 1500), exactly;
-    /// `None` beyond ±10^18.
+    /// `None` for an integer beyond `i64` and for other numbers beyond ±10^18 (a NumericDate is
+    /// never near either).
     pub fn truncated(&self) -> Option<i64> {
         if let Some(value) = self.as_i64() {
             return Some(value);

@@ -110,7 +110,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::ControlCharacterInString => "control character (\\u0000-\\u001F) found while parsing a string",
             ErrorKind::TrailingCharacters => "trailing characters",
             ErrorKind::RecursionLimitExceeded => "recursion limit exceeded",
-            ErrorKind::DuplicateMember(name) => return write!(f, "duplicate field `{name}`"),
+            ErrorKind::DuplicateMember(name) => return write!(f, "duplicate field {}", super::Quoted(name)),
         };
         f.write_str(text)
     }

@@ -109,7 +109,10 @@ fn refuses_repeated_member_names_with_their_path() {
     let failure = parse(br#"{"x": {"a": {"b": 1, "\u0062": 2}}}"#, LIMITS).unwrap_err();
     assert_eq!(failure.kind, ErrorKind::DuplicateMember("b".into()));
     assert_eq!(failure.path, [Segment::Member("x".into()), Segment::Member("a".into()), Segment::Member("b".into())]);
-    assert_eq!(failure.to_string(), "duplicate field `b`");
+    assert_eq!(failure.to_string(), r#"duplicate field "b""#);
+    // A name from a remote document cannot forge a log line.
+    let failure = parse(b"{\"a\\n[critical] forged\":1,\"a\\n[critical] forged\":2}", LIMITS).unwrap_err();
+    assert_eq!(failure.to_string(), r#"duplicate field "a\n[critical] forged""#);
     let failure = parse(br#"[{"a": 1}, {"a": 1, "a": 1}]"#, LIMITS).unwrap_err();
     assert_eq!(failure.path, [Segment::Index(1), Segment::Member("a".into())]);
 }
@@ -243,4 +246,12 @@ fn sorts_large_objects_and_finds_a_repeat_anywhere() {
     let repeated = format!("{{\"m00000\":0,{}}}", members.join(","));
     let failure = parse(repeated.as_bytes(), LIMITS).unwrap_err();
     assert_eq!(failure.kind, ErrorKind::DuplicateMember("m00000".into()));
+}
+
+#[test]
+fn quoted_text_cannot_forge_or_disguise_a_log_line() {
+    let shown = Quoted("a\"b\\c\n\u{7f}\u{85}\u{202e}\u{2028}\u{200b}\u{feff}é😀").to_string();
+    assert_eq!(shown, r#""a\"b\\c\n\u007f\u0085\u202e\u2028\u200b\ufeffé😀""#);
+    // The JSON writer stays serde_json's: those characters are valid JSON text as they are.
+    assert_eq!(Value::from("\u{202e}").to_string(), "\"\u{202e}\"");
 }

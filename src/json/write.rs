@@ -39,38 +39,54 @@ impl fmt::Display for Value {
 
 /// Text as a JSON string literal, for messages and logs: what `{:?}` printed for plain text (quotes,
 /// and escapes for `"`, `\\` and control characters), without the Unicode tables core's `Debug`
-/// escaping links in (8 KB of the module: docs/performance.md, "Footprint").
+/// escaping links in (8 KB of the module: docs/performance.md, "Footprint"). Text from remote
+/// documents and tokens passes through it, so it also escapes what could forge or disguise a log
+/// line: DEL, the C1 controls, and the zero-width, line-separator and bidirectional formatting
+/// characters.
 pub struct Quoted<'a>(pub &'a str);
 
 impl fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_string(f, self.0)
+        write_escaped(f, self.0, true)
     }
 }
 
 fn write_string(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    write_escaped(f, text, false)
+}
+
+/// `text` quoted; `for_logs` also escapes the characters `Quoted` names.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str, for_logs: bool) -> fmt::Result {
     f.write_char('"')?;
     let mut run_start = 0;
-    for (index, byte) in text.bytes().enumerate() {
-        let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
+    for (index, c) in text.char_indices() {
+        let escape = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            '\u{8}' => "\\b",
+            '\u{c}' => "\\f",
+            '\0'..='\u{1f}' => "",
+            '\u{7f}'..='\u{9f}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+                if for_logs =>
+            {
+                ""
+            }
             _ => continue,
         };
-        // Both ends are at ASCII bytes, so the run is whole characters.
         f.write_str(text.get(run_start..index).unwrap_or_default())?;
         if escape.is_empty() {
-            write!(f, "\\u{byte:04x}")?;
+            write!(f, "\\u{:04x}", u32::from(c))?;
         } else {
             f.write_str(escape)?;
         }
-        run_start = index + 1;
+        run_start = index + c.len_utf8();
     }
     f.write_str(text.get(run_start..).unwrap_or_default())?;
     f.write_char('"')

@@ -57,7 +57,7 @@ impl SharedRecord {
     /// JSON object with the fields' names; an absent field has its default, an unknown one is
     /// ignored (so records stay readable across versions of the filter sharing one VM id).
     pub(super) fn decode(bytes: &[u8]) -> SharedRecord {
-        json::parse(bytes, json::Limits { max_depth: 3 }).ok().and_then(|value| Self::read(&value)).unwrap_or_default()
+        json::parse(bytes, json::Limits::DOCUMENT).ok().and_then(|value| Self::read(&value)).unwrap_or_default()
     }
 
     fn read(value: &Value) -> Option<SharedRecord> {
