@@ -176,7 +176,7 @@ def main():
     parser.add_argument("--tokens", type=int, default=20_000, help="distinct tokens sent to each setup")
     parser.add_argument("--h2-requests", type=int, default=200_000, help="requests per h2load run")
     parser.add_argument("--h2-rounds", type=int, default=3)
-    parser.add_argument("--starts", type=int, default=5, help="fresh starts per setup for the start time")
+    parser.add_argument("--starts", type=int, default=9, help="fresh starts per setup for the start time")
     parser.add_argument("--wasm", default=str(WASM_PATH))
     parser.add_argument("--sdk-baseline", required=True, help="tools/sdk-baseline built for wasm32")
     parser.add_argument("--json", help="also write the results here")

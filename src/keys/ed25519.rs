@@ -6,7 +6,7 @@
 //! own and not ed25519-dalek (which the module carried before): dalek's field code and its
 //! precomputed tables of basepoint multiples were 20 KB of code and 8 KB of data, compiled by V8
 //! at every start for an algorithm few issuers use (docs/performance.md, "Footprint"); this is a
-//! few hundred lines over the arithmetic ECDSA already needs. Its cost is speed: about 0.6 ms a
+//! few hundred lines over the arithmetic ECDSA already needs. Its cost is speed: about 0.45 ms a
 //! verification natively against dalek's 36 µs, paid once per new token (verified tokens are
 //! cached). It accepts exactly what dalek's `verify_strict` accepts, which the tests check on
 //! Wycheproof's vectors and against dalek itself (a test-only dependency now).
