@@ -142,10 +142,7 @@ impl Curve {
         let z_inverse = p.invert(&point.z);
         let x = p.leave_montgomery(&p.mul(&point.x, &z_inverse));
         let y = p.leave_montgomery(&p.mul(&point.y, &z_inverse));
-        let mut out = [0u8; 32];
-        for (chunk, limb) in out.chunks_mut(4).zip(y.iter()) {
-            chunk.copy_from_slice(&limb.to_le_bytes());
-        }
+        let mut out = le_bytes(&y);
         out[31] |= ((x[0] & 1) as u8) << 7;
         out
     }
@@ -171,13 +168,21 @@ impl Curve {
         let l = &self.l;
         let mut acc = [0u32; MAX_LIMBS];
         for chunk in hash.rchunks(4) {
-            let mut word = [0u32; MAX_LIMBS];
-            word[0] = chunk.iter().rev().fold(0u32, |acc, &byte| (acc << 8) | u32::from(byte));
             // acc·2^32·R·R⁻¹ = acc·2^32 (mod L), then the next word.
-            acc = l.add(&l.mul(&acc, &self.l_word), &word);
+            acc = l.add(&l.mul(&acc, &self.l_word), &limbs_from_le(chunk));
         }
         acc
     }
+}
+
+/// The low 256 bits of `value` as 32 little-endian bytes, as Ed25519 encodes its numbers (the
+/// inverse of `limbs_from_le`).
+fn le_bytes(value: &Limbs) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (chunk, limb) in out.chunks_mut(4).zip(value.iter()) {
+        chunk.copy_from_slice(&limb.to_le_bytes());
+    }
+    out
 }
 
 /// An Ed25519 public key whose encoding decompresses to a curve point not of small order.
@@ -309,10 +314,9 @@ mod tests {
             // S + L: the same residue, not canonical.
             let mut malleable = signature;
             let mut carry = 0u16;
-            let l = curve().l.m;
-            for (index, byte) in malleable[32..].iter_mut().enumerate() {
-                let limb = l[index / 4].to_le_bytes()[index % 4];
-                let sum = u16::from(*byte) + u16::from(limb) + carry;
+            let l = le_bytes(&curve().l.m);
+            for (byte, &l_byte) in malleable[32..].iter_mut().zip(&l) {
+                let sum = u16::from(*byte) + u16::from(l_byte) + carry;
                 *byte = sum as u8;
                 carry = sum >> 8;
             }
@@ -338,9 +342,7 @@ mod tests {
         let s = c.l.mul(&c.l.enter_montgomery(&k), &a);
         let mut signature = [0u8; 64];
         signature[..32].copy_from_slice(&identity);
-        for (chunk, limb) in signature[32..].chunks_mut(4).zip(s.iter()) {
-            chunk.copy_from_slice(&limb.to_le_bytes());
-        }
+        signature[32..].copy_from_slice(&le_bytes(&s));
         // The equation does hold: [S]B − [k]A encodes to R.
         let parsed = Ed25519Key::from_bytes(&key).unwrap();
         assert_eq!(c.compress(&c.double_scalar_mul(&s, &k, &parsed.minus_a)), identity);
