@@ -106,8 +106,9 @@ impl RsaVerifyKey {
         let limbs = n.len().div_ceil(4);
         let n = limbs_from_be_bytes(n, limbs);
         let n_prime = n.first().map(|&low| inverse_mod_2_32(low).wrapping_neg()).unwrap_or_default();
-        let r_squared = r_squared_mod(&n);
-        Ok(RsaVerifyKey { n, n_prime, r_squared, e, size_bytes: bits.div_ceil(8) })
+        let mut key = RsaVerifyKey { n, n_prime, r_squared: Vec::new(), e, size_bytes: bits.div_ceil(8) };
+        key.r_squared = key.r_squared_mod(bits);
+        Ok(key)
     }
 
     /// Modulus length in bits.
@@ -251,6 +252,47 @@ impl RsaVerifyKey {
             compared += 1;
         }
         difference == 0 && compared == self.size_bytes
+    }
+
+    /// R² mod n (R = 2^(32·limbs)), which `pow_e` multiplies by to enter the Montgomery domain.
+    /// Computed in that domain from 2·R mod n: a squaring doubles the power of two it stands for
+    /// and a modular doubling adds one, so the exponent 32·limbs takes one squaring per bit (11 for
+    /// 2048-bit keys). Doubling all the way, as before, was 4,096 passes over the modulus for a
+    /// 2048-bit key: every RSA key of every key set, in every VM, at every start.
+    fn r_squared_mod(&self, bits: usize) -> Vec<u32> {
+        let limbs = self.n.len();
+        let mut scratch = vec![0u32; 2 * limbs + 1];
+        // 2^(bits−1) < n: n is odd and its top bit is bit bits−1. Doubled up to 2^(32·limbs + 1).
+        let mut x = vec![0u32; limbs];
+        if let Some(limb) = x.get_mut((bits - 1) / 32) {
+            *limb = 1 << ((bits - 1) % 32);
+        }
+        for _ in bits - 1..32 * limbs + 1 {
+            self.double_in_place(&mut x);
+        }
+        // x = 2·R, the Montgomery form of 2^1; walk the exponent's bits below its top one.
+        let exponent = 32 * limbs;
+        let top = usize::BITS - 1 - exponent.leading_zeros();
+        for bit in (0..top).rev() {
+            x = self.mont_square(&x, &mut scratch);
+            if (exponent >> bit) & 1 == 1 {
+                self.double_in_place(&mut x);
+            }
+        }
+        x
+    }
+
+    /// x = 2x mod n, for x < n before and after.
+    fn double_in_place(&self, x: &mut [u32]) {
+        let mut carry = 0u32;
+        for limb in x.iter_mut() {
+            let next_carry = *limb >> 31;
+            *limb = (*limb << 1) | carry;
+            carry = next_carry;
+        }
+        if carry != 0 || compare(x, &self.n) != std::cmp::Ordering::Less {
+            subtract_in_place(x, &self.n);
+        }
     }
 
     /// `base^e mod n` for `base < n`, by left-to-right binary exponentiation in the Montgomery
@@ -531,26 +573,6 @@ fn inverse_mod_2_32(x: u32) -> u32 {
 }
 
 /// `R² mod n` for `R = 2^(32·limbs)`, by doubling 1 modulo `n` 64·limbs times. Run once per key.
-fn r_squared_mod(n: &[u32]) -> Vec<u32> {
-    let mut x = vec![0u32; n.len()];
-    if let Some(low) = x.first_mut() {
-        *low = 1;
-    }
-    for _ in 0..64 * n.len() {
-        // x = 2x mod n, with x < n before and after.
-        let mut carry = 0u32;
-        for limb in x.iter_mut() {
-            let next_carry = *limb >> 31;
-            *limb = (*limb << 1) | carry;
-            carry = next_carry;
-        }
-        if carry != 0 || compare(&x, n) != std::cmp::Ordering::Less {
-            subtract_in_place(&mut x, n);
-        }
-    }
-    x
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,6 +647,8 @@ mod tests {
             };
             let key = RsaVerifyKey::from_be_bytes(&n, &e.to_be_bytes()).expect("valid");
             let n_big = BigUint::from_bytes_be(&n);
+            let r2 = BigUint::from_bytes_be(&limbs_to_be_bytes(&key.r_squared, key.n.len() * 4));
+            assert_eq!(r2, (BigUint::from(1u32) << (64 * key.n.len())) % &n_big, "R² for {bits} bits");
             for _ in 0..4 {
                 let s_big = BigUint::from_bytes_be(&rng.bytes(n.len())) % &n_big;
                 let mut signature = vec![0u8; key.size()];
