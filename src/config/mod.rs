@@ -4,6 +4,7 @@
 //! users can paste theirs. Unlike Istio, which skips a rule it cannot understand, we refuse the
 //! whole configuration and say which field is wrong: a silently dropped rule changes who gets in.
 
+mod field;
 mod json;
 mod policy;
 mod provider;
@@ -161,7 +162,7 @@ fn compile(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     // Where a rule first reads source.ip, checked once the values themselves are known to be valid.
     let source_ip_field = first_source_ip_field(&raw.policies);
     let trust_domains = keep(&mut errors, trust_domains(raw.trust_domain, raw.trust_domain_aliases), Vec::new());
-    let policies = compile_policies(raw.policies, raw.space_delimited_claims, &trust_domains, &mut errors);
+    let policies = compile_policies(&raw.policies, &raw.space_delimited_claims, &trust_domains, &mut errors);
     let peer_is_source_address = keep(
         &mut errors,
         peer_is_source_address(raw.num_trusted_proxies, raw.connection_manager.as_ref(), source_ip_field),
@@ -169,7 +170,7 @@ fn compile(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     );
     // Requirements name issuers: against a partial list they would only repeat the errors above.
     let token_requirements = match providers_complete {
-        true => keep(&mut errors, compile_token_requirements(raw.token_requirements, &providers), Vec::new()),
+        true => keep(&mut errors, compile_token_requirements(&raw.token_requirements, &providers), Vec::new()),
         false => Vec::new(),
     };
     let unsafe_paths = choice(

@@ -1,5 +1,6 @@
 //! Compiles `policies`, `tokenRequirements` and their matchers, checking every value once.
 
+use super::field::Field;
 use super::raw::{RawOperation, RawPolicy, RawPort, RawRule, RawSource, RawTokenRequirement};
 use super::ConfigError;
 use crate::authn::Provider;
@@ -12,20 +13,28 @@ use crate::ids::ProviderId;
 
 /// The field path of the first rule part that reads `source.ip` (the TCP peer).
 pub(super) fn first_source_ip_field(policies: &[RawPolicy]) -> Option<String> {
+    let root = Field::root("policies");
     for (p, policy) in policies.iter().enumerate() {
+        let policy_field = root.index(p);
+        let rules_field = policy_field.name("rules");
         for (r, rule) in policy.rules.iter().enumerate() {
-            let rule_field = format!("policies[{p}].rules[{r}]");
+            let rule_field = rules_field.index(r);
+            let from_field = rule_field.name("from");
             for (s, from) in rule.from.iter().enumerate() {
                 for (name, blocks) in
                     [("ipBlocks", &from.source.ip_blocks), ("notIpBlocks", &from.source.not_ip_blocks)]
                 {
                     if !blocks.is_empty() {
-                        return Some(format!("{rule_field}.from[{s}].source.{name}"));
+                        let source = from_field.index(s);
+                        let source = source.name("source");
+                        return Some(source.name(name).render());
                     }
                 }
             }
             if let Some(c) = rule.when.iter().position(|condition| condition.key == "source.ip") {
-                return Some(format!("{rule_field}.when[{c}].key"));
+                let when = rule_field.name("when");
+                let condition = when.index(c);
+                return Some(condition.name("key").render());
             }
         }
     }
@@ -36,15 +45,16 @@ pub(super) fn first_source_ip_field(policies: &[RawPolicy]) -> Option<String> {
 /// `cluster.local`, matches the same identity in each, as istiod rewrites it).
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub(super) fn compile_policies(
-    raw: Vec<RawPolicy>,
-    extra_space_delimited: Vec<String>,
+    raw: &[RawPolicy],
+    extra_space_delimited: &[String],
     trust_domains: &[String],
     errors: &mut Vec<ConfigError>,
 ) -> Policies {
     let mut policies = Policies::default();
+    let root = Field::root("policies");
     // Each policy on its own: every wrong one is reported, the first error of each.
-    for (index, policy) in raw.into_iter().enumerate() {
-        match compile_policy(index, policy, trust_domains) {
+    for (index, policy) in raw.iter().enumerate() {
+        match compile_policy(&root.index(index), policy, trust_domains) {
             Ok((Action::Allow, compiled)) => policies.allow.push(compiled),
             Ok((Action::Deny, compiled)) => policies.deny.push(compiled),
             Ok((Action::Audit, compiled)) => policies.audit.push(compiled),
@@ -64,27 +74,30 @@ enum Action {
     Audit,
 }
 
-fn compile_policy(index: usize, policy: RawPolicy, trust_domains: &[String]) -> Result<(Action, Policy), ConfigError> {
-    let field = format!("policies[{index}]");
+fn compile_policy(
+    field: &Field<'_>,
+    policy: &RawPolicy,
+    trust_domains: &[String],
+) -> Result<(Action, Policy), ConfigError> {
     let action = match policy.action.as_deref().unwrap_or("ALLOW") {
         "ALLOW" => Action::Allow,
         "DENY" => Action::Deny,
         "AUDIT" if policy.dry_run => {
             return Err(ConfigError::new(
-                format!("{field}.dryRun"),
+                field.name("dryRun"),
                 "an AUDIT policy changes no decision already; dryRun is for ALLOW and DENY",
             ))
         }
         "AUDIT" => Action::Audit,
         "CUSTOM" => {
             return Err(ConfigError::new(
-                format!("{field}.action"),
+                field.name("action"),
                 "CUSTOM (external authorization) is not supported: expected ALLOW, DENY or AUDIT",
             ))
         }
         other => {
             return Err(ConfigError::new(
-                format!("{field}.action"),
+                field.name("action"),
                 format!(
                     "unsupported action {other_q}: expected ALLOW, DENY or AUDIT",
                     other_q = crate::json::Quoted(other)
@@ -92,93 +105,90 @@ fn compile_policy(index: usize, policy: RawPolicy, trust_domains: &[String]) -> 
             ))
         }
     };
-    let name = if policy.name.is_empty() { field.clone() } else { policy.name };
-    let rules = compile_rules(policy.rules, &field, trust_domains)?;
+    let name = if policy.name.is_empty() { field.render() } else { policy.name.clone() };
+    let rules = compile_rules(&policy.rules, &field.name("rules"), trust_domains)?;
     Ok((action, Policy { name, rules, dry_run: policy.dry_run }))
 }
 
-fn space_delimited_claims(extra_space_delimited: Vec<String>) -> Result<Vec<String>, ConfigError> {
+fn space_delimited_claims(extra_space_delimited: &[String]) -> Result<Vec<String>, ConfigError> {
     let mut claims: Vec<String> = DEFAULT_SPACE_DELIMITED_CLAIMS.iter().map(|c| c.to_string()).collect();
-    for (i, claim) in non_empty(extra_space_delimited, "spaceDelimitedClaims")?.into_iter().enumerate() {
+    let field = Field::root("spaceDelimitedClaims");
+    for (i, claim) in non_empty(extra_space_delimited, &field)?.iter().enumerate() {
         if claim.contains(['[', ']']) {
             return Err(ConfigError::new(
-                format!("spaceDelimitedClaims[{i}]"),
+                field.index(i),
                 format!(
                     "{claim_q}: give the claim's name (the innermost one for nested claims)",
-                    claim_q = crate::json::Quoted(&claim)
+                    claim_q = crate::json::Quoted(claim)
                 ),
             ));
         }
-        if !claims.contains(&claim) {
-            claims.push(claim);
+        if !claims.contains(claim) {
+            claims.push(claim.clone());
         }
     }
     Ok(claims)
 }
 
+/// `field` is the rules list (`policies[0].rules`).
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-fn compile_rules(raw_rules: Vec<RawRule>, field: &str, trust_domains: &[String]) -> Result<Vec<Rule>, ConfigError> {
+fn compile_rules(raw_rules: &[RawRule], field: &Field<'_>, trust_domains: &[String]) -> Result<Vec<Rule>, ConfigError> {
     let mut rules = Vec::with_capacity(raw_rules.len());
-    for (r, rule) in raw_rules.into_iter().enumerate() {
-        let rule_field = format!("{field}.rules[{r}]");
-        let mut from = Vec::new();
-        for (s, raw) in rule.from.into_iter().enumerate() {
-            from.push(compile_source(raw.source, &format!("{rule_field}.from[{s}].source"), trust_domains)?);
+    for (r, rule) in raw_rules.iter().enumerate() {
+        let rule_field = field.index(r);
+        let mut compiled = Rule { from: Vec::new(), to: Vec::new(), when: Vec::new() };
+        let from_field = rule_field.name("from");
+        for (s, raw) in rule.from.iter().enumerate() {
+            compiled.from.push(compile_source(&raw.source, &from_field.index(s).name("source"), trust_domains)?);
         }
-        let mut to = Vec::new();
-        for (o, raw) in rule.to.into_iter().enumerate() {
-            to.push(compile_operation(raw.operation, &format!("{rule_field}.to[{o}].operation"))?);
+        let to_field = rule_field.name("to");
+        for (o, raw) in rule.to.iter().enumerate() {
+            compiled.to.push(compile_operation(&raw.operation, &to_field.index(o).name("operation"))?);
         }
-        let mut when = Vec::new();
-        for (c, raw) in rule.when.into_iter().enumerate() {
-            let f = format!("{rule_field}.when[{c}]");
-            let key = ConditionKey::parse(&raw.key).map_err(|reason| ConfigError::new(format!("{f}.key"), reason))?;
+        let when_field = rule_field.name("when");
+        for (c, raw) in rule.when.iter().enumerate() {
+            let f = when_field.index(c);
+            let key = ConditionKey::parse(&raw.key).map_err(|reason| ConfigError::new(f.name("key"), reason))?;
             if raw.values.is_empty() && raw.not_values.is_empty() {
                 return Err(ConfigError::new(f, "at least one of values or notValues is required"));
             }
             let kind = key.value_kind();
-            when.push(Condition {
-                key,
-                values: value_matches(raw.values, kind, &format!("{f}.values"), trust_domains)?,
-                not_values: value_matches(raw.not_values, kind, &format!("{f}.notValues"), trust_domains)?,
-            });
+            let values = value_matches(&raw.values, kind, &f.name("values"), trust_domains)?;
+            let not_values = value_matches(&raw.not_values, kind, &f.name("notValues"), trust_domains)?;
+            compiled.when.push(Condition { key, values, not_values });
         }
-        rules.push(Rule { from, to, when });
+        rules.push(compiled);
     }
     Ok(rules)
 }
 
+/// Each field in the order its errors have always been reported in, each result stored in place:
+/// the one value under construction is all an error drops (a struct literal of `?`s drops a
+/// different set of finished fields at each of its exits, several kilobytes of code here).
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-fn compile_source(raw: RawSource, field: &str, trust_domains: &[String]) -> Result<Source, ConfigError> {
-    let principals = |values: Vec<String>, name: &str| {
-        parsed(values, &format!("{field}.{name}"), |v| PeerMatch::principal(v, trust_domains))
-    };
-    let peers = |values: Vec<String>, name: &str, parse: fn(&str) -> Result<PeerMatch, String>| {
-        parsed(values, &format!("{field}.{name}"), parse)
-    };
-    Ok(Source {
-        principals: principals(raw.principals, "principals")?,
-        not_principals: principals(raw.not_principals, "notPrincipals")?,
-        namespaces: peers(raw.namespaces, "namespaces", namespace_match)?,
-        not_namespaces: peers(raw.not_namespaces, "notNamespaces", namespace_match)?,
-        service_accounts: peers(raw.service_accounts, "serviceAccounts", PeerMatch::service_account)?,
-        not_service_accounts: peers(raw.not_service_accounts, "notServiceAccounts", PeerMatch::service_account)?,
-        trust_domains: parsed(raw.trust_domains, &format!("{field}.trustDomains"), |v| {
-            PeerMatch::trust_domain(v, trust_domains)
-        })?,
-        not_trust_domains: parsed(raw.not_trust_domains, &format!("{field}.notTrustDomains"), |v| {
-            PeerMatch::trust_domain(v, trust_domains)
-        })?,
-        request_principals: principal_matches(raw.request_principals, &format!("{field}.requestPrincipals"))?,
-        not_request_principals: principal_matches(
-            raw.not_request_principals,
-            &format!("{field}.notRequestPrincipals"),
-        )?,
-        ip_blocks: cidrs(raw.ip_blocks, &format!("{field}.ipBlocks"))?,
-        not_ip_blocks: cidrs(raw.not_ip_blocks, &format!("{field}.notIpBlocks"))?,
-        remote_ip_blocks: cidrs(raw.remote_ip_blocks, &format!("{field}.remoteIpBlocks"))?,
-        not_remote_ip_blocks: cidrs(raw.not_remote_ip_blocks, &format!("{field}.notRemoteIpBlocks"))?,
-    })
+#[allow(clippy::field_reassign_with_default)] // on purpose: see above
+fn compile_source(raw: &RawSource, field: &Field<'_>, trust_domains: &[String]) -> Result<Source, ConfigError> {
+    let principal = |v: &str| PeerMatch::principal(v, trust_domains);
+    let trust_domain = |v: &str| PeerMatch::trust_domain(v, trust_domains);
+    let mut source = Source::default();
+    source.principals = parsed(&raw.principals, &field.name("principals"), principal)?;
+    source.not_principals = parsed(&raw.not_principals, &field.name("notPrincipals"), principal)?;
+    source.namespaces = parsed(&raw.namespaces, &field.name("namespaces"), namespace_match)?;
+    source.not_namespaces = parsed(&raw.not_namespaces, &field.name("notNamespaces"), namespace_match)?;
+    source.service_accounts =
+        parsed(&raw.service_accounts, &field.name("serviceAccounts"), PeerMatch::service_account)?;
+    source.not_service_accounts =
+        parsed(&raw.not_service_accounts, &field.name("notServiceAccounts"), PeerMatch::service_account)?;
+    source.trust_domains = parsed(&raw.trust_domains, &field.name("trustDomains"), trust_domain)?;
+    source.not_trust_domains = parsed(&raw.not_trust_domains, &field.name("notTrustDomains"), trust_domain)?;
+    source.request_principals = principal_matches(&raw.request_principals, &field.name("requestPrincipals"))?;
+    source.not_request_principals =
+        principal_matches(&raw.not_request_principals, &field.name("notRequestPrincipals"))?;
+    source.ip_blocks = cidrs(&raw.ip_blocks, &field.name("ipBlocks"))?;
+    source.not_ip_blocks = cidrs(&raw.not_ip_blocks, &field.name("notIpBlocks"))?;
+    source.remote_ip_blocks = cidrs(&raw.remote_ip_blocks, &field.name("remoteIpBlocks"))?;
+    source.not_remote_ip_blocks = cidrs(&raw.not_remote_ip_blocks, &field.name("notRemoteIpBlocks"))?;
+    Ok(source)
 }
 
 /// A namespace is a Kubernetes name (Istio quotes everything else into its expression literally;
@@ -193,49 +203,50 @@ fn namespace_match(value: &str) -> Result<PeerMatch, String> {
     PeerMatch::namespace(value)
 }
 
+/// As `compile_source`: each result stored in place.
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-fn compile_operation(raw: RawOperation, field: &str) -> Result<Operation, ConfigError> {
-    let hosts = |values: Vec<String>, f: &str| parsed(values, f, HostMatch::parse);
-    Ok(Operation {
-        hosts: hosts(raw.hosts, &format!("{field}.hosts"))?,
-        not_hosts: hosts(raw.not_hosts, &format!("{field}.notHosts"))?,
-        ports: ports(raw.ports, &format!("{field}.ports"))?,
-        not_ports: ports(raw.not_ports, &format!("{field}.notPorts"))?,
-        methods: string_matches(raw.methods, &format!("{field}.methods"))?,
-        not_methods: string_matches(raw.not_methods, &format!("{field}.notMethods"))?,
-        paths: path_matches(raw.paths, &format!("{field}.paths"))?,
-        not_paths: path_matches(raw.not_paths, &format!("{field}.notPaths"))?,
-    })
+#[allow(clippy::field_reassign_with_default)] // on purpose: see compile_source
+fn compile_operation(raw: &RawOperation, field: &Field<'_>) -> Result<Operation, ConfigError> {
+    let mut operation = Operation::default();
+    operation.hosts = parsed(&raw.hosts, &field.name("hosts"), HostMatch::parse)?;
+    operation.not_hosts = parsed(&raw.not_hosts, &field.name("notHosts"), HostMatch::parse)?;
+    operation.ports = ports(&raw.ports, &field.name("ports"))?;
+    operation.not_ports = ports(&raw.not_ports, &field.name("notPorts"))?;
+    operation.methods = parsed(&raw.methods, &field.name("methods"), StringMatch::parse)?;
+    operation.not_methods = parsed(&raw.not_methods, &field.name("notMethods"), StringMatch::parse)?;
+    operation.paths = parsed(&raw.paths, &field.name("paths"), PathMatch::parse)?;
+    operation.not_paths = parsed(&raw.not_paths, &field.name("notPaths"), PathMatch::parse)?;
+    Ok(operation)
 }
 
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 pub(super) fn compile_token_requirements(
-    raw: Vec<RawTokenRequirement>,
+    raw: &[RawTokenRequirement],
     providers: &[Provider],
 ) -> Result<Vec<TokenRequirement>, ConfigError> {
     let mut requirements = Vec::with_capacity(raw.len());
-    for (index, requirement) in raw.into_iter().enumerate() {
-        let field = format!("tokenRequirements[{index}]");
-        let matcher = compile_operation(requirement.matcher, &format!("{field}.match"))?;
+    let root = Field::root("tokenRequirements");
+    for (index, requirement) in raw.iter().enumerate() {
+        let field = root.index(index);
+        let matcher = compile_operation(&requirement.matcher, &field.name("match"))?;
         let action = match (requirement.skip_validation, requirement.issuers.is_empty()) {
             (true, true) => RequirementAction::SkipValidation,
             (false, false) => {
                 let mut indices = Vec::new();
+                let issuers_field = field.name("issuers");
                 for (i, issuer) in requirement.issuers.iter().enumerate() {
-                    let issuer_field = format!("{field}.issuers[{i}]");
                     if issuer.trim().is_empty() {
-                        return Err(ConfigError::new(issuer_field, "must not be empty"));
+                        return Err(ConfigError::new(issuers_field.index(i), "must not be empty"));
                     }
-                    let position =
-                        providers.iter().position(|p| &p.issuer == issuer).map(ProviderId).ok_or_else(|| {
-                            ConfigError::new(
-                                &issuer_field,
-                                format!(
-                                    "{issuer_q} is not the issuer of any jwtRules entry",
-                                    issuer_q = crate::json::Quoted(issuer)
-                                ),
-                            )
-                        })?;
+                    let Some(position) = providers.iter().position(|p| &p.issuer == issuer).map(ProviderId) else {
+                        return Err(ConfigError::new(
+                            issuers_field.index(i),
+                            format!(
+                                "{issuer_q} is not the issuer of any jwtRules entry",
+                                issuer_q = crate::json::Quoted(issuer)
+                            ),
+                        ));
+                    };
                     if !indices.contains(&position) {
                         indices.push(position);
                     }
@@ -244,7 +255,7 @@ pub(super) fn compile_token_requirements(
             }
             (true, false) => {
                 return Err(ConfigError::new(
-                    format!("{field}.issuers"),
+                    field.name("issuers"),
                     "a requirement either skips validation or requires issuers, not both",
                 ))
             }
@@ -255,101 +266,111 @@ pub(super) fn compile_token_requirements(
                 ))
             }
         };
-        let name = if requirement.name.is_empty() { field } else { requirement.name };
+        let name = if requirement.name.is_empty() { field.render() } else { requirement.name.clone() };
         requirements.push(TokenRequirement { name, matcher, action });
     }
     Ok(requirements)
 }
 
-fn non_empty(values: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
-    for (i, value) in values.iter().enumerate() {
-        if value.is_empty() {
-            return Err(ConfigError::new(format!("{field}[{i}]"), "must not be empty"));
-        }
+fn non_empty<'v>(values: &'v [String], field: &Field<'_>) -> Result<&'v [String], ConfigError> {
+    match values.iter().position(String::is_empty) {
+        Some(i) => Err(ConfigError::new(field.index(i), "must not be empty")),
+        None => Ok(values),
     }
-    Ok(values)
 }
 
 /// Each value parsed into its matcher; a value that means none is refused with its field path.
 /// An empty value anywhere in the list is reported first, as it always was.
 fn parsed<T>(
-    values: Vec<String>,
-    field: &str,
+    values: &[String],
+    field: &Field<'_>,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Vec<T>, ConfigError> {
-    let values = non_empty(values, field)?;
+    each(non_empty(values, field)?, field, parse)
+}
+
+/// Each value parsed, the first refusal reported at its index.
+fn each<T>(
+    values: &[String],
+    field: &Field<'_>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, ConfigError> {
     // A loop, not `collect` into a `Result`: that adapter is a kilobyte of code for every matcher
     // type this is used with (docs/performance.md, "Footprint").
     let mut out = Vec::with_capacity(values.len());
     for (i, value) in values.iter().enumerate() {
-        out.push(parse(value).map_err(|reason| ConfigError::new(format!("{field}[{i}]"), reason))?);
+        out.push(parse(value).map_err(|reason| ConfigError::new(field.index(i), reason))?);
     }
     Ok(out)
 }
 
-fn string_matches(values: Vec<String>, field: &str) -> Result<Vec<StringMatch>, ConfigError> {
-    parsed(values, field, StringMatch::parse)
-}
-
-fn principal_matches(values: Vec<String>, field: &str) -> Result<Vec<PrincipalMatch>, ConfigError> {
+fn principal_matches(values: &[String], field: &Field<'_>) -> Result<Vec<PrincipalMatch>, ConfigError> {
     // Every value's `*` first, then the principal's own rule (the order of the errors before).
-    let values = non_empty(values, field)?;
-    parsed(values.clone(), field, StringMatch::parse)?;
+    parsed(values, field, StringMatch::parse)?;
     parsed(values, field, PrincipalMatch::parse)
 }
 
-fn path_matches(values: Vec<String>, field: &str) -> Result<Vec<PathMatch>, ConfigError> {
-    parsed(values, field, PathMatch::parse)
+/// Addresses have no empty-value check of their own: an empty one is not an address, and says so.
+fn cidrs(values: &[String], field: &Field<'_>) -> Result<Vec<Cidr>, ConfigError> {
+    each(values, field, Cidr::parse)
 }
 
-fn cidrs(values: Vec<String>, field: &str) -> Result<Vec<Cidr>, ConfigError> {
+fn ports(values: &[RawPort], field: &Field<'_>) -> Result<Vec<u16>, ConfigError> {
     let mut out = Vec::with_capacity(values.len());
     for (i, value) in values.iter().enumerate() {
-        out.push(Cidr::parse(value).map_err(|reason| ConfigError::new(format!("{field}[{i}]"), reason))?);
+        let port = match value {
+            RawPort::Number(n) => u16::try_from(*n).ok(),
+            RawPort::Text(text) => port_text(text),
+        };
+        let Some(port) = port else {
+            let shown = match value {
+                RawPort::Number(n) => n.to_string(),
+                RawPort::Text(text) => crate::json::Quoted(text).to_string(),
+            };
+            return Err(ConfigError::new(field.index(i), format!("{shown} is not a port number (0-65535)")));
+        };
+        out.push(port);
     }
     Ok(out)
 }
 
-fn ports(values: Vec<RawPort>, field: &str) -> Result<Vec<u16>, ConfigError> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, value)| {
-            let port = match value {
-                RawPort::Number(n) => u16::try_from(*n).ok(),
-                RawPort::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
-                    text.parse().ok()
-                }
-                RawPort::Text(_) => None,
-            };
-            port.ok_or_else(|| {
-                let shown = match value {
-                    RawPort::Number(n) => n.to_string(),
-                    RawPort::Text(text) => crate::json::Quoted(text).to_string(),
-                };
-                ConfigError::new(format!("{field}[{i}]"), format!("{shown} is not a port number (0-65535)"))
-            })
-        })
-        .collect()
+/// Decimal digits only (no sign, no spaces) and within 0-65535.
+fn port_text(text: &str) -> Option<u16> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 fn value_matches(
-    values: Vec<String>,
+    values: &[String],
     kind: ValueKind,
-    field: &str,
+    field: &Field<'_>,
     trust_domains: &[String],
 ) -> Result<Vec<ValueMatch>, ConfigError> {
     Ok(match kind {
-        ValueKind::PeerPrincipal => parsed(values, field, |v| PeerMatch::principal(v, trust_domains))?
-            .into_iter()
-            .map(ValueMatch::Peer)
-            .collect(),
-        ValueKind::PeerNamespace => parsed(values, field, namespace_match)?.into_iter().map(ValueMatch::Peer).collect(),
-        ValueKind::String => string_matches(values, field)?.into_iter().map(ValueMatch::String).collect(),
-        ValueKind::Principal => principal_matches(values, field)?.into_iter().map(ValueMatch::Principal).collect(),
-        ValueKind::Address => cidrs(values, field)?.into_iter().map(ValueMatch::Address).collect(),
+        ValueKind::PeerPrincipal => {
+            parsed(values, field, |v| PeerMatch::principal(v, trust_domains).map(ValueMatch::Peer))?
+        }
+        ValueKind::PeerNamespace => parsed(values, field, |v| namespace_match(v).map(ValueMatch::Peer))?,
+        ValueKind::String => parsed(values, field, |v| StringMatch::parse(v).map(ValueMatch::String))?,
+        ValueKind::Principal => {
+            parsed(values, field, StringMatch::parse)?;
+            parsed(values, field, |v| PrincipalMatch::parse(v).map(ValueMatch::Principal))?
+        }
+        ValueKind::Address => each(values, field, |v| Cidr::parse(v).map(ValueMatch::Address))?,
         ValueKind::Port => {
-            ports(values.into_iter().map(RawPort::Text).collect(), field)?.into_iter().map(ValueMatch::Port).collect()
+            let mut out = Vec::with_capacity(values.len());
+            for (i, value) in values.iter().enumerate() {
+                let Some(port) = port_text(value) else {
+                    return Err(ConfigError::new(
+                        field.index(i),
+                        format!("{} is not a port number (0-65535)", crate::json::Quoted(value)),
+                    ));
+                };
+                out.push(ValueMatch::Port(port));
+            }
+            out
         }
     })
 }
