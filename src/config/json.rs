@@ -8,7 +8,7 @@
 //! 673 KB Wasm binary. Messages are in serde's words, as they always were; a syntax error says its
 //! line and column, a type error names its path only.
 
-use crate::json::{self, Map, Value};
+use crate::json::{self, Value};
 use std::borrow::Cow;
 use std::cell::RefCell;
 
@@ -66,97 +66,117 @@ pub fn parse_strict(json: &[u8], path: &Path<'_>) -> Result<Value, json::Error> 
 /// What reading the tree into the configuration's structs found wrong, in serde's words.
 pub type ReadError = String;
 
-/// The members of one JSON object of the configuration, read field by field with the path kept:
-/// by hand rather than with serde's derive, whose generated visitors were a sixth of the Wasm
-/// module's code for a once-per-VM job (docs/performance.md, "Footprint"). Messages are serde's.
-pub struct Object<'a, 'p> {
-    members: &'a Map,
-    path: &'p Path<'a>,
+/// Where a member's value is stored, and so what it must be. `Maybe*` slots are serde's
+/// `Option`: absent or `null` leaves `None`. The others are `#[serde(default)]`: absent leaves the
+/// default, `null` is a type error.
+pub enum Slot<'s, 'a> {
+    Text(&'s mut String),
+    MaybeText(&'s mut Option<String>),
+    Texts(&'s mut Vec<String>),
+    MaybeTexts(&'s mut Option<Vec<String>>),
+    Flag(&'s mut bool),
+    U32(&'s mut u32),
+    MaybeU32(&'s mut Option<u32>),
+    MaybeU64(&'s mut Option<u64>),
+    /// Anything else (a nested object, a list of them), read and stored by the closure.
+    With(&'s mut dyn FnMut(&'a Value, &Path<'a>) -> Result<(), ReadError>),
+    /// As `With`, for an `Option`: absent or `null` calls nothing.
+    MaybeWith(&'s mut dyn FnMut(&'a Value, &Path<'a>) -> Result<(), ReadError>),
 }
 
-impl<'a, 'p> Object<'a, 'p> {
-    /// `value` as an object with no members but `fields` (`what` names it in a type error).
-    pub fn new(value: &'a Value, path: &'p Path<'a>, what: &str, fields: &[&str]) -> Result<Self, ReadError> {
-        let Value::Object(members) = value else { return Err(invalid_type(value, what)) };
-        if let Some(unknown) = members.keys().find(|name| !fields.contains(&name.as_str())) {
-            path.push(Segment::Member(Cow::Borrowed(unknown.as_str())));
-            let expected: Vec<String> = fields.iter().map(|field| format!("`{field}`")).collect();
-            return Err(format!("unknown field `{unknown}`, expected one of {}", expected.join(", ")));
+/// One member of an object's table: its name, whether it must be present, and its slot.
+pub struct Member<'s, 'a> {
+    name: &'static str,
+    required: bool,
+    slot: Slot<'s, 'a>,
+}
+
+/// A member that may be absent.
+pub fn member<'s, 'a>(name: &'static str, slot: Slot<'s, 'a>) -> Member<'s, 'a> {
+    Member { name, required: false, slot }
+}
+
+/// A member that must be present (serde's field without a default).
+pub fn required<'s, 'a>(name: &'static str, slot: Slot<'s, 'a>) -> Member<'s, 'a> {
+    Member { name, required: true, slot }
+}
+
+/// Reads the JSON object `value` into the slots of `members`: by hand rather than with serde's
+/// derive, whose generated visitors were a sixth of the Wasm module's code for a once-per-VM job,
+/// and through one table-driven loop rather than code per field, which V8 compiles at every
+/// start (docs/performance.md, "Footprint"). A member the table does not name is refused first
+/// (`what` names the object in a type error); then the members are read in table order and the
+/// first error is returned with its path left in `path`. Messages are serde's.
+#[inline(never)] // once, for every object of the configuration
+pub fn read_object<'a>(
+    value: &'a Value,
+    path: &Path<'a>,
+    what: &str,
+    members: &mut [Member<'_, 'a>],
+) -> Result<(), ReadError> {
+    let Value::Object(map) = value else { return Err(invalid_type(value, what)) };
+    if let Some(unknown) = map.keys().find(|name| !members.iter().any(|m| m.name == name.as_str())) {
+        path.push(Segment::Member(Cow::Borrowed(unknown.as_str())));
+        let expected: Vec<String> = members.iter().map(|m| format!("`{}`", m.name)).collect();
+        return Err(format!("unknown field `{unknown}`, expected one of {}", expected.join(", ")));
+    }
+    for m in members.iter_mut() {
+        let found = map.get_key_value(m.name);
+        let maybe = matches!(
+            m.slot,
+            Slot::MaybeText(_) | Slot::MaybeTexts(_) | Slot::MaybeU32(_) | Slot::MaybeU64(_) | Slot::MaybeWith(_)
+        );
+        let (key, value) = match found {
+            Some((_, Value::Null)) if maybe => continue,
+            Some(found) => found,
+            None if m.required => return Err(format!("missing field `{}`", m.name)),
+            None => continue,
+        };
+        path.push(Segment::Member(Cow::Borrowed(key.as_str())));
+        match &mut m.slot {
+            Slot::Text(slot) => **slot = string(value)?,
+            Slot::MaybeText(slot) => **slot = Some(string(value)?),
+            Slot::Texts(slot) => **slot = strings(value, path)?,
+            Slot::MaybeTexts(slot) => **slot = Some(strings(value, path)?),
+            Slot::Flag(slot) => **slot = boolean(value)?,
+            Slot::U32(slot) => **slot = unsigned(value, 32)? as u32,
+            Slot::MaybeU32(slot) => **slot = Some(unsigned(value, 32)? as u32),
+            Slot::MaybeU64(slot) => **slot = Some(unsigned(value, 64)?),
+            Slot::With(read) | Slot::MaybeWith(read) => read(value, path)?,
         }
-        Ok(Object { members, path })
+        path.pop();
     }
-
-    /// The member `name` read with `read`, `None` when absent.
-    fn member<T>(
-        &self,
-        name: &str,
-        read: impl FnOnce(&'a Value, &'p Path<'a>) -> Result<T, ReadError>,
-    ) -> Result<Option<T>, ReadError> {
-        let Some((key, value)) = self.members.get_key_value(name) else { return Ok(None) };
-        self.path.push(Segment::Member(Cow::Borrowed(key.as_str())));
-        let read = read(value, self.path)?;
-        self.path.pop();
-        Ok(Some(read))
-    }
-
-    pub fn required<T>(
-        &self,
-        name: &str,
-        read: impl FnOnce(&'a Value, &'p Path<'a>) -> Result<T, ReadError>,
-    ) -> Result<T, ReadError> {
-        self.member(name, read)?.ok_or_else(|| format!("missing field `{name}`"))
-    }
-
-    /// Absent or `null`: `None` (serde's `Option`).
-    pub fn optional<T>(
-        &self,
-        name: &str,
-        read: impl FnOnce(&'a Value, &'p Path<'a>) -> Result<T, ReadError>,
-    ) -> Result<Option<T>, ReadError> {
-        match self.members.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(_) => self.member(name, read),
-        }
-    }
-
-    /// Absent: the type's default (serde's `#[serde(default)]`); `null` is a type error.
-    pub fn or_default<T: Default>(
-        &self,
-        name: &str,
-        read: impl FnOnce(&'a Value, &'p Path<'a>) -> Result<T, ReadError>,
-    ) -> Result<T, ReadError> {
-        Ok(self.member(name, read)?.unwrap_or_default())
-    }
+    Ok(())
 }
 
 /// A JSON array of `read` items, each at its index.
-pub fn list<'a, T>(
-    read: impl Fn(&'a Value, &Path<'a>) -> Result<T, ReadError>,
-) -> impl FnOnce(&'a Value, &Path<'a>) -> Result<Vec<T>, ReadError> {
-    move |value, path| {
-        let Value::Array(items) = value else { return Err(invalid_type(value, "a sequence")) };
-        let mut out = Vec::with_capacity(items.len());
-        for (index, item) in items.iter().enumerate() {
-            path.push(Segment::Index(index));
-            out.push(read(item, path)?);
-            path.pop();
-        }
-        Ok(out)
+pub fn items<'a, T>(
+    value: &'a Value,
+    path: &Path<'a>,
+    read: fn(&'a Value, &Path<'a>) -> Result<T, ReadError>,
+) -> Result<Vec<T>, ReadError> {
+    let Value::Array(list) = value else { return Err(invalid_type(value, "a sequence")) };
+    let mut out = Vec::with_capacity(list.len());
+    for (index, item) in list.iter().enumerate() {
+        path.push(Segment::Index(index));
+        out.push(read(item, path)?);
+        path.pop();
     }
+    Ok(out)
 }
 
-pub fn string(value: &Value, _: &Path<'_>) -> Result<String, ReadError> {
+fn string(value: &Value) -> Result<String, ReadError> {
     match value {
         Value::String(text) => Ok(text.clone()),
         other => Err(invalid_type(other, "a string")),
     }
 }
 
-pub fn strings<'a>(value: &'a Value, path: &Path<'a>) -> Result<Vec<String>, ReadError> {
-    list(string)(value, path)
+fn strings<'a>(value: &'a Value, path: &Path<'a>) -> Result<Vec<String>, ReadError> {
+    items(value, path, |item, _| string(item))
 }
 
-pub fn boolean(value: &Value, _: &Path<'_>) -> Result<bool, ReadError> {
+fn boolean(value: &Value) -> Result<bool, ReadError> {
     match value {
         Value::Bool(flag) => Ok(*flag),
         other => Err(invalid_type(other, "a boolean")),
@@ -175,14 +195,6 @@ fn unsigned(value: &Value, bits: u32) -> Result<u64, ReadError> {
         },
         other => Err(invalid_type(other, &expected)),
     }
-}
-
-pub fn u64_value(value: &Value, _: &Path<'_>) -> Result<u64, ReadError> {
-    unsigned(value, 64)
-}
-
-pub fn u32_value(value: &Value, _: &Path<'_>) -> Result<u32, ReadError> {
-    unsigned(value, 32).map(|v| v as u32)
 }
 
 /// serde's `invalid type` message: what was found (`integer `5``, `map`, …) and what was expected.
@@ -216,17 +228,36 @@ mod tests {
     }
 
     fn read_inner<'a>(value: &'a Value, path: &Path<'a>) -> Result<Inner, ReadError> {
-        let o = Object::new(value, path, "an inner object", &["name"])?;
-        Ok(Inner { name: o.required("name", string)? })
+        let mut inner = Inner { name: String::new() };
+        read_object(value, path, "an inner object", &mut [required("name", Slot::Text(&mut inner.name))])?;
+        Ok(inner)
     }
 
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Result<Outer, ReadError> {
-        let o = Object::new(value, path, "an outer object", &["items", "limit", "extra"])?;
-        Ok(Outer {
-            items: o.or_default("items", list(read_inner))?,
-            limit: o.optional("limit", u32_value)?,
-            extra: o.optional("extra", |value, _| Ok(value.clone()))?,
-        })
+        let mut outer = Outer { items: Vec::new(), limit: None, extra: None };
+        read_object(
+            value,
+            path,
+            "an outer object",
+            &mut [
+                member(
+                    "items",
+                    Slot::With(&mut |value, path| {
+                        outer.items = items(value, path, read_inner)?;
+                        Ok(())
+                    }),
+                ),
+                member("limit", Slot::MaybeU32(&mut outer.limit)),
+                member(
+                    "extra",
+                    Slot::MaybeWith(&mut |value, _| {
+                        outer.extra = Some(value.clone());
+                        Ok(())
+                    }),
+                ),
+            ],
+        )?;
+        Ok(outer)
     }
 
     /// The error message and the path it was found at, for a document that must be refused.

@@ -3,11 +3,12 @@
 //! messages, the path of the member that is wrong).
 
 use super::json::Path;
-use super::json::{boolean, list, string, strings, u32_value, u64_value, Object, ReadError};
+use super::json::{items, member, read_object, required, Member, ReadError, Slot};
 use crate::json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // The JSON shape.
+#[derive(Default)]
 pub(super) struct RawConfig {
     pub(super) jwt_rules: Vec<RawJwtRule>,
     pub(super) policies: Vec<RawPolicy>,
@@ -29,10 +30,12 @@ pub(super) struct RawConfig {
 
 /// The operator's statement of the HTTP connection manager's settings the filter runs behind,
 /// with Envoy's field names: they decide what Envoy reports as the client's address.
+#[derive(Default)]
 pub(super) struct RawConnectionManager {
     pub(super) use_remote_address: bool,
     pub(super) xff_num_trusted_hops: u32,
 }
+#[derive(Default)]
 pub(super) struct RawLimits {
     pub(super) max_token_bytes: Option<u64>,
     pub(super) max_claim_depth: Option<u64>,
@@ -40,6 +43,7 @@ pub(super) struct RawLimits {
     pub(super) token_cache_size: Option<u64>,
     pub(super) identity_cache_size: Option<u64>,
 }
+#[derive(Default)]
 pub(super) struct RawJwtRule {
     pub(super) issuer: String,
     pub(super) audiences: Vec<String>,
@@ -59,34 +63,41 @@ pub(super) struct RawJwtRule {
     pub(super) stale_if_error: Option<String>,
     pub(super) unknown_kid_refetch_interval: Option<String>,
 }
+#[derive(Default)]
 pub(super) struct RawFromHeader {
     pub(super) name: String,
     pub(super) prefix: String,
 }
+#[derive(Default)]
 pub(super) struct RawClaimToHeader {
     pub(super) header: String,
     pub(super) claim: String,
 }
+#[derive(Default)]
 pub(super) struct RawPolicy {
     pub(super) name: String,
     pub(super) action: Option<String>,
     pub(super) rules: Vec<RawRule>,
     pub(super) dry_run: bool,
 }
+#[derive(Default)]
 pub(super) struct RawTokenRequirement {
     pub(super) name: String,
     pub(super) matcher: RawOperation,
     pub(super) skip_validation: bool,
     pub(super) issuers: Vec<String>,
 }
+#[derive(Default)]
 pub(super) struct RawRule {
     pub(super) from: Vec<RawFrom>,
     pub(super) to: Vec<RawTo>,
     pub(super) when: Vec<RawCondition>,
 }
+#[derive(Default)]
 pub(super) struct RawFrom {
     pub(super) source: RawSource,
 }
+#[derive(Default)]
 pub(super) struct RawSource {
     pub(super) request_principals: Vec<String>,
     pub(super) not_request_principals: Vec<String>,
@@ -103,9 +114,11 @@ pub(super) struct RawSource {
     pub(super) trust_domains: Vec<String>,
     pub(super) not_trust_domains: Vec<String>,
 }
+#[derive(Default)]
 pub(super) struct RawTo {
     pub(super) operation: RawOperation,
 }
+#[derive(Default)]
 pub(super) struct RawOperation {
     pub(super) hosts: Vec<String>,
     pub(super) not_hosts: Vec<String>,
@@ -122,6 +135,7 @@ pub(super) enum RawPort {
     Number(u64),
     Text(String),
 }
+#[derive(Default)]
 pub(super) struct RawCondition {
     pub(super) key: String,
     pub(super) values: Vec<String>,
@@ -142,239 +156,288 @@ pub const SOURCE_FIELDS: [&str; 14] = [
 
 type Read<T> = Result<T, ReadError>;
 
+/// Stores what a `Slot::With` closure read.
+fn set<T>(slot: &mut T, read: Read<T>) -> Read<()> {
+    *slot = read?;
+    Ok(())
+}
+
+// Each reader fills a default value through its member table (config/json.rs, `read_object`):
+// the table order is the order fields are checked in and named in "expected one of" messages.
+
 impl RawConfig {
     #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     pub(super) fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawConfig> {
-        let o = Object::new(
+        let mut r = RawConfig::default();
+        let (mut jwt_rules, mut policies, mut requirements, mut manager, mut limits) =
+            (Vec::new(), Vec::new(), Vec::new(), None, None);
+        read_object(
             value,
             path,
             "a configuration object",
-            &[
-                "jwtRules",
-                "policies",
-                "tokenRequirements",
-                "numTrustedProxies",
-                "connectionManager",
-                "trustDomain",
-                "trustDomainAliases",
-                "unsafePaths",
-                "signatureBackend",
-                "corsPreflight",
-                "spaceDelimitedClaims",
-                "limits",
+            &mut [
+                member("jwtRules", Slot::With(&mut |v, p| set(&mut jwt_rules, items(v, p, RawJwtRule::read)))),
+                member("policies", Slot::With(&mut |v, p| set(&mut policies, items(v, p, RawPolicy::read)))),
+                member(
+                    "tokenRequirements",
+                    Slot::With(&mut |v, p| set(&mut requirements, items(v, p, RawTokenRequirement::read))),
+                ),
+                member("numTrustedProxies", Slot::MaybeU32(&mut r.num_trusted_proxies)),
+                member(
+                    "connectionManager",
+                    Slot::MaybeWith(&mut |v, p| set(&mut manager, RawConnectionManager::read(v, p).map(Some))),
+                ),
+                member("trustDomain", Slot::MaybeText(&mut r.trust_domain)),
+                member("trustDomainAliases", Slot::Texts(&mut r.trust_domain_aliases)),
+                member("unsafePaths", Slot::MaybeText(&mut r.unsafe_paths)),
+                member("signatureBackend", Slot::MaybeText(&mut r.signature_backend)),
+                member("corsPreflight", Slot::MaybeText(&mut r.cors_preflight)),
+                member("spaceDelimitedClaims", Slot::Texts(&mut r.space_delimited_claims)),
+                member("limits", Slot::MaybeWith(&mut |v, p| set(&mut limits, RawLimits::read(v, p).map(Some)))),
             ],
         )?;
-        Ok(RawConfig {
-            jwt_rules: o.or_default("jwtRules", list(RawJwtRule::read))?,
-            policies: o.or_default("policies", list(RawPolicy::read))?,
-            token_requirements: o.or_default("tokenRequirements", list(RawTokenRequirement::read))?,
-            num_trusted_proxies: o.optional("numTrustedProxies", u32_value)?,
-            connection_manager: o.optional("connectionManager", RawConnectionManager::read)?,
-            trust_domain: o.optional("trustDomain", string)?,
-            trust_domain_aliases: o.or_default("trustDomainAliases", strings)?,
-            unsafe_paths: o.optional("unsafePaths", string)?,
-            signature_backend: o.optional("signatureBackend", string)?,
-            cors_preflight: o.optional("corsPreflight", string)?,
-            space_delimited_claims: o.or_default("spaceDelimitedClaims", strings)?,
-            limits: o.optional("limits", RawLimits::read)?,
-        })
+        (r.jwt_rules, r.policies, r.token_requirements) = (jwt_rules, policies, requirements);
+        (r.connection_manager, r.limits) = (manager, limits);
+        Ok(r)
     }
 }
 
 impl RawConnectionManager {
-    #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawConnectionManager> {
-        let o = Object::new(value, path, "connectionManager settings", &["useRemoteAddress", "xffNumTrustedHops"])?;
-        Ok(RawConnectionManager {
-            use_remote_address: o.required("useRemoteAddress", boolean)?,
-            xff_num_trusted_hops: o.or_default("xffNumTrustedHops", u32_value)?,
-        })
+        let mut r = RawConnectionManager::default();
+        read_object(
+            value,
+            path,
+            "connectionManager settings",
+            &mut [
+                required("useRemoteAddress", Slot::Flag(&mut r.use_remote_address)),
+                member("xffNumTrustedHops", Slot::U32(&mut r.xff_num_trusted_hops)),
+            ],
+        )?;
+        Ok(r)
     }
 }
 
 impl RawLimits {
-    #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawLimits> {
-        let o = Object::new(
+        let mut r = RawLimits::default();
+        read_object(
             value,
             path,
             "limits",
-            &["maxTokenBytes", "maxClaimDepth", "maxJwksBytes", "tokenCacheSize", "identityCacheSize"],
+            &mut [
+                member("maxTokenBytes", Slot::MaybeU64(&mut r.max_token_bytes)),
+                member("maxClaimDepth", Slot::MaybeU64(&mut r.max_claim_depth)),
+                member("maxJwksBytes", Slot::MaybeU64(&mut r.max_jwks_bytes)),
+                member("tokenCacheSize", Slot::MaybeU64(&mut r.token_cache_size)),
+                member("identityCacheSize", Slot::MaybeU64(&mut r.identity_cache_size)),
+            ],
         )?;
-        Ok(RawLimits {
-            max_token_bytes: o.optional("maxTokenBytes", u64_value)?,
-            max_claim_depth: o.optional("maxClaimDepth", u64_value)?,
-            max_jwks_bytes: o.optional("maxJwksBytes", u64_value)?,
-            token_cache_size: o.optional("tokenCacheSize", u64_value)?,
-            identity_cache_size: o.optional("identityCacheSize", u64_value)?,
-        })
+        Ok(r)
     }
 }
 
 impl RawJwtRule {
     #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawJwtRule> {
-        let o = Object::new(
+        let mut r = RawJwtRule::default();
+        let (mut from_headers, mut claim_headers) = (Vec::new(), Vec::new());
+        read_object(
             value,
             path,
             "a jwtRules entry",
-            &[
-                "issuer",
-                "audiences",
-                "jwksUri",
-                "jwksCluster",
-                "jwks",
-                "algorithms",
-                "fromHeaders",
-                "fromParams",
-                "fromCookies",
-                "forwardOriginalToken",
-                "outputPayloadToHeader",
-                "outputClaimToHeaders",
-                "timeout",
-                "cacheDuration",
-                "staleIfError",
-                "unknownKidRefetchInterval",
+            &mut [
+                required("issuer", Slot::Text(&mut r.issuer)),
+                member("audiences", Slot::Texts(&mut r.audiences)),
+                member("jwksUri", Slot::MaybeText(&mut r.jwks_uri)),
+                member("jwksCluster", Slot::MaybeText(&mut r.jwks_cluster)),
+                member("jwks", Slot::MaybeText(&mut r.jwks)),
+                member("algorithms", Slot::MaybeTexts(&mut r.algorithms)),
+                member("fromHeaders", Slot::With(&mut |v, p| set(&mut from_headers, items(v, p, RawFromHeader::read)))),
+                member("fromParams", Slot::Texts(&mut r.from_params)),
+                member("fromCookies", Slot::Texts(&mut r.from_cookies)),
+                member("forwardOriginalToken", Slot::Flag(&mut r.forward_original_token)),
+                member("outputPayloadToHeader", Slot::MaybeText(&mut r.output_payload_to_header)),
+                member(
+                    "outputClaimToHeaders",
+                    Slot::With(&mut |v, p| set(&mut claim_headers, items(v, p, RawClaimToHeader::read))),
+                ),
+                member("timeout", Slot::MaybeText(&mut r.timeout)),
+                member("cacheDuration", Slot::MaybeText(&mut r.cache_duration)),
+                member("staleIfError", Slot::MaybeText(&mut r.stale_if_error)),
+                member("unknownKidRefetchInterval", Slot::MaybeText(&mut r.unknown_kid_refetch_interval)),
             ],
         )?;
-        Ok(RawJwtRule {
-            issuer: o.required("issuer", string)?,
-            audiences: o.or_default("audiences", strings)?,
-            jwks_uri: o.optional("jwksUri", string)?,
-            jwks_cluster: o.optional("jwksCluster", string)?,
-            jwks: o.optional("jwks", string)?,
-            algorithms: o.optional("algorithms", strings)?,
-            from_headers: o.or_default("fromHeaders", list(RawFromHeader::read))?,
-            from_params: o.or_default("fromParams", strings)?,
-            from_cookies: o.or_default("fromCookies", strings)?,
-            forward_original_token: o.or_default("forwardOriginalToken", boolean)?,
-            output_payload_to_header: o.optional("outputPayloadToHeader", string)?,
-            output_claim_to_headers: o.or_default("outputClaimToHeaders", list(RawClaimToHeader::read))?,
-            timeout: o.optional("timeout", string)?,
-            cache_duration: o.optional("cacheDuration", string)?,
-            stale_if_error: o.optional("staleIfError", string)?,
-            unknown_kid_refetch_interval: o.optional("unknownKidRefetchInterval", string)?,
-        })
+        (r.from_headers, r.output_claim_to_headers) = (from_headers, claim_headers);
+        Ok(r)
     }
 }
 
 impl RawFromHeader {
-    #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawFromHeader> {
-        let o = Object::new(value, path, "a fromHeaders entry", &["name", "prefix"])?;
-        Ok(RawFromHeader { name: o.required("name", string)?, prefix: o.or_default("prefix", string)? })
+        let mut r = RawFromHeader::default();
+        read_object(
+            value,
+            path,
+            "a fromHeaders entry",
+            &mut [required("name", Slot::Text(&mut r.name)), member("prefix", Slot::Text(&mut r.prefix))],
+        )?;
+        Ok(r)
     }
 }
 
 impl RawClaimToHeader {
-    #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawClaimToHeader> {
-        let o = Object::new(value, path, "an outputClaimToHeaders entry", &["header", "claim"])?;
-        Ok(RawClaimToHeader { header: o.required("header", string)?, claim: o.required("claim", string)? })
+        let mut r = RawClaimToHeader::default();
+        read_object(
+            value,
+            path,
+            "an outputClaimToHeaders entry",
+            &mut [required("header", Slot::Text(&mut r.header)), required("claim", Slot::Text(&mut r.claim))],
+        )?;
+        Ok(r)
     }
 }
 
 impl RawPolicy {
-    #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawPolicy> {
-        let o = Object::new(value, path, "a policy", &["name", "action", "rules", "dryRun"])?;
-        Ok(RawPolicy {
-            name: o.or_default("name", string)?,
-            action: o.optional("action", string)?,
-            rules: o.or_default("rules", list(RawRule::read))?,
-            dry_run: o.or_default("dryRun", boolean)?,
-        })
+        let mut r = RawPolicy::default();
+        let mut rules = Vec::new();
+        read_object(
+            value,
+            path,
+            "a policy",
+            &mut [
+                member("name", Slot::Text(&mut r.name)),
+                member("action", Slot::MaybeText(&mut r.action)),
+                member("rules", Slot::With(&mut |v, p| set(&mut rules, items(v, p, RawRule::read)))),
+                member("dryRun", Slot::Flag(&mut r.dry_run)),
+            ],
+        )?;
+        r.rules = rules;
+        Ok(r)
     }
 }
 
 impl RawTokenRequirement {
-    #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawTokenRequirement> {
-        let o = Object::new(value, path, "a tokenRequirements entry", &["name", "match", "skipValidation", "issuers"])?;
-        Ok(RawTokenRequirement {
-            name: o.or_default("name", string)?,
-            matcher: o.required("match", RawOperation::read)?,
-            skip_validation: o.or_default("skipValidation", boolean)?,
-            issuers: o.or_default("issuers", strings)?,
-        })
+        let mut r = RawTokenRequirement::default();
+        let mut matcher = RawOperation::default();
+        read_object(
+            value,
+            path,
+            "a tokenRequirements entry",
+            &mut [
+                member("name", Slot::Text(&mut r.name)),
+                required("match", Slot::With(&mut |v, p| set(&mut matcher, RawOperation::read(v, p)))),
+                member("skipValidation", Slot::Flag(&mut r.skip_validation)),
+                member("issuers", Slot::Texts(&mut r.issuers)),
+            ],
+        )?;
+        r.matcher = matcher;
+        Ok(r)
     }
 }
 
 impl RawRule {
     #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawRule> {
-        let o = Object::new(value, path, "a rule", &["from", "to", "when"])?;
-        Ok(RawRule {
-            from: o.or_default("from", list(RawFrom::read))?,
-            to: o.or_default("to", list(RawTo::read))?,
-            when: o.or_default("when", list(RawCondition::read))?,
-        })
+        let mut r = RawRule::default();
+        read_object(
+            value,
+            path,
+            "a rule",
+            &mut [
+                member("from", Slot::With(&mut |v, p| set(&mut r.from, items(v, p, RawFrom::read)))),
+                member("to", Slot::With(&mut |v, p| set(&mut r.to, items(v, p, RawTo::read)))),
+                member("when", Slot::With(&mut |v, p| set(&mut r.when, items(v, p, RawCondition::read)))),
+            ],
+        )?;
+        Ok(r)
     }
 }
 
 impl RawFrom {
-    #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawFrom> {
-        let o = Object::new(value, path, "a from entry", &["source"])?;
-        Ok(RawFrom { source: o.required("source", RawSource::read)? })
+        let mut r = RawFrom::default();
+        read_object(
+            value,
+            path,
+            "a from entry",
+            &mut [required("source", Slot::With(&mut |v, p| set(&mut r.source, RawSource::read(v, p))))],
+        )?;
+        Ok(r)
     }
 }
 
 impl RawSource {
     #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawSource> {
-        let o = Object::new(value, path, "a source", &SOURCE_FIELDS)?;
-        Ok(RawSource {
-            request_principals: o.or_default("requestPrincipals", strings)?,
-            not_request_principals: o.or_default("notRequestPrincipals", strings)?,
-            ip_blocks: o.or_default("ipBlocks", strings)?,
-            not_ip_blocks: o.or_default("notIpBlocks", strings)?,
-            remote_ip_blocks: o.or_default("remoteIpBlocks", strings)?,
-            not_remote_ip_blocks: o.or_default("notRemoteIpBlocks", strings)?,
-            principals: o.or_default("principals", strings)?,
-            not_principals: o.or_default("notPrincipals", strings)?,
-            namespaces: o.or_default("namespaces", strings)?,
-            not_namespaces: o.or_default("notNamespaces", strings)?,
-            service_accounts: o.or_default("serviceAccounts", strings)?,
-            not_service_accounts: o.or_default("notServiceAccounts", strings)?,
-            trust_domains: o.or_default("trustDomains", strings)?,
-            not_trust_domains: o.or_default("notTrustDomains", strings)?,
-        })
+        let mut r = RawSource::default();
+        let slots = [
+            &mut r.request_principals,
+            &mut r.not_request_principals,
+            &mut r.ip_blocks,
+            &mut r.not_ip_blocks,
+            &mut r.remote_ip_blocks,
+            &mut r.not_remote_ip_blocks,
+            &mut r.principals,
+            &mut r.not_principals,
+            &mut r.namespaces,
+            &mut r.not_namespaces,
+            &mut r.service_accounts,
+            &mut r.not_service_accounts,
+            &mut r.trust_domains,
+            &mut r.not_trust_domains,
+        ];
+        // The names are SOURCE_FIELDS (which the CLI's convert copies), in the slots' order.
+        let mut table: Vec<Member<'_, 'a>> =
+            SOURCE_FIELDS.into_iter().zip(slots).map(|(name, slot)| member(name, Slot::Texts(slot))).collect();
+        read_object(value, path, "a source", &mut table)?;
+        drop(table);
+        Ok(r)
     }
 }
 
 impl RawTo {
-    #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawTo> {
-        let o = Object::new(value, path, "a to entry", &["operation"])?;
-        Ok(RawTo { operation: o.required("operation", RawOperation::read)? })
+        let mut r = RawTo::default();
+        read_object(
+            value,
+            path,
+            "a to entry",
+            &mut [required("operation", Slot::With(&mut |v, p| set(&mut r.operation, RawOperation::read(v, p))))],
+        )?;
+        Ok(r)
     }
 }
 
 impl RawOperation {
     #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawOperation> {
-        let o = Object::new(
+        let mut r = RawOperation::default();
+        let (mut ports, mut not_ports) = (Vec::new(), Vec::new());
+        read_object(
             value,
             path,
             "an operation",
-            &["hosts", "notHosts", "ports", "notPorts", "paths", "notPaths", "methods", "notMethods"],
+            &mut [
+                member("hosts", Slot::Texts(&mut r.hosts)),
+                member("notHosts", Slot::Texts(&mut r.not_hosts)),
+                member("ports", Slot::With(&mut |v, p| set(&mut ports, items(v, p, RawPort::read)))),
+                member("notPorts", Slot::With(&mut |v, p| set(&mut not_ports, items(v, p, RawPort::read)))),
+                member("paths", Slot::Texts(&mut r.paths)),
+                member("notPaths", Slot::Texts(&mut r.not_paths)),
+                member("methods", Slot::Texts(&mut r.methods)),
+                member("notMethods", Slot::Texts(&mut r.not_methods)),
+            ],
         )?;
-        Ok(RawOperation {
-            hosts: o.or_default("hosts", strings)?,
-            not_hosts: o.or_default("notHosts", strings)?,
-            ports: o.or_default("ports", list(RawPort::read))?,
-            not_ports: o.or_default("notPorts", list(RawPort::read))?,
-            paths: o.or_default("paths", strings)?,
-            not_paths: o.or_default("notPaths", strings)?,
-            methods: o.or_default("methods", strings)?,
-            not_methods: o.or_default("notMethods", strings)?,
-        })
+        (r.ports, r.not_ports) = (ports, not_ports);
+        Ok(r)
     }
 }
 
 impl RawPort {
-    #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read(value: &Value, _: &Path<'_>) -> Read<RawPort> {
         match value {
             Value::Number(n) if n.as_u64().is_some() => Ok(RawPort::Number(n.as_u64().unwrap_or_default())),
@@ -385,13 +448,18 @@ impl RawPort {
 }
 
 impl RawCondition {
-    #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawCondition> {
-        let o = Object::new(value, path, "a when condition", &["key", "values", "notValues"])?;
-        Ok(RawCondition {
-            key: o.required("key", string)?,
-            values: o.or_default("values", strings)?,
-            not_values: o.or_default("notValues", strings)?,
-        })
+        let mut r = RawCondition::default();
+        read_object(
+            value,
+            path,
+            "a when condition",
+            &mut [
+                required("key", Slot::Text(&mut r.key)),
+                member("values", Slot::Texts(&mut r.values)),
+                member("notValues", Slot::Texts(&mut r.not_values)),
+            ],
+        )?;
+        Ok(r)
     }
 }
