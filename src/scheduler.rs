@@ -117,8 +117,9 @@ impl Scheduler {
     /// throwaway copy on its main thread (its configuration canary) and kills it at once, and a
     /// killed VM could not give a lease back.
     ///
-    /// `host` is the host's foreign-function interface: with `signatureBackend: auto` it is
-    /// probed once, here, for the algorithms its `verify_signature` verifies correctly. `secret`
+    /// `host` is the host's foreign-function interface: with `signatureBackend: auto` its
+    /// `verify_signature` is checked for each algorithm before that algorithm's first token (not
+    /// here: see `keys::host_crypto`). `secret`
     /// is 16 bytes from the host's random source, the token cache's key (`TokenDigest`); without
     /// it, std's random keys are used.
     #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
@@ -130,7 +131,7 @@ impl Scheduler {
         host: Box<dyn ForeignFunction>,
         now_ms: u64,
     ) -> Self {
-        let (verifier, backend_line) = signature_backend(config.signature_backend, host, store);
+        let (verifier, backend_line) = signature_backend(config.signature_backend, host);
         let mut cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
         cache.ensure_shared(store);
         for provider in cache.remote_providers() {
@@ -334,14 +335,10 @@ impl Scheduler {
         let keys = self.cache.at(now_ms);
         let keys = if may_wait { keys } else { keys.without_waiting() };
         if !count_key_lookups {
-            return engine::evaluate_cached(
-                &self.config,
-                request,
-                &keys,
-                &self.verifier,
-                &mut self.tokens,
-                now_seconds,
-            );
+            let outcome =
+                engine::evaluate_cached(&self.config, request, &keys, &self.verifier, &mut self.tokens, now_seconds);
+            self.note_host_checks();
+            return outcome;
         }
         let lookups = KeyLookups::new(&keys);
         let outcome =
@@ -349,7 +346,28 @@ impl Scheduler {
         for (counter, amount) in lookups.tally() {
             self.count(counter, amount);
         }
+        self.note_host_checks();
         outcome
+    }
+
+    /// The host checks the last evaluation made (each algorithm's first token in this VM): a log
+    /// line each, and the gauge of algorithms the host verifies.
+    fn note_host_checks(&mut self) {
+        let findings = self.verifier.take_host_findings();
+        if findings.is_empty() {
+            return;
+        }
+        for (alg, failure) in findings {
+            let line = match failure {
+                None => format!("verify_signature check: {alg} passed; the host verifies it"),
+                Some(why) => format!(
+                    "verify_signature check: {alg} failed ({}); it is verified inside the VM",
+                    crate::json::Quoted(&why)
+                ),
+            };
+            self.log(Level::Info, line);
+        }
+        self.effects.push(Effect::HostCryptoAlgorithms(self.verifier.host_algorithms().len() as u64));
     }
 
     /// Parks a request on `provider`'s keys and wakes this worker's root context to see to them.
@@ -611,36 +629,23 @@ impl Random {
     }
 }
 
-/// The verifier for `backend` (probing `host` for `auto`) and the configure log line that says
-/// which backend verifies which algorithm.
+/// The verifier for `backend` and the configure log line that says which backend verifies which
+/// algorithm (with `auto`, each host algorithm after its check at first use: `note_host_checks`).
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-fn signature_backend(
-    backend: SignatureBackend,
-    host: Box<dyn ForeignFunction>,
-    store: &mut dyn SharedStore,
-) -> (Verifier, String) {
+fn signature_backend(backend: SignatureBackend, host: Box<dyn ForeignFunction>) -> (Verifier, String) {
     match backend {
         SignatureBackend::Vm => (
             Verifier::in_vm(),
             "signature verification: every algorithm inside the VM (signatureBackend: vm)".to_string(),
         ),
         SignatureBackend::Auto => {
-            let (host, report) = HostCrypto::probe_shared(host, store);
-            let in_vm: AlgorithmSet =
-                AlgorithmSet::all().iter().filter(|alg| !report.verified_by_host.contains(*alg)).collect();
-            let line = match (report.verified_by_host.is_empty(), &report.why_not) {
-                (true, why) => format!(
-                    "signature verification: every algorithm inside the VM (the host's verify_signature is not usable: {})",
-                    crate::json::Quoted(why.as_deref().unwrap_or("no answer"))
-                ),
-                (false, why) => format!(
-                    "signature verification: {} by the host's verify_signature; {} inside the VM{}",
-                    report.verified_by_host,
-                    in_vm,
-                    why.as_ref().map(|why| format!(" (host refused {})", crate::json::Quoted(why))).unwrap_or_default()
-                ),
-            };
-            (Verifier::with_host(host), line)
+            let candidates = HostCrypto::candidates();
+            let in_vm: AlgorithmSet = AlgorithmSet::all().iter().filter(|alg| !candidates.contains(*alg)).collect();
+            let line = format!(
+                "signature verification: {candidates} by the host's verify_signature, each once its check at the \
+                 first token passes; {in_vm} inside the VM"
+            );
+            (Verifier::with_host(HostCrypto::new(host)), line)
         }
     }
 }

@@ -37,7 +37,7 @@ impl VerifyError {
 /// `signatureBackend`: may the host verify signatures?
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SignatureBackend {
-    /// The host's `verify_signature` for the algorithms its probe passes, the VM for the rest.
+    /// The host's `verify_signature` for each algorithm once its check passes, the VM for the rest.
     #[default]
     Auto,
     /// Everything in the VM (for hosts whose foreign function misbehaves, and for measuring).
@@ -47,8 +47,8 @@ pub enum SignatureBackend {
 /// Which backend verifies which algorithm, for one VM.
 #[derive(Debug, Default)]
 pub struct Verifier {
-    /// The host's verification, for the algorithms its probe passed; `None` keeps every algorithm
-    /// in the VM (`signatureBackend: vm`, or a host without `verify_signature`).
+    /// The host's verification, for the algorithms whose check passed; `None` keeps every
+    /// algorithm in the VM (`signatureBackend: vm`).
     host: Option<HostCrypto>,
 }
 
@@ -58,14 +58,19 @@ impl Verifier {
         Verifier { host: None }
     }
 
-    /// The host verifies what its probe showed it can; the VM verifies the rest.
+    /// The host verifies what its checks show it can; the VM verifies the rest.
     pub fn with_host(host: HostCrypto) -> Verifier {
         Verifier { host: Some(host) }
     }
 
-    /// The algorithms the host verifies.
+    /// The algorithms the host verifies (those whose check has passed so far).
     pub fn host_algorithms(&self) -> AlgorithmSet {
         self.host.as_ref().map_or(AlgorithmSet::NONE, HostCrypto::algorithms)
+    }
+
+    /// The host checks made since the last call (`HostCrypto::take_findings`).
+    pub fn take_host_findings(&self) -> Vec<(Algorithm, Option<String>)> {
+        self.host.as_ref().map(HostCrypto::take_findings).unwrap_or_default()
     }
 
     /// Verifies `signature` over `message` (the JWS signing input) with a key of `keys` that

@@ -11,13 +11,12 @@
 //! VM. After the probe, a host error on a real token is a refusal, never an accept.
 
 use crate::base64url;
-use crate::json::{self, Map, Value};
 use crate::keys::alg::{Algorithm, AlgorithmSet, Curve, HashAlg};
-use crate::keys::cache::SharedStore;
 use crate::keys::der;
 use crate::keys::ec::EcKey;
 use crate::keys::public_key::PublicKey;
 use crate::keys::rsa::RsaVerifyKey;
+use std::cell::{Cell, RefCell};
 
 /// The foreign function's name in Envoy.
 pub const FUNCTION: &str = "verify_signature";
@@ -41,19 +40,23 @@ pub trait ForeignFunction {
     fn call(&self, name: &str, arguments: &[u8]) -> Result<Vec<u8>, ForeignCallError>;
 }
 
-/// Signature verification by the host, for the algorithms its probe showed it verifies.
+/// Signature verification by the host, for each algorithm once its check has passed.
 pub struct HostCrypto {
     host: Box<dyn ForeignFunction>,
-    algorithms: AlgorithmSet,
+    /// The candidates checked so far, and those of them that passed.
+    checked: Cell<AlgorithmSet>,
+    passed: Cell<AlgorithmSet>,
+    /// Checks not yet reported: the algorithm and, if it failed, why.
+    findings: RefCell<Vec<(Algorithm, Option<String>)>>,
 }
 
 impl std::fmt::Debug for HostCrypto {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HostCrypto({:?})", self.algorithms)
+        write!(f, "HostCrypto(checked {}, passed {})", self.checked.get(), self.passed.get())
     }
 }
 
-/// What the probe found, for the configure log line.
+/// What `probe` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeReport {
     pub verified_by_host: AlgorithmSet,
@@ -62,71 +65,105 @@ pub struct ProbeReport {
 }
 
 impl HostCrypto {
-    /// Probes `host` once per candidate algorithm with a known-good signature, which must verify,
-    /// and three that must not: the same signature altered, the same over another message, and
-    /// the same under another hash name. A host that answers any of them wrongly, or errs, keeps
-    /// that algorithm in the VM. (It cannot prove a verifier right: the checks `handoff` makes
-    /// before every call, and the keys that never go to the host, are the rest of the defence.)
-    pub fn probe(host: Box<dyn ForeignFunction>) -> (HostCrypto, ProbeReport) {
-        let mut algorithms = AlgorithmSet::NONE;
-        let mut why_not = None;
-        for alg in CANDIDATES {
-            let (Some((key, signature)), Some(hash)) = (probe_vector(alg), alg.hash()) else { continue };
-            let mut altered = signature.clone();
-            if let Some(last) = altered.last_mut() {
-                *last ^= 0x01;
-            }
-            let other_hash = if hash == HashAlg::Sha256 { HashAlg::Sha512 } else { HashAlg::Sha256 };
-            let checks = [
-                (hash, PROBE_MESSAGE, &signature, true, "a valid signature"),
-                (hash, PROBE_MESSAGE, &altered, false, "an altered signature"),
-                (hash, PROBE_OTHER_MESSAGE, &signature, false, "a signature of another message"),
-                (other_hash, PROBE_MESSAGE, &signature, false, "a signature under another hash"),
-            ];
-            let failure = checks.into_iter().find_map(|(hash, message, signature, expected, what)| {
-                match call(&*host, hash, alg, &key, message, signature) {
-                    Ok(answer) if answer.verified == expected => None,
-                    Ok(Answer { error: Some(error), .. }) if expected => Some(format!("{alg}: {error}")),
-                    Ok(answer) => Some(format!("{alg}: answered {} for {what}", answer.verified)),
-                    Err(error) => Some(format!("{alg}: {error}")),
-                }
-            });
-            match failure {
-                None => algorithms.insert(alg),
-                Some(failure) => {
-                    why_not.get_or_insert(failure);
-                }
-            }
+    /// The host, with no algorithm checked yet: each is checked before its first use.
+    pub fn new(host: Box<dyn ForeignFunction>) -> HostCrypto {
+        HostCrypto {
+            host,
+            checked: Cell::new(AlgorithmSet::NONE),
+            passed: Cell::new(AlgorithmSet::NONE),
+            findings: RefCell::new(Vec::new()),
         }
-        (HostCrypto { host, algorithms }, ProbeReport { verified_by_host: algorithms, why_not })
     }
 
-    /// The probe's finding, shared by every VM of the Envoy process through `store`: the first VM
-    /// to configure probes and records what it found; the others read it. They all talk to the
-    /// same host, and the probe is two dozen host calls (about 5 ms a VM, and a sidecar starts
-    /// four VMs). An unreadable record is probed again and replaced.
-    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
-    pub fn probe_shared(host: Box<dyn ForeignFunction>, store: &mut dyn SharedStore) -> (HostCrypto, ProbeReport) {
-        if let Some(report) = store.get(PROBE_RECORD).and_then(|(bytes, _)| ProbeReport::decode(&bytes)) {
-            return (HostCrypto { host, algorithms: report.verified_by_host }, report);
+    /// Checks every candidate now (the Wycheproof harness and the tests): what `verify` would
+    /// find one algorithm at a time.
+    pub fn probe(host: Box<dyn ForeignFunction>) -> (HostCrypto, ProbeReport) {
+        let crypto = HostCrypto::new(host);
+        let mut why_not = None;
+        for alg in CANDIDATES {
+            if let Err(failure) = crypto.check(alg) {
+                why_not.get_or_insert(failure);
+            }
         }
-        let (crypto, report) = HostCrypto::probe(host);
-        // A failed write only means the next VM probes too.
-        let _ = store.set(PROBE_RECORD, &report.encode(), None);
+        crypto.findings.borrow_mut().clear();
+        let report = ProbeReport { verified_by_host: crypto.passed.get(), why_not };
         (crypto, report)
     }
 
-    /// The algorithms handed to the host.
+    /// The algorithms the host may take: every candidate (each still to pass its check).
+    pub fn candidates() -> AlgorithmSet {
+        CANDIDATES.into_iter().collect()
+    }
+
+    /// The algorithms whose check has passed so far.
     pub fn algorithms(&self) -> AlgorithmSet {
-        self.algorithms
+        self.passed.get()
+    }
+
+    /// The checks made since the last call: each algorithm and, if the host failed it, why.
+    pub fn take_findings(&self) -> Vec<(Algorithm, Option<String>)> {
+        std::mem::take(&mut *self.findings.borrow_mut())
+    }
+
+    /// `alg`'s check, made on first use: a known-good signature must verify, and three that must
+    /// not: the same signature altered, the same over another message, and the same under another
+    /// hash name. A host that answers any of them wrongly, or errs, keeps that algorithm in the VM.
+    /// (It cannot prove a verifier right: the checks `handoff` makes before every call, and the
+    /// keys that never go to the host, are the rest of the defence.)
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
+    fn check(&self, alg: Algorithm) -> Result<(), String> {
+        let checked = self.checked.get();
+        if checked.contains(alg) {
+            return if self.passed.get().contains(alg) { Ok(()) } else { Err(String::new()) };
+        }
+        let mut now_checked = checked;
+        now_checked.insert(alg);
+        self.checked.set(now_checked);
+        let result = self.run_checks(alg);
+        if result.is_ok() {
+            let mut passed = self.passed.get();
+            passed.insert(alg);
+            self.passed.set(passed);
+        }
+        self.findings.borrow_mut().push((alg, result.clone().err()));
+        result
+    }
+
+    fn run_checks(&self, alg: Algorithm) -> Result<(), String> {
+        let (Some((key, signature)), Some(hash)) = (probe_vector(alg), alg.hash()) else {
+            return Err(format!("{alg}: no probe vector"));
+        };
+        let mut altered = signature.clone();
+        if let Some(last) = altered.last_mut() {
+            *last ^= 0x01;
+        }
+        let other_hash = if hash == HashAlg::Sha256 { HashAlg::Sha512 } else { HashAlg::Sha256 };
+        let checks = [
+            (hash, PROBE_MESSAGE, &signature, true, "a valid signature"),
+            (hash, PROBE_MESSAGE, &altered, false, "an altered signature"),
+            (hash, PROBE_OTHER_MESSAGE, &signature, false, "a signature of another message"),
+            (other_hash, PROBE_MESSAGE, &signature, false, "a signature under another hash"),
+        ];
+        for (hash, message, signature, expected, what) in checks {
+            match call(&*self.host, hash, alg, &key, message, signature) {
+                Ok(answer) if answer.verified == expected => {}
+                Ok(Answer { error: Some(error), .. }) if expected => return Err(format!("{alg}: {error}")),
+                Ok(answer) => return Err(format!("{alg}: answered {} for {what}", answer.verified)),
+                Err(error) => return Err(format!("{alg}: {error}")),
+            }
+        }
+        Ok(())
     }
 
     /// Whether the host says `signature` is `key`'s signature of `message` with `alg`. `None` if
-    /// this algorithm or this key is not handed to the host (verify in the VM instead); a failed
-    /// call is `Some(false)`: the host was fit for this algorithm at the probe, so failing now
-    /// refuses.
+    /// this algorithm (its check failed) or this key is not handed to the host (verify in the VM
+    /// instead); a failed call is `Some(false)`: the host passed this algorithm's check, so
+    /// failing now refuses.
     pub fn verify(&self, alg: Algorithm, key: &PublicKey, message: &[u8], signature: &[u8]) -> Option<bool> {
-        let hash = alg.hash().filter(|_| self.algorithms.contains(alg))?;
+        let hash = alg.hash().filter(|_| CANDIDATES.contains(&alg))?;
+        // A key the host would not take needs no check.
+        handoff(alg, key, signature).ok()?;
+        self.check(alg).ok()?;
         match call(&*self.host, hash, alg, key, message, signature) {
             Ok(answer) => Some(answer.verified),
             Err(Refusal::InVm) => None,
@@ -135,40 +172,6 @@ impl HostCrypto {
     }
 }
 
-/// The shared-data key of the probe's finding. Versioned with the probe's vectors and checks: a
-/// filter that probes differently keeps its own record.
-const PROBE_RECORD: &str = "jwt-authz.host-crypto-probe.v1";
-
-impl ProbeReport {
-    /// `{"host": ["RS256", …], "why_not": "…" | null}`.
-    fn encode(&self) -> Vec<u8> {
-        let mut record = Map::new();
-        let names = self.verified_by_host.iter().map(|alg| Value::from(alg.name())).collect();
-        record.insert("host".into(), Value::Array(names));
-        record.insert("why_not".into(), self.why_not.clone().map_or(Value::Null, Value::String));
-        Value::Object(record).to_string().into_bytes()
-    }
-
-    /// A record `encode` wrote, naming only algorithms the host may be handed at all.
-    fn decode(bytes: &[u8]) -> Option<ProbeReport> {
-        let record = json::parse(bytes, json::Limits { max_depth: 2 }).ok()?;
-        let mut verified_by_host = AlgorithmSet::NONE;
-        for name in record.get("host")?.as_array()? {
-            let alg = Algorithm::from_name(name.as_str()?).filter(|alg| CANDIDATES.contains(alg))?;
-            verified_by_host.insert(alg);
-        }
-        let why_not = match record.get("why_not")? {
-            Value::Null => None,
-            Value::String(why) => Some(why.clone()),
-            _ => return None,
-        };
-        Some(ProbeReport { verified_by_host, why_not })
-    }
-}
-
-/// The host's reply: `verified` only when it says so. Envoy sets an error text on every `false`,
-/// a bad signature ("Failed to verify digest") as much as a key it cannot use, so the text is
-/// only for the probe's log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub verified: bool,

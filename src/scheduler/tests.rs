@@ -88,7 +88,8 @@ fn a_request_parks_for_the_first_fetch_and_is_settled_when_it_lands() {
     let mut s = scheduler(&mut store, 1);
     let effects = s.take_effects();
     assert_eq!(effects.first(), Some(&Effect::KeysInUse(ProviderId(0), 0)));
-    assert_eq!(effects.last(), Some(&Effect::HostCryptoAlgorithms(6)), "the Envoy fake verifies 6 algorithms");
+    // Nothing is checked with the host before the first token needs it.
+    assert_eq!(effects.last(), Some(&Effect::HostCryptoAlgorithms(0)));
     assert!(matches!(&effects[1], Effect::Log(Level::Info, line) if line.starts_with("signature verification: RS256")));
     assert_eq!(s.on_request(&store, 7, request(&token("a")), NOW_MS), None, "parked");
     let effects = s.take_effects();
@@ -107,6 +108,13 @@ fn a_request_parks_for_the_first_fetch_and_is_settled_when_it_lands() {
     assert_eq!(done, vec![(7, 200, "allowed"), (8, 200, "allowed")]);
     assert!(effects.contains(&Effect::Count(Counter::JwksFetchSuccess, 1)));
     assert!(effects.contains(&Effect::KeysInUse(ProviderId(0), 1)));
+    // The first RS256 token checked the host for RS256 (once: the second token did not).
+    let checks: Vec<_> = effects.iter().filter(|e| matches!(e, Effect::Log(_, l) if l.contains("check: "))).collect();
+    assert!(
+        matches!(checks[..], [Effect::Log(Level::Info, line)] if line == "verify_signature check: RS256 passed; the host verifies it"),
+        "{checks:?}"
+    );
+    assert!(effects.contains(&Effect::HostCryptoAlgorithms(1)), "{effects:?}");
     // Allowed requests and cache lookups are batched for the tick, not counted one by one.
     assert!(!effects.iter().any(|e| matches!(e, Effect::Count(Counter::Allowed | Counter::JwksCacheMiss, _))));
     for effect in &effects {

@@ -507,18 +507,39 @@ def configure_lines(envoy):
             for line in envoy.log_text().splitlines() if "signature verification:" in line]
 
 
-def check_configure_report(envoy, signature_backend):
+def check_lines(envoy):
+    """The host checks each VM makes at its first token of an algorithm."""
+    return [line.split("verify_signature check:", 1)[1].strip()
+            for line in envoy.log_text().splitlines() if "verify_signature check:" in line]
+
+
+def check_configure_report(envoy, signature_backend, path="/report"):
     lines = wait_for(lambda: configure_lines(envoy))
     assert lines, envoy.log_tail()
     assert len(set(lines)) == 1, lines  # every VM of one configuration says the same
     wait_for(lambda: host_crypto_algorithms(envoy) is not None)
-    count = host_crypto_algorithms(envoy)
     if signature_backend == "vm":
-        assert count == 0
-    else:
-        # Envoy 1.40 has verify_signature (RSA PKCS#1 v1.5 and ECDSA): the host verifies some.
-        assert 0 < count <= len(ALGORITHMS), count
-        assert "RS256" in lines[0] and "ES256" in lines[0], lines
+        assert host_crypto_algorithms(envoy) == 0
+        for alg in ("RS256", "ES256"):
+            check(envoy, f"{path}/{alg}", token(alg), ALLOWED)
+        assert check_lines(envoy) == [], "nothing is checked with the host"
+        assert host_crypto_algorithms(envoy) == 0
+        return lines[0]
+    assert "RS256" in lines[0] and "ES256" in lines[0] and "first token" in lines[0], lines
+    # Each VM checks the host for an algorithm before its first token of it, then the host verifies
+    # it (Envoy 1.40 has verify_signature for RSA PKCS#1 v1.5 and ECDSA); enough tokens reach both
+    # workers.
+    for i in range(4 * WORKERS):
+        for alg in ("RS256", "ES256"):
+            check(envoy, f"{path}/{alg}/{i}", token(alg), ALLOWED)
+    checks = wait_for(lambda: check_lines(envoy))
+    assert "RS256 passed; the host verifies it" in checks, (checks, envoy.log_tail())
+    assert "ES256 passed; the host verifies it" in checks, checks
+    assert not any("failed" in line for line in checks), checks
+    # Checked once per VM (the main thread's VM serves no requests): at most one line per worker.
+    assert checks.count("RS256 passed; the host verifies it") <= WORKERS, checks
+    count = wait_for(lambda: (host_crypto_algorithms(envoy) or 0) >= 2 and host_crypto_algorithms(envoy))
+    assert 2 <= count <= len(ALGORITHMS), count
     return lines[0]
 
 
@@ -528,7 +549,7 @@ def test_configure_log_line_and_host_crypto_gauge(envoy):
 
 def test_signature_backend_defaults_to_auto(backend, servers):
     with start_envoy(plugin_config(servers, None), backend=backend, clusters=jwks_clusters(servers)) as envoy:
-        check_configure_report(envoy, "auto")
+        check_configure_report(envoy, "auto", "/default")
         check(envoy, "/default/ES256", token("ES256"), ALLOWED)
         check(envoy, "/default/EdDSA", token("EdDSA"), ALLOWED)
 

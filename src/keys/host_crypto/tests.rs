@@ -242,46 +242,75 @@ impl ForeignFunction for Counted {
     }
 }
 
-#[test]
-fn the_first_vm_probes_and_the_others_read_its_finding() {
-    let mut store = crate::fakes::MemoryStore::default();
-    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
-    let (first, report) = HostCrypto::probe_shared(Box::new(Counted(calls.clone())), &mut store);
-    assert_eq!(calls.get(), 4 * CANDIDATES.len(), "four checks per candidate");
-    let (second, shared) = HostCrypto::probe_shared(Box::new(Counted(calls.clone())), &mut store);
-    assert_eq!(calls.get(), 4 * CANDIDATES.len(), "the second VM makes no call");
-    assert_eq!((second.algorithms(), &shared), (first.algorithms(), &report));
-    // And what the second verifies with the host, it verifies.
-    let key = signing_key(Algorithm::Es256, 0);
+fn real_key(alg: Algorithm) -> (PublicKey, Vec<u8>) {
+    let key = signing_key(alg, 0);
     let jwks = serde_json::json!({"keys": [key.jwk("k", None)]}).to_string();
-    let candidate = crate::keys::jwks::parse(jwks.as_bytes()).expect("jwks").key_set.keys.remove(0).key;
-    assert_eq!(second.verify(Algorithm::Es256, &candidate, b"m", &key.sign_bytes(Algorithm::Es256, b"m")), Some(true));
-
-    // A finding that the host verified nothing is shared as well, with its reason.
-    let mut store = crate::fakes::MemoryStore::default();
-    let (_, none) = HostCrypto::probe_shared(Box::new(NoForeignFunctions), &mut store);
-    let (host, read) = HostCrypto::probe_shared(Box::new(Counted(calls.clone())), &mut store);
-    assert!(host.algorithms().is_empty() && read == none && read.why_not.is_some());
+    let public = crate::keys::jwks::parse(jwks.as_bytes()).expect("jwks").key_set.keys.remove(0).key;
+    (public, key.sign_bytes(alg, b"m"))
 }
 
 #[test]
-fn an_unreadable_or_overreaching_finding_is_probed_again() {
-    for record in [
-        &b"not json"[..],
-        br#"{"host": ["RS256", "PS256"], "why_not": null}"#,
-        br#"{"host": ["EdDSA"], "why_not": null}"#,
-        br#"{"host": ["RS256", 5], "why_not": null}"#,
-        br#"{"host": ["RS256"]}"#,
-        br#"{"host": "RS256", "why_not": null}"#,
-    ] {
-        let mut store = crate::fakes::MemoryStore::default();
-        store.set(PROBE_RECORD, record, None).expect("set");
-        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
-        let (host, _) = HostCrypto::probe_shared(Box::new(Counted(calls.clone())), &mut store);
-        assert_eq!(calls.get(), 4 * CANDIDATES.len(), "{:?}", String::from_utf8_lossy(record));
-        assert_eq!(host.algorithms().len(), CANDIDATES.len());
-        // The record is replaced with the real finding.
-        let (_, report) = HostCrypto::probe_shared(Box::new(NoForeignFunctions), &mut store);
-        assert_eq!(report.verified_by_host.len(), CANDIDATES.len());
+fn each_algorithm_is_checked_once_before_its_first_use() {
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let host = HostCrypto::new(Box::new(Counted(calls.clone())));
+    assert_eq!(calls.get(), 0, "nothing is asked before a token needs it");
+    assert!(host.algorithms().is_empty() && host.take_findings().is_empty());
+    let (key, signature) = real_key(Algorithm::Es256);
+    assert_eq!(host.verify(Algorithm::Es256, &key, b"m", &signature), Some(true));
+    assert_eq!(calls.get(), 4 + 1, "four checks, then the token itself");
+    assert_eq!(host.take_findings(), vec![(Algorithm::Es256, None)]);
+    assert_eq!(host.verify(Algorithm::Es256, &key, b"other", &signature), Some(false));
+    assert_eq!(calls.get(), 4 + 2, "checked once");
+    assert!(host.take_findings().is_empty());
+    assert_eq!(host.algorithms(), [Algorithm::Es256].into_iter().collect());
+    // Another algorithm has its own check.
+    let (rsa, signature) = real_key(Algorithm::Rs384);
+    assert_eq!(host.verify(Algorithm::Rs384, &rsa, b"m", &signature), Some(true));
+    assert_eq!(calls.get(), 4 + 2 + 5);
+    assert_eq!(host.take_findings(), vec![(Algorithm::Rs384, None)]);
+}
+
+#[test]
+fn a_failed_check_keeps_the_algorithm_in_the_vm_and_is_not_repeated() {
+    struct CountedYes(std::rc::Rc<std::cell::Cell<usize>>);
+    impl ForeignFunction for CountedYes {
+        fn call(&self, name: &str, arguments: &[u8]) -> Result<Vec<u8>, ForeignCallError> {
+            self.0.set(self.0.get() + 1);
+            AlwaysYes.call(name, arguments)
+        }
     }
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let host = HostCrypto::new(Box::new(CountedYes(calls.clone())));
+    let (key, signature) = real_key(Algorithm::Rs256);
+    assert_eq!(host.verify(Algorithm::Rs256, &key, b"m", &signature), None, "verified in the VM");
+    let [(Algorithm::Rs256, Some(why))] = &host.take_findings()[..] else { panic!("one failed check") };
+    assert!(why.contains("altered"), "{why}");
+    let asked = calls.get();
+    assert_eq!(host.verify(Algorithm::Rs256, &key, b"m", &signature), None);
+    assert_eq!(calls.get(), asked, "a failed check is not made again");
+    assert!(host.take_findings().is_empty() && host.algorithms().is_empty());
+    // Without the function at all, likewise.
+    let host = HostCrypto::new(Box::new(NoForeignFunctions));
+    assert_eq!(host.verify(Algorithm::Rs256, &key, b"m", &signature), None);
+    let [(Algorithm::Rs256, Some(why))] = &host.take_findings()[..] else { panic!("one failed check") };
+    assert!(why.contains("no verify_signature"), "{why}");
+}
+
+#[test]
+fn keys_the_host_never_takes_need_no_check() {
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let host = HostCrypto::new(Box::new(Counted(calls.clone())));
+    for alg in [Algorithm::Ps256, Algorithm::EdDsa] {
+        let (key, signature) = real_key(alg);
+        assert_eq!(host.verify(alg, &key, b"m", &signature), None, "{alg}");
+    }
+    let private = rsa::RsaPrivateKey::new_with_exp(&mut rsa::rand_core::OsRng, 2048, &rsa::BigUint::from(3u8))
+        .expect("e = 3 key");
+    use rsa::traits::PublicKeyParts;
+    let jwk = serde_json::json!({"kty": "RSA", "n": crate::testkeys::b64(private.n().to_bytes_be()), "e": "Aw"});
+    let jwks = serde_json::json!({"keys": [jwk]}).to_string();
+    let key = crate::keys::jwks::parse(jwks.as_bytes()).expect("jwks").key_set.keys.remove(0).key;
+    assert_eq!(host.verify(Algorithm::Rs256, &key, b"m", &[1u8; 256]), None);
+    assert_eq!(calls.get(), 0);
+    assert!(host.take_findings().is_empty());
 }
