@@ -218,6 +218,7 @@ impl PublicKey {
     /// ECDSA verification (SEC 1 §4.1.4) of `r`, `s` over `digest`. The digest is the whole hash
     /// the curve is used with in JOSE (never longer than n, so no truncation applies); a digest
     /// longer than the curve's size is refused rather than truncated.
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
     pub fn verify(&self, digest: &[u8], r: &[u8], s: &[u8]) -> bool {
         let curve = curve(self.curve);
         let n = &curve.n;

@@ -233,6 +233,7 @@ impl Ed25519Key {
     /// 8032 leaves the choice to the verifier, and the strict reading is the safe one for
     /// authentication), and [S]B − [k]A must encode to exactly R's bytes, with k =
     /// SHA-512(R ‖ A ‖ message) mod L.
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         let (Some(r_bytes), Some(s_bytes)) = (signature.get(..32), signature.get(32..)) else { return false };
         let (Ok(r_encoding), true) = (<[u8; 32]>::try_from(r_bytes), s_bytes.len() == 32) else { return false };

@@ -37,6 +37,7 @@ impl PublicKey {
 
     /// Verifies `signature` with `alg` inside the VM. False for an algorithm of another family:
     /// callers bind keys to algorithms first, and this refuses again rather than trust them.
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
     pub fn verify_in_vm(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
         if self.family() != alg.family() {
             return false;
