@@ -27,8 +27,10 @@ pub const WASM_MEMORY_GAUGE: &str = "jwt_authz.wasm_memory_bytes";
 /// `limits.tokenCacheSize`). Set on every tick.
 pub const TOKEN_CACHE_GAUGE: &str = "jwt_authz.token_cache_entries";
 
-/// Gauge: how many of the ten signature algorithms this VM hands to the host's `verify_signature` (6 on
-/// Envoy ≥ 1.31 with `signatureBackend: auto`; 0 with `vm` or on hosts without the function).
+/// Gauge: how many of the ten signature algorithms the VM that last checked one hands to the host's
+/// `verify_signature`: each once its check at that VM's first token of it passed (up to 6 on Envoy
+/// ≥ 1.31 with `signatureBackend: auto`; 0 with `vm`, on hosts without the function, and before
+/// any token).
 pub const HOST_CRYPTO_GAUGE: &str = "jwt_authz.host_crypto_algorithms";
 
 /// Every untagged counter, so the host can define them all once at start.

@@ -65,7 +65,7 @@ pub enum Effect {
     CountNamed(String),
     /// The number of usable keys of a provider changed.
     KeysInUse(ProviderId, u64),
-    /// How many algorithms this VM verifies with the host's `verify_signature` (set once).
+    /// How many algorithms this VM verifies with the host's `verify_signature`, after a check.
     HostCryptoAlgorithms(u64),
 }
 
@@ -138,7 +138,6 @@ impl Scheduler {
             cache.sync(store, provider);
         }
         let providers = config.issuers.providers.len();
-        let host_algorithms = verifier.host_algorithms().len() as u64;
         let (verified_tokens, identities) = config.token_cache;
         let issuer_tags = metrics::issuer_tags(config.issuers.providers.iter().map(|p| p.issuer.as_str()));
         let mut scheduler = Scheduler {
@@ -164,7 +163,8 @@ impl Scheduler {
         };
         scheduler.record_keys_in_use(now_ms);
         scheduler.log(Level::Info, backend_line);
-        scheduler.effects.push(Effect::HostCryptoAlgorithms(host_algorithms));
+        // No host-crypto gauge here: it is per VM, last writer wins, and a VM that serves no
+        // requests (the main thread's) must not reset what the workers found.
         scheduler
     }
 
@@ -360,10 +360,13 @@ impl Scheduler {
         for (alg, failure) in findings {
             let line = match failure {
                 None => format!("verify_signature check: {alg} passed; the host verifies it"),
-                Some(why) => format!(
-                    "verify_signature check: {alg} failed ({}); it is verified inside the VM",
-                    crate::json::Quoted(&why)
-                ),
+                Some(why) => {
+                    let why = why.strip_prefix(alg.name()).and_then(|w| w.strip_prefix(": ")).unwrap_or(&why);
+                    format!(
+                        "verify_signature check: {alg} failed ({}); it is verified inside the VM",
+                        crate::json::Quoted(why)
+                    )
+                }
             };
             self.log(Level::Info, line);
         }

@@ -1,5 +1,5 @@
 //! The configuration's JSON shape, as users write it: Istio's field names, nothing compiled yet,
-//! and how each is read from the parsed tree (`json::Object`: unknown fields refused, serde's
+//! and how each is read from the parsed tree (`json::read_object`: unknown fields refused, serde's
 //! messages, the path of the member that is wrong).
 
 use super::json::Path;

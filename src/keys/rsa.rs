@@ -572,7 +572,6 @@ fn inverse_mod_2_32(x: u32) -> u32 {
     inverse
 }
 
-/// `R² mod n` for `R = 2^(32·limbs)`, by doubling 1 modulo `n` 64·limbs times. Run once per key.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -311,6 +311,22 @@ fn keys_the_host_never_takes_need_no_check() {
     let jwks = serde_json::json!({"keys": [jwk]}).to_string();
     let key = crate::keys::jwks::parse(jwks.as_bytes()).expect("jwks").key_set.keys.remove(0).key;
     assert_eq!(host.verify(Algorithm::Rs256, &key, b"m", &[1u8; 256]), None);
+    // A key of another family, or a signature the VM would refuse unseen, is refused without a check.
+    let (p256, _) = real_key(Algorithm::Es256);
+    assert_eq!(host.verify(Algorithm::Rs256, &p256, b"m", &[1u8; 256]), Some(false));
+    let (rsa, _) = real_key(Algorithm::Rs256);
+    assert_eq!(host.verify(Algorithm::Rs256, &rsa, b"m", &[1u8; 255]), Some(false));
+    assert_eq!(host.verify(Algorithm::Es256, &p256, b"m", &[0u8; 64]), Some(false));
     assert_eq!(calls.get(), 0);
     assert!(host.take_findings().is_empty());
+}
+
+#[test]
+fn after_its_check_a_host_error_refuses() {
+    // The four check calls succeed, then the host fails.
+    let host = HostCrypto::new(Box::new(FailsAfter(std::cell::Cell::new(4))));
+    let (key, signature) = real_key(Algorithm::Rs256);
+    assert_eq!(host.verify(Algorithm::Rs256, &key, b"m", &signature), Some(false));
+    assert_eq!(host.take_findings(), vec![(Algorithm::Rs256, None)]);
+    assert_eq!(host.verify(Algorithm::Rs256, &key, b"m", &signature), Some(false), "never the VM's yes");
 }
