@@ -275,6 +275,8 @@ mod tests {
             ClaimsError::Expired,
             ClaimsError::NotYetValid,
             ClaimsError::AudienceNotAllowed,
+            ClaimsError::LifetimeTooLong,
+            ClaimsError::RequiredClaimMismatch,
         ];
         let mut authn: Vec<AuthnError> = vec![AuthnError::UnknownIssuer, AuthnError::JwksUnavailable];
         authn.extend(tokens.map(AuthnError::Token));
@@ -313,7 +315,9 @@ mod tests {
                         ClaimsError::MissingExpiration
                         | ClaimsError::Expired
                         | ClaimsError::NotYetValid
-                        | ClaimsError::AudienceNotAllowed,
+                        | ClaimsError::AudienceNotAllowed
+                        | ClaimsError::LifetimeTooLong
+                        | ClaimsError::RequiredClaimMismatch,
                     )
                     | AuthnError::JwksUnavailable => {}
                 },

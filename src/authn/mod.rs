@@ -16,7 +16,7 @@ use crate::identity::Identity;
 use crate::ids::ProviderId;
 use crate::json::Value;
 use crate::keys::{KeyState, KeyStore};
-use claims::{ClaimsError, CLOCK_SKEW_SECONDS};
+use claims::ClaimsError;
 use extract::{FoundToken, LocationId, TokenLocation};
 use jwt::{JwtError, ParsedToken, TokenLimits};
 use std::rc::Rc;
@@ -261,18 +261,17 @@ fn verify_new_token(
     {
         return AuthnError::Signature(error).into();
     }
-    if let Err(error) = claims::validate(&parsed.claims, &provider.audiences, now_seconds) {
+    if let Err(error) = claims::validate(&parsed.claims, &provider.audiences, &provider.claims, now_seconds) {
         return AuthnError::Claims(error).into();
     }
-    // `claims::validate` requires `exp`, so every remembered verification has an end; the
-    // `Option` stays checked so that a change there can never make one last forever.
-    let expiration = parsed.claims.expiration.map(|exp| exp.timestamp());
+    // Every remembered verification has an end: `exp` plus the skew, or a bounded while for a
+    // token without `exp` (`requireExpiration: false`).
+    let accepted_until = claims::accepted_until(&parsed.claims, &provider.claims, now_seconds);
     let identity = match identity_of(parsed) {
         Ok(identity) => identity,
         Err(error) => return error.into(),
     };
-    if let (Some(expiration), Some(keys_version)) = (expiration, keys_version) {
-        let accepted_until = expiration.saturating_add(CLOCK_SKEW_SECONDS as i64);
+    if let Some(keys_version) = keys_version {
         let verification = Verification { provider: provider_id, accepted_until, keys_version };
         cache.insert(&found.token, digest, verification, identity.clone());
     }

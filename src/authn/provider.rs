@@ -1,5 +1,6 @@
 //! A trusted issuer (a compiled `jwtRules` entry) and its claim-to-header outputs.
 
+use super::claims::ClaimRules;
 use super::extract::LocationId;
 use crate::identity::ClaimPath;
 use crate::keys::alg::AlgorithmSet;
@@ -13,6 +14,8 @@ pub struct Provider {
     pub keys: KeySource,
     /// `algorithms`: the JWS algorithms its tokens may use.
     pub algorithms: AlgorithmSet,
+    /// `clockSkew`, `requireExpiration`, `maxLifetime`, `requiredClaims`.
+    pub claims: ClaimRules,
     /// Where this issuer's tokens are accepted.
     pub locations: Vec<LocationId>,
     pub forward_original_token: bool,

@@ -75,6 +75,7 @@ pub enum Slot<'s, 'a> {
     Texts(&'s mut Vec<String>),
     MaybeTexts(&'s mut Option<Vec<String>>),
     Flag(&'s mut bool),
+    MaybeFlag(&'s mut Option<bool>),
     U32(&'s mut u32),
     MaybeU32(&'s mut Option<u32>),
     MaybeU64(&'s mut Option<u64>),
@@ -124,7 +125,12 @@ pub fn read_object<'a>(
         let found = map.get_key_value(m.name);
         let maybe = matches!(
             m.slot,
-            Slot::MaybeText(_) | Slot::MaybeTexts(_) | Slot::MaybeU32(_) | Slot::MaybeU64(_) | Slot::MaybeWith(_)
+            Slot::MaybeText(_)
+                | Slot::MaybeTexts(_)
+                | Slot::MaybeFlag(_)
+                | Slot::MaybeU32(_)
+                | Slot::MaybeU64(_)
+                | Slot::MaybeWith(_)
         );
         let (key, value) = match found {
             Some((_, Value::Null)) if maybe => continue,
@@ -139,6 +145,7 @@ pub fn read_object<'a>(
             Slot::Texts(slot) => **slot = strings(value, path)?,
             Slot::MaybeTexts(slot) => **slot = Some(strings(value, path)?),
             Slot::Flag(slot) => **slot = boolean(value)?,
+            Slot::MaybeFlag(slot) => **slot = Some(boolean(value)?),
             Slot::U32(slot) => **slot = unsigned(value, 32)? as u32,
             Slot::MaybeU32(slot) => **slot = Some(unsigned(value, 32)? as u32),
             Slot::MaybeU64(slot) => **slot = Some(unsigned(value, 64)?),
@@ -160,6 +167,18 @@ pub fn items<'a, T>(
     for (index, item) in list.iter().enumerate() {
         path.push(Segment::Index(index));
         out.push(read(item, path)?);
+        path.pop();
+    }
+    Ok(out)
+}
+
+/// A JSON object whose members are lists of strings (`requiredClaims`), in name order.
+pub fn string_lists<'a>(value: &'a Value, path: &Path<'a>) -> Result<Vec<(String, Vec<String>)>, ReadError> {
+    let Value::Object(map) = value else { return Err(invalid_type(value, "a map of names to lists of strings")) };
+    let mut out = Vec::with_capacity(map.len());
+    for (name, list) in map.iter() {
+        path.push(Segment::Member(Cow::Borrowed(name.as_str())));
+        out.push((name.clone(), strings(list, path)?));
         path.pop();
     }
     Ok(out)

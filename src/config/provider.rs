@@ -2,6 +2,7 @@
 
 use super::raw::RawJwtRule;
 use super::{ConfigError, Limits};
+use crate::authn::claims::{ClaimRules, RequiredClaim, CLOCK_SKEW_SECONDS};
 use crate::authn::extract::{LocationId, TokenLocation};
 use crate::authn::{ClaimToHeader, Provider};
 use crate::identity::ClaimPath;
@@ -28,6 +29,7 @@ pub(super) fn compile_provider(
         }
     }
     let algorithms = algorithms(rule.algorithms.as_deref(), field)?;
+    let claims = claim_rules(&rule, field)?;
     // Durations first, whatever the key source: a malformed one is reported as such.
     let timings = FetchTimings::of(&rule, field)?;
     let keys = key_source(&rule, field, limits, timings)?;
@@ -51,6 +53,7 @@ pub(super) fn compile_provider(
         audiences: rule.audiences,
         keys,
         algorithms,
+        claims,
         locations,
         forward_original_token: rule.forward_original_token,
         output_payload_to_header,
@@ -83,6 +86,60 @@ fn algorithms(names: Option<&[String]>, field: &str) -> Result<AlgorithmSet, Con
     }
     Ok(set)
 }
+
+/// `clockSkew`, `requireExpiration`, `maxLifetime` and `requiredClaims`: the validation knobs
+/// Istio's RequestAuthentication does not expose (Envoy's jwt_authn has the first three).
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
+fn claim_rules(rule: &RawJwtRule, field: &str) -> Result<ClaimRules, ConfigError> {
+    let seconds = |text: &Option<String>, name: &str, default_ms: u64, min_ms: u64, max_ms: u64| {
+        let path = format!("{field}.{name}");
+        let ms = duration_field(text, &path, default_ms, min_ms, max_ms)?;
+        // Token times are whole seconds (NumericDate): a fraction here would only mislead.
+        match ms % SECOND_MS {
+            0 => Ok(ms / SECOND_MS),
+            _ => Err(ConfigError::new(path, "must be whole seconds")),
+        }
+    };
+    let clock_skew_seconds =
+        seconds(&rule.clock_skew, "clockSkew", CLOCK_SKEW_SECONDS * SECOND_MS, 0, MAX_CLOCK_SKEW_MS)?;
+    let require_expiration = rule.require_expiration.unwrap_or(true);
+    let max_lifetime_seconds = match &rule.max_lifetime {
+        None => None,
+        Some(_) if !require_expiration => {
+            return Err(ConfigError::new(
+                format!("{field}.maxLifetime"),
+                "needs requireExpiration: a token without exp has no lifetime to bound",
+            ))
+        }
+        Some(_) => Some(seconds(&rule.max_lifetime, "maxLifetime", 0, SECOND_MS, 366 * DAY_MS)?),
+    };
+    let mut required = Vec::with_capacity(rule.required_claims.len());
+    for (name, values) in &rule.required_claims {
+        let claim_field = format!("{field}.requiredClaims.{name}");
+        let checked_elsewhere = match name.as_str() {
+            "" => return Err(ConfigError::new(format!("{field}.requiredClaims"), "a claim name must not be empty")),
+            "exp" | "nbf" | "iat" => true,
+            _ => false,
+        };
+        if checked_elsewhere {
+            return Err(ConfigError::new(
+                claim_field,
+                "the time claims are checked by requireExpiration, clockSkew and maxLifetime",
+            ));
+        }
+        if values.is_empty() {
+            return Err(ConfigError::new(claim_field, "give at least one accepted value"));
+        }
+        if let Some(i) = values.iter().position(String::is_empty) {
+            return Err(ConfigError::new(format!("{claim_field}[{i}]"), "must not be empty"));
+        }
+        required.push(RequiredClaim { claim: ClaimPath::dotted(name), values: values.clone() });
+    }
+    Ok(ClaimRules { clock_skew_seconds, require_expiration, max_lifetime_seconds, required })
+}
+
+/// The largest `clockSkew`: beyond ten minutes an expired token is simply accepted.
+const MAX_CLOCK_SKEW_MS: u64 = 600 * SECOND_MS;
 
 /// Inline `jwks`, `jwksUri`, or (with neither) the issuer's OIDC discovery document, with the
 /// fetch settings of the last two.

@@ -3,7 +3,7 @@
 //! messages, the path of the member that is wrong).
 
 use super::json::Path;
-use super::json::{items, member, read_object, required, Member, ReadError, Slot};
+use super::json::{items, member, read_object, required, string_lists, Member, ReadError, Slot};
 use crate::json::Value;
 
 // ---------------------------------------------------------------------------------------------
@@ -62,6 +62,11 @@ pub(super) struct RawJwtRule {
     pub(super) cache_duration: Option<String>,
     pub(super) stale_if_error: Option<String>,
     pub(super) unknown_kid_refetch_interval: Option<String>,
+    pub(super) clock_skew: Option<String>,
+    pub(super) require_expiration: Option<bool>,
+    pub(super) max_lifetime: Option<String>,
+    /// `requiredClaims`: claim name -> the values it may have, in name order.
+    pub(super) required_claims: Vec<(String, Vec<String>)>,
 }
 #[derive(Default)]
 pub(super) struct RawFromHeader {
@@ -241,7 +246,7 @@ impl RawJwtRule {
     #[inline(never)] // each its own function: see verify_new_token (src/authn/mod.rs)
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawJwtRule> {
         let mut r = RawJwtRule::default();
-        let (mut from_headers, mut claim_headers) = (Vec::new(), Vec::new());
+        let (mut from_headers, mut claim_headers, mut required_claims) = (Vec::new(), Vec::new(), Vec::new());
         read_object(
             value,
             path,
@@ -266,9 +271,14 @@ impl RawJwtRule {
                 member("cacheDuration", Slot::MaybeText(&mut r.cache_duration)),
                 member("staleIfError", Slot::MaybeText(&mut r.stale_if_error)),
                 member("unknownKidRefetchInterval", Slot::MaybeText(&mut r.unknown_kid_refetch_interval)),
+                member("clockSkew", Slot::MaybeText(&mut r.clock_skew)),
+                member("requireExpiration", Slot::MaybeFlag(&mut r.require_expiration)),
+                member("maxLifetime", Slot::MaybeText(&mut r.max_lifetime)),
+                member("requiredClaims", Slot::With(&mut |v, p| set(&mut required_claims, string_lists(v, p)))),
             ],
         )?;
         (r.from_headers, r.output_claim_to_headers) = (from_headers, claim_headers);
+        r.required_claims = required_claims;
         Ok(r)
     }
 }

@@ -663,3 +663,61 @@ fn errors_keep_their_order_across_a_list() {
     let err = error(json!({"jwtRules": [{"issuer": "i", "jwksUri": "ftp://x", "timeout": "bogus"}]}));
     assert_eq!(err.field, "jwtRules[0].timeout");
 }
+
+#[test]
+fn claim_rules_default_and_parse() {
+    let rules = |extra: serde_json::Value| {
+        let mut rule = json!({"issuer": "i", "jwksUri": "http://x/c"});
+        rule.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        let config = Config::parse(json!({"jwtRules": [rule]}).to_string().as_bytes()).expect("valid");
+        config.issuers.providers[0].claims.clone()
+    };
+    let defaults = rules(json!({}));
+    assert_eq!(defaults, crate::authn::claims::ClaimRules::default());
+    assert_eq!((defaults.clock_skew_seconds, defaults.require_expiration), (60, true));
+    let given = rules(json!({"clockSkew": "0s", "requireExpiration": true, "maxLifetime": "1h",
+                             "requiredClaims": {"typ": ["Bearer"], "realm_access.roles": ["user", "admin"]}}));
+    assert_eq!((given.clock_skew_seconds, given.max_lifetime_seconds), (0, Some(3600)));
+    // In name order, each with its values.
+    let required: Vec<(Vec<String>, Vec<String>)> =
+        given.required.iter().map(|r| (vec![format!("{:?}", r.claim)], r.values.clone())).collect();
+    assert_eq!(required.len(), 2);
+    assert!(required[0].0[0].contains("realm_access.roles") && required[0].1 == ["user", "admin"], "{required:?}");
+    assert!(required[1].0[0].contains("typ") && required[1].1 == ["Bearer"], "{required:?}");
+    assert!(!rules(json!({"requireExpiration": false})).require_expiration);
+    assert_eq!(rules(json!({"clockSkew": "2m"})).clock_skew_seconds, 120);
+}
+
+#[test]
+fn claim_rules_are_refused_with_their_field() {
+    let rule = |extra: serde_json::Value| {
+        let mut rule = json!({"issuer": "i", "jwksUri": "http://x/c"});
+        rule.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        json!({"jwtRules": [rule]})
+    };
+    let cases = [
+        (json!({"clockSkew": "11m"}), "jwtRules[0].clockSkew", "too long: at most 600s"),
+        (json!({"clockSkew": "1500ms"}), "jwtRules[0].clockSkew", "whole seconds"),
+        (json!({"clockSkew": "soon"}), "jwtRules[0].clockSkew", "not a duration"),
+        (json!({"clockSkew": 60}), "jwtRules[0].clockSkew", "invalid type: integer `60`, expected a string"),
+        (json!({"requireExpiration": "yes"}), "jwtRules[0].requireExpiration", "expected a boolean"),
+        (json!({"maxLifetime": "0s"}), "jwtRules[0].maxLifetime", "at least 1s"),
+        (json!({"maxLifetime": "8785h"}), "jwtRules[0].maxLifetime", "too long: at most 8784h"),
+        (
+            json!({"maxLifetime": "367h", "requireExpiration": false}),
+            "jwtRules[0].maxLifetime",
+            "needs requireExpiration",
+        ),
+        (json!({"requiredClaims": ["typ"]}), "jwtRules[0].requiredClaims", "expected a map of names to lists"),
+        (json!({"requiredClaims": {"typ": "Bearer"}}), "jwtRules[0].requiredClaims.typ", "expected a sequence"),
+        (json!({"requiredClaims": {"typ": []}}), "jwtRules[0].requiredClaims.typ", "at least one accepted value"),
+        (json!({"requiredClaims": {"typ": ["Bearer", ""]}}), "jwtRules[0].requiredClaims.typ[1]", "must not be empty"),
+        (json!({"requiredClaims": {"": ["x"]}}), "jwtRules[0].requiredClaims", "must not be empty"),
+        (json!({"requiredClaims": {"exp": ["1"]}}), "jwtRules[0].requiredClaims.exp", "checked by requireExpiration"),
+    ];
+    for (extra, field, reason) in cases {
+        let err = error(rule(extra.clone()));
+        assert_eq!(err.field, field, "{extra}: {err}");
+        assert!(err.reason.contains(reason), "{extra}: {err}");
+    }
+}
