@@ -3,6 +3,7 @@
 //! This is the pure core's entry point: it reads a `Request` snapshot, the key cache and `now`,
 //! and returns a `Decision` (or asks to wait for keys). The host layer performs what it says.
 
+use crate::authn::binding;
 use crate::authn::extract::{self, HeaderSource, LocationId, TokenLocation};
 use crate::authn::token_cache::TokenCache;
 use crate::authn::verify::Verifier;
@@ -74,6 +75,9 @@ pub enum Property {
     PeerSubject,
     RequestedServerName,
     DestinationAddress,
+    /// The client certificate's SHA-256 digest, hex: read only for a `Decision::Bound`, never up
+    /// front (`read_by` does not list it).
+    PeerCertificateDigest,
 }
 
 impl Property {
@@ -108,6 +112,7 @@ impl Property {
             Property::PeerSubject => &["connection", "subject_peer_certificate"],
             Property::RequestedServerName => &["connection", "requested_server_name"],
             Property::DestinationAddress => &["destination", "address"],
+            Property::PeerCertificateDigest => &["connection", "sha256_peer_certificate_digest"],
         }
     }
 }
@@ -134,6 +139,8 @@ impl Request {
             }
             Property::RequestedServerName => self.requested_server_name = text(),
             Property::DestinationAddress => self.destination_address = non_empty(),
+            // Not a request attribute: the digest is handed to `Scheduler::bind` directly.
+            Property::PeerCertificateDigest => {}
         }
     }
 }
@@ -158,8 +165,26 @@ pub enum HeaderChange {
 /// `notes` are what to log and count besides the decision (AUDIT matches, dry-run outcomes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Allow { changes: Vec<HeaderChange>, principal: Option<String>, notes: Vec<PolicyNote> },
-    Deny { denial: Denial, realm: String, notes: Vec<PolicyNote>, context: DenyContext },
+    Allow {
+        changes: Vec<HeaderChange>,
+        principal: Option<String>,
+        notes: Vec<PolicyNote>,
+    },
+    Deny {
+        denial: Denial,
+        realm: String,
+        notes: Vec<PolicyNote>,
+        context: DenyContext,
+    },
+    /// `decision` holds only on a connection whose client certificate has the SHA-256 digest
+    /// `thumbprint`, the one the token is bound to (RFC 8705); `mismatch` (401) otherwise. The
+    /// host reads `Property::PeerCertificateDigest` for it and hands it to `Scheduler::bind`, which
+    /// picks one: only requests with a bound token pay for that read.
+    Bound {
+        thumbprint: [u8; 32],
+        decision: Box<Decision>,
+        mismatch: Box<Decision>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,9 +294,12 @@ pub fn evaluate_cached(
         }
     };
     input.identity = authenticated.as_ref().map(|a| a.identity.as_ref());
+    // Checked on every request, cached token or not (verification refused a malformed binding).
+    let binding =
+        authenticated.as_ref().and_then(|a| binding::certificate_thumbprint(&a.identity.claims).ok().flatten());
     let evaluation = config.policies.evaluate(&input);
     let notes = evaluation.notes;
-    match (evaluation.decision, authenticated) {
+    let outcome = match (evaluation.decision, authenticated) {
         (PolicyDecision::Allow, authenticated) => Outcome::Decided(Decision::Allow {
             principal: authenticated.as_ref().map(|a| a.identity.principal()),
             // Under a requirement (or for a preflight) some token locations went unread: clear
@@ -281,6 +309,17 @@ pub fn evaluate_cached(
         }),
         (PolicyDecision::Deny { policy }, None) => deny(request, &normalized, Denial::MissingToken { policy }, notes),
         (PolicyDecision::Deny { policy }, Some(_)) => deny(request, &normalized, Denial::Forbidden { policy }, notes),
+    };
+    // A bound token without its certificate is an invalid token: 401 whatever the policies said,
+    // as for any other invalid token.
+    match (binding, outcome) {
+        (Some(thumbprint), Outcome::Decided(decision)) => {
+            let mismatch =
+                deny(request, &normalized, Denial::InvalidToken(AuthnError::CertificateMismatch), Vec::new());
+            let Outcome::Decided(mismatch) = mismatch else { return mismatch };
+            Outcome::Decided(Decision::Bound { thumbprint, decision: Box::new(decision), mismatch: Box::new(mismatch) })
+        }
+        (_, outcome) => outcome,
     }
 }
 

@@ -277,8 +277,10 @@ mod tests {
             ClaimsError::AudienceNotAllowed,
             ClaimsError::LifetimeTooLong,
             ClaimsError::RequiredClaimMismatch,
+            ClaimsError::BadConfirmation,
         ];
-        let mut authn: Vec<AuthnError> = vec![AuthnError::UnknownIssuer, AuthnError::JwksUnavailable];
+        let mut authn: Vec<AuthnError> =
+            vec![AuthnError::UnknownIssuer, AuthnError::JwksUnavailable, AuthnError::CertificateMismatch];
         authn.extend(tokens.map(AuthnError::Token));
         authn.extend(signatures.map(AuthnError::Signature));
         authn.extend(claims.map(AuthnError::Claims));
@@ -317,9 +319,11 @@ mod tests {
                         | ClaimsError::NotYetValid
                         | ClaimsError::AudienceNotAllowed
                         | ClaimsError::LifetimeTooLong
-                        | ClaimsError::RequiredClaimMismatch,
+                        | ClaimsError::RequiredClaimMismatch
+                        | ClaimsError::BadConfirmation,
                     )
-                    | AuthnError::JwksUnavailable => {}
+                    | AuthnError::JwksUnavailable
+                    | AuthnError::CertificateMismatch => {}
                 },
             }
         }

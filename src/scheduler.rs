@@ -14,6 +14,7 @@
 //! worker registers one, so the worker that completes a fetch can wake the others whose requests
 //! wait for it: `Effect::Wake`).
 
+use crate::authn::binding;
 use crate::authn::token_cache::{DigestKey, TokenCache};
 use crate::authn::verify::{SignatureBackend, Verifier};
 use crate::authn::AuthnError;
@@ -251,6 +252,16 @@ impl Scheduler {
     /// counters, as for a request decided on arrival.
     pub fn settled(&mut self, decision: &Decision) {
         self.report(decision);
+    }
+
+    /// Settles a `Decision::Bound` with the digest of the connection's client certificate (Envoy's
+    /// `connection.sha256_peer_certificate_digest`, `None` without one) and reports what it comes
+    /// to; any other decision comes back as it is (it was reported already).
+    pub fn bind(&mut self, decision: Decision, digest: Option<&[u8]>) -> Decision {
+        let Decision::Bound { thumbprint, decision, mismatch } = decision else { return decision };
+        let chosen = if binding::presented(&thumbprint, digest) { *decision } else { *mismatch };
+        self.report(&chosen);
+        chosen
     }
 
     /// The request's stream ended: it no longer waits.
@@ -543,6 +554,8 @@ impl Scheduler {
                 self.effects.push(Effect::CountNamed(metrics::denied(status, denial.code(), denial.policy())));
                 self.count(Counter::Denied, 1);
             }
+            // Reported by `bind`, once the host says which of its two decisions holds.
+            Decision::Bound { .. } => {}
         }
     }
 

@@ -106,6 +106,7 @@ fn status(decision: &Decision) -> u32 {
     match decision {
         Decision::Allow { .. } => 200,
         Decision::Deny { denial, realm, .. } => denial.response(realm).status,
+        Decision::Bound { .. } => 0,
     }
 }
 
@@ -330,6 +331,7 @@ fn denial_code(decision: &Decision) -> (u32, &'static str, Option<String>) {
         Decision::Deny { denial, realm, .. } => {
             (denial.response(realm).status, denial.code(), denial.policy().map(str::to_string))
         }
+        Decision::Bound { .. } => (0, "bound", None),
     }
 }
 
@@ -720,4 +722,33 @@ fn the_token_cache_stays_within_its_bounds() {
             assert_eq!(tokens.len(), if round == 0 { (n + 1).min(5) } else { 5 });
         }
     }
+}
+
+#[test]
+fn a_certificate_bound_token_makes_every_decision_depend_on_the_certificate() {
+    let config = config();
+    let cache = ready_cache(&config);
+    let keys = cache.at(NOW * 1000);
+    let bound = token(json!({"cnf": {"x5t#S256": b64([9u8; 32])}}));
+    let user = token(json!({"cnf": {"x5t#S256": b64([9u8; 32])}, "realm_access": {"roles": ["user"]}}));
+    // Allowed, denied by a policy, or allowed without any identity needed: each holds only with the
+    // certificate, and without it is a 401 (an invalid token), as every other invalid token is.
+    for (token, path, with_certificate) in
+        [(&bound, "/api/admin/x", 200), (&user, "/api/admin/x", 403), (&bound, "/healthz", 200)]
+    {
+        let req = request("GET", path, &[("authorization", &bearer(token))]);
+        let Decision::Bound { thumbprint, decision, mismatch } = decide(&config, &keys, &req) else { panic!("bound") };
+        assert_eq!(thumbprint, [9u8; 32]);
+        assert_eq!(status(&decision), with_certificate, "{path}");
+        let Decision::Deny { denial, realm, .. } = *mismatch else { panic!("a denial") };
+        assert_eq!(denial, Denial::InvalidToken(AuthnError::CertificateMismatch));
+        assert_eq!(denial.response(&realm).status, 401);
+    }
+    // A binding that cannot be read refuses the token; an unbound token decides alone.
+    let bad = token(json!({"cnf": {"x5t#S256": "short"}}));
+    let req = request("GET", "/api/admin/x", &[("authorization", &bearer(&bad))]);
+    let Decision::Deny { denial, .. } = decide(&config, &keys, &req) else { panic!("denied") };
+    assert_eq!(denial, Denial::InvalidToken(AuthnError::Claims(ClaimsError::BadConfirmation)));
+    let plain = request("GET", "/api/admin/x", &[("authorization", &bearer(&token(json!({}))))]);
+    assert!(matches!(decide(&config, &keys, &plain), Decision::Allow { .. }));
 }

@@ -136,6 +136,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!value.chars().any(char::is_control), "control character in {value:?}");
             }
         }
+        // Only a verified token with `cnf.x5t#S256` is bound; without its certificate, a 401.
+        Outcome::Decided(Decision::Bound { mismatch, .. }) => {
+            let Decision::Deny { denial, realm, .. } = *mismatch else { panic!("a bound decision's mismatch allows") };
+            assert_eq!(denial.response(&realm).status, 401);
+        }
         Outcome::AwaitKeys(_) => panic!("inline keys never need a fetch"),
     }
 });

@@ -73,6 +73,8 @@ pub enum ClaimsError {
     LifetimeTooLong,
     /// A `requiredClaims` claim is missing or has none of its values.
     RequiredClaimMismatch,
+    /// `cnf` is not an object, or its `x5t#S256` is not the base64url of a SHA-256 digest.
+    BadConfirmation,
 }
 
 impl ClaimsError {
@@ -84,6 +86,7 @@ impl ClaimsError {
             ClaimsError::AudienceNotAllowed => "jwt_audience_not_allowed",
             ClaimsError::LifetimeTooLong => "jwt_lifetime_too_long",
             ClaimsError::RequiredClaimMismatch => "jwt_required_claim_mismatch",
+            ClaimsError::BadConfirmation => "jwt_cnf_invalid",
         }
     }
 
@@ -95,6 +98,7 @@ impl ClaimsError {
             ClaimsError::AudienceNotAllowed => "Audiences in Jwt are not allowed",
             ClaimsError::LifetimeTooLong => "Jwt lifetime is longer than allowed",
             ClaimsError::RequiredClaimMismatch => "Jwt claims do not have the required values",
+            ClaimsError::BadConfirmation => "Jwt [cnf] claim is not valid",
         }
     }
 }
@@ -138,6 +142,8 @@ pub fn validate(
     if !rules.required.iter().all(|required| required.holds(&claims.custom)) {
         return Err(ClaimsError::RequiredClaimMismatch);
     }
+    // A binding that cannot be read refuses the token here; one that can is checked per request.
+    super::binding::certificate_thumbprint(&claims.custom)?;
     Ok(())
 }
 

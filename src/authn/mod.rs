@@ -3,6 +3,7 @@
 //! Istio semantics: no token means no identity (authorization decides); any presented token that
 //! fails a check rejects the request, even on a path that needs no identity.
 
+pub mod binding;
 pub mod claims;
 pub mod extract;
 pub mod jwt;
@@ -36,6 +37,9 @@ pub enum AuthnError {
     Claims(ClaimsError),
     /// The issuer's keys could not be fetched and none are cached.
     JwksUnavailable,
+    /// The token is bound to a client certificate (`cnf.x5t#S256`, RFC 8705) that the connection
+    /// does not present.
+    CertificateMismatch,
 }
 
 impl AuthnError {
@@ -47,6 +51,7 @@ impl AuthnError {
             AuthnError::Signature(err) => err.code(),
             AuthnError::Claims(err) => err.code(),
             AuthnError::JwksUnavailable => "jwks_fetch_failed",
+            AuthnError::CertificateMismatch => "jwt_certificate_mismatch",
         }
     }
 
@@ -58,6 +63,7 @@ impl AuthnError {
             AuthnError::Signature(err) => err.message(),
             AuthnError::Claims(err) => err.message(),
             AuthnError::JwksUnavailable => "Jwks remote fetch is failed",
+            AuthnError::CertificateMismatch => "Jwt is bound to a client certificate the connection does not present",
         }
     }
 }

@@ -163,6 +163,7 @@ impl HttpContext for RequestContext {
             }
         }
         let decision = self.vm.borrow_mut().scheduler.on_request(&HostStore, self.context_id, request, now_millis());
+        let decision = decision.map(|decision| bind(&self.vm, decision));
         // Log and count before acting, as the core reported them.
         perform_effects(&self.vm);
         match decision {
@@ -193,12 +194,11 @@ fn perform_effect(vm: &SharedVm, effect: Effect) {
         Effect::Settle { context_id, decision } => {
             // The stream may have ended while it waited; then there is nothing to settle.
             if hostcalls::set_effective_context(context_id).is_ok() {
-                // Its log lines and counters first, from its own context, as on arrival.
-                let report = {
-                    let mut vm = vm.borrow_mut();
-                    vm.scheduler.settled(&decision);
-                    vm.scheduler.take_effects()
-                };
+                // Its log lines and counters first, from its own context, as on arrival (`bind`
+                // reports a bound decision, which `settled` leaves to it).
+                vm.borrow_mut().scheduler.settled(&decision);
+                let decision = bind(vm, decision);
+                let report = vm.borrow_mut().scheduler.take_effects();
                 report.into_iter().for_each(|effect| perform_effect(vm, effect));
                 perform(&decision, true);
             }
@@ -232,9 +232,18 @@ fn perform_effect(vm: &SharedVm, effect: Effect) {
     }
 }
 
+/// A decision on a certificate-bound token, settled with the client certificate's digest (read
+/// only for such requests, on the current context); any other decision passes.
+fn bind(vm: &SharedVm, decision: Decision) -> Decision {
+    let Decision::Bound { .. } = decision else { return decision };
+    let digest = calls::property(Property::PeerCertificateDigest.path());
+    vm.borrow_mut().scheduler.bind(decision, digest.as_deref())
+}
+
 /// Carries out a decision on the current (effective) request context.
 fn perform(decision: &Decision, resume: bool) -> Action {
     match decision {
+        Decision::Bound { mismatch, .. } => perform(mismatch, resume), // `bind` settles it first
         Decision::Allow { changes, .. } => {
             for change in changes {
                 let _ = match change {

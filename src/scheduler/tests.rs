@@ -50,6 +50,7 @@ fn status(decision: &Decision) -> u32 {
     match decision {
         Decision::Allow { .. } => 200,
         Decision::Deny { denial, realm, .. } => denial.response(realm).status,
+        Decision::Bound { .. } => 0,
     }
 }
 
@@ -57,6 +58,7 @@ fn reason(decision: &Decision) -> &'static str {
     match decision {
         Decision::Allow { .. } => "allowed",
         Decision::Deny { denial, .. } => denial.code(),
+        Decision::Bound { .. } => "bound",
     }
 }
 
@@ -328,4 +330,39 @@ fn random_values_spread_and_worker_ids_are_never_zero() {
     distinct.dedup();
     assert_eq!(distinct.len(), values.len());
     assert!((0..64).all(|_| random.worker_id() != 0));
+}
+
+#[test]
+fn a_bound_token_is_settled_by_the_certificate_and_reported_once() {
+    let mut store = MemoryStore::default();
+    let mut s = scheduler(&mut store, 1);
+    assert_eq!(s.on_request(&store, 7, request(&token("a")), NOW_MS), None, "parked");
+    start_fetch(&mut s, &mut store, NOW_MS + 1, 1);
+    s.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS + 2);
+    s.take_effects();
+    let digest = [0x5au8; 32];
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let payload = json!({"iss": ISSUER, "sub": "alice", "exp": NOW_MS / 1000 + 300,
+                         "cnf": {"x5t#S256": testkeys::b64(digest)}});
+    let bound = testkeys::sign(&json!({"alg": "RS256", "kid": "a"}), &payload, 0);
+    for (presented, expected) in [
+        (Some(hex.as_str()), (200, "allowed")),
+        (Some(""), (401, "jwt_certificate_mismatch")),
+        (None, (401, "jwt_certificate_mismatch")),
+    ] {
+        let decision = s.on_request(&store, 8, request(&bound), NOW_MS + 3).expect("decided");
+        assert!(matches!(decision, Decision::Bound { thumbprint, .. } if thumbprint == digest), "{decision:?}");
+        assert!(
+            s.take_effects().iter().all(|e| !matches!(e, Effect::Log(..) | Effect::CountNamed(_))),
+            "not yet reported"
+        );
+        let settled = s.bind(decision, presented.map(str::as_bytes));
+        assert_eq!((status(&settled), reason(&settled)), expected, "{presented:?}");
+        let effects = s.take_effects();
+        let denials = effects.iter().filter(|e| matches!(e, Effect::CountNamed(_))).count();
+        assert_eq!(denials, usize::from(expected.0 == 401), "reported once: {effects:?}");
+        // Anything but a bound decision passes through untouched, and is not reported again.
+        assert_eq!(s.bind(settled.clone(), None), settled);
+        assert!(s.take_effects().is_empty());
+    }
 }

@@ -7,13 +7,20 @@ certificates carry SPIFFE URI SANs, as Istio's workload certificates do, minted 
 throwaway CA. A connection without a peer certificate never matches a positive mTLS condition.
 """
 
+import hashlib
+import json
+
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from testbed.config import jwt_rule
 from testbed.envoy import start_envoy
+from testbed.expect import denial_reason
 from testbed.istio import native_filters
 from testbed.net import free_ports, http_request
 from testbed.tls import Authority, https_request
+from testbed.tokens import b64url, mint
 
 CART = "spiffe://cluster.local/ns/shop/sa/cart"
 WEB = "spiffe://cluster.local/ns/web-1/sa/web"
@@ -144,3 +151,65 @@ def test_cluster_local_stands_for_the_mesh_trust_domain(idp, backend, authority)
     with start(idp, backend, authority, config, native=False) as ours:
         assert allowed(ours, authority, "foo", "mtls", "/cart/x")
         assert not allowed(ours, authority, "cart", "mtls", "/cart/x")
+
+
+# --- Certificate-bound tokens (RFC 8705) -----------------------------------------------------------
+
+BOUND = "Jwt is bound to a client certificate the connection does not present"
+BAD_CNF = "Jwt [cnf] claim is not valid"
+
+
+def thumbprint(client):
+    """x5t#S256 of a client certificate: base64url(SHA-256(DER)), as the token's cnf carries it."""
+    der = x509.load_pem_x509_certificate(client.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    return b64url(hashlib.sha256(der).digest())
+
+
+@pytest.fixture(scope="module")
+def bound_envoy(idp, backend, authority):
+    """Any verified caller is allowed: what a bound token changes is whether it is verified."""
+    config = {"jwtRules": [jwt_rule(idp)],
+              "policies": [{"name": "users", "action": "ALLOW", "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}]}
+    with start(idp, backend, authority, config, native=False) as envoy:
+        yield envoy
+
+
+def send(envoy, authority, who, listener, path, token):
+    ca, clients = authority
+    headers = {"Authorization": f"Bearer {token}"}
+    if listener == "ingress":
+        return http_request(envoy.ports["ingress"], "GET", path, headers)
+    return https_request(envoy.ports[listener], path, client=clients.get(who), ca=ca.ca_path, headers=headers)
+
+
+@pytest.mark.parametrize("who, listener, passes", [
+    ("cart", "mtls", True), ("cart", "tls", True),
+    ("web", "mtls", False), ("web", "tls", False), (None, "tls", False), (None, "ingress", False),
+], ids=["own-cert-mtls", "own-cert-tls", "other-cert-mtls", "other-cert-tls", "no-cert-tls", "plaintext"])
+def test_a_bound_token_passes_only_with_its_certificate(bound_envoy, authority, idp, who, listener, passes):
+    _, clients = authority
+    token = mint(idp, "bob", cnf={"x5t#S256": thumbprint(clients["cart"])})
+    for attempt in (1, 2):  # the second through the verified-token cache, which must not skip the check
+        path = f"/bound/{who}-{listener}/{attempt}"
+        status, headers, body = send(bound_envoy, authority, who, listener, path, token)
+        if passes:
+            assert (status, headers.get("x-backend")) == (200, "demo"), (status, body)
+        else:
+            assert status == 401 and body == BOUND, (status, headers, body)
+            assert headers.get("www-authenticate", "").endswith(f'error="invalid_token", error_description="{BOUND}"')
+            assert denial_reason(bound_envoy, path) == "jwt_certificate_mismatch"
+
+
+def test_unbound_and_otherwise_bound_tokens_are_bearer_tokens(bound_envoy, authority, idp):
+    for name, token in (("bearer", mint(idp, "bob")), ("dpop-jkt", mint(idp, "bob", cnf={"jkt": "x" * 43}))):
+        status, headers, body = send(bound_envoy, authority, None, "ingress", f"/unbound/{name}", token)
+        assert (status, headers.get("x-backend")) == (200, "demo"), (name, status, body)
+
+
+@pytest.mark.parametrize("cnf", ["x", {"x5t#S256": 5}, {"x5t#S256": "AAAA"}, {"x5t#S256": "not base64url!"}],
+                         ids=["not-object", "number", "short", "not-base64url"])
+def test_a_binding_that_cannot_be_read_refuses_the_token(bound_envoy, authority, idp, cnf):
+    path = f"/bad-cnf/{json.dumps(cnf).encode().hex()}"
+    status, headers, body = send(bound_envoy, authority, "cart", "mtls", path, mint(idp, "bob", cnf=cnf))
+    assert (status, body) == (401, BAD_CNF), (status, body)
+    assert denial_reason(bound_envoy, path) == "jwt_cnf_invalid"

@@ -75,10 +75,10 @@ def expect_refused(envoy, fragments):
 def denial_reason(envoy, path, timeout=5.0):
     """The reason code in the filter's log line for the denial of a request for path (`denied
     <status> reason=<code> policy=<policy> method=… [request_id=…] [token_issuer=…]
-    resource=http://<host><path>`), waiting for the log, which Envoy flushes every 50 ms
+    resource=http[s]://<host><path>`), waiting for the log, which Envoy flushes every 50 ms
     (start_envoy's log_flush_ms); None if there is none. Tests give each request a path of its own,
     so that the line is that request's."""
-    line = re.compile(rf"denied \d{{3}} reason=(\w+) policy=\S+ (?:\S+ )*resource=http://[^/\s]+{re.escape(path)}$", re.M)
+    line = re.compile(rf"denied \d{{3}} reason=(\w+) policy=\S+ (?:\S+ )*resource=https?://[^/\s]+{re.escape(path)}$", re.M)
     deadline = time.monotonic() + timeout
     while True:
         found = line.findall(envoy.log_text())
