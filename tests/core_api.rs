@@ -752,3 +752,36 @@ fn a_certificate_bound_token_makes_every_decision_depend_on_the_certificate() {
     let plain = request("GET", "/api/admin/x", &[("authorization", &bearer(&token(json!({}))))]);
     assert!(matches!(decide(&config, &keys, &plain), Decision::Allow { .. }));
 }
+
+#[test]
+fn a_hundred_issuers_each_judge_their_own_tokens() {
+    let jwks = jwks_body(&[("k0", 0)]);
+    // Issuer names out of order and sharing long prefixes, as realms of one Keycloak do.
+    let rules: Vec<Value> = (0..100)
+        .map(|i| json!({"issuer": format!("https://idp.example/realms/r{}", (i * 37) % 100), "jwks": jwks}))
+        .collect();
+    let config = Config::parse(
+        json!({"jwtRules": rules, "policies": [{"name": "any", "action": "ALLOW",
+               "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}]})
+        .to_string()
+        .as_bytes(),
+    )
+    .expect("valid config");
+    let cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
+    let keys = cache.at(NOW * 1000);
+    let mut tokens = TokenCache::new();
+    for realm in [0, 1, 42, 99, 37] {
+        let issuer = format!("https://idp.example/realms/r{realm}");
+        let token = token(json!({"iss": issuer}));
+        let req = request("GET", "/x", &[("authorization", &bearer(&token))]);
+        for decision in [decide(&config, &keys, &req), decide_cached(&config, &keys, &mut tokens, &req, NOW)] {
+            let Decision::Allow { principal, .. } = decision else { panic!("{issuer}: {decision:?}") };
+            assert_eq!(principal.as_deref(), Some(format!("{issuer}/alice-id").as_str()));
+        }
+    }
+    for unknown in ["https://idp.example/realms/r100", "https://idp.example/realms/", "https://idp.example/realms/r9x"]
+    {
+        let req = request("GET", "/x", &[("authorization", &bearer(&token(json!({"iss": unknown}))))]);
+        assert_eq!(denial_code(&decide(&config, &keys, &req)).1, "jwt_unknown_issuer", "{unknown}");
+    }
+}

@@ -57,7 +57,10 @@ NOOP = "wasm-noop"
 # And two filters built with the same Proxy-Wasm SDK and profile as jwt-authz (tools/sdk-baseline):
 # one that does nothing, one that only reads the request headers, as any auth filter must.
 SDK_EMPTY, SDK_HEADERS = "sdk-empty", "sdk-headers"
-BASELINES = (FLOOR, NOOP)
+# And jwt-authz with 100 issuers, the token's the last of them (99 realms of one Keycloak before it,
+# their names sharing its long prefix): a request must cost the same as with one. Hot workload only.
+MANY_ISSUERS = "jwt-authz-100"
+BASELINES = (FLOOR, NOOP, MANY_ISSUERS)
 HOT, COLD = "hot", "cold"
 # Cold workloads besides RS256 (named cold-<alg>), on these listeners only.
 OTHER_ALGS = ("ES256", "PS256")
@@ -306,6 +309,7 @@ def envoy_bootstrap(jwks, wasm_path, workdir, sdk_baseline):
         "jwt-authz-vm": [wasm_filter(plugin_config(jwks, "vm"), wasm_path, name="jwt-authz-vm", vm_id="jwt-authz-vm")],
         FLOOR: [floor_filter(wasm_path)],
         NOOP: [noop_filter(workdir)],
+        MANY_ISSUERS: [wasm_filter(many_issuers_config(jwks), wasm_path, name=MANY_ISSUERS)],
     }
     if sdk_baseline:
         filters[SDK_EMPTY] = [baseline_filter(sdk_baseline, "")]
@@ -314,6 +318,15 @@ def envoy_bootstrap(jwks, wasm_path, workdir, sdk_baseline):
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {"listeners": [listener(name, http_filters) for name, http_filters in filters.items()]},
     }
+
+
+def many_issuers_config(jwks):
+    """plugin_config with 99 other issuers (each with the same inline keys) before the bench's own."""
+    config = plugin_config(jwks)
+    decoys = [{"issuer": f"{ISSUER[:-len('shop')]}realm-{i:02d}", "audiences": [AUDIENCE], "jwks": json.dumps(jwks)}
+              for i in range(99)]
+    config["jwtRules"] = decoys + config["jwtRules"]
+    return config
 
 
 def floor_filter(wasm_path):
@@ -511,6 +524,9 @@ def main():
     print(f"Proxy-Wasm floors (hot): a no-op Wasm module {noop:.0f} req/s = {noop / no_auth:.2f} of no-auth; "
           f"jwt-authz without jwtRules (one allow-all policy) {floor:.0f} req/s = {floor / no_auth:.2f}; "
           f"jwt-authz hot = {summary[HOT]['jwt-authz']['rps'] / noop:.2f} of the no-op module")
+    many, one = summary[HOT][MANY_ISSUERS]["rps"], summary[HOT]["jwt-authz"]["rps"]
+    print(f"Issuers (hot): jwt-authz with 100 jwtRules entries, the token's the last, {many:.0f} req/s = "
+          f"{many / one:.2f} of jwt-authz with one")
     if args.sdk_baseline:
         empty, headers = (summary[HOT][name]["rps"] for name in (SDK_EMPTY, SDK_HEADERS))
         print(f"Same SDK and profile as jwt-authz (tools/sdk-baseline): doing nothing {empty:.0f} req/s = "

@@ -201,7 +201,7 @@ fn compile(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         cors_preflight,
         signature_backend,
         connection_reads: ConnectionReads::of(&policies, &token_requirements),
-        issuers: Issuers { providers, locations: token_locations, limits: limits.token },
+        issuers: Issuers::new(providers, token_locations, limits.token),
         policies,
         output_headers,
         token_requirements,
