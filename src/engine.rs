@@ -3,7 +3,6 @@
 //! This is the pure core's entry point: it reads a `Request` snapshot, the key cache and `now`,
 //! and returns a `Decision` (or asks to wait for keys). The host layer performs what it says.
 
-use crate::authn::binding;
 use crate::authn::extract::{self, HeaderSource, LocationId, TokenLocation};
 use crate::authn::token_cache::TokenCache;
 use crate::authn::verify::Verifier;
@@ -294,9 +293,8 @@ pub fn evaluate_cached(
         }
     };
     input.identity = authenticated.as_ref().map(|a| a.identity.as_ref());
-    // Checked on every request, cached token or not (verification refused a malformed binding).
-    let binding =
-        authenticated.as_ref().and_then(|a| binding::certificate_thumbprint(&a.identity.claims).ok().flatten());
+    // Checked on every request, cached token or not, for every token the request carries.
+    let bindings = authenticated.as_ref().map(|a| a.certificate_bindings.clone()).unwrap_or_default();
     let evaluation = config.policies.evaluate(&input);
     let notes = evaluation.notes;
     let outcome = match (evaluation.decision, authenticated) {
@@ -311,16 +309,15 @@ pub fn evaluate_cached(
         (PolicyDecision::Deny { policy }, Some(_)) => deny(request, &normalized, Denial::Forbidden { policy }, notes),
     };
     // A bound token without its certificate is an invalid token: 401 whatever the policies said,
-    // as for any other invalid token.
-    match (binding, outcome) {
-        (Some(thumbprint), Outcome::Decided(decision)) => {
-            let mismatch =
-                deny(request, &normalized, Denial::InvalidToken(AuthnError::CertificateMismatch), Vec::new());
-            let Outcome::Decided(mismatch) = mismatch else { return mismatch };
-            Outcome::Decided(Decision::Bound { thumbprint, decision: Box::new(decision), mismatch: Box::new(mismatch) })
-        }
-        (_, outcome) => outcome,
+    // as for any other invalid token. Tokens bound to two certificates never both hold.
+    let Outcome::Decided(decision) = outcome else { return outcome };
+    let Some((first, rest)) = bindings.split_first() else { return Outcome::Decided(decision) };
+    let mismatch = deny(request, &normalized, Denial::InvalidToken(AuthnError::CertificateMismatch), Vec::new());
+    let Outcome::Decided(mismatch) = mismatch else { return mismatch };
+    if !rest.is_empty() {
+        return Outcome::Decided(mismatch);
     }
+    Outcome::Decided(Decision::Bound { thumbprint: *first, decision: Box::new(decision), mismatch: Box::new(mismatch) })
 }
 
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)

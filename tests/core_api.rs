@@ -758,7 +758,8 @@ fn a_hundred_issuers_each_judge_their_own_tokens() {
     let jwks = jwks_body(&[("k0", 0)]);
     // Issuer names out of order and sharing long prefixes, as realms of one Keycloak do.
     let rules: Vec<Value> = (0..100)
-        .map(|i| json!({"issuer": format!("https://idp.example/realms/r{}", (i * 37) % 100), "jwks": jwks}))
+        .map(|i| (i * 37) % 100)
+        .map(|n| json!({"issuer": format!("https://idp.example/realms/r{n}"), "audiences": [format!("aud-{n}")], "jwks": jwks}))
         .collect();
     let config = Config::parse(
         json!({"jwtRules": rules, "policies": [{"name": "any", "action": "ALLOW",
@@ -772,7 +773,8 @@ fn a_hundred_issuers_each_judge_their_own_tokens() {
     let mut tokens = TokenCache::new();
     for realm in [0, 1, 42, 99, 37] {
         let issuer = format!("https://idp.example/realms/r{realm}");
-        let token = token(json!({"iss": issuer}));
+        // Each entry has its own audience: a token judged by another entry would be refused.
+        let token = token(json!({"iss": issuer, "aud": format!("aud-{realm}")}));
         let req = request("GET", "/x", &[("authorization", &bearer(&token))]);
         for decision in [decide(&config, &keys, &req), decide_cached(&config, &keys, &mut tokens, &req, NOW)] {
             let Decision::Allow { principal, .. } = decision else { panic!("{issuer}: {decision:?}") };
@@ -784,4 +786,22 @@ fn a_hundred_issuers_each_judge_their_own_tokens() {
         let req = request("GET", "/x", &[("authorization", &bearer(&token(json!({"iss": unknown}))))]);
         assert_eq!(denial_code(&decide(&config, &keys, &req)).1, "jwt_unknown_issuer", "{unknown}");
     }
+}
+
+#[test]
+fn every_token_of_a_request_is_held_to_its_certificate() {
+    let config = config();
+    let cache = ready_cache(&config);
+    let keys = cache.at(NOW * 1000);
+    let plain = token(json!({}));
+    let bound = token(json!({"cnf": {"x5t#S256": b64([9u8; 32])}}));
+    let other = token(json!({"cnf": {"x5t#S256": b64([8u8; 32])}}));
+    // A stolen bound token beside the caller's own bearer token: bound all the same.
+    let req = request("GET", &format!("/api/admin/x?access_token={bound}"), &[("authorization", &bearer(&plain))]);
+    let Decision::Bound { thumbprint, .. } = decide(&config, &keys, &req) else { panic!("bound") };
+    assert_eq!(thumbprint, [9u8; 32]);
+    // Two certificates are never both presented.
+    let req = request("GET", &format!("/api/admin/x?access_token={other}"), &[("authorization", &bearer(&bound))]);
+    let Decision::Deny { denial, .. } = decide(&config, &keys, &req) else { panic!("denied") };
+    assert_eq!(denial, Denial::InvalidToken(AuthnError::CertificateMismatch));
 }

@@ -131,7 +131,9 @@ pub fn validate(
         let Some(exp) = claims.expiration.map(|exp| exp.timestamp()) else {
             return Err(ClaimsError::MissingExpiration);
         };
-        let from = claims.issued_at.map_or(now.timestamp(), |iat| iat.timestamp());
+        // From `iat`, but never from later than now: an `iat` in the future (or after `exp`) must
+        // not stretch what a token may still live.
+        let from = claims.issued_at.map_or(now.timestamp(), |iat| iat.timestamp().min(now.timestamp()));
         if exp.saturating_sub(from) > i64::try_from(max).unwrap_or(i64::MAX) {
             return Err(ClaimsError::LifetimeTooLong);
         }
@@ -246,6 +248,14 @@ mod tests {
         assert_eq!(check_with(json!({"exp": NOW + 3600}), &[], &hour), Ok(()));
         assert_eq!(check_with(json!({"exp": NOW + 3601}), &[], &hour), Err(ClaimsError::LifetimeTooLong));
         assert_eq!(check_with(json!({"iat": NOW}), &[], &hour), Err(ClaimsError::MissingExpiration));
+        // An iat in the future, or after exp, counts from now.
+        let future = json!({"iat": NOW + 10 * 365 * 86_400 - 3600, "exp": NOW + 10 * 365 * 86_400});
+        assert_eq!(check_with(future, &[], &hour), Err(ClaimsError::LifetimeTooLong));
+        assert_eq!(
+            check_with(json!({"iat": NOW + 9000, "exp": NOW + 7200}), &[], &hour),
+            Err(ClaimsError::LifetimeTooLong)
+        );
+        assert_eq!(check_with(json!({"iat": NOW + 9000, "exp": NOW + 3000}), &[], &hour), Ok(()));
     }
 
     #[test]

@@ -146,6 +146,11 @@ pub struct Authenticated {
     pub payload_segment: String,
     /// Every token in the request, all verified; the first is the identity's.
     pub tokens: Vec<VerifiedToken>,
+    /// The client certificate (`cnf.x5t#S256`) each bound token of the request is bound to, each
+    /// once: every token's, not only the identity's, since every token found may reach the
+    /// upstream. The request holds only on a connection presenting all of them (so two different
+    /// ones never do).
+    pub certificate_bindings: Vec<[u8; 32]>,
 }
 
 #[derive(Debug)]
@@ -180,6 +185,11 @@ pub fn authenticate(
             Verdict::Rejected(error) => return AuthnOutcome::Rejected(error),
         };
         let verified = VerifiedToken { location: token.location, provider };
+        // Verification refused a binding that cannot be read; refused here too, should one pass.
+        let binding = match binding::certificate_thumbprint(&identity.claims) {
+            Ok(binding) => binding,
+            Err(error) => return AuthnOutcome::Rejected(AuthnError::Claims(error)),
+        };
         match &mut result {
             None => {
                 let wants_payload = issuers.provider(provider).is_some_and(|p| p.output_payload_to_header.is_some());
@@ -187,9 +197,21 @@ pub fn authenticate(
                     true => token.token.split('.').nth(1).unwrap_or_default().to_string(),
                     false => String::new(),
                 };
-                result = Some(Authenticated { identity, provider, payload_segment, tokens: vec![verified] });
+                let certificate_bindings = binding.into_iter().collect();
+                result = Some(Authenticated {
+                    identity,
+                    provider,
+                    payload_segment,
+                    tokens: vec![verified],
+                    certificate_bindings,
+                });
             }
             Some(first) => first.tokens.push(verified),
+        }
+        if let (Some(binding), Some(first)) = (binding, result.as_mut()) {
+            if !first.certificate_bindings.contains(&binding) {
+                first.certificate_bindings.push(binding);
+            }
         }
     }
     match result {

@@ -213,3 +213,12 @@ def test_a_binding_that_cannot_be_read_refuses_the_token(bound_envoy, authority,
     status, headers, body = send(bound_envoy, authority, "cart", "mtls", path, mint(idp, "bob", cnf=cnf))
     assert (status, body) == (401, BAD_CNF), (status, body)
     assert denial_reason(bound_envoy, path) == "jwt_cnf_invalid"
+
+
+def test_a_bound_token_beside_a_bearer_token_is_still_held_to_its_certificate(bound_envoy, authority, idp):
+    _, clients = authority
+    stolen = mint(idp, "alice", cnf={"x5t#S256": thumbprint(clients["cart"])})
+    path = f"/two-tokens?access_token={stolen}"
+    status, headers, body = send(bound_envoy, authority, None, "ingress", path, mint(idp, "bob"))
+    assert (status, body) == (401, BOUND), (status, body)
+    assert denial_reason(bound_envoy, "/two-tokens") == "jwt_certificate_mismatch"
