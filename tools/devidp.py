@@ -10,6 +10,7 @@ import binascii
 import hashlib
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -67,6 +68,16 @@ DEFAULT_REALM = {
                 "realmRoles": ["service"],
                 "clientRoles": {"shop-backend": ["reader"]},
             },
+        },
+        # Keycloak's client attribute tls.client.certificate.bound.access.tokens ("OAuth 2.0 Mutual
+        # TLS Certificate Bound Access Tokens Enabled", RFC 8705): its tokens carry cnf.x5t#S256 of
+        # the client certificate it presented at the token endpoint (--tls-port).
+        "shop-partner": {
+            "secret": "shop-partner-secret",
+            "directAccessGrants": False,
+            "audiences": ["shop"],
+            "certificateBoundTokens": True,
+            "serviceAccount": {"realmRoles": ["service"], "clientRoles": {}},
         },
     },
 }
@@ -331,6 +342,9 @@ def realm_from_keycloak_export(export):
         algorithm = client.get("attributes", {}).get("access.token.signed.response.alg")
         if algorithm:
             entry["accessTokenSignatureAlgorithm"] = algorithm
+        # Clients → Advanced → "OAuth 2.0 Mutual TLS Certificate Bound Access Tokens Enabled".
+        if client.get("attributes", {}).get("tls.client.certificate.bound.access.tokens") == "true":
+            entry["certificateBoundTokens"] = True
         # Clients → the client → Client scopes → dedicated: its own mappers (an Audience mapper is
         # how Keycloak puts an API in `aud`), and the client scopes assigned to it.
         entry["audiences"] = mapper_audiences(client.get("protocolMappers"))
@@ -681,6 +695,8 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 claims = realm.client_credentials_grant(client_id, client, self.client_address[0], requested)
             claims["iss"] = self.request_issuer()
+            if client.get("certificateBoundTokens"):
+                claims["cnf"] = {"x5t#S256": self._client_certificate_thumbprint()}
             access_token = self.state.sign(claims, realm.access_token_algorithm(client_id))
         except OAuthError as error:
             return self._send_json(error.status, {"error": error.error, "error_description": error.description})
@@ -697,6 +713,15 @@ class Handler(BaseHTTPRequestHandler):
         if "session_state" in claims:
             response["session_state"] = claims["session_state"]
         return self._send_json(200, response, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _client_certificate_thumbprint(self):
+        """RFC 8705's x5t#S256 of the client certificate of this TLS connection, as Keycloak binds
+        a token for a client with certificate-bound tokens; refused as Keycloak refuses it without one."""
+        getpeercert = getattr(self.connection, "getpeercert", None)
+        der = getpeercert(binary_form=True) if getpeercert else None
+        if not der:
+            raise OAuthError(400, "invalid_request", "Client Certification missing for MTLS HoK Token Binding")
+        return b64url(hashlib.sha256(der).digest())
 
     def _client_credentials(self, form):
         authorization = self.headers.get("Authorization", "")
@@ -759,7 +784,30 @@ def parse_args(argv=None):
     parser.add_argument("--realm-file",
                         help="realm replacing the built-in shop realm: a Keycloak realm export, or this tool's JSON shape")
     parser.add_argument("--test-endpoints", action="store_true", help="enable /_test/* endpoints")
+    parser.add_argument("--tls-port", type=int,
+                        help="also serve HTTPS here (0 picks a free port), asking for a client certificate: the "
+                             "token endpoint of a client with certificate-bound tokens needs one")
+    parser.add_argument("--tls-cert", help="the HTTPS server certificate (PEM), with --tls-port")
+    parser.add_argument("--tls-key", help="its private key (PEM)")
+    parser.add_argument("--tls-client-ca", help="the CA that client certificates must chain to (PEM)")
+    parser.add_argument("--tls-port-file", help="write the HTTPS port here once listening")
     return parser.parse_args(argv)
+
+
+def serve_tls(args):
+    """The same handler over HTTPS, in a thread: a client certificate is asked for, not required
+    (only the token endpoint of a certificate-bound client refuses to go without)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    context.load_verify_locations(args.tls_client_ca)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    server = ThreadingHTTPServer((args.host, args.tls_port), Handler)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    if args.tls_port_file:
+        write_atomically(args.tls_port_file, str(server.server_address[1]).encode())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def main(argv=None):
@@ -781,6 +829,7 @@ def main(argv=None):
     except ValueError as error:
         server.server_close()
         sys.exit(f"devidp: {error}")
+    tls_server = serve_tls(args) if args.tls_port is not None else None
     if args.port_file:
         write_atomically(args.port_file, str(port).encode())
     sys.stderr.write(f"devidp listening, issuer {issuer}\n")

@@ -8,7 +8,10 @@ throwaway CA. A connection without a peer certificate never matches a positive m
 """
 
 import hashlib
+import http.client
 import json
+import ssl
+from urllib.parse import urlencode
 
 import pytest
 from cryptography import x509
@@ -20,7 +23,8 @@ from testbed.expect import denial_reason
 from testbed.istio import native_filters
 from testbed.net import free_ports, http_request
 from testbed.tls import Authority, https_request
-from testbed.tokens import b64url, mint
+from testbed.services import start_idp
+from testbed.tokens import b64url, mint, token_payload
 
 CART = "spiffe://cluster.local/ns/shop/sa/cart"
 WEB = "spiffe://cluster.local/ns/web-1/sa/web"
@@ -222,3 +226,70 @@ def test_a_bound_token_beside_a_bearer_token_is_still_held_to_its_certificate(bo
     status, headers, body = send(bound_envoy, authority, None, "ingress", path, mint(idp, "bob"))
     assert (status, body) == (401, BOUND), (status, body)
     assert denial_reason(bound_envoy, "/two-tokens") == "jwt_certificate_mismatch"
+
+
+# --- The dev IdP issues certificate-bound tokens, as Keycloak does -----------------------------------
+
+PARTNER = {"grant_type": "client_credentials", "client_id": "shop-partner", "client_secret": "shop-partner-secret"}
+
+
+@pytest.fixture(scope="module")
+def tls_idp(tmp_path_factory, authority):
+    """tools/devidp.py also serving HTTPS, asking for client certificates of the test CA."""
+    ca, _ = authority
+    server = ca.server(require_client_certificate=False)
+    workdir = tmp_path_factory.mktemp("tls-idp")
+    port_file = workdir / "tls.port"
+    with start_idp(workdir, "--tls-port", "0", "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+                   "--tls-client-ca", str(ca.ca_path), "--tls-port-file", str(port_file)) as idp:
+        yield idp, int(port_file.read_text())
+
+
+def partner_token(tls_idp, authority, who):
+    """The shop-partner client's client_credentials token over TLS, with `who`'s certificate."""
+    idp, tls_port = tls_idp
+    ca, clients = authority
+    context = ssl.create_default_context(cafile=str(ca.ca_path))
+    context.check_hostname = False
+    if who is not None:
+        context.load_cert_chain(str(clients[who].cert), str(clients[who].key))
+    connection = http.client.HTTPSConnection("127.0.0.1", tls_port, timeout=10, context=context)
+    try:
+        connection.request("POST", f"{idp.realm_path}/protocol/openid-connect/token", body=urlencode(PARTNER),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def partner_envoy(tls_idp, backend, authority):
+    idp, _ = tls_idp
+    config = {"jwtRules": [jwt_rule(idp)],
+              "policies": [{"name": "users", "action": "ALLOW", "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}]}
+    with start(idp, backend, authority, config, native=False) as envoy:
+        yield envoy
+
+
+def test_the_dev_idp_binds_a_partner_token_to_the_certificate_it_presented(tls_idp, partner_envoy, authority):
+    _, clients = authority
+    status, answer = partner_token(tls_idp, authority, "cart")
+    assert status == 200, answer
+    token = answer["access_token"]
+    assert token_payload(token)["cnf"] == {"x5t#S256": thumbprint(clients["cart"])}
+    status, headers, body = send(partner_envoy, authority, "cart", "mtls", "/partner/cart", token)
+    assert (status, headers.get("x-backend")) == (200, "demo"), (status, body)
+    status, _, body = send(partner_envoy, authority, "web", "mtls", "/partner/web", token)
+    assert (status, body) == (401, BOUND), (status, body)
+    assert denial_reason(partner_envoy, "/partner/web") == "jwt_certificate_mismatch"
+
+
+def test_without_a_client_certificate_the_dev_idp_issues_no_partner_token(tls_idp, authority):
+    idp, _ = tls_idp
+    assert partner_token(tls_idp, authority, None) == (
+        400, {"error": "invalid_request", "error_description": "Client Certification missing for MTLS HoK Token Binding"})
+    status, answer = idp.token_request(PARTNER)  # plain HTTP: no certificate at all
+    assert (status, answer["error"]) == (400, "invalid_request"), answer
+    # Other clients are unaffected: bearer tokens, no cnf.
+    assert "cnf" not in token_payload(idp.client_credentials_token())
