@@ -137,9 +137,17 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         // Only a verified token with `cnf.x5t#S256` is bound; without its certificate, a 401.
-        Outcome::Decided(Decision::Bound { mismatch, .. }) => {
+        Outcome::Decided(Decision::Bound { mismatch, decision, .. }) => {
             let Decision::Deny { denial, realm, .. } = *mismatch else { panic!("a bound decision's mismatch allows") };
             assert_eq!(denial.response(&realm).status, 401);
+            assert!(!matches!(*decision, Decision::Bound { .. }), "bound twice");
+            if let Decision::Allow { changes, .. } = *decision {
+                for change in changes {
+                    if let HeaderChange::Set(_, value) = change {
+                        assert!(!value.chars().any(char::is_control));
+                    }
+                }
+            }
         }
         Outcome::AwaitKeys(_) => panic!("inline keys never need a fetch"),
     }

@@ -366,3 +366,31 @@ fn a_bound_token_is_settled_by_the_certificate_and_reported_once() {
         assert!(s.take_effects().is_empty());
     }
 }
+
+#[test]
+fn a_parked_bound_token_is_bound_when_settled_and_reported_once() {
+    let mut store = MemoryStore::default();
+    let mut s = scheduler(&mut store, 1);
+    s.take_effects();
+    let digest = [0x11u8; 32];
+    let payload = json!({"iss": ISSUER, "sub": "alice", "exp": NOW_MS / 1000 + 300,
+                         "cnf": {"x5t#S256": testkeys::b64(digest)}});
+    let bound = testkeys::sign(&json!({"alg": "RS256", "kid": "a"}), &payload, 0);
+    assert_eq!(s.on_request(&store, 7, request(&bound), NOW_MS), None, "parked for the first fetch");
+    start_fetch(&mut s, &mut store, NOW_MS + 1, 1);
+    s.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS + 2);
+    let effects = s.take_effects();
+    let Some(Effect::Settle { context_id: 7, decision }) =
+        effects.into_iter().find(|e| matches!(e, Effect::Settle { .. }))
+    else {
+        panic!("settled")
+    };
+    assert!(matches!(decision, Decision::Bound { .. }), "{decision:?}");
+    // The host's order: `settled` (which leaves a bound decision alone), then `bind`.
+    s.settled(&decision);
+    assert!(s.take_effects().iter().all(|e| !matches!(e, Effect::Log(..) | Effect::CountNamed(_))));
+    let chosen = s.bind(decision, None);
+    assert_eq!((status(&chosen), reason(&chosen)), (401, "jwt_certificate_mismatch"));
+    let effects = s.take_effects();
+    assert_eq!(effects.iter().filter(|e| matches!(e, Effect::CountNamed(_))).count(), 1, "{effects:?}");
+}
