@@ -371,13 +371,10 @@ impl Scheduler {
         for (alg, failure) in findings {
             let line = match failure {
                 None => format!("verify_signature check: {alg} passed; the host verifies it"),
-                Some(why) => {
-                    let why = why.strip_prefix(alg.name()).and_then(|w| w.strip_prefix(": ")).unwrap_or(&why);
-                    format!(
-                        "verify_signature check: {alg} failed ({}); it is verified inside the VM",
-                        crate::json::Quoted(why)
-                    )
-                }
+                Some(why) => format!(
+                    "verify_signature check: {alg} failed ({}); it is verified inside the VM",
+                    crate::json::Quoted(&why)
+                ),
             };
             self.log(Level::Info, line);
         }

@@ -52,7 +52,7 @@ pub struct HostCrypto {
     /// The candidates checked so far, and those of them that passed.
     checked: Cell<AlgorithmSet>,
     passed: Cell<AlgorithmSet>,
-    /// Checks not yet reported: the algorithm and, if it failed, why.
+    /// Checks not yet reported: the algorithm and, if it failed, why (without the algorithm's name).
     findings: RefCell<Vec<(Algorithm, Option<String>)>>,
 }
 
@@ -88,7 +88,7 @@ impl HostCrypto {
         let mut why_not = None;
         for alg in CANDIDATES {
             if let Err(failure) = crypto.check(alg) {
-                why_not.get_or_insert(failure);
+                why_not.get_or_insert_with(|| format!("{alg}: {failure}"));
             }
         }
         crypto.findings.borrow_mut().clear();
@@ -137,7 +137,7 @@ impl HostCrypto {
 
     fn run_checks(&self, alg: Algorithm) -> Result<(), String> {
         let (Some((key, signature)), Some(hash)) = (probe_vector(alg), alg.hash()) else {
-            return Err(format!("{alg}: no probe vector"));
+            return Err("no probe vector".to_string());
         };
         let mut altered = signature.clone();
         if let Some(last) = altered.last_mut() {
@@ -153,9 +153,9 @@ impl HostCrypto {
         for (hash, message, signature, expected, what) in checks {
             match call(&*self.host, hash, alg, &key, message, signature) {
                 Ok(answer) if answer.verified == expected => {}
-                Ok(Answer { error: Some(error), .. }) if expected => return Err(format!("{alg}: {error}")),
-                Ok(answer) => return Err(format!("{alg}: answered {} for {what}", answer.verified)),
-                Err(error) => return Err(format!("{alg}: {error}")),
+                Ok(Answer { error: Some(error), .. }) if expected => return Err(error),
+                Ok(answer) => return Err(format!("answered {} for {what}", answer.verified)),
+                Err(error) => return Err(error.to_string()),
             }
         }
         Ok(())
