@@ -4,8 +4,10 @@
 //! denied request without a valid identity gets 401 with an RFC 6750 challenge ("who are you?"),
 //! and only an authenticated caller who may not do this gets 403 ("you may not").
 
+use crate::authn::dpop::DpopError;
 use crate::authn::AuthnError;
 use crate::authz::path::PathError;
+use crate::keys::alg::Algorithm;
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +108,21 @@ impl Denial {
             // No challenge: no token could make this path acceptable.
             Denial::UnsafePath(_) => (403, None, "RBAC: access denied"),
             Denial::MissingToken { .. } => (401, Some(format!("Bearer realm=\"{realm}\"")), "Jwt is missing"),
+            // The proof may be fine; the store that must remember it is not: not the client's fault.
+            Denial::InvalidToken(AuthnError::Dpop(DpopError::ReplayStoreFull)) => {
+                (503, None, DpopError::ReplayStoreFull.message())
+            }
+            // RFC 9449 §7.1: the DPoP scheme's challenge, naming the proof algorithms accepted.
+            Denial::InvalidToken(AuthnError::Dpop(err)) => (
+                401,
+                Some(format!(
+                    "DPoP realm=\"{realm}\", algs=\"{}\", error=\"{}\", error_description=\"{}\"",
+                    dpop_algorithms(),
+                    if err.is_proof_error() { "invalid_dpop_proof" } else { "invalid_token" },
+                    err.message()
+                )),
+                err.message(),
+            ),
             Denial::InvalidToken(err) => (
                 401,
                 Some(format!(
@@ -140,6 +157,11 @@ impl Denial {
             _ => format!("jwt_authz_denied{{{}}}", self.code()),
         }
     }
+}
+
+/// The proof algorithms a DPoP challenge names: every algorithm we verify.
+fn dpop_algorithms() -> String {
+    Algorithm::ALL.iter().map(|alg| alg.name()).collect::<Vec<_>>().join(" ")
 }
 
 /// Drops what cannot appear inside an RFC 7230 quoted-string without escaping.
@@ -194,6 +216,31 @@ mod tests {
         assert_eq!((unsafe_path.status, unsafe_path.body.as_str()), (403, "RBAC: access denied"));
         assert!(!unsafe_path.headers.iter().any(|(name, _)| *name == "www-authenticate"));
         assert_eq!(Denial::UnsafePath(PathError::EncodedSlash).code(), "path_encoded_slash");
+    }
+
+    #[test]
+    fn dpop_denials_challenge_with_the_dpop_scheme() {
+        use crate::authn::dpop::DpopError;
+        let realm = "http://shop/api";
+        let challenge = |error: DpopError| {
+            let response = Denial::InvalidToken(AuthnError::Dpop(error)).response(realm);
+            let header = response.headers.iter().find(|(name, _)| *name == "www-authenticate").map(|(_, v)| v.clone());
+            (response.status, header)
+        };
+        let algs = "RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA";
+        let (status, replayed) = challenge(DpopError::Replayed);
+        assert_eq!(status, 401);
+        assert_eq!(
+            replayed.as_deref(),
+            Some(format!("DPoP realm=\"http://shop/api\", algs=\"{algs}\", error=\"invalid_dpop_proof\", error_description=\"DPoP proof was used before\"").as_str())
+        );
+        let (_, downgrade) = challenge(DpopError::BearerDowngrade);
+        assert!(downgrade.is_some_and(|h| h.starts_with("DPoP ") && h.contains("error=\"invalid_token\"")));
+        assert_eq!(challenge(DpopError::ReplayStoreFull), (503, None));
+        for error in DpopError::ALL {
+            let (status, header) = challenge(error);
+            assert!(status == 503 || header.is_some_and(|h| h.starts_with("DPoP realm=")), "{error:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! This is the pure core's entry point: it reads a `Request` snapshot, the key cache and `now`,
 //! and returns a `Decision` (or asks to wait for keys). The host layer performs what it says.
 
+use crate::authn::dpop::{DpopError, ProofRequest, ProofUse};
 use crate::authn::extract::{self, HeaderSource, LocationId, TokenLocation};
 use crate::authn::token_cache::TokenCache;
 use crate::authn::verify::Verifier;
@@ -184,6 +185,15 @@ pub enum Decision {
         decision: Box<Decision>,
         mismatch: Box<Decision>,
     },
+    /// `decision` holds only if the request's DPoP proof (RFC 9449) is new: the scheduler records
+    /// its `jti` in the replay store shared by every worker (`Scheduler::prove`), and answers
+    /// `replayed` (401, `dpop_proof_replayed`, or `dpop_replay_store_full` when there is no room)
+    /// if it was seen before.
+    Proven {
+        proof: ProofUse,
+        decision: Box<Decision>,
+        replayed: Box<Decision>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,7 +286,14 @@ pub fn evaluate_cached(
                 }
             }
             let allowed = (!providers.is_empty()).then_some(providers);
-            match authn::authenticate(&config.issuers, &found, keys, verifier, tokens, now_seconds, allowed) {
+            let proof = ProofRequest {
+                method: &request.method,
+                scheme: &request.scheme,
+                authority: &request.authority,
+                path: &request.path,
+                proofs: request.header_values("dpop").collect(),
+            };
+            match authn::authenticate(&config.issuers, &found, keys, verifier, tokens, now_seconds, allowed, &proof) {
                 AuthnOutcome::Anonymous => None,
                 AuthnOutcome::Authenticated(authenticated) => Some(authenticated),
                 AuthnOutcome::Rejected(err) => {
@@ -295,6 +312,7 @@ pub fn evaluate_cached(
     input.identity = authenticated.as_ref().map(|a| a.identity.as_ref());
     // Checked on every request, cached token or not, for every token the request carries.
     let bindings = authenticated.as_ref().map(|a| a.certificate_bindings.clone()).unwrap_or_default();
+    let proof = authenticated.as_ref().and_then(|a| a.proof);
     let evaluation = config.policies.evaluate(&input);
     let notes = evaluation.notes;
     let outcome = match (evaluation.decision, authenticated) {
@@ -311,13 +329,23 @@ pub fn evaluate_cached(
     // A bound token without its certificate is an invalid token: 401 whatever the policies said,
     // as for any other invalid token. Tokens bound to two certificates never both hold.
     let Outcome::Decided(decision) = outcome else { return outcome };
-    let Some((first, rest)) = bindings.split_first() else { return Outcome::Decided(decision) };
-    let mismatch = deny(request, &normalized, Denial::InvalidToken(AuthnError::CertificateMismatch), Vec::new());
-    let Outcome::Decided(mismatch) = mismatch else { return mismatch };
-    if !rest.is_empty() {
-        return Outcome::Decided(mismatch);
-    }
-    Outcome::Decided(Decision::Bound { thumbprint: *first, decision: Box::new(decision), mismatch: Box::new(mismatch) })
+    let decision = match bindings.split_first() {
+        None => decision,
+        Some((first, rest)) => {
+            let mismatch =
+                deny(request, &normalized, Denial::InvalidToken(AuthnError::CertificateMismatch), Vec::new());
+            let Outcome::Decided(mismatch) = mismatch else { return mismatch };
+            if !rest.is_empty() {
+                return Outcome::Decided(mismatch);
+            }
+            Decision::Bound { thumbprint: *first, decision: Box::new(decision), mismatch: Box::new(mismatch) }
+        }
+    };
+    // A proven request's `jti` is recorded last, whatever the decision: a proof is used once.
+    let Some(proof) = proof else { return Outcome::Decided(decision) };
+    let replayed = deny(request, &normalized, Denial::InvalidToken(AuthnError::Dpop(DpopError::Replayed)), Vec::new());
+    let Outcome::Decided(replayed) = replayed else { return replayed };
+    Outcome::Decided(Decision::Proven { proof, decision: Box::new(decision), replayed: Box::new(replayed) })
 }
 
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)

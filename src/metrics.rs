@@ -247,6 +247,7 @@ mod tests {
     /// here until it is listed, and then fails the test until docs/operations.md documents it.
     fn every_reason_code() -> Vec<&'static str> {
         use crate::authn::claims::ClaimsError;
+        use crate::authn::dpop::DpopError;
         use crate::authn::jwt::JwtError;
         use crate::authn::verify::VerifyError;
         use crate::authn::AuthnError;
@@ -284,6 +285,7 @@ mod tests {
         authn.extend(tokens.map(AuthnError::Token));
         authn.extend(signatures.map(AuthnError::Signature));
         authn.extend(claims.map(AuthnError::Claims));
+        authn.extend(DpopError::ALL.map(AuthnError::Dpop));
         let mut denials: Vec<Denial> = paths.into_iter().map(Denial::BadPath).collect();
         denials.extend(authn.into_iter().map(Denial::InvalidToken));
         denials.push(Denial::MissingToken { policy: None });
@@ -323,7 +325,26 @@ mod tests {
                         | ClaimsError::BadConfirmation,
                     )
                     | AuthnError::JwksUnavailable
-                    | AuthnError::CertificateMismatch => {}
+                    | AuthnError::CertificateMismatch
+                    | AuthnError::Dpop(
+                        DpopError::BearerDowngrade
+                        | DpopError::Unbound
+                        | DpopError::Required
+                        | DpopError::Disabled
+                        | DpopError::ProofMissing
+                        | DpopError::MultipleProofs
+                        | DpopError::Malformed
+                        | DpopError::WrongType
+                        | DpopError::BadKey
+                        | DpopError::KeyMismatch
+                        | DpopError::Signature
+                        | DpopError::MethodMismatch
+                        | DpopError::UriMismatch
+                        | DpopError::Stale
+                        | DpopError::TokenHashMismatch
+                        | DpopError::Replayed
+                        | DpopError::ReplayStoreFull,
+                    ) => {}
                 },
             }
         }

@@ -15,6 +15,7 @@
 //! wait for it: `Effect::Wake`).
 
 use crate::authn::binding;
+use crate::authn::dpop::DpopMode;
 use crate::authn::token_cache::{DigestKey, TokenCache};
 use crate::authn::verify::{SignatureBackend, Verifier};
 use crate::authn::AuthnError;
@@ -135,6 +136,9 @@ impl Scheduler {
         let (verifier, backend_line) = signature_backend(config.signature_backend, host);
         let mut cache = JwksCache::new(config.key_sources(), config.max_jwks_bytes);
         cache.ensure_shared(store);
+        if config.issuers.iter().any(|(_, provider)| provider.dpop != DpopMode::Disabled) {
+            config.replay.ensure_buckets(store);
+        }
         for provider in cache.remote_providers() {
             cache.sync(store, provider);
         }
@@ -260,6 +264,25 @@ impl Scheduler {
     pub fn bind(&mut self, decision: Decision, digest: Option<&[u8]>) -> Decision {
         let Decision::Bound { thumbprint, decision, mismatch } = decision else { return decision };
         let chosen = if binding::presented(&thumbprint, digest) { *decision } else { *mismatch };
+        self.report(&chosen);
+        chosen
+    }
+
+    /// Settles a `Decision::Proven` by recording its proof's `jti` in the replay store shared by
+    /// every worker, and reports what it comes to (unless that is a `Decision::Bound`, which
+    /// `bind` reports); any other decision comes back as it is.
+    pub fn prove(&mut self, store: &mut dyn SharedStore, decision: Decision, now_ms: u64) -> Decision {
+        let Decision::Proven { proof, decision, replayed } = decision else { return decision };
+        let chosen = match self.config.replay.record(store, &proof, now_ms / 1000) {
+            Ok(()) => *decision,
+            Err(error) => {
+                let mut replayed = *replayed;
+                if let Decision::Deny { denial, .. } = &mut replayed {
+                    *denial = Denial::InvalidToken(AuthnError::Dpop(error));
+                }
+                replayed
+            }
+        };
         self.report(&chosen);
         chosen
     }
@@ -551,8 +574,9 @@ impl Scheduler {
                 self.effects.push(Effect::CountNamed(metrics::denied(status, denial.code(), denial.policy())));
                 self.count(Counter::Denied, 1);
             }
-            // Reported by `bind`, once the host says which of its two decisions holds.
-            Decision::Bound { .. } => {}
+            // Reported by `bind` and `prove`, once the host's certificate or shared data says
+            // which of their two decisions holds.
+            Decision::Bound { .. } | Decision::Proven { .. } => {}
         }
     }
 

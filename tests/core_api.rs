@@ -106,7 +106,7 @@ fn status(decision: &Decision) -> u32 {
     match decision {
         Decision::Allow { .. } => 200,
         Decision::Deny { denial, realm, .. } => denial.response(realm).status,
-        Decision::Bound { .. } => 0,
+        Decision::Bound { .. } | Decision::Proven { .. } => 0,
     }
 }
 
@@ -332,6 +332,7 @@ fn denial_code(decision: &Decision) -> (u32, &'static str, Option<String>) {
             (denial.response(realm).status, denial.code(), denial.policy().map(str::to_string))
         }
         Decision::Bound { .. } => (0, "bound", None),
+        Decision::Proven { .. } => (0, "proven", None),
     }
 }
 
@@ -751,6 +752,80 @@ fn a_certificate_bound_token_makes_every_decision_depend_on_the_certificate() {
     assert_eq!(denial, Denial::InvalidToken(AuthnError::Claims(ClaimsError::BadConfirmation)));
     let plain = request("GET", "/api/admin/x", &[("authorization", &bearer(&token(json!({}))))]);
     assert!(matches!(decide(&config, &keys, &plain), Decision::Allow { .. }));
+}
+
+/// `GET https://shop.example/api/admin/x` with a token bound to the P-256 test key, sent as `scheme`, and
+/// a proof of it by `holder` (a proof per call: its own `jti`).
+fn dpop_request(claims: Value, scheme: &str, holder: usize, proof_claims: Value) -> Request {
+    use jwt_authz::authn::dpop::{access_token_hash, jwk_thumbprint};
+    use jwt_authz::keys::alg::Algorithm;
+    let jwk_of = |index: usize| testkeys::signing_key(Algorithm::Es256, index).jwk("holder", None);
+    let jwt_authz::json::Value::Object(bound_jwk) = jwt_authz::json::Value::from(jwk_of(0)) else { panic!("object") };
+    let mut payload = claims;
+    let cnf = payload.as_object_mut().expect("object").entry("cnf").or_insert(json!({}));
+    cnf["jkt"] = json!(b64(jwk_thumbprint(&bound_jwk).expect("thumbprint")));
+    let token = token(payload);
+    let mut claims = json!({"jti": format!("{:?}", std::time::Instant::now()), "htm": "GET",
+                            "htu": "https://shop.example/api/admin/x", "iat": NOW, "ath": access_token_hash(&token)});
+    claims.as_object_mut().expect("object").extend(proof_claims.as_object().cloned().unwrap_or_default());
+    let header = json!({"typ": "dpop+jwt", "jwk": jwk_of(holder)});
+    let proof = testkeys::signing_key(Algorithm::Es256, holder).sign_token(Algorithm::Es256, &header, &claims);
+    request("GET", "/api/admin/x?q=1", &[("authorization", &format!("{scheme} {token}")), ("dpop", &proof)])
+}
+
+#[test]
+fn a_dpop_bound_token_holds_only_with_its_proof_and_its_jti_is_left_to_record() {
+    use jwt_authz::authn::dpop::DpopError;
+    let config = config();
+    let cache = ready_cache(&config);
+    let keys = cache.at(NOW * 1000);
+    let mut tokens = TokenCache::with_capacity(16, 4);
+    let admin = json!({"realm_access": {"roles": ["admin"]}});
+    // The decision waits for the replay store, whatever it is: 200 for an admin, 403 for a user.
+    for (claims, inner) in [(admin.clone(), 200), (json!({"realm_access": {"roles": ["user"]}}), 403)] {
+        for _ in 0..2 {
+            let req = dpop_request(claims.clone(), "DPoP", 0, json!({}));
+            let Decision::Proven { proof, decision, replayed } = decide_cached(&config, &keys, &mut tokens, &req, NOW)
+            else {
+                panic!("proven")
+            };
+            assert_eq!(proof.until_seconds, NOW + 60);
+            assert_eq!(status(&decision), inner);
+            assert_eq!(denial_code(&replayed).1, "dpop_proof_replayed");
+        }
+    }
+    let refused = |req: &Request| match decide_cached(&config, &keys, &mut TokenCache::with_capacity(16, 4), req, NOW) {
+        Decision::Deny { denial: Denial::InvalidToken(AuthnError::Dpop(error)), .. } => Some(error),
+        _ => None,
+    };
+    let cases = [
+        (dpop_request(admin.clone(), "Bearer", 0, json!({})), DpopError::BearerDowngrade),
+        (dpop_request(admin.clone(), "DPoP", 1, json!({})), DpopError::KeyMismatch),
+        (dpop_request(admin.clone(), "DPoP", 0, json!({"htm": "POST"})), DpopError::MethodMismatch),
+        (
+            dpop_request(admin.clone(), "DPoP", 0, json!({"htu": "https://shop.example/api/admin/y"})),
+            DpopError::UriMismatch,
+        ),
+        (
+            dpop_request(admin.clone(), "DPoP", 0, json!({"htu": "http://shop.example/api/admin/x"})),
+            DpopError::UriMismatch,
+        ),
+        (dpop_request(admin.clone(), "DPoP", 0, json!({"iat": NOW - 120})), DpopError::Stale),
+        (dpop_request(admin.clone(), "DPoP", 0, json!({"ath": "AAAA"})), DpopError::TokenHashMismatch),
+    ];
+    for (req, expected) in cases {
+        assert_eq!(refused(&req), Some(expected));
+    }
+    // A bearer token in the DPoP scheme; a bound token with the proof removed.
+    let unbound = request("GET", "/api/admin/x", &[("authorization", &format!("DPoP {}", token(admin.clone())))]);
+    assert_eq!(refused(&unbound), Some(DpopError::Unbound));
+    let mut bare = dpop_request(admin.clone(), "DPoP", 0, json!({}));
+    bare.headers.retain(|(name, _)| name != "dpop");
+    assert_eq!(refused(&bare), Some(DpopError::ProofMissing));
+    // Certificate-bound and key-bound at once: the proof is recorded first, then the certificate.
+    let both = dpop_request(json!({"cnf": {"x5t#S256": b64([9u8; 32])}}), "DPoP", 0, json!({}));
+    let Decision::Proven { decision, .. } = decide(&config, &keys, &both) else { panic!("proven") };
+    assert!(matches!(*decision, Decision::Bound { thumbprint, .. } if thumbprint == [9u8; 32]));
 }
 
 #[test]

@@ -21,7 +21,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 DEFAULT_REALM = {
     "realm": "shop",
@@ -79,6 +80,11 @@ DEFAULT_REALM = {
             "certificateBoundTokens": True,
             "serviceAccount": {"realmRoles": ["service"], "clientRoles": {}},
         },
+        # Keycloak's client attribute dpop.bound.access.tokens ("Require DPoP bound tokens", RFC
+        # 9449): a token request must carry a DPoP proof, and the token is bound to its key
+        # (cnf.jkt). Any client's request with a proof gets a bound token, as in Keycloak.
+        "shop-dpop": {"publicClient": True, "directAccessGrants": True, "audiences": ["shop"],
+                      "dpopBoundTokens": True},
     },
 }
 
@@ -244,6 +250,65 @@ SIGNING_ALGORITHMS = {
 }
 
 
+def jwk_thumbprint(jwk):
+    """RFC 7638: SHA-256 of the key's required members, in name order, as compact JSON."""
+    members = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}[jwk["kty"]]
+    canonical = json.dumps({name: jwk[name] for name in members}, separators=(",", ":"), sort_keys=True)
+    return b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def b64url_decode(text):
+    if "=" in text:
+        raise ValueError("padded base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def verify_dpop_proof(proof, method, url, now):
+    """A token request's DPoP proof checked as Keycloak checks one (RFC 9449 §4.3, without the
+    replay store a real server keeps): the thumbprint of its key, or ValueError/InvalidSignature."""
+    header_segment, payload_segment, signature_segment = proof.split(".")
+    header = json.loads(b64url_decode(header_segment))
+    claims = json.loads(b64url_decode(payload_segment))
+    if header.get("typ") != "dpop+jwt":
+        raise ValueError("typ is not dpop+jwt")
+    jwk = header["jwk"]
+    if any(name in jwk for name in ("d", "p", "q", "dp", "dq", "qi", "k")):
+        raise ValueError("jwk holds a private key")
+    data, signature = f"{header_segment}.{payload_segment}".encode(), b64url_decode(signature_segment)
+    public_key = public_key_from_jwk(jwk)
+    alg = header["alg"]
+    if alg == "ES256" and isinstance(public_key, ec.EllipticCurvePublicKey):
+        if len(signature) != 64:
+            raise ValueError("ES256 signature is not 64 bytes")
+        der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+        public_key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+    elif alg == "RS256" and isinstance(public_key, rsa.RSAPublicKey):
+        public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+    elif alg == "PS256" and isinstance(public_key, rsa.RSAPublicKey):
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
+        public_key.verify(signature, data, pss, hashes.SHA256())
+    elif alg == "EdDSA" and isinstance(public_key, ed25519.Ed25519PublicKey):
+        public_key.verify(signature, data)
+    else:
+        raise ValueError(f"alg {alg} is not one of ES256, RS256, PS256, EdDSA for this key")
+    if claims.get("htm") != method or claims.get("htu") != url:
+        raise ValueError(f"htm and htu must be {method} {url}")
+    if not isinstance(claims.get("jti"), str) or abs(now - claims["iat"]) > 60:
+        raise ValueError("jti missing, or iat more than 60 s away")
+    return jwk_thumbprint(jwk)
+
+
+def public_key_from_jwk(jwk):
+    number = lambda name: int.from_bytes(b64url_decode(jwk[name]), "big")  # noqa: E731
+    if jwk["kty"] == "EC" and jwk["crv"] == "P-256":
+        return ec.EllipticCurvePublicNumbers(number("x"), number("y"), ec.SECP256R1()).public_key()
+    if jwk["kty"] == "RSA":
+        return rsa.RSAPublicNumbers(number("e"), number("n")).public_key()
+    if jwk["kty"] == "OKP" and jwk["crv"] == "Ed25519":
+        return ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"]))
+    raise ValueError("jwk is not a P-256, RSA or Ed25519 public key")
+
+
 def sign_jwt(claims, private_key, alg):
     """A compact JWS of claims, with the header Keycloak writes (alg, typ, kid)."""
     header = {"alg": alg, "typ": "JWT", "kid": key_id(private_key.public_key())}
@@ -345,6 +410,9 @@ def realm_from_keycloak_export(export):
         # Clients → Advanced → "OAuth 2.0 Mutual TLS Certificate Bound Access Tokens Enabled".
         if client.get("attributes", {}).get("tls.client.certificate.bound.access.tokens") == "true":
             entry["certificateBoundTokens"] = True
+        # Clients → Advanced → "Require DPoP bound tokens".
+        if client.get("attributes", {}).get("dpop.bound.access.tokens") == "true":
+            entry["dpopBoundTokens"] = True
         # Clients → the client → Client scopes → dedicated: its own mappers (an Audience mapper is
         # how Keycloak puts an API in `aud`), and the client scopes assigned to it.
         entry["audiences"] = mapper_audiences(client.get("protocolMappers"))
@@ -660,6 +728,8 @@ class Handler(BaseHTTPRequestHandler):
             # The algorithms of the keys /certs serves (Keycloak lists every one it could sign with).
             "id_token_signing_alg_values_supported": list(self.state.realm.algorithms),
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            # RFC 9449 §5.1: the proof algorithms its token endpoint takes.
+            "dpop_signing_alg_values_supported": ["ES256", "RS256", "PS256", "EdDSA"],
             "scopes_supported": ["openid", *sorted(name for name, scope in self.state.realm.scopes.items()
                                                    if scope.get("includeInTokenScope"))],
             "claims_supported": ["aud", "sub", "iss", "auth_time", "name", "given_name",
@@ -697,6 +767,9 @@ class Handler(BaseHTTPRequestHandler):
             claims["iss"] = self.request_issuer()
             if client.get("certificateBoundTokens"):
                 claims["cnf"] = {"x5t#S256": self._client_certificate_thumbprint()}
+            jkt = self._dpop_thumbprint(client)
+            if jkt:
+                claims.setdefault("cnf", {})["jkt"] = jkt
             access_token = self.state.sign(claims, realm.access_token_algorithm(client_id))
         except OAuthError as error:
             return self._send_json(error.status, {"error": error.error, "error_description": error.description})
@@ -706,7 +779,7 @@ class Handler(BaseHTTPRequestHandler):
             "access_token": access_token,
             "expires_in": claims["exp"] - claims["iat"],
             "refresh_expires_in": 0,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if jkt else "Bearer",
             "not-before-policy": 0,
             "scope": claims["scope"],
         }
@@ -722,6 +795,23 @@ class Handler(BaseHTTPRequestHandler):
         if not der:
             raise OAuthError(400, "invalid_request", "Client Certification missing for MTLS HoK Token Binding")
         return b64url(hashlib.sha256(der).digest())
+
+    def _dpop_thumbprint(self, client):
+        """The RFC 7638 thumbprint of the key of this token request's DPoP proof (RFC 9449 §5), the
+        token's cnf.jkt; None without a proof, which a client with dpopBoundTokens is refused."""
+        proofs = self.headers.get_all("DPoP") or []
+        if not proofs:
+            if client.get("dpopBoundTokens"):
+                raise OAuthError(400, "invalid_request", "DPoP proof is missing")
+            return None
+        if len(proofs) > 1:
+            raise OAuthError(400, "invalid_dpop_proof", "Multiple DPoP headers")
+        scheme = "https" if hasattr(self.connection, "getpeercert") else "http"
+        url = f"{scheme}://{self.headers.get('Host', '')}{urlsplit(self.path).path}"
+        try:
+            return verify_dpop_proof(proofs[0], "POST", url, time.time())
+        except (ValueError, KeyError, TypeError, binascii.Error, InvalidSignature) as error:
+            raise OAuthError(400, "invalid_dpop_proof", f"DPoP proof is invalid: {error}") from None
 
     def _client_credentials(self, form):
         authorization = self.headers.get("Authorization", "")

@@ -149,6 +149,8 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
+        // A proof needs a `DPoP` header, which these requests never have.
+        Outcome::Decided(Decision::Proven { .. }) => panic!("proven without a DPoP proof"),
         Outcome::AwaitKeys(_) => panic!("inline keys never need a fetch"),
     }
 });

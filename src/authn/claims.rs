@@ -73,7 +73,7 @@ pub enum ClaimsError {
     LifetimeTooLong,
     /// A `requiredClaims` claim is missing or has none of its values.
     RequiredClaimMismatch,
-    /// `cnf` is not an object, or its `x5t#S256` is not the base64url of a SHA-256 digest.
+    /// `cnf` is not an object, or its `x5t#S256` or `jkt` is not the base64url of a SHA-256 digest.
     BadConfirmation,
 }
 
@@ -146,6 +146,7 @@ pub fn validate(
     }
     // A binding that cannot be read refuses the token here; one that can is checked per request.
     super::binding::certificate_thumbprint(&claims.custom)?;
+    super::dpop::confirmation_key(&claims.custom)?;
     Ok(())
 }
 

@@ -17,6 +17,12 @@ impl TokenLocation {
         TokenLocation::Header { name: name.to_ascii_lowercase(), prefix: prefix.to_string() }
     }
 
+    /// `Authorization: DPoP <token>` (RFC 9449 §7.1): a token sent this way must be key-bound and
+    /// come with its proof; one sent any other way must not be.
+    pub fn is_dpop_scheme(&self) -> bool {
+        matches!(self, TokenLocation::Header { name, prefix } if name == "authorization" && prefix.eq_ignore_ascii_case("DPoP "))
+    }
+
     pub fn name(&self) -> &str {
         match self {
             TokenLocation::Header { name, .. } => name,

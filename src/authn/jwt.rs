@@ -91,6 +91,8 @@ impl fmt::Display for JwtError {
 pub struct ParsedToken<'a> {
     pub alg: Algorithm,
     pub kid: Option<String>,
+    /// The JOSE header, for readers of more than `alg` and `kid` (a DPoP proof's `typ` and `jwk`).
+    pub header: Map,
     pub claims: Claims<Map>,
     /// `header.payload`: the bytes the signature covers.
     pub signing_input: &'a str,
@@ -160,7 +162,7 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
     claims.issued_at = take_timestamp(&mut custom, "iat")?;
     claims.custom = custom;
     let signing_input = token.rsplit_once('.').map(|(input, _)| input).ok_or(JwtError::BadFormat)?;
-    Ok(ParsedToken { alg, kid, claims, signing_input, payload_segment, signature })
+    Ok(ParsedToken { alg, kid, header, claims, signing_input, payload_segment, signature })
 }
 
 /// Removes a NumericDate claim from `claims`, read as jwt-compact reads it (an integer, or a

@@ -5,9 +5,11 @@
 
 pub mod binding;
 pub mod claims;
+pub mod dpop;
 pub mod extract;
 pub mod jwt;
 mod provider;
+pub mod replay;
 pub mod token_cache;
 pub mod verify;
 
@@ -18,6 +20,7 @@ use crate::ids::ProviderId;
 use crate::json::Value;
 use crate::keys::{KeyState, KeyStore};
 use claims::ClaimsError;
+use dpop::{DpopError, ProofRequest, ProofUse};
 use extract::{FoundToken, LocationId, TokenLocation};
 use jwt::{JwtError, ParsedToken, TokenLimits};
 use std::rc::Rc;
@@ -40,6 +43,8 @@ pub enum AuthnError {
     /// The token is bound to a client certificate (`cnf.x5t#S256`, RFC 8705) that the connection
     /// does not present.
     CertificateMismatch,
+    /// The token's DPoP binding does not hold on this request (see `DpopError`).
+    Dpop(DpopError),
 }
 
 impl AuthnError {
@@ -52,6 +57,7 @@ impl AuthnError {
             AuthnError::Claims(err) => err.code(),
             AuthnError::JwksUnavailable => "jwks_fetch_failed",
             AuthnError::CertificateMismatch => "jwt_certificate_mismatch",
+            AuthnError::Dpop(err) => err.code(),
         }
     }
 
@@ -64,6 +70,7 @@ impl AuthnError {
             AuthnError::Claims(err) => err.message(),
             AuthnError::JwksUnavailable => "Jwks remote fetch is failed",
             AuthnError::CertificateMismatch => "Jwt is bound to a client certificate the connection does not present",
+            AuthnError::Dpop(err) => err.message(),
         }
     }
 }
@@ -151,6 +158,10 @@ pub struct Authenticated {
     /// upstream. The request holds only on a connection presenting all of them (so two different
     /// ones never do).
     pub certificate_bindings: Vec<[u8; 32]>,
+    /// The DPoP proof of the request's key-bound token, whose `jti` the replay store must take
+    /// before the request holds (`engine::Decision::Proven`). A request has one `DPoP` header, so
+    /// at most one proof, and it proves one token (`ath`).
+    pub proof: Option<ProofUse>,
 }
 
 #[derive(Debug)]
@@ -166,8 +177,10 @@ pub enum AuthnOutcome {
 /// verification holds (and remembering new ones there). All must pass; the first one is the
 /// identity. Only tokens of the `allowed` providers are accepted when given: another configured
 /// issuer's token is then an unknown issuer, as in Envoy's jwt_authn when a route requires one
-/// provider.
+/// provider. Each token's DPoP binding is checked against `proof` (the request's method, URI and
+/// `DPoP` header) whether its verification was cached or not.
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
+#[allow(clippy::too_many_arguments)] // each is a different input of the pure core
 pub fn authenticate(
     issuers: &Issuers,
     found: &[FoundToken],
@@ -176,6 +189,7 @@ pub fn authenticate(
     cache: &mut TokenCache,
     now_seconds: u64,
     allowed: Option<&[ProviderId]>,
+    proof: &ProofRequest<'_>,
 ) -> AuthnOutcome {
     let mut result: Option<Authenticated> = None;
     for token in found {
@@ -185,6 +199,10 @@ pub fn authenticate(
             Verdict::Rejected(error) => return AuthnOutcome::Rejected(error),
         };
         let verified = VerifiedToken { location: token.location, provider };
+        let proven = match prove(issuers, token, provider, &identity, proof, verifier, now_seconds) {
+            Ok(proven) => proven,
+            Err(error) => return AuthnOutcome::Rejected(AuthnError::Dpop(error)),
+        };
         // Verification refused a binding that cannot be read; refused here too, should one pass.
         let binding = match binding::certificate_thumbprint(&identity.claims) {
             Ok(binding) => binding,
@@ -204,9 +222,13 @@ pub fn authenticate(
                     payload_segment,
                     tokens: vec![verified],
                     certificate_bindings,
+                    proof: proven,
                 });
             }
-            Some(first) => first.tokens.push(verified),
+            Some(first) => {
+                first.tokens.push(verified);
+                first.proof = first.proof.or(proven);
+            }
         }
         if let (Some(binding), Some(first)) = (binding, result.as_mut()) {
             if !first.certificate_bindings.contains(&binding) {
@@ -218,6 +240,21 @@ pub fn authenticate(
         Some(authenticated) => AuthnOutcome::Authenticated(authenticated),
         None => AuthnOutcome::Anonymous,
     }
+}
+
+/// The DPoP binding of one verified token on this request (`dpop::check`).
+fn prove(
+    issuers: &Issuers,
+    token: &FoundToken,
+    provider: ProviderId,
+    identity: &Identity,
+    proof: &ProofRequest<'_>,
+    verifier: &Verifier,
+    now_seconds: u64,
+) -> Result<Option<ProofUse>, DpopError> {
+    let mode = issuers.provider(provider).map(|p| p.dpop).unwrap_or_default();
+    let dpop_scheme = issuers.location(token.location).is_some_and(TokenLocation::is_dpop_scheme);
+    dpop::check(mode, dpop_scheme, &identity.claims, &token.token, proof, verifier, &issuers.limits, now_seconds)
 }
 
 /// How one token fared.

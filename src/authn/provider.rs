@@ -1,6 +1,7 @@
 //! A trusted issuer (a compiled `jwtRules` entry) and its claim-to-header outputs.
 
 use super::claims::ClaimRules;
+use super::dpop::DpopMode;
 use super::extract::LocationId;
 use crate::identity::ClaimPath;
 use crate::keys::alg::AlgorithmSet;
@@ -16,6 +17,8 @@ pub struct Provider {
     pub algorithms: AlgorithmSet,
     /// `clockSkew`, `requireExpiration`, `maxLifetime`, `requiredClaims`.
     pub claims: ClaimRules,
+    /// `dpop`: whether key-bound tokens (RFC 9449) are accepted, or required.
+    pub dpop: DpopMode,
     /// Where this issuer's tokens are accepted.
     pub locations: Vec<LocationId>,
     pub forward_original_token: bool,

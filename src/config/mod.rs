@@ -16,6 +16,7 @@ pub use provider::parse_duration_ms;
 
 use crate::authn::extract::TokenLocation;
 use crate::authn::jwt::TokenLimits;
+use crate::authn::replay::{self, ReplayStore};
 use crate::authn::token_cache;
 use crate::authn::verify::SignatureBackend;
 use crate::authn::{Issuers, Provider};
@@ -73,6 +74,8 @@ pub struct Config {
     /// `limits.tokenCacheSize` and `limits.identityCacheSize`: how many verified tokens each VM
     /// remembers, and how many of those with their parsed identity.
     pub token_cache: (usize, usize),
+    /// `limits.dpopReplayCapacity`: where DPoP proofs' `jti`s are remembered, and how many.
+    pub replay: ReplayStore,
     /// The connection attributes policies and requirements read: the host fetches only these.
     pub connection_reads: ConnectionReads,
 }
@@ -84,6 +87,7 @@ struct Limits {
     token: TokenLimits,
     max_jwks_bytes: usize,
     token_cache: (usize, usize),
+    replay: ReplayStore,
 }
 
 impl Default for Limits {
@@ -92,6 +96,7 @@ impl Default for Limits {
             token: TokenLimits::default(),
             max_jwks_bytes: jwks::MAX_JWKS_BYTES,
             token_cache: (token_cache::VERIFIED_CAPACITY, token_cache::IDENTITY_CAPACITY),
+            replay: ReplayStore::default(),
         }
     }
 }
@@ -209,6 +214,7 @@ fn compile(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         unsafe_paths,
         max_jwks_bytes: limits.max_jwks_bytes,
         token_cache: limits.token_cache,
+        replay: limits.replay,
     })
 }
 
@@ -372,6 +378,14 @@ fn compile_limits(raw: Option<&RawLimits>) -> Result<Limits, ConfigError> {
             bounded(raw.token_cache_size, "tokenCacheSize", 0, 100_000, defaults.token_cache.0)?,
             bounded(raw.identity_cache_size, "identityCacheSize", 0, 1_000, defaults.token_cache.1)?,
         ),
+        // Shared data, once for all workers: at most 24 MiB (`authn::replay`).
+        replay: ReplayStore::with_capacity(bounded(
+            raw.dpop_replay_capacity,
+            "dpopReplayCapacity",
+            replay::SLOTS_PER_BUCKET as u64,
+            1 << 20,
+            replay::DEFAULT_CAPACITY,
+        )?),
     })
 }
 

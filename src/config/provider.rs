@@ -3,6 +3,7 @@
 use super::raw::RawJwtRule;
 use super::{ConfigError, Limits};
 use crate::authn::claims::{ClaimRules, RequiredClaim, CLOCK_SKEW_SECONDS};
+use crate::authn::dpop::DpopMode;
 use crate::authn::extract::{LocationId, TokenLocation};
 use crate::authn::{ClaimToHeader, Provider};
 use crate::identity::ClaimPath;
@@ -33,7 +34,28 @@ pub(super) fn compile_provider(
     // Durations first, whatever the key source: a malformed one is reported as such.
     let timings = FetchTimings::of(&rule, field)?;
     let keys = key_source(&rule, field, limits, timings)?;
-    let locations = locations(&rule, field, token_locations)?;
+    let dpop = match rule.dpop.as_deref() {
+        None => DpopMode::default(),
+        Some(name) => DpopMode::from_name(name).ok_or_else(|| {
+            ConfigError::new(format!("{field}.dpop"), "expected one of \"disabled\", \"optional\", \"required\"")
+        })?,
+    };
+    let mut locations = locations(&rule, field, token_locations)?;
+    let reads_authorization = locations.iter().any(|id| {
+        token_locations
+            .get(id.0)
+            .is_some_and(|l| matches!(l, TokenLocation::Header { name, .. } if name == "authorization"))
+    });
+    if dpop != DpopMode::Disabled && reads_authorization {
+        // RFC 9449 §7.1: a key-bound token comes as `Authorization: DPoP <token>`, read wherever
+        // the issuer reads the Authorization header (its default). An issuer whose tokens come in
+        // another header only has no DPoP scheme to read; a key-bound token there is refused as a
+        // bearer token.
+        let dpop_location = location_id(token_locations, TokenLocation::header("Authorization", "DPoP "));
+        if !locations.contains(&dpop_location) {
+            locations.push(dpop_location);
+        }
+    }
     let output_payload_to_header = match &rule.output_payload_to_header {
         Some(header) => Some(validate_header_name(header, &format!("{field}.outputPayloadToHeader"))?),
         None => None,
@@ -54,6 +76,7 @@ pub(super) fn compile_provider(
         keys,
         algorithms,
         claims,
+        dpop,
         locations,
         forward_original_token: rule.forward_original_token,
         output_payload_to_header,
@@ -273,6 +296,17 @@ fn remote_jwks(
 /// (adding the ones not seen before): its `fromHeaders`, `fromParams` and `fromCookies`, or
 /// Istio's defaults when none is given.
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
+/// The id of `location` among every provider's, added if new.
+fn location_id(token_locations: &mut Vec<TokenLocation>, location: TokenLocation) -> LocationId {
+    match token_locations.iter().position(|known| *known == location) {
+        Some(index) => LocationId(index),
+        None => {
+            token_locations.push(location);
+            LocationId(token_locations.len() - 1)
+        }
+    }
+}
+
 fn locations(
     rule: &RawJwtRule,
     field: &str,
@@ -308,13 +342,7 @@ fn locations(
         if location.name().trim().is_empty() {
             return Err(ConfigError::new(location_field, "must not be empty"));
         }
-        let index = match token_locations.iter().position(|known| *known == location) {
-            Some(index) => LocationId(index),
-            None => {
-                token_locations.push(location);
-                LocationId(token_locations.len() - 1)
-            }
-        };
+        let index = location_id(token_locations, location);
         if !locations.contains(&index) {
             locations.push(index);
         }

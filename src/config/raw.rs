@@ -42,6 +42,7 @@ pub(super) struct RawLimits {
     pub(super) max_jwks_bytes: Option<u64>,
     pub(super) token_cache_size: Option<u64>,
     pub(super) identity_cache_size: Option<u64>,
+    pub(super) dpop_replay_capacity: Option<u64>,
 }
 #[derive(Default)]
 pub(super) struct RawJwtRule {
@@ -67,6 +68,8 @@ pub(super) struct RawJwtRule {
     pub(super) max_lifetime: Option<String>,
     /// `requiredClaims`: claim name -> the values it may have, in name order.
     pub(super) required_claims: Vec<(String, Vec<String>)>,
+    /// `dpop`: disabled, optional (the default) or required.
+    pub(super) dpop: Option<String>,
 }
 #[derive(Default)]
 pub(super) struct RawFromHeader {
@@ -236,6 +239,7 @@ impl RawLimits {
                 member("maxJwksBytes", Slot::MaybeU64(&mut r.max_jwks_bytes)),
                 member("tokenCacheSize", Slot::MaybeU64(&mut r.token_cache_size)),
                 member("identityCacheSize", Slot::MaybeU64(&mut r.identity_cache_size)),
+                member("dpopReplayCapacity", Slot::MaybeU64(&mut r.dpop_replay_capacity)),
             ],
         )?;
         Ok(r)
@@ -275,6 +279,7 @@ impl RawJwtRule {
                 member("requireExpiration", Slot::MaybeFlag(&mut r.require_expiration)),
                 member("maxLifetime", Slot::MaybeText(&mut r.max_lifetime)),
                 member("requiredClaims", Slot::With(&mut |v, p| set(&mut required_claims, string_lists(v, p)))),
+                member("dpop", Slot::MaybeText(&mut r.dpop)),
             ],
         )?;
         (r.from_headers, r.output_claim_to_headers) = (from_headers, claim_headers);

@@ -60,11 +60,17 @@ fn the_issue_example_compiles_with_istio_defaults() {
     let provider = &config.issuers.providers[0];
     assert_eq!(provider.audiences, vec!["shop".to_string()]);
     assert!(!provider.forward_original_token);
-    assert_eq!(provider.locations, vec![LocationId(0), LocationId(1)]);
+    // Istio's two, and the DPoP scheme (`dpop: optional`, the default) beside the bearer one.
+    assert_eq!(provider.locations, vec![LocationId(0), LocationId(1), LocationId(2)]);
     assert_eq!(
         config.issuers.locations,
-        vec![TokenLocation::header("Authorization", "Bearer "), TokenLocation::Param("access_token".into()),]
+        vec![
+            TokenLocation::header("Authorization", "Bearer "),
+            TokenLocation::Param("access_token".into()),
+            TokenLocation::header("Authorization", "DPoP "),
+        ]
     );
+    assert_eq!(provider.dpop, crate::authn::dpop::DpopMode::Optional);
     assert_eq!(config.output_headers, vec!["x-jwt-payload".to_string(), "x-user".to_string()]);
     assert_eq!((config.policies.deny.len(), config.policies.allow.len()), (1, 1));
     let KeySource::Remote(remote) = &provider.keys else { panic!("remote keys") };

@@ -232,9 +232,11 @@ fn perform_effect(vm: &SharedVm, effect: Effect) {
     }
 }
 
-/// A decision on a certificate-bound token, settled with the client certificate's digest (read
-/// only for such requests, on the current context); any other decision passes.
+/// A decision on a DPoP proof, settled by recording its `jti` in shared data, then one on a
+/// certificate-bound token, settled with the client certificate's digest (read only for such
+/// requests, on the current context); any other decision passes.
 fn bind(vm: &SharedVm, decision: Decision) -> Decision {
+    let decision = vm.borrow_mut().scheduler.prove(&mut HostStore, decision, now_millis());
     let Decision::Bound { .. } = decision else { return decision };
     let digest = calls::property(Property::PeerCertificateDigest.path());
     vm.borrow_mut().scheduler.bind(decision, digest.as_deref())
@@ -243,7 +245,10 @@ fn bind(vm: &SharedVm, decision: Decision) -> Decision {
 /// Carries out a decision on the current (effective) request context.
 fn perform(decision: &Decision, resume: bool) -> Action {
     match decision {
-        Decision::Bound { mismatch, .. } => perform(mismatch, resume), // `bind` settles it first
+        // `bind` settles both first.
+        Decision::Bound { mismatch: refusal, .. } | Decision::Proven { replayed: refusal, .. } => {
+            perform(refusal, resume)
+        }
         Decision::Allow { changes, .. } => {
             for change in changes {
                 let _ = match change {

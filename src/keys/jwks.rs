@@ -205,7 +205,8 @@ pub fn parse_with_limit(body: &[u8], max_bytes: usize) -> Result<ParsedJwks, Jwk
     Ok(ParsedJwks { key_set: KeySet { keys }, skipped })
 }
 
-fn parse_key(entry: &Value) -> Result<(Option<Algorithm>, PublicKey), String> {
+/// One JWK as a verification key: its own `alg` (if any) and the key, or why it cannot be used.
+pub fn parse_key(entry: &Value) -> Result<(Option<Algorithm>, PublicKey), String> {
     if !entry.is_object() {
         return Err("not a JSON object".into());
     }

@@ -50,7 +50,7 @@ fn status(decision: &Decision) -> u32 {
     match decision {
         Decision::Allow { .. } => 200,
         Decision::Deny { denial, realm, .. } => denial.response(realm).status,
-        Decision::Bound { .. } => 0,
+        Decision::Bound { .. } | Decision::Proven { .. } => 0,
     }
 }
 
@@ -59,6 +59,7 @@ fn reason(decision: &Decision) -> &'static str {
         Decision::Allow { .. } => "allowed",
         Decision::Deny { denial, .. } => denial.code(),
         Decision::Bound { .. } => "bound",
+        Decision::Proven { .. } => "proven",
     }
 }
 
@@ -393,4 +394,94 @@ fn a_parked_bound_token_is_bound_when_settled_and_reported_once() {
     assert_eq!((status(&chosen), reason(&chosen)), (401, "jwt_certificate_mismatch"));
     let effects = s.take_effects();
     assert_eq!(effects.iter().filter(|e| matches!(e, Effect::CountNamed(_))).count(), 1, "{effects:?}");
+}
+
+/// A token bound to the P-256 test key and a proof of it for `GET http://shop/orders` at `now`.
+fn dpop_request(jti: &str, now_seconds: u64) -> Request {
+    use crate::authn::dpop::{access_token_hash, jwk_thumbprint};
+    use crate::keys::alg::Algorithm;
+    let holder = testkeys::signing_key(Algorithm::Es256, 0);
+    let jwk = holder.jwk("holder", None);
+    let crate::json::Value::Object(jwk_map) = crate::json::Value::from(jwk.clone()) else { panic!("object") };
+    let jkt = jwk_thumbprint(&jwk_map).expect("thumbprint");
+    let payload =
+        json!({"iss": ISSUER, "sub": "alice", "exp": NOW_MS / 1000 + 300, "cnf": {"jkt": testkeys::b64(jkt)}});
+    let token = testkeys::sign(&json!({"alg": "RS256", "kid": "a"}), &payload, 0);
+    let claims = json!({"jti": jti, "htm": "GET", "htu": "http://shop/orders", "iat": now_seconds,
+                        "ath": access_token_hash(&token)});
+    let proof = holder.sign_token(Algorithm::Es256, &json!({"typ": "dpop+jwt", "jwk": jwk}), &claims);
+    Request::from_header_pairs(vec![
+        (":method".into(), "GET".into()),
+        (":path".into(), "/orders?page=2".into()),
+        (":authority".into(), "shop".into()),
+        (":scheme".into(), "http".into()),
+        ("authorization".into(), format!("DPoP {token}")),
+        ("dpop".into(), proof),
+    ])
+}
+
+#[test]
+fn a_dpop_proof_is_accepted_once_across_workers_and_reported_once() {
+    let mut store = MemoryStore::default();
+    let mut first = scheduler(&mut store, 1);
+    let mut second = scheduler(&mut store, 2);
+    assert_eq!(first.on_request(&store, 7, request(&token("a")), NOW_MS), None, "parked");
+    start_fetch(&mut first, &mut store, NOW_MS + 1, 1);
+    first.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS + 2);
+    second.service(&mut store, NOW_MS + 3);
+    first.take_effects();
+    second.take_effects();
+    let now = NOW_MS + 4;
+    let decision = first.on_request(&store, 8, dpop_request("jti-1", now / 1000), now).expect("decided");
+    assert!(matches!(decision, Decision::Proven { .. }), "{decision:?}");
+    assert_eq!(allowed_count(&mut first), 0, "not yet reported");
+    let chosen = first.prove(&mut store, decision, now);
+    assert_eq!((status(&chosen), reason(&chosen)), (200, "allowed"));
+    assert_eq!(allowed_count(&mut first), 1, "reported once");
+    // The same proof again, on the other worker, and on the first: refused, each reported once.
+    for s in [&mut second, &mut first] {
+        let decision = s.on_request(&store, 9, dpop_request("jti-1", now / 1000), now + 1).expect("decided");
+        let chosen = s.prove(&mut store, decision, now + 1);
+        assert_eq!((status(&chosen), reason(&chosen)), (401, "dpop_proof_replayed"));
+        let effects = s.take_effects();
+        assert_eq!(effects.iter().filter(|e| matches!(e, Effect::CountNamed(_))).count(), 1, "{effects:?}");
+        // Anything but a proven decision passes through untouched, and is not reported again.
+        assert_eq!(s.prove(&mut store, chosen.clone(), now + 1), chosen);
+        assert!(s.take_effects().is_empty());
+    }
+    // A new proof of the same token holds, on either worker: the cached token is proven anew.
+    let decision = second.on_request(&store, 10, dpop_request("jti-2", now / 1000), now + 2).expect("decided");
+    assert_eq!(reason(&second.prove(&mut store, decision, now + 2)), "allowed");
+    // Without the proof, the cached token is refused.
+    let mut bare = dpop_request("jti-3", now / 1000);
+    bare.headers.retain(|(name, _)| name != "dpop");
+    let decision = second.on_request(&store, 11, bare, now + 3).expect("decided");
+    assert_eq!((status(&decision), reason(&decision)), (401, "dpop_proof_missing"));
+}
+
+#[test]
+fn a_parked_dpop_request_is_proven_when_settled_and_reported_once() {
+    let mut store = MemoryStore::default();
+    let mut s = scheduler(&mut store, 1);
+    s.take_effects();
+    assert_eq!(s.on_request(&store, 7, dpop_request("jti-p", NOW_MS / 1000), NOW_MS), None, "parked");
+    start_fetch(&mut s, &mut store, NOW_MS + 1, 1);
+    s.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS + 2);
+    let effects = s.take_effects();
+    let Some(Effect::Settle { context_id: 7, decision }) =
+        effects.into_iter().find(|e| matches!(e, Effect::Settle { .. }))
+    else {
+        panic!("settled")
+    };
+    // The host's order: `settled` (which leaves a proven decision alone), then `prove`.
+    s.settled(&decision);
+    assert_eq!(allowed_count(&mut s), 0, "not yet reported");
+    let chosen = s.prove(&mut store, decision, NOW_MS + 3);
+    assert_eq!(reason(&chosen), "allowed");
+    assert_eq!(allowed_count(&mut s), 1, "reported once");
+}
+
+/// Allowed requests reported since the last call (a batched counter).
+fn allowed_count(s: &mut Scheduler) -> u64 {
+    s.take_counts().iter().filter(|(counter, _)| *counter == Counter::Allowed).map(|(_, n)| n).sum()
 }

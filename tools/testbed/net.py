@@ -5,17 +5,18 @@ import socket
 
 
 def http_request(port, method, path, headers=None, body=None, timeout=10.0):
-    """Send one request with the path exactly as given; returns (status, headers, body text)."""
-    headers = dict(headers or {})
+    """Send one request with the path exactly as given; returns (status, headers, body text).
+    headers: a dict, or a list of (name, value) pairs to send a header more than once."""
+    headers = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        has_host = any(name.lower() == "host" for name in headers)
+        has_host = any(name.lower() == "host" for name, _ in headers)
         connection.putrequest(method, path, skip_host=has_host, skip_accept_encoding=True)
         if isinstance(body, str):
             body = body.encode()
-        if body is not None:
-            headers.setdefault("Content-Length", str(len(body)))
-        for name, value in headers.items():
+        if body is not None and not any(name.lower() == "content-length" for name, _ in headers):
+            headers.append(("Content-Length", str(len(body))))
+        for name, value in headers:
             connection.putheader(name, value)
         connection.endheaders(body)
         response = connection.getresponse()

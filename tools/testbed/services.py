@@ -114,10 +114,12 @@ class Idp:
             self.private_key = self._load_key()
         return kid
 
-    def token_request(self, form, basic_auth=None, path_prefix=""):
-        """POST a form to the token endpoint (under `path_prefix`, e.g. Keycloak < 17's /auth);
-        returns (status, JSON answer)."""
+    def token_request(self, form, basic_auth=None, path_prefix="", dpop=None):
+        """POST a form to the token endpoint (under `path_prefix`, e.g. Keycloak < 17's /auth),
+        with a DPoP proof when given; returns (status, JSON answer)."""
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if dpop:
+            headers["DPoP"] = dpop
         if basic_auth:
             headers["Authorization"] = "Basic " + base64.b64encode(":".join(basic_auth).encode()).decode()
         body = urlencode(form)
