@@ -398,10 +398,15 @@ fn upstream_changes(config: &Config, authenticated: Option<&Authenticated>, unre
     };
     for token in &authenticated.tokens {
         let forward = config.issuers.provider(token.provider).is_some_and(|p| p.forward_original_token);
-        if let (false, Some(TokenLocation::Header { name, .. })) = (forward, config.issuers.location(token.location)) {
+        let location = config.issuers.location(token.location);
+        if let (false, Some(TokenLocation::Header { name, .. })) = (forward, location) {
             let change = HeaderChange::Remove(name.clone());
             if !changes.contains(&change) {
                 changes.push(change);
+            }
+            // The proof goes with the token it proves: it names the token's hash (`ath`).
+            if location.is_some_and(TokenLocation::is_dpop_scheme) {
+                changes.push(HeaderChange::Remove("dpop".to_string()));
             }
         }
     }

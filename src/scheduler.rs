@@ -271,9 +271,9 @@ impl Scheduler {
     /// Settles a `Decision::Proven` by recording its proof's `jti` in the replay store shared by
     /// every worker, and reports what it comes to (unless that is a `Decision::Bound`, which
     /// `bind` reports); any other decision comes back as it is.
-    pub fn prove(&mut self, store: &mut dyn SharedStore, decision: Decision, now_ms: u64) -> Decision {
+    pub fn prove(&mut self, store: &mut dyn SharedStore, decision: Decision) -> Decision {
         let Decision::Proven { proof, decision, replayed } = decision else { return decision };
-        let chosen = match self.config.replay.record(store, &proof, now_ms / 1000) {
+        let chosen = match self.config.replay.record(store, &proof) {
             Ok(()) => *decision,
             Err(error) => {
                 let mut replayed = *replayed;

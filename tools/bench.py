@@ -9,13 +9,17 @@
 Each listener answers with a direct response, so only the filters differ. wrk drives each in
 interleaved rounds, for a hot workload (one token, again and again) and cold workloads (a distinct
 pre-minted token per request, never reused within a run): RS256 on every listener, ES256 and PS256
-on native and both jwt-authz backends. Prints req/s medians, ratios and latencies, and the plugin
-VM's memory. Not a test: nothing here fails on speed.
+on native and both jwt-authz backends. And a DPoP workload on both jwt-authz listeners: the hot
+token bound to a key (`cnf.jkt`), sent as `Authorization: DPoP` with a new ES256 proof per request
+(minted just before each run, as proofs live 60 s), next to the same kind of token as a bearer
+token: what a proof costs. Prints req/s medians, ratios and latencies, and the plugin VM's memory.
+Not a test: nothing here fails on speed.
 
 Usage: python tools/bench.py [--duration 3] [--rounds 3] [--connections 32]
 """
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -67,6 +71,12 @@ OTHER_ALGS = ("ES256", "PS256")
 ALG_LISTENERS = ("native", "jwt-authz", "jwt-authz-vm")
 # Cold tokens per run: more than a listener that verifies every token can serve in one run.
 COLD_TOKENS_PER_SECOND = 10_000
+# The DPoP workload (a proof per request), on these listeners; proofs name this host in `htu`.
+DPOP = "dpop"
+DPOP_LISTENERS = ("jwt-authz", "jwt-authz-vm")
+DPOP_HOST = "bench.example"
+# Proofs per second of a run: above what the listeners serve with a proof each.
+DPOP_PROOFS_PER_SECOND = 8_000
 
 WRK_SCRIPT = r"""
 -- Sends "Authorization: Bearer <token>" with tokens[first+1 .. first+limit] of a file, in order.
@@ -99,6 +109,32 @@ function done(summary, latency, requests)
     latency:percentile(50), latency:percentile(99), wraps))
 end
 """ % PATH
+
+
+WRK_DPOP_SCRIPT = r"""
+-- Sends "Authorization: DPoP <token>" (the token is args[4]) and "DPoP: <proof>" with
+-- proofs[first+1 .. first+limit] of a file, in order, to Host: %s.
+local requests, count, index, wrapped = {}, 0, 0, 0
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  local path, first, limit, token = args[1], tonumber(args[2]), tonumber(args[3]), args[4]
+  local n = 0
+  for line in io.lines(path) do
+    n = n + 1
+    if n > first then
+      count = count + 1
+      requests[count] = wrk.format("GET", "%s", {["Host"] = "%s", ["Authorization"] = "DPoP " .. token, ["DPoP"] = line})
+      if count >= limit then break end
+    end
+  end
+end
+function request()
+  index = index + 1
+  if index > count then index, wrapped = 1, wrapped + 1 end
+  return requests[index]
+end
+""" % (DPOP_HOST, PATH, DPOP_HOST) + WRK_SCRIPT[WRK_SCRIPT.index("function done"):]
 
 
 # Minted tokens are kept here between runs (each run starts a fresh Envoy, so nothing is cached
@@ -186,6 +222,46 @@ def load_or_mint(count):
         f.write_text("\n".join(cold[alg]) + "\n")
     print(f"minted in {time.monotonic() - started:.0f}s", flush=True)
     return keys, hot_token, cold
+
+
+def dpop_holder():
+    """A client's P-256 key and its public JWK's RFC 7638 thumbprint."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    point = key.public_key().public_numbers()
+    jwk = {"crv": "P-256", "kty": "EC", "x": b64url(point.x.to_bytes(32, "big")), "y": b64url(point.y.to_bytes(32, "big"))}
+    thumbprint = b64url(hashlib.sha256(json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode()).digest())
+    return key, jwk, thumbprint
+
+
+def dpop_token(keys, thumbprint):
+    """The hot token's twin bound to the holder's key."""
+    claims = {**keycloak_claims("alice", "bench-dpop"), "cnf": {"jkt": thumbprint}}
+    signing_input = f"{json_segment({'alg': 'RS256', 'typ': 'JWT', 'kid': KID})}.{json_segment(claims)}"
+    return f"{signing_input}.{b64url(sign('RS256', signing_input, keys))}"
+
+
+def _proof_batch(args):
+    pem, jwk, ath, start, count, iat, nonce = args
+    from cryptography.hazmat.primitives import serialization
+    key = serialization.load_pem_private_key(pem, password=None)
+    header = json_segment({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk})
+    proofs = []
+    for i in range(start, start + count):
+        claims = {"jti": f"bench-{nonce}-{i}", "htm": "GET", "htu": f"http://{DPOP_HOST}{PATH}", "iat": iat, "ath": ath}
+        signing_input = f"{header}.{json_segment(claims)}"
+        r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        proofs.append(f"{signing_input}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}")
+    return proofs
+
+
+def mint_proofs(holder, token, count):
+    """count proofs of token by holder, each with its own jti, all issued now."""
+    key, jwk, _ = holder
+    ath = b64url(hashlib.sha256(token.encode()).digest())
+    iat, batch, nonce = int(time.time()), 2_000, os.urandom(8).hex()
+    jobs = [(_pem(key), jwk, ath, start, min(batch, count - start), iat, nonce) for start in range(0, count, batch)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return [proof for part in pool.map(_proof_batch, jobs) for proof in part]
 
 
 def jwks_of(keys):
@@ -396,9 +472,9 @@ class BenchEnvoy:
 
 # --- running wrk ------------------------------------------------------------------------------------
 
-def run_wrk(port, script, token_file, first, limit, duration, connections):
+def run_wrk(port, script, token_file, first, limit, duration, connections, *extra):
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script),
-               f"http://127.0.0.1:{port}", "--", str(token_file), str(first), str(limit)]
+               f"http://127.0.0.1:{port}", "--", str(token_file), str(first), str(limit), *extra]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     match = re.search(r"RESULT (.*)", output)
     if not match:
@@ -427,6 +503,19 @@ def check_listeners(envoy, hot_token, cold):
             raise RuntimeError(f"{name}: admin token {status}, forged token {bad}, no token {anonymous}")
 
 
+def check_dpop(envoy, holder, bound_token, hot_token):
+    """The DPoP listeners take a proven request once, and refuse its replay and the bound token as a
+    bearer token (so the workload measures what it claims to)."""
+    for name in DPOP_LISTENERS:
+        [proof] = mint_proofs(holder, bound_token, 1)
+        headers = {"Host": DPOP_HOST, "Authorization": f"DPoP {bound_token}", "DPoP": proof}
+        first = http_request(envoy.ports[name], "GET", PATH, headers)[0]
+        replay = http_request(envoy.ports[name], "GET", PATH, headers)[0]
+        bearer = http_request(envoy.ports[name], "GET", PATH, {"Authorization": f"Bearer {bound_token}"})[0]
+        if (first, replay, bearer) != (200, 401, 401):
+            raise RuntimeError(f"{name}: DPoP {first}, replayed proof {replay}, bound token as bearer {bearer}")
+
+
 def median(values):
     return statistics.median(values) if values else float("nan")
 
@@ -453,30 +542,45 @@ def main():
     (workdir / "hot.txt").write_text(hot_token + "\n")
     script = workdir / "tokens.lua"
     script.write_text(WRK_SCRIPT)
+    dpop_script = workdir / "dpop.lua"
+    dpop_script.write_text(WRK_DPOP_SCRIPT)
+    holder = dpop_holder()
+    bound_token = dpop_token(keys, holder[2])
+    proofs_per_run = DPOP_PROOFS_PER_SECOND * args.duration
 
     baselines = BASELINES + ((SDK_EMPTY, SDK_HEADERS) if args.sdk_baseline else ())
     sdk_baseline = Path(args.sdk_baseline).resolve() if args.sdk_baseline else None
     envoy = BenchEnvoy(workdir, jwks, Path(args.wasm).resolve(), baselines, sdk_baseline)
     try:
         check_listeners(envoy, hot_token, cold)
+        check_dpop(envoy, holder, bound_token, hot_token)
         for name in LISTENERS + baselines:  # warm-up: connections, caches, V8 tiering
             run_wrk(envoy.ports[name], script, workdir / "hot.txt", 0, 1, 1, args.connections)
         def listeners_of(workload):
+            if workload == DPOP:
+                return DPOP_LISTENERS
             return LISTENERS if workload in (HOT, COLD) else ALG_LISTENERS
-        results = {(name, workload): [] for workload in (HOT, *workloads) for name in listeners_of(workload)}
+        results = {(name, workload): [] for workload in (HOT, *workloads, DPOP) for name in listeners_of(workload)}
         results.update({(name, HOT): [] for name in baselines})
         for round_index in range(args.rounds):
-            for workload in (HOT, *workloads):
+            for workload in (HOT, *workloads, DPOP):
                 # Rotate the order each round so no listener always runs first or last.
                 names = listeners_of(workload)
                 shift = round_index % len(names)
                 order = names[shift:] + names[:shift]
                 for name in order + (baselines if workload == HOT else ()):
+                    extra, wrk_script = (), script
                     if workload == HOT:
                         token_file, first, limit = workdir / "hot.txt", 0, 1
+                    elif workload == DPOP:
+                        # Fresh proofs for this run: a proof is accepted once, within 60 s of its iat.
+                        token_file, first, limit = workdir / "proofs.txt", 0, proofs_per_run
+                        token_file.write_text("\n".join(mint_proofs(holder, bound_token, proofs_per_run)) + "\n")
+                        extra, wrk_script = (bound_token,), dpop_script
                     else:
                         token_file, first, limit = workdir / f"{workload}.txt", round_index * per_run, per_run
-                    result = run_wrk(envoy.ports[name], script, token_file, first, limit, args.duration, args.connections)
+                    result = run_wrk(envoy.ports[name], wrk_script, token_file, first, limit, args.duration,
+                                     args.connections, *extra)
                     results[(name, workload)].append(result)
                     flags = []
                     if result["non2xx"] or result["socket_errors"]:
@@ -507,7 +611,7 @@ def main():
     print()
     print("| workload | listener | req/s | p50 ms | p99 ms |")
     print("|---|---|---:|---:|---:|")
-    for workload in (HOT, *workloads):
+    for workload in (HOT, *workloads, DPOP):
         for name in listeners_of(workload):
             row = summary[workload][name]
             print(f"| {workload} | {name} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |")
@@ -524,6 +628,12 @@ def main():
     print(f"Proxy-Wasm floors (hot): a no-op Wasm module {noop:.0f} req/s = {noop / no_auth:.2f} of no-auth; "
           f"jwt-authz without jwtRules (one allow-all policy) {floor:.0f} req/s = {floor / no_auth:.2f}; "
           f"jwt-authz hot = {summary[HOT]['jwt-authz']['rps'] / noop:.2f} of the no-op module")
+    for name in DPOP_LISTENERS:
+        proven, plain = summary[DPOP][name], summary[HOT][name]
+        print(f"DPoP ({name}): the hot token key-bound with a new ES256 proof per request {proven['rps']:.0f} req/s = "
+              f"{proven['rps'] / plain['rps']:.2f} of the same token as a bearer token; p50 {proven['p50_ms']:.2f} ms "
+              f"vs {plain['p50_ms']:.2f} ms; a proof costs {1e6 / proven['rps'] - 1e6 / plain['rps']:.0f} µs of "
+              f"the worker per request")
     many, one = summary[HOT][MANY_ISSUERS]["rps"], summary[HOT]["jwt-authz"]["rps"]
     print(f"Issuers (hot): jwt-authz with 100 jwtRules entries, the token's the last, {many:.0f} req/s = "
           f"{many / one:.2f} of jwt-authz with one")

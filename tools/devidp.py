@@ -269,10 +269,12 @@ def verify_dpop_proof(proof, method, url, now):
     header_segment, payload_segment, signature_segment = proof.split(".")
     header = json.loads(b64url_decode(header_segment))
     claims = json.loads(b64url_decode(payload_segment))
+    if not isinstance(header, dict) or not isinstance(claims, dict) or not isinstance(header.get("jwk"), dict):
+        raise ValueError("header, claims and jwk must be JSON objects")
     if header.get("typ") != "dpop+jwt":
         raise ValueError("typ is not dpop+jwt")
     jwk = header["jwk"]
-    if any(name in jwk for name in ("d", "p", "q", "dp", "dq", "qi", "k")):
+    if any(name in jwk for name in ("d", "p", "q", "dp", "dq", "qi", "oth", "k")):
         raise ValueError("jwk holds a private key")
     data, signature = f"{header_segment}.{payload_segment}".encode(), b64url_decode(signature_segment)
     public_key = public_key_from_jwk(jwk)
@@ -810,7 +812,7 @@ class Handler(BaseHTTPRequestHandler):
         url = f"{scheme}://{self.headers.get('Host', '')}{urlsplit(self.path).path}"
         try:
             return verify_dpop_proof(proofs[0], "POST", url, time.time())
-        except (ValueError, KeyError, TypeError, binascii.Error, InvalidSignature) as error:
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, InvalidSignature) as error:
             raise OAuthError(400, "invalid_dpop_proof", f"DPoP proof is invalid: {error}") from None
 
     def _client_credentials(self, form):

@@ -187,6 +187,9 @@ pub struct ProofUse {
     pub replay_key: [u8; 16],
     /// Unix seconds after which the proof is refused as stale anyway.
     pub until_seconds: u64,
+    /// The Unix second the proof was found fresh at: the replay store records it as of then, so
+    /// that an entry a check at this second could still match is never dropped as expired.
+    pub checked_at_seconds: u64,
 }
 
 /// The key a token is bound to: `cnf.jkt`, the base64url of an RFC 7638 SHA-256 thumbprint. A
@@ -241,7 +244,13 @@ fn verify_proof(
     // The token parser's strictness and bounds: size, segments, base64url, JSON depth, no duplicate
     // members, the algorithm allow-list (asymmetric only), no `crit`.
     let parsed = jwt::parse_with_limits(proof, limits).map_err(|_| DpopError::Malformed)?;
-    if parsed.header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
+    // A media type (RFC 7515 §4.1.9): case-insensitive, `application/` optional.
+    let typ = parsed.header.get("typ").and_then(Value::as_str).unwrap_or_default();
+    let typ = match typ.get(..12) {
+        Some(head) if head.eq_ignore_ascii_case("application/") => typ.get(12..).unwrap_or_default(),
+        _ => typ,
+    };
+    if !typ.eq_ignore_ascii_case("dpop+jwt") {
         return Err(DpopError::WrongType);
     }
     let Some(Value::Object(jwk)) = parsed.header.get("jwk") else { return Err(DpopError::BadKey) };
@@ -291,7 +300,7 @@ fn verify_proof(
     let mut replay_key = [0u8; 16];
     replay_key.iter_mut().zip(digest.iter()).for_each(|(out, byte)| *out = *byte);
     let until_seconds = u64::try_from(iat.saturating_add(window)).unwrap_or_default();
-    Ok(ProofUse { replay_key, until_seconds })
+    Ok(ProofUse { replay_key, until_seconds, checked_at_seconds: now_seconds })
 }
 
 /// The RFC 7638 thumbprint of a public JWK: SHA-256 of its required members (`crv`, `kty`, `x`,

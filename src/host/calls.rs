@@ -17,6 +17,9 @@ impl SharedStore for HostStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         match hostcalls::get_shared_data(key) {
             Ok((Some(bytes), cas)) => Some((bytes, cas.unwrap_or(0))),
+            // An empty value exists (it has a compare-and-swap token): as `None`, the next write
+            // would be unconditional and two workers could both win it.
+            Ok((None, Some(cas))) => Some((Vec::new(), cas)),
             _ => None,
         }
     }

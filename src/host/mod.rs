@@ -236,7 +236,7 @@ fn perform_effect(vm: &SharedVm, effect: Effect) {
 /// certificate-bound token, settled with the client certificate's digest (read only for such
 /// requests, on the current context); any other decision passes.
 fn bind(vm: &SharedVm, decision: Decision) -> Decision {
-    let decision = vm.borrow_mut().scheduler.prove(&mut HostStore, decision, now_millis());
+    let decision = vm.borrow_mut().scheduler.prove(&mut HostStore, decision);
     let Decision::Bound { .. } = decision else { return decision };
     let digest = calls::property(Property::PeerCertificateDigest.path());
     vm.borrow_mut().scheduler.bind(decision, digest.as_deref())

@@ -435,23 +435,23 @@ fn a_dpop_proof_is_accepted_once_across_workers_and_reported_once() {
     let decision = first.on_request(&store, 8, dpop_request("jti-1", now / 1000), now).expect("decided");
     assert!(matches!(decision, Decision::Proven { .. }), "{decision:?}");
     assert_eq!(allowed_count(&mut first), 0, "not yet reported");
-    let chosen = first.prove(&mut store, decision, now);
+    let chosen = first.prove(&mut store, decision);
     assert_eq!((status(&chosen), reason(&chosen)), (200, "allowed"));
     assert_eq!(allowed_count(&mut first), 1, "reported once");
     // The same proof again, on the other worker, and on the first: refused, each reported once.
     for s in [&mut second, &mut first] {
         let decision = s.on_request(&store, 9, dpop_request("jti-1", now / 1000), now + 1).expect("decided");
-        let chosen = s.prove(&mut store, decision, now + 1);
+        let chosen = s.prove(&mut store, decision);
         assert_eq!((status(&chosen), reason(&chosen)), (401, "dpop_proof_replayed"));
         let effects = s.take_effects();
         assert_eq!(effects.iter().filter(|e| matches!(e, Effect::CountNamed(_))).count(), 1, "{effects:?}");
         // Anything but a proven decision passes through untouched, and is not reported again.
-        assert_eq!(s.prove(&mut store, chosen.clone(), now + 1), chosen);
+        assert_eq!(s.prove(&mut store, chosen.clone()), chosen);
         assert!(s.take_effects().is_empty());
     }
     // A new proof of the same token holds, on either worker: the cached token is proven anew.
     let decision = second.on_request(&store, 10, dpop_request("jti-2", now / 1000), now + 2).expect("decided");
-    assert_eq!(reason(&second.prove(&mut store, decision, now + 2)), "allowed");
+    assert_eq!(reason(&second.prove(&mut store, decision)), "allowed");
     // Without the proof, the cached token is refused.
     let mut bare = dpop_request("jti-3", now / 1000);
     bare.headers.retain(|(name, _)| name != "dpop");
@@ -476,7 +476,7 @@ fn a_parked_dpop_request_is_proven_when_settled_and_reported_once() {
     // The host's order: `settled` (which leaves a proven decision alone), then `prove`.
     s.settled(&decision);
     assert_eq!(allowed_count(&mut s), 0, "not yet reported");
-    let chosen = s.prove(&mut store, decision, NOW_MS + 3);
+    let chosen = s.prove(&mut store, decision);
     assert_eq!(reason(&chosen), "allowed");
     assert_eq!(allowed_count(&mut s), 1, "reported once");
 }

@@ -122,6 +122,19 @@ fn a_valid_proof_holds_and_names_its_jti_for_the_replay_store() {
 }
 
 #[test]
+fn typ_is_a_media_type() {
+    let claims = claims_bound_to(jkt(Algorithm::Es256, 0));
+    for typ in ["dpop+jwt", "DPoP+JWT", "application/dpop+jwt", "Application/DPOP+jwt"] {
+        let proof = sign_proof(Algorithm::Es256, 0, json!({"typ": typ}), &proof_claims());
+        assert!(run(&claims, true, vec![&proof], DpopMode::Optional).is_ok(), "{typ}");
+    }
+    for typ in ["jwt", "application/jwt", "dpop+jwt2", "application/", "xapplication/dpop+jwt"] {
+        let proof = sign_proof(Algorithm::Es256, 0, json!({"typ": typ}), &proof_claims());
+        assert_eq!(run(&claims, true, vec![&proof], DpopMode::Optional), Err(DpopError::WrongType), "{typ}");
+    }
+}
+
+#[test]
 fn every_algorithm_family_proves() {
     for alg in
         [Algorithm::Es256, Algorithm::Es384, Algorithm::Es512, Algorithm::Rs256, Algorithm::Ps256, Algorithm::EdDsa]
