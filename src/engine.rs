@@ -5,6 +5,7 @@
 
 use crate::authn::dpop::{DpopError, ProofRequest, ProofUse};
 use crate::authn::extract::{self, HeaderSource, LocationId, TokenLocation};
+use crate::authn::introspection::{Answers, NoAnswers};
 use crate::authn::token_cache::TokenCache;
 use crate::authn::verify::Verifier;
 use crate::authn::{self, Authenticated, AuthnError, AuthnOutcome};
@@ -201,6 +202,12 @@ pub enum Outcome {
     Decided(Decision),
     /// The named provider's keys are being fetched: park the request and evaluate it again.
     AwaitKeys(ProviderId),
+    /// The opaque `token` must be introspected by `provider`: park the request, have it asked,
+    /// and evaluate again with the answer.
+    AwaitIntrospection {
+        provider: ProviderId,
+        token: String,
+    },
 }
 
 /// Decides what happens to `request`, with the keys in `keys`, at `now_seconds` (Unix time),
@@ -212,10 +219,24 @@ pub fn evaluate(config: &Config, request: &Request, keys: &dyn KeyStore, now_sec
 
 /// The same, taking tokens verified before from `tokens` (and remembering new ones there).
 /// Policies are evaluated on every request either way: they depend on more than the token.
+/// No opaque token is known (each is refused as `introspection_failed`).
 pub fn evaluate_cached(
     config: &Config,
     request: &Request,
     keys: &dyn KeyStore,
+    verifier: &Verifier,
+    tokens: &mut TokenCache,
+    now_seconds: u64,
+) -> Outcome {
+    evaluate_with(config, request, keys, &NoAnswers, verifier, tokens, now_seconds)
+}
+
+/// The same, with the introspection answers in `answers` (the scheduler's).
+pub fn evaluate_with(
+    config: &Config,
+    request: &Request,
+    keys: &dyn KeyStore,
+    answers: &dyn Answers,
     verifier: &Verifier,
     tokens: &mut TokenCache,
     now_seconds: u64,
@@ -293,7 +314,18 @@ pub fn evaluate_cached(
                 path: &request.path,
                 proofs: request.header_values("dpop").collect(),
             };
-            match authn::authenticate(&config.issuers, &found, keys, verifier, tokens, now_seconds, allowed, &proof) {
+            let authenticated = authn::authenticate(
+                &config.issuers,
+                &found,
+                keys,
+                verifier,
+                tokens,
+                now_seconds,
+                allowed,
+                &proof,
+                answers,
+            );
+            match authenticated {
                 AuthnOutcome::Anonymous => None,
                 AuthnOutcome::Authenticated(authenticated) => Some(authenticated),
                 AuthnOutcome::Rejected(err) => {
@@ -306,6 +338,9 @@ pub fn evaluate_cached(
                     return outcome;
                 }
                 AuthnOutcome::AwaitKeys(provider) => return Outcome::AwaitKeys(provider),
+                AuthnOutcome::AwaitIntrospection(provider, token) => {
+                    return Outcome::AwaitIntrospection { provider, token }
+                }
             }
         }
     };

@@ -248,6 +248,7 @@ mod tests {
     fn every_reason_code() -> Vec<&'static str> {
         use crate::authn::claims::ClaimsError;
         use crate::authn::dpop::DpopError;
+        use crate::authn::introspection::IntrospectionError;
         use crate::authn::jwt::JwtError;
         use crate::authn::verify::VerifyError;
         use crate::authn::AuthnError;
@@ -286,6 +287,10 @@ mod tests {
         authn.extend(signatures.map(AuthnError::Signature));
         authn.extend(claims.map(AuthnError::Claims));
         authn.extend(DpopError::ALL.map(AuthnError::Dpop));
+        authn.extend(
+            [IntrospectionError::Inactive, IntrospectionError::Failed, IntrospectionError::IssuerMismatch]
+                .map(AuthnError::Introspection),
+        );
         let mut denials: Vec<Denial> = paths.into_iter().map(Denial::BadPath).collect();
         denials.extend(authn.into_iter().map(Denial::InvalidToken));
         denials.push(Denial::MissingToken { policy: None });
@@ -344,6 +349,9 @@ mod tests {
                         | DpopError::TokenHashMismatch
                         | DpopError::Replayed
                         | DpopError::ReplayStoreFull,
+                    )
+                    | AuthnError::Introspection(
+                        IntrospectionError::Inactive | IntrospectionError::Failed | IntrospectionError::IssuerMismatch,
                     ) => {}
                 },
             }

@@ -14,8 +14,10 @@
 //! worker registers one, so the worker that completes a fetch can wake the others whose requests
 //! wait for it: `Effect::Wake`).
 
+use crate::authn::answers::{self, AnswerCache};
 use crate::authn::binding;
 use crate::authn::dpop::DpopMode;
+use crate::authn::introspection::{answer_key, IntrospectionCall, IntrospectionError};
 use crate::authn::token_cache::{DigestKey, TokenCache};
 use crate::authn::verify::{SignatureBackend, Verifier};
 use crate::authn::AuthnError;
@@ -69,6 +71,9 @@ pub enum Effect {
     KeysInUse(ProviderId, u64),
     /// How many algorithms this VM verifies with the host's `verify_signature`, after a check.
     HostCryptoAlgorithms(u64),
+    /// Dispatch this introspection from the root context; then report `introspecting` or
+    /// `introspection_failed`.
+    Introspect(IntrospectionCall),
 }
 
 struct Parked {
@@ -79,6 +84,8 @@ struct Parked {
     /// Settled with the keys there are by then, whatever happens (never a hang).
     deadline_ms: u64,
     parks: u32,
+    /// Waits for the answer about an opaque token with this key, not for keys.
+    answer: Option<[u8; 16]>,
 }
 
 /// One worker VM's state, and what it does on each event.
@@ -92,6 +99,11 @@ pub struct Scheduler {
     /// Tokens verified before, per VM: sharing them across workers would cost a copy out of
     /// shared data on every lookup, more than a hit saves.
     tokens: TokenCache,
+    /// Introspection answers (this VM's; the shared ones are read through the store).
+    answers: AnswerCache,
+    /// Introspections to dispatch from the root context, and those dispatched (callout token).
+    calls_due: Vec<IntrospectionCall>,
+    introspections: Vec<(u32, IntrospectionCall)>,
     /// Each provider's `issuer` metric tag, in `ProviderId` order.
     issuer_tags: Vec<String>,
     /// Dispatched fetches: callout token → what was asked.
@@ -156,6 +168,9 @@ impl Scheduler {
                 verified_tokens,
                 identities,
             ),
+            answers: AnswerCache::default(),
+            calls_due: Vec::new(),
+            introspections: Vec::new(),
             fetches: Vec::new(),
             waiting: HashMap::new(),
             kick_pending: false,
@@ -230,14 +245,14 @@ impl Scheduler {
         now_ms: u64,
     ) -> Option<Decision> {
         // Cache hits and misses are counted on a request's first evaluation only.
-        let mut outcome = self.evaluate(&request, true, true, now_ms);
+        let mut outcome = self.evaluate(&request, true, true, now_ms, Some(store));
         if is_jwks_unavailable(&outcome) {
             // This worker's view may lag a fetch another worker just finished (views are synced
             // on ticks): look at the shared records before refusing.
             for provider in self.cache.remote_providers() {
                 self.cache.sync(store, provider);
             }
-            outcome = self.evaluate(&request, true, false, now_ms);
+            outcome = self.evaluate(&request, true, false, now_ms, Some(store));
         }
         match outcome {
             Outcome::Decided(decision) => {
@@ -247,6 +262,10 @@ impl Scheduler {
             Outcome::AwaitKeys(provider) => {
                 self.count(Counter::RequestsWaitedForKeys, 1);
                 self.park(context_id, provider, request, 0, now_ms);
+                None
+            }
+            Outcome::AwaitIntrospection { provider, token } => {
+                self.park_for_answer(context_id, provider, &token, request, 0, now_ms);
                 None
             }
         }
@@ -311,13 +330,16 @@ impl Scheduler {
         for context_id in overdue {
             self.settle(context_id, false, now_ms);
         }
+        for call in std::mem::take(&mut self.calls_due) {
+            self.effects.push(Effect::Introspect(call));
+        }
         for provider in self.cache.remote_providers() {
             if let Some(keys) = self.cache.sync(store, provider) {
                 let issuer = self.issuer(provider);
                 self.log(Level::Debug, format!("JWKS for {issuer}: {keys} key(s) in use, fetched by another worker"));
             }
             self.settle_finished(provider, now_ms);
-            let waiting = self.waiting.values().any(|parked| parked.provider == provider);
+            let waiting = self.waiting.values().any(|parked| parked.provider == provider && parked.answer.is_none());
             match self.cache.plan(store, provider, self.worker, waiting, now_ms) {
                 Plan::Fetch(fetch) => self.dispatch(fetch),
                 Plan::Settle => {
@@ -352,7 +374,25 @@ impl Scheduler {
 
     /// Whether callout `token` is one of this worker's fetches (the host reads its response only then).
     pub fn expects(&self, token: u32) -> bool {
-        self.fetches.iter().any(|(known, _)| *known == token)
+        self.fetches.iter().any(|(known, _)| *known == token) || self.introspections.iter().any(|(t, _)| *t == token)
+    }
+
+    /// The host dispatched `call` as callout `token`.
+    pub fn introspecting(&mut self, token: u32, call: IntrospectionCall) {
+        self.introspections.push((token, call));
+    }
+
+    /// The host could not dispatch `call` (`why` is its status): an introspection without answer.
+    pub fn introspection_failed(
+        &mut self,
+        store: &mut dyn SharedStore,
+        call: IntrospectionCall,
+        why: &str,
+        now_ms: u64,
+    ) {
+        let issuer = self.issuer(call.provider);
+        self.log(Level::Error, format!("introspection for {issuer}: could not dispatch to {} ({why})", call.cluster));
+        self.on_answer(store, &call, None, now_ms);
     }
 
     /// Callout `token` answered.
@@ -360,23 +400,79 @@ impl Scheduler {
         if let Some(index) = self.fetches.iter().position(|(known, _)| *known == token) {
             let (_, fetch) = self.fetches.swap_remove(index);
             self.record_fetch_result(store, &fetch, result, now_ms);
+        } else if let Some(index) = self.introspections.iter().position(|(known, _)| *known == token) {
+            let (_, call) = self.introspections.swap_remove(index);
+            let answer = match result {
+                FetchResult::Response { status, body, .. } => Some((status, body)),
+                FetchResult::TooLarge { .. } | FetchResult::NoResponse => None,
+            };
+            self.on_answer(store, &call, answer, now_ms);
         }
     }
 
-    fn evaluate(&mut self, request: &Request, may_wait: bool, count_key_lookups: bool, now_ms: u64) -> Outcome {
+    /// An introspection's answer (`None`: none came): judged, kept in this VM, shared with the
+    /// other workers when it is one (an outage is not), and the requests waiting for it settled.
+    #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
+    fn on_answer(
+        &mut self,
+        store: &mut dyn SharedStore,
+        call: &IntrospectionCall,
+        answer: Option<(u32, &[u8])>,
+        now_ms: u64,
+    ) {
+        let now_seconds = now_ms / 1000;
+        let Some(provider) = self.config.issuers.provider(call.provider) else { return };
+        let Some(introspection) = &provider.introspection else { return };
+        let judgement = introspection.judge(provider, answer, now_seconds);
+        let issuer = self.issuer(call.provider);
+        match (&judgement.result, answer) {
+            (Err(AuthnError::Introspection(IntrospectionError::Failed)), _) => {
+                let status = answer.map_or("no answer".to_string(), |(status, _)| format!("status {status}"));
+                self.log(Level::Warn, format!("introspection for {issuer} failed ({status}): refusing its token"));
+            }
+            (result, Some(answer)) => {
+                if let Err(error) = result {
+                    self.log(Level::Debug, format!("introspection for {issuer}: refused ({})", error.code()));
+                }
+                answers::share(store, &call.key, answer, judgement.until_seconds, now_seconds);
+            }
+            (_, None) => {}
+        }
+        self.answers.remember(call.key, &judgement, now_seconds);
+        let waiting: Vec<(u32, bool)> = self
+            .waiting
+            .iter()
+            .filter(|(_, parked)| parked.answer == Some(call.key))
+            .map(|(id, parked)| (*id, parked.parks < MAX_PARKS))
+            .collect();
+        for (context_id, may_wait) in waiting {
+            self.settle(context_id, may_wait, now_ms);
+        }
+    }
+
+    /// `shared`: the store to find other workers' introspection answers in (on arrival only; a
+    /// parked request's answer comes to this VM).
+    fn evaluate(
+        &mut self,
+        request: &Request,
+        may_wait: bool,
+        count_key_lookups: bool,
+        now_ms: u64,
+        shared: Option<&dyn SharedStore>,
+    ) -> Outcome {
         self.serves_requests = true;
         let now_seconds = now_ms / 1000;
         let keys = self.cache.at(now_ms);
         let keys = if may_wait { keys } else { keys.without_waiting() };
+        let answers = self.answers.view(&self.config.issuers, shared, may_wait);
+        let (config, verifier, tokens) = (&self.config, &self.verifier, &mut self.tokens);
         if !count_key_lookups {
-            let outcome =
-                engine::evaluate_cached(&self.config, request, &keys, &self.verifier, &mut self.tokens, now_seconds);
+            let outcome = engine::evaluate_with(config, request, &keys, &answers, verifier, tokens, now_seconds);
             self.note_host_checks();
             return outcome;
         }
         let lookups = KeyLookups::new(&keys);
-        let outcome =
-            engine::evaluate_cached(&self.config, request, &lookups, &self.verifier, &mut self.tokens, now_seconds);
+        let outcome = engine::evaluate_with(config, request, &lookups, &answers, verifier, tokens, now_seconds);
         for (counter, amount) in lookups.tally() {
             self.count(counter, amount);
         }
@@ -408,7 +504,53 @@ impl Scheduler {
     fn park(&mut self, context_id: u32, provider: ProviderId, request: Request, parks: u32, now_ms: u64) {
         let deadline_ms = now_ms.saturating_add(self.wait_limit_ms(provider));
         let seen_completions = self.cache.completions(provider);
-        self.waiting.insert(context_id, Parked { provider, request, seen_completions, deadline_ms, parks });
+        self.waiting
+            .insert(context_id, Parked { provider, request, seen_completions, deadline_ms, parks, answer: None });
+        self.kick();
+    }
+
+    /// Parks a request until `provider` answers about the opaque `token`: one call per token in
+    /// this VM at a time (the others wait for its answer), dispatched from the root context.
+    fn park_for_answer(
+        &mut self,
+        context_id: u32,
+        provider: ProviderId,
+        token: &str,
+        request: Request,
+        parks: u32,
+        now_ms: u64,
+    ) {
+        let Some(introspection) = self.config.issuers.provider(provider).and_then(|p| p.introspection.as_ref()) else {
+            return;
+        };
+        let Some(call) = introspection.call(provider, token) else {
+            // No secret (clientSecretEnv unread): no call can be made; refuse with a failure.
+            let key = answer_key(provider, token);
+            let failed = introspection.judge_failure(now_ms / 1000);
+            self.answers.remember(key, &failed, now_ms / 1000);
+            self.waiting.insert(
+                context_id,
+                Parked { provider, request, seen_completions: 0, deadline_ms: now_ms, parks, answer: Some(key) },
+            );
+            self.settle(context_id, false, now_ms);
+            return;
+        };
+        let deadline_ms = now_ms.saturating_add(introspection.timeout_ms).saturating_add(LEASE_GRACE_MS);
+        let key = call.key;
+        let in_flight =
+            self.introspections.iter().any(|(_, c)| c.key == key) || self.calls_due.iter().any(|c| c.key == key);
+        if !in_flight {
+            self.calls_due.push(call);
+        }
+        self.waiting.insert(
+            context_id,
+            Parked { provider, request, seen_completions: 0, deadline_ms, parks, answer: Some(key) },
+        );
+        self.kick();
+    }
+
+    /// Wakes this worker's root context (once until it runs) to see to parked requests.
+    fn kick(&mut self) {
         if !self.kick_pending {
             if let Some(token) = self.worker.wake_token {
                 self.kick_pending = true;
@@ -430,7 +572,11 @@ impl Scheduler {
     }
 
     fn parked_on(&self, provider: ProviderId) -> Vec<u32> {
-        self.waiting.iter().filter(|(_, parked)| parked.provider == provider).map(|(id, _)| *id).collect()
+        self.waiting
+            .iter()
+            .filter(|(_, parked)| parked.provider == provider && parked.answer.is_none())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Settles the requests parked on `provider` before its latest finished fetch.
@@ -439,7 +585,9 @@ impl Scheduler {
         let finished: Vec<(u32, bool)> = self
             .waiting
             .iter()
-            .filter(|(_, parked)| parked.provider == provider && parked.seen_completions != completions)
+            .filter(|(_, parked)| {
+                parked.provider == provider && parked.answer.is_none() && parked.seen_completions != completions
+            })
             .map(|(id, parked)| (*id, parked.parks < MAX_PARKS))
             .collect();
         for (context_id, may_wait) in finished {
@@ -450,9 +598,12 @@ impl Scheduler {
     /// Evaluates a parked request again: settles it with the decision, or parks it again.
     fn settle(&mut self, context_id: u32, may_wait: bool, now_ms: u64) {
         let Some(parked) = self.waiting.remove(&context_id) else { return };
-        match self.evaluate(&parked.request, may_wait, false, now_ms) {
+        match self.evaluate(&parked.request, may_wait, false, now_ms, None) {
             Outcome::Decided(decision) => self.effects.push(Effect::Settle { context_id, decision }),
             Outcome::AwaitKeys(provider) => self.park(context_id, provider, parked.request, parked.parks + 1, now_ms),
+            Outcome::AwaitIntrospection { provider, token } => {
+                self.park_for_answer(context_id, provider, &token, parked.request, parked.parks + 1, now_ms)
+            }
         }
     }
 

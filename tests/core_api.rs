@@ -99,6 +99,7 @@ fn decided(outcome: Outcome) -> Decision {
     match outcome {
         Outcome::Decided(decision) => decision,
         Outcome::AwaitKeys(p) => panic!("unexpected wait for provider {p}"),
+        Outcome::AwaitIntrospection { provider, .. } => panic!("unexpected introspection by provider {provider}"),
     }
 }
 

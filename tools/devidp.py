@@ -85,6 +85,12 @@ DEFAULT_REALM = {
         # (cnf.jkt). Any client's request with a proof gets a bound token, as in Keycloak.
         "shop-dpop": {"publicClient": True, "directAccessGrants": True, "audiences": ["shop"],
                       "dpopBoundTokens": True},
+        # Opaque access tokens (a random reference, not a JWT), which resource servers must
+        # introspect (RFC 7662). Keycloak issues JWTs only; this client stands in for identity
+        # providers that issue reference tokens (client attribute dev.opaque.access.tokens, which
+        # Keycloak keeps and ignores).
+        "shop-opaque": {"publicClient": True, "directAccessGrants": True, "audiences": ["shop"],
+                        "opaqueAccessTokens": True},
     },
 }
 
@@ -415,6 +421,8 @@ def realm_from_keycloak_export(export):
         # Clients → Advanced → "Require DPoP bound tokens".
         if client.get("attributes", {}).get("dpop.bound.access.tokens") == "true":
             entry["dpopBoundTokens"] = True
+        if client.get("attributes", {}).get("dev.opaque.access.tokens") == "true":
+            entry["opaqueAccessTokens"] = True
         # Clients → the client → Client scopes → dedicated: its own mappers (an Audience mapper is
         # how Keycloak puts an API in `aud`), and the client scopes assigned to it.
         entry["audiences"] = mapper_audiences(client.get("protocolMappers"))
@@ -625,7 +633,11 @@ class IdpState:
         # Keys rotated out but still published for verification (Keycloak's passive keys).
         self.passive_keys = {alg: [] for alg in realm.algorithms}
         self.encryption_key = new_rsa_key()
-        self.hits = {"certs": 0, "discovery": 0, "token": 0}
+        self.hits = {"certs": 0, "discovery": 0, "token": 0, "introspect": 0}
+        # Opaque tokens issued (the reference -> its claims), and how introspection answers
+        # (a test may make it fail or stall, as certs_mode does for the keys).
+        self.opaque_tokens = {}
+        self.introspection_mode = {"status": 200, "delay": 0.0}
         self.certs_mode = dict(CERTS_MODE_DEFAULTS)
         self.lock = threading.Lock()
 
@@ -707,6 +719,11 @@ class Handler(BaseHTTPRequestHandler):
         if method == "POST" and route == "protocol/openid-connect/token":
             self.state.count("token")
             return self._token(body)
+        if method == "POST" and route == "protocol/openid-connect/token/introspect":
+            self.state.count("introspect")
+            return self._introspect(body)
+        if method == "POST" and route == "protocol/openid-connect/revoke":
+            return self._revoke(body)
         return self._send_json(404, {"error": "Unable to find matching target resource method"})
 
     def request_issuer(self):
@@ -723,6 +740,8 @@ class Handler(BaseHTTPRequestHandler):
         return {
             "issuer": issuer,
             "token_endpoint": f"{issuer}/protocol/openid-connect/token",
+            "introspection_endpoint": f"{issuer}/protocol/openid-connect/token/introspect",
+            "revocation_endpoint": f"{issuer}/protocol/openid-connect/revoke",
             "jwks_uri": f"{issuer}/protocol/openid-connect/certs",
             "grant_types_supported": ["password", "client_credentials"],
             "response_types_supported": ["token"],
@@ -772,7 +791,12 @@ class Handler(BaseHTTPRequestHandler):
             jkt = self._dpop_thumbprint(client)
             if jkt:
                 claims.setdefault("cnf", {})["jkt"] = jkt
-            access_token = self.state.sign(claims, realm.access_token_algorithm(client_id))
+            if client.get("opaqueAccessTokens"):
+                access_token = b64url(os.urandom(24))
+                with self.state.lock:
+                    self.state.opaque_tokens[access_token] = claims
+            else:
+                access_token = self.state.sign(claims, realm.access_token_algorithm(client_id))
         except OAuthError as error:
             return self._send_json(error.status, {"error": error.error, "error_description": error.description})
         except (UnicodeDecodeError, binascii.Error, ValueError):
@@ -815,6 +839,51 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, InvalidSignature) as error:
             raise OAuthError(400, "invalid_dpop_proof", f"DPoP proof is invalid: {error}") from None
 
+    def _confidential_client(self, body):
+        """The form of an introspection or revocation request, once its client authenticated as
+        a confidential client (Keycloak refuses public clients there)."""
+        form = {name: values[0] for name, values in parse_qs(body.decode()).items()}
+        client_id, secret = self._client_credentials(form)
+        client = self.state.realm.authenticate_client(client_id, secret)
+        if client.get("publicClient"):
+            raise OAuthError(401, "invalid_client", "Public client not allowed")
+        return form
+
+    def _introspect(self, body):
+        """RFC 7662, as Keycloak answers: the token's claims with active: true, or only
+        active: false for a token it does not know (or that expired or was revoked)."""
+        mode = self.state.introspection_mode
+        if mode["delay"]:
+            time.sleep(mode["delay"])
+        if mode["status"] != 200:
+            return self._send_json(mode["status"], {"error": "unknown_error"})
+        try:
+            form = self._confidential_client(body)
+        except OAuthError as error:
+            return self._send_json(error.status, {"error": error.error, "error_description": error.description})
+        except (UnicodeDecodeError, binascii.Error, ValueError):
+            return self._send_json(400, {"error": "invalid_request"})
+        with self.state.lock:
+            claims = self.state.opaque_tokens.get(form.get("token", ""))
+        if claims is None or claims["exp"] < time.time():
+            return self._send_json(200, {"active": False})
+        answer = {**claims, "active": True, "client_id": claims.get("azp"), "token_type": "Bearer"}
+        if "preferred_username" in claims:
+            answer["username"] = claims["preferred_username"]
+        return self._send_json(200, answer)
+
+    def _revoke(self, body):
+        """RFC 7009: forgets an opaque token; 200 whether it knew it or not."""
+        try:
+            form = self._confidential_client(body)
+        except OAuthError as error:
+            return self._send_json(error.status, {"error": error.error, "error_description": error.description})
+        except (UnicodeDecodeError, binascii.Error, ValueError):
+            return self._send_json(400, {"error": "invalid_request"})
+        with self.state.lock:
+            self.state.opaque_tokens.pop(form.get("token", ""), None)
+        return self._send(200, b"", "application/json")
+
     def _client_credentials(self, form):
         authorization = self.headers.get("Authorization", "")
         if authorization[:6].lower() == "basic ":
@@ -833,6 +902,11 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send_json(200, self.state.set_certs_mode(changes))
             except (ValueError, TypeError) as error:
                 return self._send_json(400, {"error": str(error)})
+        if method == "POST" and path == "/_test/introspection-mode":
+            changes = json.loads(body or b"{}")
+            self.state.introspection_mode = {"status": int(changes.get("status", 200)),
+                                             "delay": float(changes.get("delay", 0))}
+            return self._send_json(200, self.state.introspection_mode)
         if method == "POST" and path == "/_test/rotate":
             options = json.loads(body or b"{}") if body else {}
             alg = options.get("alg", "RS256")

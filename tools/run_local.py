@@ -59,6 +59,10 @@ def try_it(idp, envoy_url, admin_url):
   MOBILE=$(curl -s -d grant_type=password -d client_id=shop-mobile -d username=alice -d password=alice \\
       {idp}/protocol/openid-connect/token {get_token}
   curl -i -H "Authorization: Bearer $MOBILE" {envoy_url}/api/admin/users     # 200: alice again, ES256-signed
+  OPAQUE=$(curl -s -d grant_type=password -d client_id=shop-opaque -d username=alice -d password=alice \\
+      {idp}/protocol/openid-connect/token {get_token}
+  curl -i -H "Authorization: Bearer $OPAQUE" {envoy_url}/api/admin/users     # 200: an opaque token, introspected
+  curl -i -H "Authorization: Bearer not-a-real-token" {envoy_url}/api/public/x  # 401: introspection says inactive
   curl -s {admin_url}/stats/prometheus | grep jwt_authz              # the filter's counters"""
 
 

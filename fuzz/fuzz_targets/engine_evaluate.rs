@@ -152,5 +152,6 @@ fuzz_target!(|data: &[u8]| {
         // A proof needs a `DPoP` header, which these requests never have.
         Outcome::Decided(Decision::Proven { .. }) => panic!("proven without a DPoP proof"),
         Outcome::AwaitKeys(_) => panic!("inline keys never need a fetch"),
+        Outcome::AwaitIntrospection { .. } => panic!("no entry introspects, and evaluate knows no answers"),
     }
 });

@@ -153,16 +153,23 @@ pub fn parse_with_limits<'a>(token: &'a str, limits: &TokenLimits) -> Result<Par
     let kid = header.get("kid").and_then(Value::as_str).map(str::to_string);
     // One strict pass builds the claims: jwt-compact's own `Claims` deserialization goes through
     // serde's `flatten`, which buffers every value and parses it a second time.
-    let Value::Object(mut custom) = parse_json(&payload, limits.max_json_depth)? else {
+    let Value::Object(custom) = parse_json(&payload, limits.max_json_depth)? else {
         return Err(JwtError::BadJson);
     };
+    let claims = claims_of(custom)?;
+    let signing_input = token.rsplit_once('.').map(|(input, _)| input).ok_or(JwtError::BadFormat)?;
+    Ok(ParsedToken { alg, kid, header, claims, signing_input, payload_segment, signature })
+}
+
+/// A JSON object of claims (a payload, or an introspection answer) with its NumericDate claims
+/// `exp`, `nbf` and `iat` taken out and read.
+pub fn claims_of(mut custom: Map) -> Result<Claims<Map>, JwtError> {
     let mut claims = Claims::new(Map::new());
     claims.expiration = take_timestamp(&mut custom, "exp")?;
     claims.not_before = take_timestamp(&mut custom, "nbf")?;
     claims.issued_at = take_timestamp(&mut custom, "iat")?;
     claims.custom = custom;
-    let signing_input = token.rsplit_once('.').map(|(input, _)| input).ok_or(JwtError::BadFormat)?;
-    Ok(ParsedToken { alg, kid, header, claims, signing_input, payload_segment, signature })
+    Ok(claims)
 }
 
 /// Removes a NumericDate claim from `claims`, read as jwt-compact reads it (an integer, or a

@@ -3,10 +3,12 @@
 //! Istio semantics: no token means no identity (authorization decides); any presented token that
 //! fails a check rejects the request, even on a path that needs no identity.
 
+pub mod answers;
 pub mod binding;
 pub mod claims;
 pub mod dpop;
 pub mod extract;
+pub mod introspection;
 pub mod jwt;
 mod provider;
 pub mod replay;
@@ -22,6 +24,7 @@ use crate::keys::{KeyState, KeyStore};
 use claims::ClaimsError;
 use dpop::{DpopError, ProofRequest, ProofUse};
 use extract::{FoundToken, LocationId, TokenLocation};
+use introspection::{Answers, IntrospectionError};
 use jwt::{JwtError, ParsedToken, TokenLimits};
 use std::rc::Rc;
 use token_cache::{TokenCache, Verification};
@@ -45,6 +48,8 @@ pub enum AuthnError {
     CertificateMismatch,
     /// The token's DPoP binding does not hold on this request (see `DpopError`).
     Dpop(DpopError),
+    /// An opaque token's introspection refused it (see `IntrospectionError`).
+    Introspection(IntrospectionError),
 }
 
 impl AuthnError {
@@ -58,6 +63,7 @@ impl AuthnError {
             AuthnError::JwksUnavailable => "jwks_fetch_failed",
             AuthnError::CertificateMismatch => "jwt_certificate_mismatch",
             AuthnError::Dpop(err) => err.code(),
+            AuthnError::Introspection(err) => err.code(),
         }
     }
 
@@ -71,6 +77,7 @@ impl AuthnError {
             AuthnError::JwksUnavailable => "Jwks remote fetch is failed",
             AuthnError::CertificateMismatch => "Jwt is bound to a client certificate the connection does not present",
             AuthnError::Dpop(err) => err.message(),
+            AuthnError::Introspection(err) => err.message(),
         }
     }
 }
@@ -127,6 +134,15 @@ impl Issuers {
         (provider.locations.contains(&location) && allowed.is_none_or(|allowed| allowed.contains(&id))).then_some(id)
     }
 
+    /// The entry that introspects opaque tokens found at `location` (configuration allows one
+    /// per location), if it is `allowed`.
+    fn introspector_for(&self, location: LocationId, allowed: Option<&[ProviderId]>) -> Option<ProviderId> {
+        self.iter()
+            .find(|(_, p)| p.introspection.is_some() && p.locations.contains(&location))
+            .map(|(id, _)| id)
+            .filter(|id| allowed.is_none_or(|allowed| allowed.contains(id)))
+    }
+
     /// Whether a token verified by `id` would be judged by it again where it was found now.
     fn still_judges(&self, id: ProviderId, location: LocationId, allowed: Option<&[ProviderId]>) -> bool {
         self.provider(id).is_some_and(|p| p.locations.contains(&location))
@@ -171,6 +187,8 @@ pub enum AuthnOutcome {
     Rejected(AuthnError),
     /// Keys of this provider are being fetched; evaluate again when they arrive.
     AwaitKeys(ProviderId),
+    /// This opaque token must be introspected by this provider; evaluate again with its answer.
+    AwaitIntrospection(ProviderId, String),
 }
 
 /// Verifies every token found, taking tokens verified before from `cache` while their
@@ -190,12 +208,17 @@ pub fn authenticate(
     now_seconds: u64,
     allowed: Option<&[ProviderId]>,
     proof: &ProofRequest<'_>,
+    answers: &dyn Answers,
 ) -> AuthnOutcome {
     let mut result: Option<Authenticated> = None;
     for token in found {
-        let (provider, identity) = match verify_token(issuers, token, keys, verifier, cache, now_seconds, allowed) {
+        let lookups = Lookups { keys, answers, verifier };
+        let (provider, identity) = match verify_token(issuers, token, &lookups, cache, now_seconds, allowed) {
             Verdict::Verified(provider, identity) => (provider, identity),
             Verdict::AwaitKeys(provider) => return AuthnOutcome::AwaitKeys(provider),
+            Verdict::AwaitIntrospection(provider) => {
+                return AuthnOutcome::AwaitIntrospection(provider, token.token.clone())
+            }
             Verdict::Rejected(error) => return AuthnOutcome::Rejected(error),
         };
         let verified = VerifiedToken { location: token.location, provider };
@@ -263,6 +286,16 @@ enum Verdict {
     Rejected(AuthnError),
     /// Must wait for this provider's keys.
     AwaitKeys(ProviderId),
+    /// Must wait for this provider's answer about an opaque token.
+    AwaitIntrospection(ProviderId),
+}
+
+/// What a token is checked against besides the configuration: keys, introspection answers, and
+/// the signature backends.
+struct Lookups<'a> {
+    keys: &'a dyn KeyStore,
+    answers: &'a dyn Answers,
+    verifier: &'a Verifier,
 }
 
 impl From<AuthnError> for Verdict {
@@ -274,12 +307,12 @@ impl From<AuthnError> for Verdict {
 fn verify_token(
     issuers: &Issuers,
     found: &FoundToken,
-    keys: &dyn KeyStore,
-    verifier: &Verifier,
+    lookups: &Lookups<'_>,
     cache: &mut TokenCache,
     now_seconds: u64,
     allowed: Option<&[ProviderId]>,
 ) -> Verdict {
+    let keys = lookups.keys;
     let holds = |verification: &Verification| {
         cached_verification_holds(issuers, keys, found, verification, now_seconds, allowed)
     };
@@ -288,7 +321,7 @@ fn verify_token(
             return Verdict::Verified(verification.provider, identity);
         }
     }
-    verify_new_token(issuers, found, keys, verifier, cache, now_seconds, allowed)
+    verify_new_token(issuers, found, lookups, cache, now_seconds, allowed)
 }
 
 /// A token the identity tier does not hold: parsed, and verified unless the verified tier vouches
@@ -299,17 +332,20 @@ fn verify_token(
 fn verify_new_token(
     issuers: &Issuers,
     found: &FoundToken,
-    keys: &dyn KeyStore,
-    verifier: &Verifier,
+    lookups: &Lookups<'_>,
     cache: &mut TokenCache,
     now_seconds: u64,
     allowed: Option<&[ProviderId]>,
 ) -> Verdict {
+    let (keys, verifier) = (lookups.keys, lookups.verifier);
     let holds = |verification: &Verification| {
         cached_verification_holds(issuers, keys, found, verification, now_seconds, allowed)
     };
     let parsed = match jwt::parse_with_limits(&found.token, &issuers.limits) {
         Ok(parsed) => parsed,
+        Err(JwtError::BadFormat) if introspection::is_opaque(&found.token) => {
+            return introspected(issuers, found, lookups.answers, now_seconds, allowed)
+        }
         Err(error) => return AuthnError::Token(error).into(),
     };
     let digest = cache.digest(&found.token);
@@ -361,6 +397,26 @@ fn verify_new_token(
         cache.insert(&found.token, digest, verification, identity.clone());
     }
     Verdict::Verified(provider_id, identity)
+}
+
+/// An opaque token (not a JWS): the answer of the entry that introspects tokens where it was
+/// found, waited for when none is known yet; refused as malformed where no entry introspects.
+fn introspected(
+    issuers: &Issuers,
+    found: &FoundToken,
+    answers: &dyn Answers,
+    now_seconds: u64,
+    allowed: Option<&[ProviderId]>,
+) -> Verdict {
+    let Some(provider) = issuers.introspector_for(found.location, allowed) else {
+        return AuthnError::Token(JwtError::BadFormat).into();
+    };
+    match answers.answer(provider, &found.token, now_seconds) {
+        Some(Ok(identity)) => Verdict::Verified(provider, identity),
+        Some(Err(error)) => error.into(),
+        None if answers.may_wait() => Verdict::AwaitIntrospection(provider),
+        None => AuthnError::Introspection(IntrospectionError::Failed).into(),
+    }
 }
 
 /// A cached verification is used only if, now, the token would still be judged by the same

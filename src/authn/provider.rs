@@ -3,6 +3,7 @@
 use super::claims::ClaimRules;
 use super::dpop::DpopMode;
 use super::extract::LocationId;
+use super::introspection::Introspection;
 use crate::identity::ClaimPath;
 use crate::keys::alg::AlgorithmSet;
 use crate::keys::KeySource;
@@ -19,6 +20,8 @@ pub struct Provider {
     pub claims: ClaimRules,
     /// `dpop`: whether key-bound tokens (RFC 9449) are accepted, or required.
     pub dpop: DpopMode,
+    /// `introspection`: where opaque tokens are asked about (RFC 7662).
+    pub introspection: Option<Introspection>,
     /// Where this issuer's tokens are accepted.
     pub locations: Vec<LocationId>,
     pub forward_original_token: bool,

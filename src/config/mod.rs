@@ -15,6 +15,7 @@ pub use raw::SOURCE_FIELDS;
 pub use provider::parse_duration_ms;
 
 use crate::authn::extract::TokenLocation;
+use crate::authn::introspection::ClientSecret;
 use crate::authn::jwt::TokenLimits;
 use crate::authn::replay::{self, ReplayStore};
 use crate::authn::token_cache;
@@ -132,6 +133,32 @@ impl Config {
         Config::read(json).map_err(|error| vec![error]).and_then(compile)
     }
 
+    /// The same, with every `introspection.clientSecretEnv` read through `env` (the VM's
+    /// environment): an unset one is an error of its field. `parse_all` leaves them unread (the
+    /// `check` command has no VM environment).
+    pub fn parse_all_with_env(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
+        let mut config = Config::parse_all(json)?;
+        let mut errors = Vec::new();
+        for (index, provider) in config.issuers.providers.iter_mut().enumerate() {
+            let Some(introspection) = provider.introspection.as_mut() else { continue };
+            let ClientSecret::Env(name) = &introspection.secret else { continue };
+            match env(name).filter(|value| !value.is_empty()) {
+                Some(secret) => introspection.secret = ClientSecret::Inline(secret),
+                None => errors.push(ConfigError::new(
+                    format!("jwtRules[{index}].introspection.clientSecretEnv"),
+                    format!(
+                        "{} is not set in the Wasm VM's environment (Istio: the WasmPlugin's vmConfig.env; Envoy: vm_config.environment_variables)",
+                        crate::json::Quoted(name)
+                    ),
+                )),
+            }
+        }
+        match errors.is_empty() {
+            true => Ok(config),
+            false => Err(errors),
+        }
+    }
+
     fn read(json: &[u8]) -> Result<RawConfig, ConfigError> {
         if json.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::new("", "the plugin configuration is empty"));
@@ -240,6 +267,17 @@ fn compile_providers(rules: Vec<RawJwtRule>, limits: &Limits, errors: &mut Vec<C
             errors.push(ConfigError::new(
                 format!("{field}.issuer"),
                 format!("issuer {} is configured twice", crate::json::Quoted(&provider.issuer)),
+            ));
+            continue;
+        }
+        // An opaque token names no issuer: where it is found must say who is asked about it.
+        let shared_place = |other: &Provider| {
+            other.introspection.is_some() && other.locations.iter().any(|l| provider.locations.contains(l))
+        };
+        if provider.introspection.is_some() && providers.iter().any(shared_place) {
+            errors.push(ConfigError::new(
+                format!("{field}.introspection"),
+                "another jwtRules entry introspects tokens found in the same place: an opaque token would not say which to ask (give them different fromHeaders)",
             ));
             continue;
         }

@@ -1,10 +1,13 @@
 //! Compiles a `jwtRules` entry into a provider: issuer, audiences, key source, token locations, outputs.
 
-use super::raw::RawJwtRule;
+use super::raw::{RawIntrospection, RawJwtRule};
 use super::{ConfigError, Limits};
 use crate::authn::claims::{ClaimRules, RequiredClaim, CLOCK_SKEW_SECONDS};
 use crate::authn::dpop::DpopMode;
 use crate::authn::extract::{LocationId, TokenLocation};
+use crate::authn::introspection::{
+    ClientSecret, Introspection, DEFAULT_CACHE_DURATION_MS as DEFAULT_INTROSPECTION_CACHE_MS,
+};
 use crate::authn::{ClaimToHeader, Provider};
 use crate::identity::ClaimPath;
 use crate::keys::alg::{Algorithm, AlgorithmSet};
@@ -39,6 +42,10 @@ pub(super) fn compile_provider(
         Some(name) => DpopMode::from_name(name).ok_or_else(|| {
             ConfigError::new(format!("{field}.dpop"), "expected one of \"disabled\", \"optional\", \"required\"")
         })?,
+    };
+    let introspection = match &rule.introspection {
+        Some(raw) => Some(introspection(raw, &format!("{field}.introspection"))?),
+        None => None,
     };
     let mut locations = locations(&rule, field, token_locations)?;
     let reads_authorization = locations.iter().any(|id| {
@@ -77,6 +84,7 @@ pub(super) fn compile_provider(
         algorithms,
         claims,
         dpop,
+        introspection,
         locations,
         forward_original_token: rule.forward_original_token,
         output_payload_to_header,
@@ -292,10 +300,48 @@ fn remote_jwks(
     })
 }
 
-/// Where the issuer's tokens are accepted, as ids into the configuration-wide `token_locations`
-/// (adding the ones not seen before): its `fromHeaders`, `fromParams` and `fromCookies`, or
-/// Istio's defaults when none is given.
+/// `introspection`: the endpoint (its cluster Istio's outbound one unless `cluster` says), the
+/// client's credentials (exactly one of `clientSecret` and `clientSecretEnv`), `timeout` and
+/// `cacheDuration`.
 #[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
+fn introspection(raw: &RawIntrospection, field: &str) -> Result<Introspection, ConfigError> {
+    let target = HttpTarget::parse(&raw.endpoint)
+        .ok_or_else(|| ConfigError::new(format!("{field}.endpoint"), "must be an absolute http:// or https:// URI"))?;
+    if raw.client_id.is_empty() {
+        return Err(ConfigError::new(format!("{field}.clientId"), "must not be empty"));
+    }
+    let secret = match (&raw.client_secret, &raw.client_secret_env) {
+        (Some(secret), None) if !secret.is_empty() => ClientSecret::Inline(secret.clone()),
+        (None, Some(name)) if !name.is_empty() => ClientSecret::Env(name.clone()),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{field}.clientSecret"),
+                "give clientSecret or clientSecretEnv, not both",
+            ))
+        }
+        _ => {
+            return Err(ConfigError::new(
+                format!("{field}.clientSecretEnv"),
+                "a non-empty clientSecretEnv (the secret from the VM's environment) or clientSecret is required",
+            ))
+        }
+    };
+    Ok(Introspection {
+        cluster: target.cluster(raw.cluster.as_deref()),
+        target,
+        client_id: raw.client_id.clone(),
+        secret,
+        timeout_ms: duration_field(&raw.timeout, &format!("{field}.timeout"), DEFAULT_FETCH_TIMEOUT_MS, 1, HOUR_MS)?,
+        cache_duration_ms: duration_field(
+            &raw.cache_duration,
+            &format!("{field}.cacheDuration"),
+            DEFAULT_INTROSPECTION_CACHE_MS,
+            SECOND_MS,
+            DAY_MS,
+        )?,
+    })
+}
+
 /// The id of `location` among every provider's, added if new.
 fn location_id(token_locations: &mut Vec<TokenLocation>, location: TokenLocation) -> LocationId {
     match token_locations.iter().position(|known| *known == location) {
@@ -307,6 +353,10 @@ fn location_id(token_locations: &mut Vec<TokenLocation>, location: TokenLocation
     }
 }
 
+/// Where the issuer's tokens are accepted, as ids into the configuration-wide `token_locations`
+/// (adding the ones not seen before): its `fromHeaders`, `fromParams` and `fromCookies`, or
+/// Istio's defaults when none is given.
+#[inline(never)] // out of line: see verify_new_token (src/authn/mod.rs)
 fn locations(
     rule: &RawJwtRule,
     field: &str,

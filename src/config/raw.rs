@@ -70,6 +70,18 @@ pub(super) struct RawJwtRule {
     pub(super) required_claims: Vec<(String, Vec<String>)>,
     /// `dpop`: disabled, optional (the default) or required.
     pub(super) dpop: Option<String>,
+    /// `introspection`: the RFC 7662 endpoint for opaque tokens.
+    pub(super) introspection: Option<RawIntrospection>,
+}
+#[derive(Default)]
+pub(super) struct RawIntrospection {
+    pub(super) endpoint: String,
+    pub(super) cluster: Option<String>,
+    pub(super) client_id: String,
+    pub(super) client_secret: Option<String>,
+    pub(super) client_secret_env: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) cache_duration: Option<String>,
 }
 #[derive(Default)]
 pub(super) struct RawFromHeader {
@@ -251,6 +263,7 @@ impl RawJwtRule {
     fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawJwtRule> {
         let mut r = RawJwtRule::default();
         let (mut from_headers, mut claim_headers, mut required_claims) = (Vec::new(), Vec::new(), Vec::new());
+        let mut introspection = None;
         read_object(
             value,
             path,
@@ -280,10 +293,36 @@ impl RawJwtRule {
                 member("maxLifetime", Slot::MaybeText(&mut r.max_lifetime)),
                 member("requiredClaims", Slot::With(&mut |v, p| set(&mut required_claims, string_lists(v, p)))),
                 member("dpop", Slot::MaybeText(&mut r.dpop)),
+                member(
+                    "introspection",
+                    Slot::MaybeWith(&mut |v, p| set(&mut introspection, RawIntrospection::read(v, p).map(Some))),
+                ),
             ],
         )?;
         (r.from_headers, r.output_claim_to_headers) = (from_headers, claim_headers);
         r.required_claims = required_claims;
+        r.introspection = introspection;
+        Ok(r)
+    }
+}
+
+impl RawIntrospection {
+    fn read<'a>(value: &'a Value, path: &Path<'a>) -> Read<RawIntrospection> {
+        let mut r = RawIntrospection::default();
+        read_object(
+            value,
+            path,
+            "an introspection object",
+            &mut [
+                required("endpoint", Slot::Text(&mut r.endpoint)),
+                member("cluster", Slot::MaybeText(&mut r.cluster)),
+                required("clientId", Slot::Text(&mut r.client_id)),
+                member("clientSecret", Slot::MaybeText(&mut r.client_secret)),
+                member("clientSecretEnv", Slot::MaybeText(&mut r.client_secret_env)),
+                member("timeout", Slot::MaybeText(&mut r.timeout)),
+                member("cacheDuration", Slot::MaybeText(&mut r.cache_duration)),
+            ],
+        )?;
         Ok(r)
     }
 }

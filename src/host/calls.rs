@@ -1,6 +1,7 @@
 //! Thin wrappers over the host calls the glue makes: shared data, foreign functions, the clock,
 //! logs, the fetch dispatch and property decoding.
 
+use crate::authn::introspection::IntrospectionCall;
 use crate::deny::DenyResponse;
 use crate::keys::cache::{CasMismatch, FetchRequest, SharedStore};
 use crate::keys::host_crypto::{ForeignCallError, ForeignFunction};
@@ -125,19 +126,16 @@ impl ForeignFunction for HostForeign {
 
 /// Dispatches a JWKS or discovery fetch from the current (root) context.
 pub(super) fn dispatch(fetch: &FetchRequest) -> Result<u32, Status> {
-    hostcalls::dispatch_http_call(
-        &fetch.cluster,
-        vec![
-            (":method", "GET"),
-            (":path", &fetch.path),
-            (":authority", &fetch.authority),
-            ("accept", "application/json"),
-            ("user-agent", "jwt-authz"),
-        ],
-        None,
-        vec![],
-        Duration::from_millis(fetch.timeout_ms),
-    )
+    let headers = [(":method", "GET"), (":path", &fetch.path), (":authority", &fetch.authority)];
+    let headers = headers.into_iter().chain([("accept", "application/json"), ("user-agent", "jwt-authz")]).collect();
+    hostcalls::dispatch_http_call(&fetch.cluster, headers, None, vec![], Duration::from_millis(fetch.timeout_ms))
+}
+
+/// Dispatches an introspection (a form POST the core described) from the current (root) context.
+pub(super) fn introspect(call: &IntrospectionCall) -> Result<u32, Status> {
+    let headers = call.headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let timeout = Duration::from_millis(call.timeout_ms);
+    hostcalls::dispatch_http_call(&call.cluster, headers, Some(call.body.as_bytes()), vec![], timeout)
 }
 
 /// A seed for the core's jitter and worker ids: WASI's random source (through std's hasher keys)

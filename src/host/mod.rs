@@ -76,7 +76,7 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match Config::parse_all(&bytes) {
+        let config = match Config::parse_all_with_env(&bytes, &|name| std::env::var(name).ok()) {
             Ok(config) => config,
             Err(errors) => {
                 // Every error, each with its field path: one start is enough to fix them all.
@@ -229,6 +229,12 @@ fn perform_effect(vm: &SharedVm, effect: Effect) {
         Effect::CountNamed(name) => vm.borrow_mut().stats.increment_named(name),
         Effect::KeysInUse(provider, count) => vm.borrow().stats.record_keys_in_use(provider, count),
         Effect::HostCryptoAlgorithms(count) => vm.borrow().stats.record_host_crypto(count),
+        Effect::Introspect(call) => match calls::introspect(&call) {
+            Ok(token) => vm.borrow_mut().scheduler.introspecting(token, call),
+            Err(why) => {
+                vm.borrow_mut().scheduler.introspection_failed(&mut HostStore, call, &format!("{why:?}"), now_millis())
+            }
+        },
     }
 }
 

@@ -485,3 +485,88 @@ fn a_parked_dpop_request_is_proven_when_settled_and_reported_once() {
 fn allowed_count(s: &mut Scheduler) -> u64 {
     s.take_counts().iter().filter(|(counter, _)| *counter == Counter::Allowed).map(|(_, n)| n).sum()
 }
+
+fn introspecting_config() -> Config {
+    let introspection = json!({"endpoint": "https://idp.example/realms/shop/protocol/openid-connect/token/introspect",
+                               "cluster": "idp", "clientId": "gateway", "clientSecret": "secret", "timeout": "2s"});
+    let rule = json!({"issuer": ISSUER, "jwksUri": "https://idp.example/certs", "introspection": introspection});
+    let policy = json!({"name": "users", "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]});
+    Config::parse(json!({"jwtRules": [rule], "policies": [policy]}).to_string().as_bytes()).expect("valid")
+}
+
+fn introspecting(store: &mut MemoryStore, id: u64) -> Scheduler {
+    let random = (Random::seeded(id), Some([id as u8; 16]));
+    Scheduler::new(introspecting_config(), worker(id), random, store, Box::new(EnvoyVerifySignature::default()), NOW_MS)
+}
+
+fn introspections(effects: &[Effect]) -> Vec<IntrospectionCall> {
+    effects.iter().filter_map(|e| if let Effect::Introspect(c) = e { Some(c.clone()) } else { None }).collect()
+}
+
+fn answer(body: Value) -> String {
+    body.to_string()
+}
+
+#[test]
+fn opaque_tokens_wait_for_one_introspection_per_worker_and_share_its_answer() {
+    let mut store = MemoryStore::default();
+    let mut first = introspecting(&mut store, 1);
+    let mut second = introspecting(&mut store, 2);
+    first.take_effects();
+    // Three requests with one opaque token in one worker: parked, one call.
+    for context_id in [7, 8, 9] {
+        assert_eq!(first.on_request(&store, context_id, request("opaque-token-1"), NOW_MS), None, "parked");
+    }
+    assert!(introspections(&first.take_effects()).is_empty(), "dispatched from the root context only");
+    first.service(&mut store, NOW_MS + 1);
+    let [call] = introspections(&first.take_effects()).try_into().expect("exactly one call");
+    assert!(call.body.starts_with("token=opaque-token-1&"));
+    first.introspecting(41, call);
+    assert!(first.expects(41));
+    let body = answer(json!({"active": true, "sub": "alice-id", "exp": NOW_MS / 1000 + 300, "username": "alice"}));
+    first.on_fetch_response(&mut store, 41, ok(&body), NOW_MS + 2);
+    let settled = settled(&first.take_effects());
+    assert_eq!(settled.len(), 3, "{settled:?}");
+    assert!(settled.iter().all(|(_, status, _)| *status == 200), "{settled:?}");
+    // The same token again in this worker: decided at once; in the other: from the shared answer.
+    assert_eq!(first.on_request(&store, 10, request("opaque-token-1"), NOW_MS + 3).map(|d| status(&d)), Some(200));
+    assert_eq!(second.on_request(&store, 11, request("opaque-token-1"), NOW_MS + 3).map(|d| status(&d)), Some(200));
+    second.service(&mut store, NOW_MS + 4);
+    assert!(introspections(&second.take_effects()).is_empty(), "no call for a shared answer");
+}
+
+#[test]
+fn an_inactive_token_and_an_outage_are_refused() {
+    let mut store = MemoryStore::default();
+    let mut s = introspecting(&mut store, 1);
+    s.take_effects();
+    for (token, callout, response) in [
+        ("revoked", 51, Some(answer(json!({"active": false})))),
+        ("unanswered", 52, None),
+        ("server-error", 53, Some("oops".to_string())),
+    ] {
+        assert_eq!(s.on_request(&store, callout, request(token), NOW_MS), None);
+        s.service(&mut store, NOW_MS + 1);
+        let [call] = introspections(&s.take_effects()).try_into().expect("one call");
+        s.introspecting(callout, call);
+        let result = match &response {
+            Some(body) if body != "oops" => ok(body),
+            Some(_) => FetchResult::Response { status: 500, cache_control: None, body: b"oops" },
+            None => FetchResult::NoResponse,
+        };
+        s.on_fetch_response(&mut store, callout, result, NOW_MS + 2);
+        let settled = settled(&s.take_effects());
+        let expected = if token == "revoked" { "introspection_inactive" } else { "introspection_failed" };
+        assert_eq!(settled, vec![(callout, 401, expected)], "{token}");
+    }
+    // An outage is remembered a second, then asked again: recovery needs nothing but time.
+    assert_eq!(
+        s.on_request(&store, 60, request("unanswered"), NOW_MS + 500).map(|d| reason(&d)),
+        Some("introspection_failed")
+    );
+    assert_eq!(s.on_request(&store, 61, request("unanswered"), NOW_MS + 3_000), None, "asked again");
+    // A request that waits past its deadline is refused, never left hanging.
+    s.service(&mut store, NOW_MS + 3_000 + 2_000 + LEASE_GRACE_MS + 1);
+    let settled = settled(&s.take_effects());
+    assert_eq!(settled, vec![(61, 401, "introspection_failed")]);
+}

@@ -24,7 +24,7 @@ PENDING_FILES = {ROOT / "ARCHITECTURE.md"}
 
 # A reason code is what a `code()` match arm returns: `Variant => "jwt_expired",`. Requiring the
 # `=>` leaves out literals that merely share the prefix (the OIDC discovery member "jwks_uri").
-REASON_CODE = re.compile(r'=>\s*"((?:jwt|jwks|path|rbac|discovery)_[a-z0-9_]+)"')
+REASON_CODE = re.compile(r'=>\s*"((?:jwt|jwks|path|rbac|discovery|dpop|introspection)_[a-z0-9_]+)"')
 METRIC_NAME = re.compile(r'"(jwt_authz\.[a-z_.]+)"')
 
 # Inline links and images, `[text](target)` / `![alt](target "title")`, and reference definitions.

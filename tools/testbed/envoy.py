@@ -38,8 +38,9 @@ def static_cluster(name, port):
     }
 
 
-def wasm_filter(plugin_config, wasm_path, *, name="jwt-authz", vm_id="jwt-authz"):
-    """The Wasm HTTP filter running wasm_path; plugins with the same vm_id and code share one VM."""
+def wasm_filter(plugin_config, wasm_path, *, name="jwt-authz", vm_id="jwt-authz", env=None):
+    """The Wasm HTTP filter running wasm_path; plugins with the same vm_id and code share one VM.
+    env: the VM's environment variables (vm_config.environment_variables.key_values)."""
     configuration = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
     return {
         "name": "envoy.filters.http.wasm",
@@ -57,6 +58,7 @@ def wasm_filter(plugin_config, wasm_path, *, name="jwt-authz", vm_id="jwt-authz"
                     "vm_id": vm_id,
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": str(wasm_path)}},
+                    **({"environment_variables": {"key_values": env}} if env else {}),
                 },
             },
         },

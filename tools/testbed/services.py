@@ -105,6 +105,21 @@ class Idp:
         self.certs_mode_changed = False
         return self._json("POST", "/_test/certs-mode", {})
 
+    def introspection_mode(self, status=200, delay=0.0):
+        """Set how the introspection endpoint answers: another status (an outage), a delay."""
+        return self._json("POST", "/_test/introspection-mode", {"status": status, "delay": delay})
+
+    def opaque_token(self, user="bob"):
+        """An opaque access token of the shop-opaque client for a built-in user."""
+        return self.password_token(user, user, client_id="shop-opaque")
+
+    def revoke(self, token, client=("shop-backend", "shop-backend-secret")):
+        form = urlencode({"token": token})
+        headers = {"Content-Type": "application/x-www-form-urlencoded",
+                   "Authorization": "Basic " + base64.b64encode(":".join(client).encode()).decode()}
+        status, _, _ = http_request(self.port, "POST", f"{self.realm_path}/protocol/openid-connect/revoke", headers, form)
+        return status
+
     def rotate(self, keep_previous=False, alg="RS256"):
         """New signing key for alg at the IdP (the old one kept as a passive key if asked); returns
         its kid. private_key and kid are the RS256 key's, and follow its rotation."""
