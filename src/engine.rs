@@ -448,7 +448,7 @@ fn upstream_changes(config: &Config, authenticated: Option<&Authenticated>, unre
     let Some(provider) = config.issuers.provider(authenticated.provider) else {
         return changes;
     };
-    if let Some(header) = &provider.output_payload_to_header {
+    if let (Some(header), false) = (&provider.output_payload_to_header, authenticated.payload_segment.is_empty()) {
         changes.push(HeaderChange::Set(header.clone(), authenticated.payload_segment.clone()));
     }
     for output in &provider.output_claim_to_headers {

@@ -288,8 +288,13 @@ mod tests {
         authn.extend(claims.map(AuthnError::Claims));
         authn.extend(DpopError::ALL.map(AuthnError::Dpop));
         authn.extend(
-            [IntrospectionError::Inactive, IntrospectionError::Failed, IntrospectionError::IssuerMismatch]
-                .map(AuthnError::Introspection),
+            [
+                IntrospectionError::Inactive,
+                IntrospectionError::Failed,
+                IntrospectionError::IssuerMismatch,
+                IntrospectionError::NotAnAccessToken,
+            ]
+            .map(AuthnError::Introspection),
         );
         let mut denials: Vec<Denial> = paths.into_iter().map(Denial::BadPath).collect();
         denials.extend(authn.into_iter().map(Denial::InvalidToken));
@@ -351,7 +356,10 @@ mod tests {
                         | DpopError::ReplayStoreFull,
                     )
                     | AuthnError::Introspection(
-                        IntrospectionError::Inactive | IntrospectionError::Failed | IntrospectionError::IssuerMismatch,
+                        IntrospectionError::Inactive
+                        | IntrospectionError::Failed
+                        | IntrospectionError::IssuerMismatch
+                        | IntrospectionError::NotAnAccessToken,
                     ) => {}
                 },
             }

@@ -17,7 +17,7 @@
 use crate::authn::answers::{self, AnswerCache};
 use crate::authn::binding;
 use crate::authn::dpop::DpopMode;
-use crate::authn::introspection::{answer_key, IntrospectionCall, IntrospectionError};
+use crate::authn::introspection::{IntrospectionCall, IntrospectionError};
 use crate::authn::token_cache::{DigestKey, TokenCache};
 use crate::authn::verify::{SignatureBackend, Verifier};
 use crate::authn::AuthnError;
@@ -37,6 +37,9 @@ use std::collections::HashMap;
 
 /// A request re-parked this many times (each after a finished fetch) gets the keys there are.
 const MAX_PARKS: u32 = 3;
+/// Introspections one worker has asked and not heard back from, at most: beyond, an opaque
+/// token is refused at once (a flood of made-up tokens must not become a flood of calls).
+const MAX_INTROSPECTIONS: usize = 64;
 
 /// How loud a log line is; the host maps it to its own levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +107,9 @@ pub struct Scheduler {
     /// Introspections to dispatch from the root context, and those dispatched (callout token).
     calls_due: Vec<IntrospectionCall>,
     introspections: Vec<(u32, IntrospectionCall)>,
+    /// Per provider, the second its last introspection failed: for the rest of it, its opaque
+    /// tokens are refused without a call (an outage is not asked about by every request).
+    introspection_down: Vec<Option<u64>>,
     /// Each provider's `issuer` metric tag, in `ProviderId` order.
     issuer_tags: Vec<String>,
     /// Dispatched fetches: callout token → what was asked.
@@ -171,6 +177,7 @@ impl Scheduler {
             answers: AnswerCache::default(),
             calls_due: Vec::new(),
             introspections: Vec::new(),
+            introspection_down: vec![None; providers],
             fetches: Vec::new(),
             waiting: HashMap::new(),
             kick_pending: false,
@@ -264,11 +271,27 @@ impl Scheduler {
                 self.park(context_id, provider, request, 0, now_ms);
                 None
             }
+            Outcome::AwaitIntrospection { provider, .. } if !self.may_introspect(provider, now_ms) => {
+                // Refused without a call: evaluated as a request that may not wait.
+                let outcome = self.evaluate(&request, false, false, now_ms, Some(store));
+                let Outcome::Decided(decision) = outcome else { return None };
+                self.report(&decision);
+                Some(decision)
+            }
             Outcome::AwaitIntrospection { provider, token } => {
                 self.park_for_answer(context_id, provider, &token, request, 0, now_ms);
                 None
             }
         }
+    }
+
+    /// Whether an opaque token of `provider` may be asked about now: the entry can make the call,
+    /// it did not fail this second, and this worker is not already waiting for too many.
+    fn may_introspect(&self, provider: ProviderId, now_ms: u64) -> bool {
+        let entry = self.config.issuers.provider(provider);
+        let can_call = entry.and_then(|p| p.introspection.as_ref()).is_some_and(|i| i.can_call());
+        let down = self.introspection_down.get(provider.index()).copied().flatten() == Some(now_ms / 1000);
+        can_call && !down && self.introspections.len() + self.calls_due.len() < MAX_INTROSPECTIONS
     }
 
     /// A parked request's decision is being carried out (`Effect::Settle`): its log lines and
@@ -427,6 +450,9 @@ impl Scheduler {
         let issuer = self.issuer(call.provider);
         match (&judgement.result, answer) {
             (Err(AuthnError::Introspection(IntrospectionError::Failed)), _) => {
+                if let Some(down) = self.introspection_down.get_mut(call.provider.index()) {
+                    *down = Some(now_seconds);
+                }
                 let status = answer.map_or("no answer".to_string(), |(status, _)| format!("status {status}"));
                 self.log(Level::Warn, format!("introspection for {issuer} failed ({status}): refusing its token"));
             }
@@ -434,7 +460,8 @@ impl Scheduler {
                 if let Err(error) = result {
                     self.log(Level::Debug, format!("introspection for {issuer}: refused ({})", error.code()));
                 }
-                answers::share(store, &call.key, answer, judgement.until_seconds, now_seconds);
+                let times = (call.asked_at_seconds, now_seconds);
+                answers::share(store, &call.key, answer, judgement.until_seconds, times);
             }
             (_, None) => {}
         }
@@ -520,22 +547,19 @@ impl Scheduler {
         parks: u32,
         now_ms: u64,
     ) {
-        let Some(introspection) = self.config.issuers.provider(provider).and_then(|p| p.introspection.as_ref()) else {
+        // `may_introspect` said the call can be made; should it not, the request is refused at
+        // once (parked past its deadline: the next service settles it), never left waiting.
+        let call = self.config.issuers.provider(provider).and_then(|entry| {
+            entry.introspection.as_ref().and_then(|i| i.call(provider, &entry.issuer, token, now_ms / 1000))
+        });
+        let Some(call) = call else {
+            let parked = Parked { provider, request, seen_completions: 0, deadline_ms: now_ms, parks, answer: None };
+            self.waiting.insert(context_id, parked);
+            self.kick();
             return;
         };
-        let Some(call) = introspection.call(provider, token) else {
-            // No secret (clientSecretEnv unread): no call can be made; refuse with a failure.
-            let key = answer_key(provider, token);
-            let failed = introspection.judge_failure(now_ms / 1000);
-            self.answers.remember(key, &failed, now_ms / 1000);
-            self.waiting.insert(
-                context_id,
-                Parked { provider, request, seen_completions: 0, deadline_ms: now_ms, parks, answer: Some(key) },
-            );
-            self.settle(context_id, false, now_ms);
-            return;
-        };
-        let deadline_ms = now_ms.saturating_add(introspection.timeout_ms).saturating_add(LEASE_GRACE_MS);
+        let introspection_timeout_ms = call.timeout_ms;
+        let deadline_ms = now_ms.saturating_add(introspection_timeout_ms).saturating_add(LEASE_GRACE_MS);
         let key = call.key;
         let in_flight =
             self.introspections.iter().any(|(_, c)| c.key == key) || self.calls_due.iter().any(|c| c.key == key);
@@ -601,6 +625,11 @@ impl Scheduler {
         match self.evaluate(&parked.request, may_wait, false, now_ms, None) {
             Outcome::Decided(decision) => self.effects.push(Effect::Settle { context_id, decision }),
             Outcome::AwaitKeys(provider) => self.park(context_id, provider, parked.request, parked.parks + 1, now_ms),
+            Outcome::AwaitIntrospection { provider, .. } if !self.may_introspect(provider, now_ms) => {
+                if let Outcome::Decided(decision) = self.evaluate(&parked.request, false, false, now_ms, None) {
+                    self.effects.push(Effect::Settle { context_id, decision });
+                }
+            }
             Outcome::AwaitIntrospection { provider, token } => {
                 self.park_for_answer(context_id, provider, &token, parked.request, parked.parks + 1, now_ms)
             }

@@ -68,6 +68,8 @@ pub enum IntrospectionError {
     Failed,
     /// The answer names another issuer (`iss`) than the entry's.
     IssuerMismatch,
+    /// The answer's `token_type` says a refresh or ID token, not an access token.
+    NotAnAccessToken,
 }
 
 impl IntrospectionError {
@@ -76,6 +78,7 @@ impl IntrospectionError {
             IntrospectionError::Inactive => "introspection_inactive",
             IntrospectionError::Failed => "introspection_failed",
             IntrospectionError::IssuerMismatch => "introspection_issuer_mismatch",
+            IntrospectionError::NotAnAccessToken => "introspection_not_access_token",
         }
     }
 
@@ -84,6 +87,7 @@ impl IntrospectionError {
             IntrospectionError::Inactive => "Token is not active",
             IntrospectionError::Failed => "Token introspection failed",
             IntrospectionError::IssuerMismatch => "Token introspection names another issuer",
+            IntrospectionError::NotAnAccessToken => "Token is not an access token",
         }
     }
 }
@@ -98,6 +102,9 @@ pub struct IntrospectionCall {
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
     pub timeout_ms: u64,
+    /// When the question was put (Unix seconds): an answer is fresh from then, and a later
+    /// question's answer is never replaced by this one's.
+    pub asked_at_seconds: u64,
 }
 
 // The call holds the token and the client's credentials: never in a log line or a panic message.
@@ -139,13 +146,19 @@ pub fn is_opaque(token: &str) -> bool {
     token.split('.').count() != 3
 }
 
-/// What an opaque token's answer is filed under: the first 16 bytes of SHA-256 of the provider
-/// and the token (shared by every worker, so not keyed by a VM's secret; the token itself is
-/// never kept).
-pub fn answer_key(provider: ProviderId, token: &str) -> [u8; 16] {
+/// What an opaque token's answer is filed under: the first 16 bytes of SHA-256 of who answered
+/// (the issuer, the endpoint and the client asking) and the token. Shared by every worker, so not
+/// keyed by a VM's secret; another configuration sharing the VM id (another issuer or endpoint)
+/// never finds this one's answers. The token itself is never kept.
+pub fn answer_key(issuer: &str, introspection: &Introspection, token: &str) -> [u8; 16] {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    hasher.update((provider.index() as u64).to_le_bytes());
+    for part in [issuer, &introspection.cluster, &introspection.target.authority, &introspection.target.path] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hasher.update(introspection.client_id.as_bytes());
+    hasher.update([0]);
     hasher.update(token.as_bytes());
     let digest = hasher.finalize();
     let mut key = [0u8; 16];
@@ -154,9 +167,14 @@ pub fn answer_key(provider: ProviderId, token: &str) -> [u8; 16] {
 }
 
 impl Introspection {
+    /// Whether a call can be made: the client secret is known.
+    pub fn can_call(&self) -> bool {
+        matches!(self.secret, ClientSecret::Inline(_))
+    }
+
     /// The request for `token`: `token=…&token_type_hint=access_token`, the client's credentials
     /// as HTTP Basic (RFC 6749 §2.3.1: each form-encoded first). `None` without a secret.
-    pub fn call(&self, provider: ProviderId, token: &str) -> Option<IntrospectionCall> {
+    pub fn call(&self, provider: ProviderId, issuer: &str, token: &str, now_seconds: u64) -> Option<IntrospectionCall> {
         let ClientSecret::Inline(secret) = &self.secret else { return None };
         let credentials = format!("{}:{}", form_encode(&self.client_id), form_encode(secret));
         let headers = vec![
@@ -170,20 +188,13 @@ impl Introspection {
         ];
         Some(IntrospectionCall {
             provider,
-            key: answer_key(provider, token),
+            key: answer_key(issuer, self, token),
             cluster: self.cluster.clone(),
             headers,
             body: format!("token={}&token_type_hint=access_token", form_encode(token)),
             timeout_ms: self.timeout_ms,
+            asked_at_seconds: now_seconds,
         })
-    }
-
-    /// A call that could not be made: refused, and remembered as briefly as any failure.
-    pub fn judge_failure(&self, now_seconds: u64) -> Judgement {
-        Judgement {
-            result: Err(AuthnError::Introspection(IntrospectionError::Failed)),
-            until_seconds: now_seconds.saturating_add(FAILURE_MEMORY_SECONDS),
-        }
     }
 
     /// Judges an answer (`status` and `body`; `None` when no response came) at `now_seconds`
@@ -201,6 +212,15 @@ impl Introspection {
         let Ok(Value::Object(mut members)) = json::parse(body, json::Limits::DOCUMENT) else {
             return failed(IntrospectionError::Failed);
         };
+        // RFC 7662 §2.2's `token_type` is optional; when it says refresh or ID token, the token
+        // was never meant for a resource server (an endpoint may answer for any token it issued).
+        let token_type = members.get("token_type").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+        if token_type.contains("refresh") || token_type == "id" || token_type == "id_token" {
+            return Judgement {
+                result: Err(AuthnError::Introspection(IntrospectionError::NotAnAccessToken)),
+                until_seconds: cache_until,
+            };
+        }
         if members.remove("active").and_then(|active| active.as_bool()) != Some(true) {
             // Remembered as long as an active answer would be: revocation is not undone.
             return Judgement {

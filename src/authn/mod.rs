@@ -233,7 +233,9 @@ pub fn authenticate(
         };
         match &mut result {
             None => {
-                let wants_payload = issuers.provider(provider).is_some_and(|p| p.output_payload_to_header.is_some());
+                // An opaque token has no payload to pass on: the header is only removed then.
+                let wants_payload = issuers.provider(provider).is_some_and(|p| p.output_payload_to_header.is_some())
+                    && !introspection::is_opaque(&token.token);
                 let payload_segment = match wants_payload {
                     true => token.token.split('.').nth(1).unwrap_or_default().to_string(),
                     false => String::new(),

@@ -229,12 +229,17 @@ fn perform_effect(vm: &SharedVm, effect: Effect) {
         Effect::CountNamed(name) => vm.borrow_mut().stats.increment_named(name),
         Effect::KeysInUse(provider, count) => vm.borrow().stats.record_keys_in_use(provider, count),
         Effect::HostCryptoAlgorithms(count) => vm.borrow().stats.record_host_crypto(count),
-        Effect::Introspect(call) => match calls::introspect(&call) {
-            Ok(token) => vm.borrow_mut().scheduler.introspecting(token, call),
-            Err(why) => {
-                vm.borrow_mut().scheduler.introspection_failed(&mut HostStore, call, &format!("{why:?}"), now_millis())
+        Effect::Introspect(call) => {
+            match hostcalls::set_effective_context(root).and_then(|()| calls::introspect(&call)) {
+                Ok(token) => vm.borrow_mut().scheduler.introspecting(token, call),
+                Err(why) => vm.borrow_mut().scheduler.introspection_failed(
+                    &mut HostStore,
+                    call,
+                    &format!("{why:?}"),
+                    now_millis(),
+                ),
             }
-        },
+        }
     }
 }
 

@@ -540,13 +540,18 @@ fn an_inactive_token_and_an_outage_are_refused() {
     let mut store = MemoryStore::default();
     let mut s = introspecting(&mut store, 1);
     s.take_effects();
-    for (token, callout, response) in [
+    for (second, (token, callout, response)) in [
         ("revoked", 51, Some(answer(json!({"active": false})))),
         ("unanswered", 52, None),
         ("server-error", 53, Some("oops".to_string())),
-    ] {
-        assert_eq!(s.on_request(&store, callout, request(token), NOW_MS), None);
-        s.service(&mut store, NOW_MS + 1);
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Each in a second of its own: after a failure, the rest of its second refuses at once.
+        let at = NOW_MS + 10_000 * second as u64;
+        assert_eq!(s.on_request(&store, callout, request(token), at), None);
+        s.service(&mut store, at + 1);
         let [call] = introspections(&s.take_effects()).try_into().expect("one call");
         s.introspecting(callout, call);
         let result = match &response {
@@ -554,19 +559,35 @@ fn an_inactive_token_and_an_outage_are_refused() {
             Some(_) => FetchResult::Response { status: 500, cache_control: None, body: b"oops" },
             None => FetchResult::NoResponse,
         };
-        s.on_fetch_response(&mut store, callout, result, NOW_MS + 2);
+        s.on_fetch_response(&mut store, callout, result, at + 2);
         let settled = settled(&s.take_effects());
         let expected = if token == "revoked" { "introspection_inactive" } else { "introspection_failed" };
         assert_eq!(settled, vec![(callout, 401, expected)], "{token}");
     }
-    // An outage is remembered a second, then asked again: recovery needs nothing but time.
+    // After the failure at NOW + 20 s: that second refuses any unknown opaque token without a
+    // call; the next asks again (recovery needs nothing but time).
+    let failed_at = NOW_MS + 20_000;
+    for (context_id, token) in [(60, "unanswered"), (62, "never-seen")] {
+        let decision = s.on_request(&store, context_id, request(token), failed_at + 500).map(|d| reason(&d));
+        assert_eq!(decision, Some("introspection_failed"), "{token}");
+    }
+    s.service(&mut store, failed_at + 600);
+    assert!(introspections(&s.take_effects()).is_empty(), "no call while the endpoint is down");
+    // A worker waits for at most MAX_INTROSPECTIONS calls; beyond, tokens are refused at once.
+    let later = NOW_MS + 60_000;
+    for n in 0..MAX_INTROSPECTIONS as u32 {
+        assert_eq!(s.on_request(&store, 1_000 + n, request(&format!("made-up-{n}")), later), None);
+    }
     assert_eq!(
-        s.on_request(&store, 60, request("unanswered"), NOW_MS + 500).map(|d| reason(&d)),
+        s.on_request(&store, 2_000, request("one-too-many"), later).map(|d| reason(&d)),
         Some("introspection_failed")
     );
-    assert_eq!(s.on_request(&store, 61, request("unanswered"), NOW_MS + 3_000), None, "asked again");
+    s.service(&mut store, later + 2_000 + LEASE_GRACE_MS + 1);
+    s.take_effects();
+    let at = NOW_MS + 120_000;
+    assert_eq!(s.on_request(&store, 61, request("unanswered"), at), None, "asked again");
     // A request that waits past its deadline is refused, never left hanging.
-    s.service(&mut store, NOW_MS + 3_000 + 2_000 + LEASE_GRACE_MS + 1);
+    s.service(&mut store, at + 2_000 + LEASE_GRACE_MS + 1);
     let settled = settled(&s.take_effects());
     assert_eq!(settled, vec![(61, 401, "introspection_failed")]);
 }

@@ -44,8 +44,11 @@ def expect_introspection_refusal(envoy, path, token, reason, message):
 def test_an_active_opaque_token_is_a_caller_with_its_claims(envoy, idp):
     alice, bob = idp.opaque_token("alice"), idp.opaque_token("bob")
     assert alice.count(".") == 0, "an opaque token"
-    echoed = expect_allowed(envoy.get("/api/public/opaque/alice", bearer(alice)))
+    echoed = expect_allowed(envoy.get("/api/public/opaque/alice", bearer(alice), ))
     assert echoed["headers"].get("x-user") == "alice", echoed
+    # No JWT payload to pass on: a client's own x-jwt-payload is removed and none is written.
+    echoed = expect_allowed(envoy.get("/api/public/opaque/alice-2", {**bearer(alice), "x-jwt-payload": "forged"}))
+    assert "x-jwt-payload" not in {name.lower() for name in echoed["headers"]}, echoed
     # The admin role comes from the answer, as from a JWT's realm_access.
     expect_allowed(envoy.get("/api/admin/opaque/alice", bearer(alice)))
     expect_forbidden(envoy, envoy.get("/api/admin/opaque/bob", bearer(bob)), "/api/admin/opaque/bob")

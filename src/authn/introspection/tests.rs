@@ -32,7 +32,7 @@ fn judge(body: serde_json::Value) -> Judgement {
 fn the_call_is_a_form_post_with_basic_credentials() {
     let config = config(json!({"clientSecret": "s3cr:t"}));
     let (_, introspection) = provider(&config);
-    let call = introspection.call(ProviderId(0), "opaque+token/=").expect("a call");
+    let call = introspection.call(ProviderId(0), ISSUER, "opaque+token/=", NOW).expect("a call");
     assert_eq!(call.cluster, "outbound|443||idp.example");
     assert_eq!(call.body, "token=opaque%2Btoken%2F%3D&token_type_hint=access_token");
     let header = |name: &str| call.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
@@ -43,18 +43,22 @@ fn the_call_is_a_form_post_with_basic_credentials() {
     use base64::Engine as _;
     let expected = base64::engine::general_purpose::STANDARD.encode("shop%20gateway:s3cr%3At");
     assert_eq!(header("authorization"), Some(format!("Basic {expected}").as_str()));
-    assert_eq!(call.key, answer_key(ProviderId(0), "opaque+token/="));
+    assert_eq!(call.key, answer_key(ISSUER, introspection, "opaque+token/="));
+    assert_ne!(call.key, answer_key("https://other", introspection, "opaque+token/="), "another issuer's");
+    let mut elsewhere = introspection.clone();
+    elsewhere.target.path.push('x');
+    assert_ne!(call.key, answer_key(ISSUER, &elsewhere, "opaque+token/="), "another endpoint's");
     // Nothing secret in what could be logged.
     let debug = format!("{call:?} {:?}", introspection.secret);
     assert!(!debug.contains("s3cr") && !debug.contains("opaque"), "{debug}");
     // A secret from the environment, not read yet: no call.
     let unread = self::config(json!({"clientSecretEnv": "SECRET"}));
-    assert!(provider(&unread).1.call(ProviderId(0), "t").is_none());
+    assert!(provider(&unread).1.call(ProviderId(0), ISSUER, "t", NOW).is_none());
 }
 
 #[test]
 fn an_active_answer_is_an_identity_held_until_exp_or_the_cache_duration() {
-    let answer = json!({"active": true, "iss": ISSUER, "sub": "alice-id", "aud": "shop", "exp": NOW + 10,
+    let answer = json!({"active": true, "iss": ISSUER, "sub": "alice-id", "aud": "shop", "exp": NOW + 10, "token_type": "Bearer",
                         "scope": "orders:read", "client_id": "shop-web"});
     let judgement = judge(answer);
     let identity = judgement.result.expect("active");
@@ -85,6 +89,14 @@ fn everything_else_is_refused() {
         (json!({"active": true, "aud": "shop", "exp": NOW - 100}), AuthnError::Claims(ClaimsError::Expired)),
         (json!({"active": true, "aud": "shop", "exp": "soon"}), AuthnError::Introspection(IntrospectionError::Failed)),
         (json!([true]), AuthnError::Introspection(IntrospectionError::Failed)),
+        (
+            json!({"active": true, "aud": "shop", "exp": NOW + 10, "token_type": "Refresh"}),
+            AuthnError::Introspection(IntrospectionError::NotAnAccessToken),
+        ),
+        (
+            json!({"active": true, "aud": "shop", "exp": NOW + 10, "token_type": "ID"}),
+            AuthnError::Introspection(IntrospectionError::NotAnAccessToken),
+        ),
     ];
     for (answer, expected) in cases {
         assert_eq!(judge(answer.clone()).result.err(), Some(expected), "{answer}");
@@ -103,5 +115,4 @@ fn only_tokens_that_are_not_a_jws_are_opaque() {
     assert!(is_opaque("2YotnFZFEjr1zCsicMWpAA"));
     assert!(is_opaque("a.b"));
     assert!(!is_opaque("a.b.c"));
-    assert_ne!(answer_key(ProviderId(0), "t"), answer_key(ProviderId(1), "t"));
 }
