@@ -840,14 +840,19 @@ class Handler(BaseHTTPRequestHandler):
             raise OAuthError(400, "invalid_dpop_proof", f"DPoP proof is invalid: {error}") from None
 
     def _confidential_client(self, body):
-        """The form of an introspection or revocation request, once its client authenticated as
-        a confidential client (Keycloak refuses public clients there)."""
-        form = {name: values[0] for name, values in parse_qs(body.decode()).items()}
-        client_id, secret = self._client_credentials(form)
-        client = self.state.realm.authenticate_client(client_id, secret)
-        if client.get("publicClient"):
-            raise OAuthError(401, "invalid_client", "Public client not allowed")
-        return form
+        """The form of an introspection or revocation request once its client authenticated as
+        a confidential client (Keycloak refuses public clients there), or the error answered."""
+        try:
+            form = {name: values[0] for name, values in parse_qs(body.decode()).items()}
+            client_id, secret = self._client_credentials(form)
+            client = self.state.realm.authenticate_client(client_id, secret)
+            if client.get("publicClient"):
+                raise OAuthError(401, "invalid_client", "Public client not allowed")
+            return form, None
+        except OAuthError as error:
+            return None, (error.status, {"error": error.error, "error_description": error.description})
+        except (UnicodeDecodeError, binascii.Error, ValueError):
+            return None, (400, {"error": "invalid_request"})
 
     def _introspect(self, body):
         """RFC 7662, as Keycloak answers: the token's claims with active: true, or only
@@ -857,12 +862,9 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(mode["delay"])
         if mode["status"] != 200:
             return self._send_json(mode["status"], {"error": "unknown_error"})
-        try:
-            form = self._confidential_client(body)
-        except OAuthError as error:
-            return self._send_json(error.status, {"error": error.error, "error_description": error.description})
-        except (UnicodeDecodeError, binascii.Error, ValueError):
-            return self._send_json(400, {"error": "invalid_request"})
+        form, refusal = self._confidential_client(body)
+        if refusal:
+            return self._send_json(*refusal)
         with self.state.lock:
             claims = self.state.opaque_tokens.get(form.get("token", ""))
         if claims is None or claims["exp"] < time.time():
@@ -874,12 +876,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _revoke(self, body):
         """RFC 7009: forgets an opaque token; 200 whether it knew it or not."""
-        try:
-            form = self._confidential_client(body)
-        except OAuthError as error:
-            return self._send_json(error.status, {"error": error.error, "error_description": error.description})
-        except (UnicodeDecodeError, binascii.Error, ValueError):
-            return self._send_json(400, {"error": "invalid_request"})
+        form, refusal = self._confidential_client(body)
+        if refusal:
+            return self._send_json(*refusal)
         with self.state.lock:
             self.state.opaque_tokens.pop(form.get("token", ""), None)
         return self._send(200, b"", "application/json")
@@ -903,10 +902,14 @@ class Handler(BaseHTTPRequestHandler):
             except (ValueError, TypeError) as error:
                 return self._send_json(400, {"error": str(error)})
         if method == "POST" and path == "/_test/introspection-mode":
-            changes = json.loads(body or b"{}")
-            self.state.introspection_mode = {"status": int(changes.get("status", 200)),
-                                             "delay": float(changes.get("delay", 0))}
-            return self._send_json(200, self.state.introspection_mode)
+            try:
+                changes = json.loads(body or b"{}")
+                mode = {"status": int(changes.get("status", 200)), "delay": float(changes.get("delay", 0))}
+            except (ValueError, TypeError, AttributeError) as error:
+                return self._send_json(400, {"error": str(error)})
+            with self.state.lock:
+                self.state.introspection_mode = mode
+            return self._send_json(200, mode)
         if method == "POST" and path == "/_test/rotate":
             options = json.loads(body or b"{}") if body else {}
             alg = options.get("alg", "RS256")

@@ -16,9 +16,16 @@ use crate::json::{Map, Value};
 /// or an `x5t#S256` that is not the base64url of 32 bytes, makes the token invalid: a token meant
 /// to be bound must never pass as a bearer token because its binding could not be read.
 pub fn certificate_thumbprint(claims: &Map) -> Result<Option<[u8; 32]>, ClaimsError> {
+    confirmation(claims, "x5t#S256")
+}
+
+/// The SHA-256 digest a token's `cnf.<member>` holds (RFC 7800 confirmation: `x5t#S256` here,
+/// DPoP's `jkt`): `None` without `cnf` or without the member; an error for a `cnf` that is not an
+/// object or a member that is not the base64url of 32 bytes.
+pub fn confirmation(claims: &Map, member: &str) -> Result<Option<[u8; 32]>, ClaimsError> {
     let Some(cnf) = claims.get("cnf") else { return Ok(None) };
     let Value::Object(cnf) = cnf else { return Err(ClaimsError::BadConfirmation) };
-    let Some(thumbprint) = cnf.get("x5t#S256") else { return Ok(None) };
+    let Some(thumbprint) = cnf.get(member) else { return Ok(None) };
     let bytes = thumbprint.as_str().and_then(base64url::decode).ok_or(ClaimsError::BadConfirmation)?;
     <[u8; 32]>::try_from(bytes.as_slice()).map(Some).map_err(|_| ClaimsError::BadConfirmation)
 }

@@ -195,11 +195,7 @@ pub struct ProofUse {
 /// The key a token is bound to: `cnf.jkt`, the base64url of an RFC 7638 SHA-256 thumbprint. A
 /// `jkt` that is not one makes the token invalid (as a malformed `x5t#S256` does).
 pub fn confirmation_key(claims: &Map) -> Result<Option<[u8; 32]>, ClaimsError> {
-    let Some(cnf) = claims.get("cnf") else { return Ok(None) };
-    let Value::Object(cnf) = cnf else { return Err(ClaimsError::BadConfirmation) };
-    let Some(jkt) = cnf.get("jkt") else { return Ok(None) };
-    let bytes = jkt.as_str().and_then(base64url::decode).ok_or(ClaimsError::BadConfirmation)?;
-    <[u8; 32]>::try_from(bytes.as_slice()).map(Some).map_err(|_| ClaimsError::BadConfirmation)
+    super::binding::confirmation(claims, "jkt")
 }
 
 /// What a token's DPoP binding comes to on this request: `None` for a bearer token that may be
