@@ -79,41 +79,8 @@ DPOP_HOST = "bench.example"
 DPOP_PROOFS_PER_SECOND = 8_000
 
 WRK_SCRIPT = r"""
--- Sends "Authorization: Bearer <token>" with tokens[first+1 .. first+limit] of a file, in order.
-local tokens, count, index, wrapped = {}, 0, 0, 0
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args)
-  local path, first, limit = args[1], tonumber(args[2]), tonumber(args[3])
-  local n = 0
-  for line in io.lines(path) do
-    n = n + 1
-    if n > first then
-      count = count + 1
-      tokens[count] = wrk.format("GET", "%s", {["Authorization"] = "Bearer " .. line})
-      if count >= limit then break end
-    end
-  end
-end
-function request()
-  index = index + 1
-  if index > count then index, wrapped = 1, wrapped + 1 end
-  return tokens[index]
-end
-function done(summary, latency, requests)
-  local wraps = 0
-  for _, thread in ipairs(threads) do wraps = wraps + (thread:get("wrapped") or 0) end
-  local e = summary.errors
-  io.write(string.format("RESULT requests=%%d duration_us=%%d socket_errors=%%d non2xx=%%d p50_us=%%d p99_us=%%d wrapped=%%d\n",
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99), wraps))
-end
-""" % PATH
-
-
-WRK_DPOP_SCRIPT = r"""
--- Sends "Authorization: DPoP <token>" (the token is args[4]) and "DPoP: <proof>" with
--- proofs[first+1 .. first+limit] of a file, in order, to Host: %s.
+-- Sends lines[first+1 .. first+limit] of a file, in order: each as "Authorization: Bearer <line>",
+-- or, given a token (args[4]), as "DPoP: <line>" beside "Authorization: DPoP <token>" to Host: %s.
 local requests, count, index, wrapped = {}, 0, 0, 0
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
@@ -124,7 +91,9 @@ function init(args)
     n = n + 1
     if n > first then
       count = count + 1
-      requests[count] = wrk.format("GET", "%s", {["Host"] = "%s", ["Authorization"] = "DPoP " .. token, ["DPoP"] = line})
+      local headers = {["Authorization"] = "Bearer " .. line}
+      if token then headers = {["Host"] = "%s", ["Authorization"] = "DPoP " .. token, ["DPoP"] = line} end
+      requests[count] = wrk.format("GET", "%s", headers)
       if count >= limit then break end
     end
   end
@@ -134,7 +103,15 @@ function request()
   if index > count then index, wrapped = 1, wrapped + 1 end
   return requests[index]
 end
-""" % (DPOP_HOST, PATH, DPOP_HOST) + WRK_SCRIPT[WRK_SCRIPT.index("function done"):]
+function done(summary, latency, requests)
+  local wraps = 0
+  for _, thread in ipairs(threads) do wraps = wraps + (thread:get("wrapped") or 0) end
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%%d duration_us=%%d socket_errors=%%d non2xx=%%d p50_us=%%d p99_us=%%d wrapped=%%d\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), wraps))
+end
+""" % (DPOP_HOST, DPOP_HOST, PATH)
 
 
 # Minted tokens are kept here between runs (each run starts a fresh Envoy, so nothing is cached
@@ -542,8 +519,6 @@ def main():
     (workdir / "hot.txt").write_text(hot_token + "\n")
     script = workdir / "tokens.lua"
     script.write_text(WRK_SCRIPT)
-    dpop_script = workdir / "dpop.lua"
-    dpop_script.write_text(WRK_DPOP_SCRIPT)
     holder = dpop_holder()
     bound_token = dpop_token(keys, holder[2])
     proofs_per_run = DPOP_PROOFS_PER_SECOND * args.duration
@@ -569,17 +544,17 @@ def main():
                 shift = round_index % len(names)
                 order = names[shift:] + names[:shift]
                 for name in order + (baselines if workload == HOT else ()):
-                    extra, wrk_script = (), script
+                    extra = ()
                     if workload == HOT:
                         token_file, first, limit = workdir / "hot.txt", 0, 1
                     elif workload == DPOP:
                         # Fresh proofs for this run: a proof is accepted once, within 60 s of its iat.
                         token_file, first, limit = workdir / "proofs.txt", 0, proofs_per_run
                         token_file.write_text("\n".join(mint_proofs(holder, bound_token, proofs_per_run)) + "\n")
-                        extra, wrk_script = (bound_token,), dpop_script
+                        extra = (bound_token,)
                     else:
                         token_file, first, limit = workdir / f"{workload}.txt", round_index * per_run, per_run
-                    result = run_wrk(envoy.ports[name], wrk_script, token_file, first, limit, args.duration,
+                    result = run_wrk(envoy.ports[name], script, token_file, first, limit, args.duration,
                                      args.connections, *extra)
                     results[(name, workload)].append(result)
                     flags = []

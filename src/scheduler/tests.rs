@@ -77,6 +77,18 @@ fn settled(effects: &[Effect]) -> Vec<(u32, u32, &'static str)> {
         .collect()
 }
 
+/// `request` (context 7) parks for the keys' first fetch; the fetch lands; its settled decision.
+fn settled_after_first_fetch(s: &mut Scheduler, store: &mut MemoryStore, request: Request) -> Decision {
+    assert_eq!(s.on_request(store, 7, request, NOW_MS), None, "parked for the first fetch");
+    start_fetch(s, store, NOW_MS + 1, 1);
+    s.on_fetch_response(store, 1, ok(&jwks("a")), NOW_MS + 2);
+    let settled = s.take_effects().into_iter().find_map(|e| match e {
+        Effect::Settle { context_id: 7, decision } => Some(decision),
+        _ => None,
+    });
+    settled.expect("settled")
+}
+
 /// Runs the worker's service and dispatches the one fetch it asks for as callout `token`.
 fn start_fetch(s: &mut Scheduler, store: &mut MemoryStore, now_ms: u64, token: u32) -> FetchRequest {
     s.service(store, now_ms);
@@ -377,15 +389,7 @@ fn a_parked_bound_token_is_bound_when_settled_and_reported_once() {
     let payload = json!({"iss": ISSUER, "sub": "alice", "exp": NOW_MS / 1000 + 300,
                          "cnf": {"x5t#S256": testkeys::b64(digest)}});
     let bound = testkeys::sign(&json!({"alg": "RS256", "kid": "a"}), &payload, 0);
-    assert_eq!(s.on_request(&store, 7, request(&bound), NOW_MS), None, "parked for the first fetch");
-    start_fetch(&mut s, &mut store, NOW_MS + 1, 1);
-    s.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS + 2);
-    let effects = s.take_effects();
-    let Some(Effect::Settle { context_id: 7, decision }) =
-        effects.into_iter().find(|e| matches!(e, Effect::Settle { .. }))
-    else {
-        panic!("settled")
-    };
+    let decision = settled_after_first_fetch(&mut s, &mut store, request(&bound));
     assert!(matches!(decision, Decision::Bound { .. }), "{decision:?}");
     // The host's order: `settled` (which leaves a bound decision alone), then `bind`.
     s.settled(&decision);
@@ -464,15 +468,7 @@ fn a_parked_dpop_request_is_proven_when_settled_and_reported_once() {
     let mut store = MemoryStore::default();
     let mut s = scheduler(&mut store, 1);
     s.take_effects();
-    assert_eq!(s.on_request(&store, 7, dpop_request("jti-p", NOW_MS / 1000), NOW_MS), None, "parked");
-    start_fetch(&mut s, &mut store, NOW_MS + 1, 1);
-    s.on_fetch_response(&mut store, 1, ok(&jwks("a")), NOW_MS + 2);
-    let effects = s.take_effects();
-    let Some(Effect::Settle { context_id: 7, decision }) =
-        effects.into_iter().find(|e| matches!(e, Effect::Settle { .. }))
-    else {
-        panic!("settled")
-    };
+    let decision = settled_after_first_fetch(&mut s, &mut store, dpop_request("jti-p", NOW_MS / 1000));
     // The host's order: `settled` (which leaves a proven decision alone), then `prove`.
     s.settled(&decision);
     assert_eq!(allowed_count(&mut s), 0, "not yet reported");
